@@ -1,0 +1,66 @@
+"""Typed model builders (SPEC §1). Nothing is downloaded: weights come from local safetensors files."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+import torchvision.models as tvm
+
+from ..errors import ConfigError
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": tvm.resnet18,
+    "resnet34": tvm.resnet34,
+    "resnet50": tvm.resnet50,
+    "wide_resnet50_2": tvm.wide_resnet50_2,
+    "vgg11_bn": tvm.vgg11_bn,
+    "vgg16_bn": tvm.vgg16_bn,
+    "mobilenet_v2": tvm.mobilenet_v2,
+    "mobilenet_v3_large": tvm.mobilenet_v3_large,
+    "densenet121": tvm.densenet121,
+}
+
+ARCHITECTURES: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def build_model(name: str, num_classes: int, small_input: bool = False) -> nn.Module:
+    """Build an untrained torchvision classifier.
+
+    ``small_input=True`` gives the CIFAR-style variant for ~32 px images (SPEC §1): for ResNets a 3×3,
+    stride-1, padding-1 stem without max-pool (layer4 is 512×4×4 at 32 px for ResNet18); analogous
+    stride reductions for the other families so the last stage keeps a spatial map.
+    """
+    if name not in _BUILDERS:
+        raise ConfigError(f"unknown architecture {name!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    model = _BUILDERS[name](weights=None, num_classes=num_classes)
+    if small_input:
+        _make_small_input(name, model, num_classes)
+    model.arch_name = name  # plain attribute: lets block_candidates() and bundles name the architecture
+    model.small_input = small_input
+    return model
+
+
+def _make_small_input(name: str, model: nn.Module, num_classes: int) -> None:
+    if name.startswith(("resnet", "wide_resnet")):
+        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif name.startswith("densenet"):
+        out = model.features.conv0.out_channels
+        model.features.conv0 = nn.Conv2d(3, out, kernel_size=3, stride=1, padding=1, bias=False)
+        model.features.pool0 = nn.Identity()
+    elif name.startswith("mobilenet"):
+        # Stem and first down-sampling block at stride 1: 32 px -> 4x4 last stage.
+        strided = [m for m in model.features.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+        for conv in strided[:2]:
+            conv.stride = (1, 1)
+    elif name.startswith("vgg"):
+        # Keep the last stage at 2x2 (not 1x1) and use a 512-wide head instead of the 25088-wide one.
+        model.features[len(model.features) - 1] = nn.Identity()
+        model.avgpool = nn.AdaptiveAvgPool2d(1)
+        model.classifier = nn.Sequential(
+            nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(512, num_classes),
+        )

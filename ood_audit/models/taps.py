@@ -1,0 +1,70 @@
+"""One forward pass that returns logits, pooled penultimate vector, block outputs and last-stage map.
+
+Built on `torchvision.models.feature_extraction.create_feature_extractor` (no hand-made hooks). The
+model takes **pixel-space** input in [0, 1] and applies its own normalisation first, so jigsaw and other
+pseudo-OOD probes can work before normalisation (SPEC §3).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from .arch import ArchSpec, arch_spec, check_blocks
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Taps:
+    logits: torch.Tensor                       # [N, K]
+    penultimate: torch.Tensor                  # [N, D] pooled penultimate vector f
+    last_map: torch.Tensor                     # [N, C, H, W] last stage before pooling
+    blocks: dict[str, torch.Tensor] = field(default_factory=dict)  # requested block outputs
+
+
+class TapModel(nn.Module):
+    """Wrap a classifier so one forward gives :class:`Taps`.
+
+    Several roles may land on one graph node (ResNet's last block *is* its last-stage map); the
+    extractor is asked for each node once and the roles are mapped onto it.
+    """
+
+    def __init__(self, model: nn.Module, blocks: Sequence[str] = (),
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        super().__init__()
+        check_blocks(model, list(blocks))
+        self.spec: ArchSpec = arch_spec(model)
+        self.blocks = tuple(blocks)
+        roles = {"logits": self.spec.logits, "penultimate": self.spec.penultimate, "last_map": self.spec.last_map}
+        nodes = list(dict.fromkeys([*roles.values(), *self.blocks]))
+        self._roles = roles
+        self.extractor = create_feature_extractor(model, return_nodes={n: n for n in nodes})
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        head = model.get_submodule(self.spec.head)
+        if not isinstance(head, nn.Linear):
+            raise TypeError(f"classifier head {self.spec.head} is {type(head).__name__}, expected Linear")
+        self._head = [head]  # list: not a registered submodule (it is already inside the extractor)
+
+    @property
+    def head(self) -> nn.Linear:
+        """The final linear layer (W, b) used by the selected-norm logit variants (SPEC §5)."""
+        return self._head[0]
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> Taps:
+        out = self.extractor(self.normalize(x))
+        pen = out[self._roles["penultimate"]]
+        return Taps(
+            logits=out[self._roles["logits"]],
+            penultimate=pen.flatten(1),
+            last_map=out[self._roles["last_map"]],
+            blocks={b: out[b] for b in self.blocks},
+        )

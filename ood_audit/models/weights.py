@@ -1,0 +1,61 @@
+"""Weights as safetensors only (never pickles). Loading is strict (SPEC §8)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError, ConfigError
+from .arch import arch_spec
+
+
+def read_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a local safetensors file into a CPU state dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"weights file not found: {p}")
+    try:
+        return load_file(str(p), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise CheckpointError(f"cannot read safetensors file {p}: {e}") from None
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load a state dict, failing with a one-line message when keys or shapes do not match."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) e.g. {unexpected[0]}")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"shape mismatch at {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+        raise CheckpointError(f"{source} does not match the architecture: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Strictly load a local safetensors file into ``model`` and return it."""
+    load_state_strict(model, read_state(path), source=str(path))
+    return model
+
+
+def save_weights(model: nn.Module, path: str | Path) -> None:
+    """Write ``model``'s state dict as safetensors (contiguous CPU copies)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+
+
+def infer_num_classes(state: dict[str, torch.Tensor], model_for_spec: nn.Module) -> int:
+    """Number of classes from the classifier head's weight in a state dict."""
+    key = arch_spec(model_for_spec).head + ".weight"
+    if key not in state:
+        raise CheckpointError(f"checkpoint has no classifier weight {key!r}; is the architecture right?")
+    return int(state[key].shape[0])

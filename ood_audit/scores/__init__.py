@@ -1,0 +1,7 @@
+"""Scores, all oriented higher = more in-distribution. Each formula has exactly one home here."""
+from .baselines import energy, energy_fn, maxlogit, msp, msp_fn, norm_replaced_logits
+from .featurenorm import feature_norm
+from .jigsaw import jigsaw, jigsaw_indexed
+
+__all__ = ["energy", "energy_fn", "feature_norm", "jigsaw", "jigsaw_indexed", "maxlogit", "msp", "msp_fn",
+           "norm_replaced_logits"]

@@ -1,0 +1,54 @@
+"""`ood-audit evaluate`: NormRatio block selection + every score, with FPR95/AUROC/AUPR per OOD set."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..models import ARCHITECTURES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score ID test and OOD folders and print OOD metrics",
+                       description="Select the FeatureNorm block by NormRatio on the ID train folder, build the "
+                                   "CSD and kNN banks from it, then score the ID test folder and each OOD folder. "
+                                   "Metrics treat ID as the positive class (FPR95 at 95%% ID kept).")
+    p.add_argument("--arch", required=True, choices=ARCHITECTURES, metavar="ARCH",
+                   help=f"architecture: {', '.join(ARCHITECTURES)}")
+    p.add_argument("--weights", required=True, help="local safetensors checkpoint (strictly loaded)")
+    p.add_argument("--small-input", action="store_true", help="CIFAR-style stem (for ~32 px images)")
+    p.add_argument("--image-size", type=int, default=None, help="input size in px (default 32 with --small-input, else 224)")
+    p.add_argument("--id-train", required=True, help="ID training images (plain folder or class folders)")
+    p.add_argument("--id-test", required=True, help="held-out ID images")
+    p.add_argument("--ood", action="append", required=True, metavar="[NAME=]DIR", help="an OOD folder; repeatable")
+    p.add_argument("--block", default=None, help="use this block instead of the NormRatio choice")
+    p.add_argument("--max-select", type=int, default=None, help="deterministic subsample size for NormRatio")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--k-csd", type=int, default=10)
+    p.add_argument("--k-knn", type=int, default=50)
+    p.add_argument("--knn-backend", default="auto", choices=("auto", "faiss", "torch", "faiss-gpu"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--json", dest="json_out", default=None, help="also write the table as JSON to this path")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate import ModelSource, evaluate, format_table, parse_ood_arg
+    from ..runtime import resolve_device
+
+    for field in ("batch_size", "k_csd", "k_knn", "image_size", "max_select"):
+        v = getattr(args, field)
+        if v is not None and v < 1:
+            raise ConfigError(f"--{field.replace('_', '-')} must be >= 1, got {v}")
+    ood = dict(parse_ood_arg(v) for v in args.ood)
+    size = args.image_size or (32 if args.small_input else 224)
+    res = evaluate(ModelSource(args.arch, args.weights, args.small_input), args.id_train, args.id_test, ood,
+                   image_size=size, block=args.block, batch_size=args.batch_size, seed=args.seed, k_csd=args.k_csd,
+                   k_knn=args.k_knn, knn_backend=args.knn_backend, max_select=args.max_select,
+                   device=resolve_device(args.device))
+    print(format_table(res))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(res.to_json(), indent=2))
+    return 0

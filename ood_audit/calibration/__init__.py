@@ -1,0 +1,1 @@
+"""Calibration: NormRatio block selection, banks, thresholds and the audit bundle (SPEC §4, §10)."""

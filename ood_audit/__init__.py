@@ -1,14 +1,48 @@
-"""ood-audit: find out-of-distribution samples in very large image datasets, on Ray."""
-from .calibration.normratio import NormRatioResult, norm_ratio
+"""ood-audit: find out-of-distribution samples in very large image datasets, on Ray.
+
+Top-level names are imported lazily, so light modules (I/O, listing) start without loading torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .errors import BundleError, CheckpointError, ConfigError, DataError, KnnError, OodAuditError
-from .metrics import ood_metrics
-from .models import TapModel, block_candidates, build_model, load_weights, save_weights
-from .scores import energy, feature_norm, jigsaw, maxlogit, msp
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BundleError", "CheckpointError", "ConfigError", "DataError", "KnnError", "NormRatioResult", "OodAuditError",
-    "TapModel", "block_candidates", "build_model", "energy", "feature_norm", "jigsaw", "load_weights",
-    "maxlogit", "msp", "norm_ratio", "ood_metrics", "save_weights",
-]
+_LAZY = {
+    "NormRatioResult": "ood_audit.calibration.normratio",
+    "norm_ratio": "ood_audit.calibration.normratio",
+    "ood_metrics": "ood_audit.metrics",
+    "TapModel": "ood_audit.models",
+    "block_candidates": "ood_audit.models",
+    "build_model": "ood_audit.models",
+    "load_weights": "ood_audit.models",
+    "save_weights": "ood_audit.models",
+    "energy": "ood_audit.scores",
+    "feature_norm": "ood_audit.scores",
+    "jigsaw": "ood_audit.scores",
+    "maxlogit": "ood_audit.scores",
+    "msp": "ood_audit.scores",
+    "csd_views": "ood_audit.scores.csd",
+    "csd_score": "ood_audit.scores.csd",
+    "knn_score": "ood_audit.scores.knn",
+    "alpa_loss_from_projections": "ood_audit.scores.alpa",
+    "ALPAHead": "ood_audit.scores.alpa",
+    "supcon_loss": "ood_audit.scores.supcon",
+}
+
+__all__ = ["BundleError", "CheckpointError", "ConfigError", "DataError", "KnnError", "OodAuditError", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ood_audit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,4 +1,4 @@
 """Sub-commands: each module has ``register(subparsers)`` and sets ``func`` to its runner."""
-from . import blocks, evaluate
+from . import blocks, bundle, calibrate, evaluate, train
 
-COMMANDS = (blocks, evaluate)
+COMMANDS = (blocks, evaluate, train, calibrate, bundle)

@@ -1,0 +1,241 @@
+"""Calibration: NormRatio block selection, CSD/kNN banks and thresholds -> an audit bundle (SPEC §4, §7, §10).
+
+Two distributed phases over Ray Data actor pools (or in-process with ``workers=0``):
+1. bank part: NormRatio terms per image (summed on the driver, then divided once), CSD views, kNN features;
+2. held-out part: every score against the finished banks -> thresholds and percentile tables.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ..errors import ConfigError, DataError
+from ..io.decode import Preprocess
+from ..io.fs import S3Config, exists, read_bytes
+from ..io.uri import join_uri, parent_uri
+from ..models import ModelSpec
+from .bundle import write_bundle
+from .normratio import ratios_from_sums
+from .scoring import load_state_bytes
+from .split import heldout_mask, subsample_mask
+from .thresholds import quantile_table, score_stats, threshold_at, union_thresholds
+from .workers import BankWorker, ScoreWorker
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FLAG_ON = ("featurenorm", "csd")
+
+
+@dataclass
+class CalibrateConfig:
+    data: str                          # ID images: prefix (flat or class folders) or manifest, local or s3://
+    model: str                         # safetensors weights, local or s3://; model.json beside it
+    output: str                        # bundle root; the bundle goes to <output>/bundles/<bundle_id>/
+    spec: ModelSpec | None = None      # overrides model.json
+    heldout_fraction: float = 0.1
+    target_fpr: float = 0.05
+    flag_on: tuple[str, ...] = DEFAULT_FLAG_ON
+    seed: int = 0
+    max_select: int | None = None      # deterministic NormRatio subsample size (None = all bank images)
+    block: str | None = None           # force a block instead of the selector's choice
+    k_csd: int = 10
+    k_knn: int = 50
+    bank_dtype: str = "float16"
+    resize_mode: str = "crop"
+    workers: int = 2                   # Ray Data actors; 0 = in-process
+    batch_size: int = 64
+    device: str = "cpu"
+    knn_backend: str = "auto"
+    s3: S3Config | None = None
+    min_heldout: int = 20
+
+    def validate(self) -> None:
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ConfigError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        if not 0.0 < self.target_fpr < 0.5:
+            raise ConfigError(f"target_fpr must be in (0, 0.5), got {self.target_fpr}")
+        for name in ("k_csd", "k_knn", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.bank_dtype not in ("float16", "float32"):
+            raise ConfigError(f"bank_dtype must be float16 or float32, got {self.bank_dtype!r}")
+        bad = [s for s in self.flag_on if s not in ("featurenorm", "csd", "knn", "msp", "energy", "maxlogit",
+                                                     "msp+fn", "energy+fn")]
+        if bad:
+            raise ConfigError(f"flag_on has unknown score {bad[0]!r}")
+
+
+@dataclass
+class CalibrateResult:
+    bundle_uri: str
+    bundle_id: str
+    meta: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def read_model(uri: str, spec: ModelSpec | None, s3: S3Config | None) -> tuple[bytes, ModelSpec]:
+    """Weights bytes and the model description (explicit, else ``<name>.json`` or ``model.json`` beside it)."""
+    if not exists(uri, s3=s3):
+        raise ConfigError(f"model weights not found: {uri}")
+    data = read_bytes(uri, s3=s3)
+    if spec is None:
+        import json
+
+        stem = uri[: -len(".safetensors")] if uri.endswith(".safetensors") else uri
+        for cand in (stem + ".json", join_uri(parent_uri(uri), "model.json")):
+            if exists(cand, s3=s3):
+                spec = ModelSpec.from_dict(json.loads(read_bytes(cand, s3=s3)))
+                break
+        else:
+            raise ConfigError(f"no model.json beside {uri}; pass --arch/--num-classes (and --small-input, --image-size)")
+    spec.build(load_state_bytes(data), source=uri)  # strict: fail now, not inside a worker
+    return data, spec
+
+
+def list_id_images(data: str, s3: S3Config | None) -> tuple[list[str], int]:
+    """Sorted URIs of the ID images (labels are not needed to calibrate) and the non-image skip count."""
+    from ..io.dataset import is_manifest, list_images
+    from ..io.listing import read_manifest
+
+    if is_manifest(data):
+        return sorted(read_manifest(data, s3=s3).column("uri").to_pylist()), 0
+    listed = list_images(data, s3=s3)
+    return sorted(listed.uris()), listed.skipped
+
+
+def _run_phase(worker_cls: type, kwargs: dict[str, Any], table: pa.Table, cfg: CalibrateConfig) -> Iterator[dict]:
+    if table.num_rows == 0:
+        return
+    if cfg.workers == 0:
+        worker = worker_cls(**kwargs)
+        for b in table.to_batches(max_chunksize=cfg.batch_size):
+            yield worker({c: b.column(c).to_numpy(zero_copy_only=False) for c in b.schema.names})
+        return
+    import ray
+
+    cuda = cfg.device.startswith("cuda")
+    kwargs = {k: (ray.put(v) if isinstance(v, (bytes, np.ndarray)) and len(v) > 1 << 20 else v)
+              for k, v in kwargs.items()}
+    step = max(cfg.batch_size, -(-table.num_rows // (4 * cfg.workers)))  # >= 4 blocks per actor
+    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
+    ds = ray.data.from_arrow(blocks).map_batches(
+        worker_cls, fn_constructor_kwargs=kwargs, batch_size=cfg.batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.workers), num_cpus=0 if cuda else 0.5,
+        num_gpus=1 if cuda else 0)
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
+    """Run both phases and write the bundle. Deterministic for fixed data, weights and config."""
+    cfg.validate()
+    t0 = time.perf_counter()
+    model_bytes, spec = read_model(cfg.model, cfg.spec, cfg.s3)
+    pre = Preprocess(size=spec.image_size, mode=cfg.resize_mode)  # type: ignore[arg-type]
+    uris, skipped_ext = list_id_images(cfg.data, cfg.s3)
+    held = heldout_mask(uris, cfg.heldout_fraction, cfg.seed)
+    bank_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
+    if held_idx.size < cfg.min_heldout or bank_idx.size < max(cfg.k_knn, 2):
+        raise DataError(f"{len(uris)} ID images give {bank_idx.size} bank and {held_idx.size} held-out images; "
+                        f"need >= {cfg.k_knn} bank and >= {cfg.min_heldout} held-out (add data or raise heldout_fraction)")
+    bank_uris = [uris[i] for i in bank_idx]
+    select = subsample_mask(bank_uris, cfg.max_select, cfg.seed)
+    common = {"model": model_bytes, "spec": spec.to_dict(), "preprocess": pre.to_dict(), "s3": cfg.s3,
+              "device": cfg.device}
+    log.info("calibrating on %d ID images: %d bank (%d for NormRatio), %d held-out", len(uris), bank_idx.size,
+             int(select.sum()), held_idx.size)
+
+    # Phase 1: NormRatio terms, CSD views and kNN features over the bank part.
+    t1 = time.perf_counter()
+    table = pa.table({"uri": bank_uris, "index": pa.array(bank_idx, pa.int64()), "select": select})
+    worker_blocks = None
+    sums, count, keep, views, feats, failures = None, 0, [], [], [], []
+    done, pids = 0, set()
+    for out in _run_phase(BankWorker, {**common, "seed": cfg.seed}, table, cfg):
+        ok = out["status"] == "ok"
+        r = out["ratios"][ok]
+        sel = ~np.isnan(r).any(axis=1)
+        sums = r[sel].sum(axis=0) if sums is None else sums + r[sel].sum(axis=0)
+        count += int(sel.sum())
+        keep.append(out["index"][ok])
+        views.append(out["views"][ok])
+        feats.append(out["feats"][ok])
+        failures += [(uris[i], s, e) for i, s, e in zip(out["index"][~ok], out["status"][~ok], out["error"][~ok])]
+        done += len(ok)
+        pids.update(np.unique(out["worker"]).tolist())
+        log.info("calibrate bank phase: %d/%d images (%.1f img/s)", done, table.num_rows,
+                 done / max(time.perf_counter() - t1, 1e-9))
+    t_bank = time.perf_counter() - t1
+    order = np.argsort(np.concatenate(keep), kind="stable")
+    views_arr, feats_arr = np.concatenate(views)[order], np.concatenate(feats)[order]
+    n_bank = views_arr.shape[0]
+    if n_bank < max(cfg.k_knn, cfg.k_csd) or count == 0:
+        raise DataError(f"only {n_bank} bank images decoded ({len(failures)} failed); need at least {cfg.k_knn}")
+    from ..models import block_candidates
+
+    blocks = block_candidates(spec.build())
+    nr = ratios_from_sums(blocks, torch.from_numpy(np.asarray(sums, dtype=np.float64)), count)
+    block = cfg.block or nr.selected
+    if block not in blocks:
+        raise ConfigError(f"unknown block {block!r}; valid blocks: {', '.join(blocks)}")
+    c = views_arr.shape[1] // 6
+    dtype = torch.float16 if cfg.bank_dtype == "float16" else torch.float32
+    csd_bank = torch.from_numpy(views_arr.reshape(-1, c)).to(dtype)
+    knn_bank = torch.from_numpy(feats_arr).to(dtype)
+    log.info("NormRatio selected %s (R=%.4f) over %d images; CSD bank %s, kNN bank %s", nr.selected,
+             nr.ratios[nr.selected], count, tuple(csd_bank.shape), tuple(knn_bank.shape))
+
+    # Phase 2: held-out scores -> thresholds and percentile tables.
+    t2 = time.perf_counter()
+    held_table = pa.table({"uri": [uris[i] for i in held_idx], "index": pa.array(held_idx, pa.int64())})
+    kw = {**common, "block": block, "csd_bank": csd_bank.float().numpy(), "knn_bank": knn_bank.float().numpy(),
+          "k_csd": cfg.k_csd, "k_knn": cfg.k_knn, "knn_backend": cfg.knn_backend}
+    parts: dict[str, list[np.ndarray]] = {}
+    for out in _run_phase(ScoreWorker, kw, held_table, cfg):
+        ok = out["status"] == "ok"
+        failures += [(uris[i], s, e) for i, s, e in zip(out["index"][~ok], out["status"][~ok], out["error"][~ok])]
+        for k, v in out.items():
+            if k not in ("index", "status", "error"):
+                parts.setdefault(k, []).append(np.asarray(v, dtype=np.float64)[ok])
+    t_held = time.perf_counter() - t2
+    held_scores = {k: np.concatenate(v) for k, v in parts.items()}
+    n_held = len(next(iter(held_scores.values()))) if held_scores else 0
+    if n_held < cfg.min_heldout:
+        raise DataError(f"only {n_held} held-out images decoded; need at least {cfg.min_heldout}")
+    flag_on = [s for s in cfg.flag_on if s in held_scores]
+    flag_th, alpha = union_thresholds(held_scores, flag_on, cfg.target_fpr)
+    meta = {
+        "model": spec.to_dict(),
+        "preprocess": pre.to_dict(),
+        "selection": {"selector": "normratio", "seed": cfg.seed, "grid": 3, "images": count,
+                      "candidates": blocks, "ratios": nr.ratios, "normratio_choice": nr.selected,
+                      "selected": block, "forced": cfg.block is not None},
+        "csd": {"k": cfg.k_csd, "views_per_image": 6, "bank_size": int(csd_bank.shape[0]), "dim": c,
+                "dtype": cfg.bank_dtype, "index": {"type": "flat", "exact": True}, "file": "csd_bank.safetensors"},
+        "knn": {"k": cfg.k_knn, "bank_size": int(knn_bank.shape[0]), "dim": int(knn_bank.shape[1]),
+                "dtype": cfg.bank_dtype, "index": {"type": "flat", "exact": True}, "file": "knn_bank.safetensors"},
+        "thresholds": {"target_fpr": cfg.target_fpr, "heldout_images": n_held,
+                       "per_score": {s: threshold_at(v, cfg.target_fpr) for s, v in held_scores.items()},
+                       "flag_on": flag_on, "flag": flag_th, "flag_alpha": alpha},
+        "heldout_quantiles": {s: quantile_table(v) for s, v in held_scores.items()},
+        "heldout_stats": {s: score_stats(v) for s, v in held_scores.items()},
+        "split": {"method": "blake2b(seed, uri) < fraction", "heldout_fraction": cfg.heldout_fraction,
+                  "seed": cfg.seed, "bank_images": n_bank, "heldout_images": n_held},
+        "data": {"source": cfg.data, "listed_images": len(uris), "skipped_non_images": skipped_ext,
+                 "decode_failures": len(failures)},
+    }
+    uri = write_bundle(cfg.output, meta, s3=cfg.s3, files={"model.safetensors": model_bytes},
+                       tensors={"csd_bank.safetensors": {"bank": csd_bank.contiguous()},
+                                "knn_bank.safetensors": {"bank": knn_bank.contiguous()}})
+    total = time.perf_counter() - t0
+    summary = {"bundle": uri, "images": len(uris), "failures": failures[:20], "failure_count": len(failures),
+               "seconds": {"total": round(total, 2), "bank_phase": round(t_bank, 2), "heldout_phase": round(t_held, 2)},
+               "bank_workers": len(pids), "img_per_s": round((n_bank + n_held) / max(t_bank + t_held, 1e-9), 1)}
+    return CalibrateResult(uri, uri.rstrip("/").rsplit("/", 1)[-1], meta, summary)

@@ -1,0 +1,89 @@
+"""`ood-audit train`: train or fine-tune a classifier on Ray Train (DDP), resumably."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..models import ARCHITECTURES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a classifier on a labelled image set (Ray Train, DDP)",
+        description="Train on a labelled set (class folders or a manifest, local or s3://) with Ray Train. "
+                    "Modes: ce (cross-entropy), alpa-finetune (MODE-F: L_ALPA from --init weights), joint "
+                    "(MODE-T: L_SupCon + λ·L_ALPA). Checkpoints go to --storage/--run-name every epoch; running "
+                    "the same --run-name and --storage again resumes from the latest one.")
+    p.add_argument("--data", required=True, help="labelled images: class-folder prefix or manifest, local or s3://")
+    p.add_argument("--output", required=True,
+                   help="final weights (.safetensors, local or s3://); <stem>.json with the metadata goes next to it")
+    p.add_argument("--arch", default="resnet18", metavar="ARCH", help=f"one of: {', '.join(ARCHITECTURES)}")
+    p.add_argument("--small-input", action="store_true", help="CIFAR-style stem (for ~32 px images)")
+    p.add_argument("--image-size", type=int, default=None, help="input size in px (default 32 with --small-input, else 224)")
+    p.add_argument("--mode", default="ce", help="ce, alpa-finetune or joint (default ce)")
+    p.add_argument("--init", default=None, help="starting weights (safetensors, local or s3://); required by alpa-finetune")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="images per worker per step (contrastive modes feed 2 views of each)")
+    p.add_argument("--lr", type=float, default=None, help="base learning rate (default by optimizer and mode)")
+    p.add_argument("--optimizer", default="sgd", help="sgd (momentum, Nesterov) or adamw")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up before the cosine decay")
+    p.add_argument("--alpa-weight", type=float, default=1.0, help="λ in joint mode's L_SupCon + λ·L_ALPA")
+    p.add_argument("--supcon-temperature", type=float, default=0.1)
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP ranks)")
+    p.add_argument("--device", default="auto", help="auto (GPUs when the cluster has them), cpu or gpu")
+    p.add_argument("--cpus-per-worker", type=float, default=None, help="default: the cluster's CPUs shared out")
+    p.add_argument("--run-name", default=None, help="names the run in --storage; reuse it to resume")
+    p.add_argument("--storage", default=None, help="checkpoint storage: s3://bucket/prefix or a local directory "
+                                                   "(default Ray's ~/ray_results)")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                   help="also checkpoint every STEPS steps (every epoch always ends with one)")
+    p.add_argument("--keep-checkpoints", type=int, default=3)
+    p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from (-1: no limit)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decode-threads", type=int, default=8, help="image fetch/decode threads per worker")
+    p.add_argument("--log-every", type=float, default=10.0, metavar="SECONDS", help="progress log interval")
+    p.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL or AWS)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--json", dest="json_out", default=None, help="also write the run summary as JSON here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..io.fs import S3Config
+    from ..training import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=args.data, output=args.output, arch=args.arch, small_input=args.small_input,
+        image_size=args.image_size, mode=args.mode, init=args.init, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, alpa_weight=args.alpa_weight,
+        supcon_temperature=args.supcon_temperature, workers=args.workers, device=args.device,
+        cpus_per_worker=args.cpus_per_worker, run_name=args.run_name, storage=args.storage,
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+        max_failures=args.max_failures, seed=args.seed, decode_threads=args.decode_threads,
+        log_every_s=args.log_every, address=args.address,
+    ).validate()
+    if args.s3_endpoint:
+        cfg.s3 = S3Config.from_env(args.s3_endpoint)
+    res = train(cfg)
+    print(f"run {res.run_name}: {res.epochs_completed} epoch(s), {res.global_step} step(s), "
+          f"final loss {_num(res.final_loss)}, {_num(res.images_per_second)} img/s (last epoch)")
+    for h in res.history:
+        print(f"  epoch {h['epoch']:>3}  loss {h['loss']:.4f}  {h['images_per_second']:.1f} img/s  "
+              f"{h['seconds']:.1f} s")
+    if res.skipped_images:
+        print(f"skipped {res.skipped_images} unreadable image(s), e.g.:")
+        for ex in res.skipped_examples[:5]:
+            print(f"  {ex['uri']}: {ex['status']}: {ex['error']}")
+    print(f"weights: {res.output}\nmetadata: {res.metadata}\ncheckpoint: {res.checkpoint}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(res.to_json(), indent=2))
+    return 0
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4g}"

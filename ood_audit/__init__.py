@@ -26,11 +26,17 @@ _LAZY = {
     "maxlogit": "ood_audit.scores",
     "msp": "ood_audit.scores",
     "csd_views": "ood_audit.scores.csd",
+    "csd_bank": "ood_audit.scores.csd",
     "csd_score": "ood_audit.scores.csd",
+    "CSD_VIEW_NAMES": "ood_audit.scores.csd",
     "knn_score": "ood_audit.scores.knn",
+    "knn_index": "ood_audit.scores.knn",
     "alpa_loss_from_projections": "ood_audit.scores.alpa",
     "ALPAHead": "ood_audit.scores.alpa",
     "supcon_loss": "ood_audit.scores.supcon",
+    "make_index": "ood_audit.knn",
+    "build_index": "ood_audit.knn",
+    "KnnIndex": "ood_audit.knn",
 }
 
 __all__ = ["BundleError", "CheckpointError", "ConfigError", "DataError", "KnnError", "OodAuditError", *_LAZY]

@@ -3,5 +3,8 @@ from .baselines import energy, energy_fn, maxlogit, msp, msp_fn, norm_replaced_l
 from .featurenorm import feature_norm
 from .jigsaw import jigsaw, jigsaw_indexed
 
+# CSD, kNN, ALPA and SupCon import faiss/knn machinery lazily through their own modules:
+#   ood_audit.scores.csd, .knn, .alpa, .supcon
+
 __all__ = ["energy", "energy_fn", "feature_norm", "jigsaw", "jigsaw_indexed", "maxlogit", "msp", "msp_fn",
            "norm_replaced_logits"]

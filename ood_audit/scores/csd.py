@@ -1,0 +1,100 @@
+"""CSD, the cross-scale decision score of MODE (Zhang et al., "From Global to Local: Multi-scale
+Out-of-distribution Detection", TIP 2023, section "Cross-Scale Decision"; SPEC §7).
+
+Six C-dimensional views per image are taken from the last-stage map F ∈ R^{C×H×W}:
+
+    q00, q01, q10, q11 = adaptive average pool of F to 2×2 (row-major: top-left, top-right,
+                         bottom-left, bottom-right)
+    global             = mean of F over all H×W cells
+    centre             = mean over the ⌈H/2⌉×⌈W/2⌉ cells starting at row ⌊(H−⌈H/2⌉)/2⌋ and
+                         column ⌊(W−⌈W/2⌉)/2⌋
+
+each L2-normalised as v/(‖v‖ + 1e-10). All 6 views of every ID training image form one bank of
+6·N vectors. With d_v(x) the SQUARED L2 distance from view v to its k-th nearest bank vector,
+
+    CSD(x) = − min_v d_v(x),      csd_view(x) = argmin_v d_v(x).
+
+Higher = more in-distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from ood_audit.errors import DataError
+from ood_audit.knn import ArrayLike, KnnIndex, build_index, ensure_finite
+
+CSD_VIEW_NAMES: tuple[str, ...] = ("q00", "q01", "q10", "q11", "global", "centre")
+"""Names of the six CSD views, in the order of ``csd_views``' second axis and of ``csd_view``."""
+
+CSD_EPS = 1e-10
+
+
+def csd_views(fmap: ArrayLike) -> torch.Tensor:
+    """Six L2-normalised views [N, 6, C] (float32) of a last-stage map [N, C, H, W] (SPEC §7).
+
+    Works for any H×W ≥ 1×1; for odd sizes the 2×2 adaptive pool's cells overlap, as in
+    ``torch.nn.functional.adaptive_avg_pool2d``.
+    """
+    f = torch.as_tensor(fmap)
+    if f.dim() != 4 or min(f.shape[2:]) < 1:
+        raise DataError(f"csd_views needs a [N, C, H, W] map with H, W >= 1, got {tuple(f.shape)}")
+    f = f.float()
+    n, c, h, w = f.shape
+    quadrants = F.adaptive_avg_pool2d(f, 2).reshape(n, c, 4).transpose(1, 2)  # [N, 4, C]
+    global_view = f.mean(dim=(2, 3))
+    ch, cw = -(-h // 2), -(-w // 2)
+    r0, c0 = (h - ch) // 2, (w - cw) // 2
+    centre = f[:, :, r0 : r0 + ch, c0 : c0 + cw].mean(dim=(2, 3))
+    views = torch.cat([quadrants, global_view.unsqueeze(1), centre.unsqueeze(1)], dim=1)
+    return views / (views.norm(dim=2, keepdim=True) + CSD_EPS)
+
+
+def csd_bank(maps: Iterable[ArrayLike], name: str = "csd bank") -> torch.Tensor:
+    """Pool the 6 views of every image in ``maps`` (an iterable of [n, C, H, W] batches) into
+    one bank [6·N, C] on CPU, image-major (rows 6i…6i+5 are image i's views in
+    ``CSD_VIEW_NAMES`` order). Raises `DataError` naming ``name`` on NaN/inf.
+    """
+    parts = []
+    for fmap in maps:
+        views = csd_views(fmap)
+        ensure_finite(views, name)
+        parts.append(views.reshape(-1, views.shape[2]).cpu())
+    if not parts:
+        raise DataError(f"{name}: no feature maps were given; the ID training set is empty")
+    return torch.cat(parts)
+
+
+def csd_score(
+    views: ArrayLike,
+    bank: ArrayLike | KnnIndex,
+    k: int = 10,
+    *,
+    kind: str = "auto",
+    name: str = "csd",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSD scores [N] (float32, higher = ID) and the deciding view ``csd_view`` [N] (int64, 0–5).
+
+    ``views`` are ``csd_views`` output [N, 6, C]. ``bank`` is either a pooled bank [6·M, C] from
+    ``csd_bank`` (an exact index of ``kind`` is built on the views' device) or an already built
+    `KnnIndex` holding such a bank. d_v is the squared L2 distance to the k-th neighbour (not a
+    mean over k). Raises `DataError` naming ``name`` on NaN/inf views, `KnnError` on misuse.
+    """
+    v = torch.as_tensor(views)
+    if v.dim() != 3 or v.shape[1] != len(CSD_VIEW_NAMES):
+        raise DataError(f"{name}: views must be [N, 6, C] from csd_views, got {tuple(v.shape)}")
+    ensure_finite(v, name)
+    if isinstance(bank, KnnIndex):
+        index = bank
+    else:
+        ensure_finite(torch.as_tensor(bank), f"{name} bank")
+        index = build_index(bank, kind=kind, device=v.device)
+    n = v.shape[0]
+    flat = v.reshape(n * v.shape[1], v.shape[2])
+    distances, _ = index.search(flat, k)
+    kth = distances[:, k - 1].reshape(n, v.shape[1]).to(v.device)
+    d_min, view = kth.min(dim=1)
+    return -d_min, view

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..models import ARCHITECTURES
+from .common import add_ray_args, add_s3_args, s3_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,9 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="final weights (.safetensors, local or s3://); <stem>.json with the metadata goes next to it")
     p.add_argument("--arch", default="resnet18", metavar="ARCH", help=f"one of: {', '.join(ARCHITECTURES)}")
     p.add_argument("--small-input", action="store_true", help="CIFAR-style stem (for ~32 px images)")
-    p.add_argument("--image-size", type=int, default=None, help="input size in px (default 32 with --small-input, else 224)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size in px (default 32 with --small-input, else 224)")
     p.add_argument("--mode", default="ce", help="ce, alpa-finetune or joint (default ce)")
-    p.add_argument("--init", default=None, help="starting weights (safetensors, local or s3://); required by alpa-finetune")
+    p.add_argument("--init", default=None,
+                   help="starting weights (safetensors, local or s3://); required by alpa-finetune")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64,
                    help="images per worker per step (contrastive modes feed 2 views of each)")
@@ -34,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpa-weight", type=float, default=1.0, help="λ in joint mode's L_SupCon + λ·L_ALPA")
     p.add_argument("--supcon-temperature", type=float, default=0.1)
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP ranks)")
-    p.add_argument("--device", default="auto", help="auto (GPUs when the cluster has them), cpu or gpu")
+    p.add_argument("--device", default="auto", help="auto (GPUs when the cluster has them), cpu or gpu (cuda)")
     p.add_argument("--cpus-per-worker", type=float, default=None, help="default: the cluster's CPUs shared out")
     p.add_argument("--run-name", default=None, help="names the run in --storage; reuse it to resume")
     p.add_argument("--storage", default=None, help="checkpoint storage: s3://bucket/prefix or a local directory "
@@ -46,14 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--decode-threads", type=int, default=8, help="image fetch/decode threads per worker")
     p.add_argument("--log-every", type=float, default=10.0, metavar="SECONDS", help="progress log interval")
-    p.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL or AWS)")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    add_s3_args(p)
+    add_ray_args(p)
     p.add_argument("--json", dest="json_out", default=None, help="also write the run summary as JSON here")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.fs import S3Config
     from ..training import TrainConfig, train
 
     cfg = TrainConfig(
@@ -65,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
         cpus_per_worker=args.cpus_per_worker, run_name=args.run_name, storage=args.storage,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         max_failures=args.max_failures, seed=args.seed, decode_threads=args.decode_threads,
-        log_every_s=args.log_every, address=args.address,
+        log_every_s=args.log_every, address=args.ray_address,
     ).validate()
-    if args.s3_endpoint:
-        cfg.s3 = S3Config.from_env(args.s3_endpoint)
+    if cfg.uses_s3() or args.s3_endpoint:
+        cfg.s3 = s3_from_args(args)
     res = train(cfg)
     print(f"run {res.run_name}: {res.epochs_completed} epoch(s), {res.global_step} step(s), "
           f"final loss {_num(res.final_loss)}, {_num(res.images_per_second)} img/s (last epoch)")

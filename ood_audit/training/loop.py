@@ -1,0 +1,255 @@
+"""The function every Ray Train worker runs: build, maybe resume, train its shard under DDP, checkpoint.
+
+Resuming is Ray Train's: ``ray.train.get_checkpoint()`` hands each (re)started worker the run's latest
+reported checkpoint, both after a worker failure (``FailureConfig``) and when a run is started again with
+the same name and storage (Ray Train V2 reloads the run's checkpoint list from storage). Every start is
+appended to the ``attempts`` history with the global step it resumed from.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..io.decode import Preprocess
+from .augment import augment, to_pixels
+from .checkpoint import check_compatible, read_checkpoint, write_checkpoint
+from .config import TrainConfig
+from .data import MAX_LISTED_FAILURES, ShardReader, SkipLog, epoch_shard, steps_per_epoch
+from .net import TrainNet
+
+log = logging.getLogger("ood_audit.training")
+MAX_STORED_BAD_URIS = 10_000
+
+
+def lr_at(step: int, total_steps: int, base_lr: float, warmup_steps: int) -> float:
+    """Linear warm-up, then cosine decay to zero at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
+
+
+def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.momentum > 0)
+
+
+def param_checksum(model: torch.nn.Module) -> str:
+    """sha256 over every parameter's bytes, in state-dict order (buffers excluded: BN statistics are per rank)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _fmt_eta(seconds: float) -> str:
+    s = int(max(0, seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class _Status:
+    """Keeps ``<dir>/rank-<r>.json`` current (pid, attempt, step), for operators and fault drills."""
+
+    def __init__(self, directory: str | None, rank: int) -> None:
+        self.path = Path(directory, f"rank-{rank}.json") if directory else None
+        self.fields: dict[str, Any] = {"rank": rank, "pid": os.getpid(), "host": os.uname().nodename}
+
+    def update(self, **fields: Any) -> None:
+        if self.path is None:
+            return
+        self.fields.update(fields, updated=time.time())
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.fields))
+        os.replace(tmp, self.path)
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _all_gather(obj: Any, world: int) -> list[Any]:
+    if world == 1 or not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    import ray.train
+    import ray.train.torch
+    import safetensors.torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ..models import build_model, load_state_strict
+
+    cfg: TrainConfig = config["cfg"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    use_gpu = bool(config["use_gpu"])
+    device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
+    torch.set_num_threads(max(1, int(config["torch_threads"])))
+    table = ray.get(config["data_ref"])
+    uris = table.column("uri").to_pylist()
+    labels = table.column("label").to_numpy().astype(np.int64)
+    class_names = list(config["class_names"])
+    status = _Status(cfg.worker_status_dir, rank)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.arch, num_classes=len(class_names), small_input=cfg.small_input)
+    if config["init_ref"] is not None:
+        load_state_strict(model, safetensors.torch.load(ray.get(config["init_ref"])), source=str(cfg.init))
+    net = TrainNet(model, cfg.mode, image_size=cfg.size, mean=cfg.mean, std=cfg.std, alpa_weight=cfg.alpa_weight,
+                   supcon_temperature=cfg.supcon_temperature, supcon_dim=cfg.supcon_dim,
+                   alpa_chunk=cfg.alpa_chunk).to(device)
+    optimizer = make_optimizer(cfg, [p for p in net.parameters() if p.requires_grad])
+    identity = {"arch": cfg.arch, "num_classes": len(class_names), "small_input": cfg.small_input,
+                "image_size": cfg.size, "mode": cfg.mode, "class_names": class_names, "optimizer": cfg.optimizer}
+    state: dict[str, Any] = {"epoch": 0, "epoch_images": 0, "global_step": 0, "images_seen": 0,
+                             "history": [], "attempts": [], "skipped": {"count": 0, "examples": [], "uris": []}}
+    resumed_from = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            data = read_checkpoint(d)
+        check_compatible(data.train_state.get("model", {}), identity, ctx.get_experiment_name())
+        load_state_strict(model, data.model_state, source="checkpoint model.safetensors")
+        net.load_heads_state(data.heads_state)
+        optimizer.load_state_dict(data.optimizer_state(like=optimizer))
+        state.update({k: data.train_state[k] for k in state if k in data.train_state})
+        resumed_from = data.train_state.get("checkpoint_name")
+    state["attempts"].append({"attempt": len(state["attempts"]) + 1, "start_step": state["global_step"],
+                              "start_epoch": state["epoch"], "world_size": world, "resumed_from": resumed_from,
+                              "started_at": _now()})
+    skips = SkipLog()
+    for uri in state["skipped"]["uris"]:
+        skips.bad.add(uri)
+    skips.examples = list(state["skipped"]["examples"])
+    if rank == 0:
+        where = f"resuming from {resumed_from} (epoch {state['epoch']}, step {state['global_step']})" \
+            if resumed_from else "starting from scratch" if not cfg.init else f"starting from {cfg.init}"
+        log.info("training %s (%s) on %d image(s), %d class(es), %d worker(s): %s",
+                 cfg.arch, cfg.mode, len(uris), len(class_names), world, where)
+
+    ddp = net
+    if world > 1:
+        ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    net.train()
+
+    steps_epoch = steps_per_epoch(len(uris), world, cfg.batch_size)
+    total_steps = cfg.epochs * steps_epoch
+    warmup_steps = int(round(cfg.warmup_epochs * steps_epoch))
+    preprocess = Preprocess(size=cfg.size if cfg.small_input else int(round(cfg.size * 8 / 7)), mode="crop")
+    views_per_image = 2 if cfg.two_views else 1
+    status.update(attempt=len(state["attempts"]), epoch=state["epoch"], global_step=state["global_step"],
+                  checkpoint_step=state["global_step"] if resumed_from else None)
+
+    def save_and_report(metrics: dict[str, Any]) -> None:
+        name = f"checkpoint_step{state['global_step']:09d}"
+        state["checkpoint_name"] = name
+        if rank == 0:
+            with tempfile.TemporaryDirectory(prefix="ood-audit-ckpt-") as d:
+                write_checkpoint(d, model_state=model.state_dict(), heads_state=net.heads_state(),
+                                 optimizer=optimizer, train_state={**state, "model": identity,
+                                                                   "config": cfg.to_json()})
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                                 checkpoint_dir_name=name)
+        else:
+            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
+        status.update(checkpoint_step=state["global_step"])
+
+    attempt_start, attempt_steps = time.perf_counter(), 0
+    while state["epoch"] < cfg.epochs:
+        epoch = state["epoch"]
+        start_step = min(steps_epoch, state["epoch_images"] // (cfg.batch_size * world))
+        rows = epoch_shard(len(uris), world, rank, epoch, cfg.seed)
+        reader = ShardReader(uris, labels, rows, batch_size=cfg.batch_size, steps=steps_epoch,
+                             preprocess=preprocess, s3=cfg.s3, threads=cfg.decode_threads, skips=skips,
+                             start_step=start_step)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank * 17 + start_step)
+        loss_sum, loss_n, epoch_start, last_log = 0.0, 0, time.perf_counter(), 0.0
+        for step_in_epoch, (images, targets) in enumerate(reader, start=start_step):
+            pixels = to_pixels(images, device)
+            targets = targets.to(device)
+            if views_per_image == 2:
+                pixels = torch.cat([augment(pixels, size=cfg.size, small_input=cfg.small_input, generator=gen)
+                                    for _ in range(2)])
+                targets = torch.cat([targets, targets])
+            else:
+                pixels = augment(pixels, size=cfg.size, small_input=cfg.small_input, generator=gen)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(state["global_step"], total_steps, cfg.base_lr, warmup_steps)
+            out = ddp(pixels, targets)
+            value = float(out["objective"])
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss became {value} at step {state['global_step']}; try a lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            optimizer.step()
+            loss_sum, loss_n = loss_sum + value, loss_n + 1
+            state["global_step"] += 1
+            state["epoch_images"] += cfg.batch_size * world
+            state["images_seen"] += cfg.batch_size * world
+            attempt_steps += 1
+            status.update(epoch=epoch, global_step=state["global_step"])
+            now = time.perf_counter()
+            if rank == 0 and (now - last_log >= cfg.log_every_s or step_in_epoch + 1 == steps_epoch):
+                last_log = now
+                rate = attempt_steps / max(1e-9, now - attempt_start)
+                log.info("epoch %d/%d step %d/%d (global %d/%d) images %d loss %.4f %.1f img/s ETA %s",
+                         epoch + 1, cfg.epochs, step_in_epoch + 1, steps_epoch, state["global_step"], total_steps,
+                         state["images_seen"], loss_sum / loss_n, rate * cfg.batch_size * world,
+                         _fmt_eta((total_steps - state["global_step"]) / max(rate, 1e-9)))
+            if (cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0
+                    and step_in_epoch + 1 < steps_epoch):
+                save_and_report({"epoch": epoch, "global_step": state["global_step"], "loss": loss_sum / loss_n})
+        seconds = time.perf_counter() - epoch_start
+        total_loss, total_n = _all_reduce_sum([loss_sum, loss_n], device)
+        images_done = (steps_epoch - start_step) * cfg.batch_size * world
+        _merge_skips(skips, _all_gather((sorted(skips.bad)[:MAX_STORED_BAD_URIS], skips.examples), world))
+        record = {"epoch": epoch + 1, "global_step": state["global_step"], "loss": total_loss / max(1, total_n),
+                  "images": images_done, "seconds": round(seconds, 3),
+                  "images_per_second": images_done / max(seconds, 1e-9), "skipped_images": len(skips.bad),
+                  "lr": optimizer.param_groups[0]["lr"]}
+        state["history"].append(record)
+        state["skipped"] = {"count": len(skips.bad), "examples": skips.examples,
+                            "uris": sorted(skips.bad)[:MAX_STORED_BAD_URIS]}
+        state["epoch"], state["epoch_images"] = epoch + 1, 0
+        if rank == 0:
+            log.info("epoch %d/%d done: loss %.4f, %.1f img/s, %d image(s) skipped so far", epoch + 1, cfg.epochs,
+                     record["loss"], record["images_per_second"], len(skips.bad))
+        save_and_report(record)
+    checksums = _all_gather(param_checksum(model), world)
+    return {"param_checksums": checksums, "global_step": state["global_step"], "epoch": state["epoch"]}
+
+
+def _merge_skips(skips: SkipLog, gathered: list[tuple[list[str], list[dict[str, str]]]]) -> None:
+    """Every rank learns every rank's unreadable images, so none of them is fetched again."""
+    for bad, examples in gathered:
+        for ex in examples:
+            if len(skips.examples) < MAX_LISTED_FAILURES and all(e["uri"] != ex["uri"] for e in skips.examples):
+                skips.examples.append(ex)
+        skips.bad.update(bad)

@@ -1,0 +1,106 @@
+"""The module DDP wraps: the classifier behind :class:`TapModel`, the training-only heads, and the loss of
+each mode (SPEC §8).
+
+- ``ce``: cross-entropy on the logits.
+- ``alpa-finetune`` (MODE-F): L = L_ALPA on the last-stage map; the backbone and the ALPA projectors are
+  updated, the classifier head is frozen (it is unused by the loss and keeps the ``--init`` weights).
+- ``joint`` (MODE-T): L = L_SupCon + λ·L_ALPA. SupCon runs on a small MLP projector of the pooled
+  penultimate vector (L2-normalised inside :func:`supcon_loss`). The classifier head is trained alongside
+  as a linear probe on the *detached* penultimate vector, so the saved model has usable logits while the
+  backbone sees exactly L.
+
+Batches of the contrastive modes hold the two views of each image as two rows with the same label.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import CheckpointError
+from ..models import TapModel, load_state_strict
+from ..scores.alpa import ALPAHead
+from ..scores.supcon import supcon_loss
+
+
+class SupConProjector(nn.Module):
+    """Pooled penultimate vector -> SupCon embedding: Linear(D, D), ReLU, Linear(D, d)."""
+
+    def __init__(self, in_dim: int, out_dim: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TrainNet(nn.Module):
+    """``forward(pixels [N, 3, H, W] in [0, 1], labels [N]) -> {"loss": to minimise, "objective": L, ...}``."""
+
+    def __init__(self, model: nn.Module, mode: str, *, image_size: int, mean: Sequence[float],
+                 std: Sequence[float], alpa_weight: float = 1.0, supcon_temperature: float = 0.1,
+                 supcon_dim: int = 128, alpa_chunk: int = 64) -> None:
+        super().__init__()
+        self.mode = mode
+        self.taps = TapModel(model, mean=mean, std=std)
+        self._model = [model]  # the classifier itself (shares parameters with taps); saved as model.safetensors
+        self.alpa_weight = float(alpa_weight)
+        self.supcon_temperature = float(supcon_temperature)
+        self.alpa: ALPAHead | None = None
+        self.supcon: SupConProjector | None = None
+        if mode in ("alpa-finetune", "joint"):
+            channels, dim = self._probe_dims(image_size)
+            self.alpa = ALPAHead(channels, chunk_size=alpa_chunk)
+            if mode == "joint":
+                self.supcon = SupConProjector(dim, supcon_dim)
+        if mode == "alpa-finetune":
+            for p in self.taps.head.parameters():
+                p.requires_grad_(False)
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model[0]
+
+    def _probe_dims(self, image_size: int) -> tuple[int, int]:
+        was_training = self.taps.training
+        self.taps.eval()
+        with torch.no_grad():
+            out = self.taps(torch.zeros(1, 3, image_size, image_size))
+        self.taps.train(was_training)
+        return int(out.last_map.shape[1]), int(out.penultimate.shape[1])
+
+    def _heads(self) -> dict[str, nn.Module]:
+        return {name: head for name, head in (("alpa", self.alpa), ("supcon", self.supcon)) if head is not None}
+
+    def heads_state(self) -> dict[str, torch.Tensor]:
+        """The training-only projectors, keyed ``alpa.*`` / ``supcon.*`` (empty in ``ce`` mode)."""
+        return {f"{name}.{k}": v.detach().cpu().contiguous()
+                for name, head in self._heads().items() for k, v in head.state_dict().items()}
+
+    def load_heads_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Strictly restore the projectors written by :meth:`heads_state`."""
+        heads = self._heads()
+        extra = sorted({k.split(".", 1)[0] for k in state} - set(heads))
+        if extra:
+            raise CheckpointError(f"heads.safetensors holds projectors {extra} that mode {self.mode!r} does not use")
+        for name, head in heads.items():
+            part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            load_state_strict(head, part, source=f"heads.safetensors ({name})")
+
+    def forward(self, pixels: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.taps(pixels)
+        if self.mode == "ce":
+            loss = F.cross_entropy(out.logits, labels)
+            return {"loss": loss, "objective": loss.detach()}
+        assert self.alpa is not None
+        alpa = self.alpa(out.last_map, labels)
+        if self.mode == "alpa-finetune":
+            return {"loss": alpa, "objective": alpa.detach(), "alpa": alpa.detach()}
+        assert self.supcon is not None
+        sup = supcon_loss(self.supcon(out.penultimate), labels, temperature=self.supcon_temperature)
+        probe = F.cross_entropy(self.taps.head(out.penultimate.detach()), labels)
+        objective = sup + self.alpa_weight * alpa
+        return {"loss": objective + probe, "objective": objective.detach(), "supcon": sup.detach(),
+                "alpa": alpa.detach(), "probe_ce": probe.detach()}

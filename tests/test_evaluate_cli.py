@@ -40,13 +40,15 @@ def test_evaluate_prints_table_and_json(folders, capsys):
     out_json = folders / "out.json"
     rc = main(["evaluate", "--arch", "resnet18", "--small-input", "--weights", str(folders / "w.safetensors"),
                "--id-train", str(folders / "train"), "--id-test", str(folders / "test"),
-               "--ood", f"noise={folders / 'noise'}", "--json", str(out_json), "--batch-size", "32"])
+               "--ood", f"noise={folders / 'noise'}", "--json", str(out_json), "--batch-size", "32",
+               "--selector", "normratio"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "selected block:" in text and "ID = positive class" in text
     data = json.loads(out_json.read_text())
     scores = {r["score"] for r in data["results"]}
-    assert {"featurenorm", "msp", "energy", "maxlogit", "msp+fn", "energy+fn", "csd", "knn"} <= scores
+    assert {"featurenorm", "featurenorm2", "msp", "energy", "maxlogit", "msp+fn", "energy+fn", "csd", "knn"} <= scores
+    assert data["selection"]["selector"] == "normratio" and set(data["selection"]["choices"]) == {"normratio", "robust"}
     assert set(data["norm_ratios"]) == {f"layer{i}.{j}" for i in range(1, 5) for j in range(2)}
     assert data["selected_block"] == max(data["norm_ratios"], key=data["norm_ratios"].get)
     assert data["skipped_files"]["noise"] == 1

@@ -1,8 +1,12 @@
-"""Calibration: NormRatio block selection, CSD/kNN banks and thresholds -> an audit bundle (SPEC §4, §7, §10).
+"""Calibration: block selection, CSD/kNN banks and thresholds -> an audit bundle (SPEC §4, §7, §10).
 
 Two distributed phases over Ray Data actor pools (or in-process with ``workers=0``):
-1. bank part: NormRatio terms per image (summed on the driver, then divided once), CSD views, kNN features;
-2. held-out part: every score against the finished banks -> thresholds and percentile tables.
+1. bank part: NormRatio terms per image (summed on the driver, then divided once), CSD views, kNN features,
+   and on a deterministic subsample FN at every block of the image and of each pseudo-OOD probe (the
+   selection evidence); with known outliers (``outliers``), a small extra pass gives FN at every block
+   for them and for held-out ID images;
+2. held-out part: every score against the finished banks -> thresholds and percentile tables, and the
+   held-out median/MAD of log FN that ``featurenorm2`` needs.
 """
 from __future__ import annotations
 
@@ -20,16 +24,21 @@ from ..io.decode import Preprocess
 from ..io.fs import S3Config, exists, read_bytes
 from ..io.uri import join_uri, parent_uri
 from ..models import ModelSpec
+from ..scores.featurenorm import feature_norm_two_sided, two_sided_stats
+from ..scores.probes import DEFAULT_PROBES, check_probes
 from .bundle import write_bundle
+from .evidence import outlier_evidence, probe_evidence
 from .normratio import ratios_from_sums
 from .scoring import load_state_bytes
+from .selection import DEFAULT_SELECTOR, MIN_OUTLIERS, SELECTORS, choose_block, selection_meta
 from .split import heldout_mask, subsample_mask
 from .thresholds import quantile_table, score_stats, threshold_at, union_thresholds
-from .workers import BankWorker, ScoreWorker
+from .workers import BankWorker, NormWorker, ScoreWorker
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FLAG_ON = ("featurenorm", "csd")
+KNOWN_SCORES = ("featurenorm", "featurenorm2", "csd", "knn", "msp", "energy", "maxlogit", "msp+fn", "energy+fn")
 
 
 @dataclass
@@ -44,6 +53,10 @@ class CalibrateConfig:
     seed: int = 0
     max_select: int | None = None      # deterministic NormRatio subsample size (None = all bank images)
     block: str | None = None           # force a block instead of the selector's choice
+    selector: str = DEFAULT_SELECTOR   # normratio (the paper's rule) | robust | validated
+    outliers: str | None = None        # known outliers (prefix or manifest): evidence; needed by `validated`
+    probes: tuple[str, ...] = DEFAULT_PROBES
+    max_probe: int = 2000              # images for the probe evidence (a subset of the NormRatio images)
     k_csd: int = 10
     k_knn: int = 50
     bank_dtype: str = "float16"
@@ -67,10 +80,19 @@ class CalibrateConfig:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
         if self.bank_dtype not in ("float16", "float32"):
             raise ConfigError(f"bank_dtype must be float16 or float32, got {self.bank_dtype!r}")
-        bad = [s for s in self.flag_on if s not in ("featurenorm", "csd", "knn", "msp", "energy", "maxlogit",
-                                                     "msp+fn", "energy+fn")]
+        bad = [s for s in self.flag_on if s not in KNOWN_SCORES]
         if bad:
-            raise ConfigError(f"flag_on has unknown score {bad[0]!r}")
+            raise ConfigError(f"flag_on has unknown score {bad[0]!r}; choose from {', '.join(KNOWN_SCORES)}")
+        if self.selector not in SELECTORS:
+            raise ConfigError(f"selector {self.selector!r} is unknown; choose one of {', '.join(SELECTORS)}")
+        if self.selector == "validated" and not self.outliers:
+            raise ConfigError("selector 'validated' needs known outliers: set outliers (--outliers URI)")
+        if self.max_probe < 10:
+            raise ConfigError(f"max_probe must be >= 10, got {self.max_probe}")
+        try:
+            self.probes = check_probes(tuple(self.probes))
+        except ValueError as e:
+            raise ConfigError(f"probes: {e}") from None
 
 
 @dataclass
@@ -147,23 +169,28 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
                         f"need >= {cfg.k_knn} bank and >= {cfg.min_heldout} held-out (add data or raise heldout_fraction)")
     bank_uris = [uris[i] for i in bank_idx]
     select = subsample_mask(bank_uris, cfg.max_select, cfg.seed)
+    # the same hash order, so the probe rows are always a subset of the NormRatio rows
+    probe = subsample_mask(bank_uris, min(cfg.max_probe, cfg.max_select or cfg.max_probe), cfg.seed)
     common = {"model": model_bytes, "spec": spec.to_dict(), "preprocess": pre.to_dict(), "s3": cfg.s3,
               "device": cfg.device}
-    log.info("calibrating on %d ID images: %d bank (%d for NormRatio), %d held-out", len(uris), bank_idx.size,
-             int(select.sum()), held_idx.size)
+    log.info("calibrating on %d ID images: %d bank (%d for NormRatio, %d for the probe evidence), %d held-out",
+             len(uris), bank_idx.size, int(select.sum()), int(probe.sum()), held_idx.size)
 
     # Phase 1: NormRatio terms, CSD views and kNN features over the bank part.
     t1 = time.perf_counter()
-    table = pa.table({"uri": bank_uris, "index": pa.array(bank_idx, pa.int64()), "select": select})
-    worker_blocks = None
+    table = pa.table({"uri": bank_uris, "index": pa.array(bank_idx, pa.int64()), "select": select, "probe": probe})
     sums, count, keep, views, feats, failures = None, 0, [], [], [], []
+    fn_id, fn_probe = [], []
     done, pids = 0, set()
-    for out in _run_phase(BankWorker, {**common, "seed": cfg.seed}, table, cfg):
+    for out in _run_phase(BankWorker, {**common, "seed": cfg.seed, "probes": cfg.probes}, table, cfg):
         ok = out["status"] == "ok"
         r = out["ratios"][ok]
         sel = ~np.isnan(r).any(axis=1)
         sums = r[sel].sum(axis=0) if sums is None else sums + r[sel].sum(axis=0)
         count += int(sel.sum())
+        has = ok & np.isfinite(out["fn_id"]).all(axis=1) & np.isfinite(out["fn_probe"]).all(axis=1)
+        fn_id.append(out["fn_id"][has])
+        fn_probe.append(out["fn_probe"][has])
         keep.append(out["index"][ok])
         views.append(out["views"][ok])
         feats.append(out["feats"][ok])
@@ -182,15 +209,20 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
 
     blocks = block_candidates(spec.build())
     nr = ratios_from_sums(blocks, torch.from_numpy(np.asarray(sums, dtype=np.float64)), count)
-    block = cfg.block or nr.selected
+    fid, fpr = np.concatenate(fn_id), np.concatenate(fn_probe)
+    evidence = (probe_evidence(blocks, fid, fpr.reshape(fpr.shape[0], len(cfg.probes), len(blocks)), cfg.probes,
+                               nr.ratios) if fid.shape[0] >= 2 else None)
+    outliers = _outlier_evidence(cfg, common, [uris[i] for i in held_idx], blocks) if cfg.outliers else None
+    block = cfg.block or choose_block(cfg.selector, nr.ratios, evidence, outliers)
     if block not in blocks:
         raise ConfigError(f"unknown block {block!r}; valid blocks: {', '.join(blocks)}")
     c = views_arr.shape[1] // 6
     dtype = torch.float16 if cfg.bank_dtype == "float16" else torch.float32
     csd_bank = torch.from_numpy(views_arr.reshape(-1, c)).to(dtype)
     knn_bank = torch.from_numpy(feats_arr).to(dtype)
-    log.info("NormRatio selected %s (R=%.4f) over %d images; CSD bank %s, kNN bank %s", nr.selected,
-             nr.ratios[nr.selected], count, tuple(csd_bank.shape), tuple(knn_bank.shape))
+    log.info("NormRatio chose %s (R=%.4f) over %d images; selector %s -> %s; CSD bank %s, kNN bank %s",
+             nr.selected, nr.ratios[nr.selected], count, cfg.selector, block, tuple(csd_bank.shape),
+             tuple(knn_bank.shape))
 
     # Phase 2: held-out scores -> thresholds and percentile tables.
     t2 = time.perf_counter()
@@ -209,14 +241,21 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     n_held = len(next(iter(held_scores.values()))) if held_scores else 0
     if n_held < cfg.min_heldout:
         raise DataError(f"only {n_held} held-out images decoded; need at least {cfg.min_heldout}")
+    # featurenorm2 statistics from held-out ID (SPEC §10), computed by the one formula the scorer uses
+    fn2_center, fn2_scale = two_sided_stats(held_scores["featurenorm"])
+    fn2 = feature_norm_two_sided(torch.from_numpy(held_scores["featurenorm"]), fn2_center, fn2_scale).numpy()
+    held_scores = {k: v for s, arr in held_scores.items()
+                   for k, v in ([(s, arr), ("featurenorm2", fn2)] if s == "featurenorm" else [(s, arr)])}
     flag_on = [s for s in cfg.flag_on if s in held_scores]
     flag_th, alpha = union_thresholds(held_scores, flag_on, cfg.target_fpr)
     meta = {
         "model": spec.to_dict(),
         "preprocess": pre.to_dict(),
-        "selection": {"selector": "normratio", "seed": cfg.seed, "grid": 3, "images": count,
-                      "candidates": blocks, "ratios": nr.ratios, "normratio_choice": nr.selected,
-                      "selected": block, "forced": cfg.block is not None},
+        "selection": selection_meta(selector=cfg.selector, selected=block, forced=cfg.block is not None,
+                                    ratios=nr.ratios, images=count, seed=cfg.seed, grid=3, evidence=evidence,
+                                    outliers=outliers),
+        "featurenorm2": {"block": block, "center": fn2_center, "scale": fn2_scale, "heldout_images": n_held,
+                         "formula": "-|log FN - center| / scale; center, scale = median, MAD of held-out ID log FN"},
         "csd": {"k": cfg.k_csd, "views_per_image": 6, "bank_size": int(csd_bank.shape[0]), "dim": c,
                 "dtype": cfg.bank_dtype, "index": {"type": "flat", "exact": True}, "file": "csd_bank.safetensors"},
         "knn": {"k": cfg.k_knn, "bank_size": int(knn_bank.shape[0]), "dim": int(knn_bank.shape[1]),
@@ -235,7 +274,32 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
                        tensors={"csd_bank.safetensors": {"bank": csd_bank.contiguous()},
                                 "knn_bank.safetensors": {"bank": knn_bank.contiguous()}})
     total = time.perf_counter() - t0
-    summary = {"bundle": uri, "images": len(uris), "failures": failures[:20], "failure_count": len(failures),
+    summary = {"bundle": uri, "images": len(uris), "selector": cfg.selector, "selected_block": block,
+               "selection_warnings": meta["selection"]["warnings"], "failures": failures[:20],
+               "failure_count": len(failures),
                "seconds": {"total": round(total, 2), "bank_phase": round(t_bank, 2), "heldout_phase": round(t_held, 2)},
                "bank_workers": len(pids), "img_per_s": round((n_bank + n_held) / max(t_bank + t_held, 1e-9), 1)}
     return CalibrateResult(uri, uri.rstrip("/").rsplit("/", 1)[-1], meta, summary)
+
+
+def _outlier_evidence(cfg: CalibrateConfig, common: dict[str, Any], held_uris: list[str],
+                      blocks: list[str]) -> dict[str, Any]:
+    """FN at every block of the known outliers and of (up to ``max_probe``) held-out ID images."""
+    out_uris, _ = list_id_images(cfg.outliers, cfg.s3)  # type: ignore[arg-type]
+    ref = [u for u, m in zip(held_uris, subsample_mask(held_uris, cfg.max_probe, cfg.seed)) if m]
+    table = pa.table({"uri": ref + out_uris, "index": pa.array(np.arange(len(ref) + len(out_uris)), pa.int64())})
+    norms = np.full((table.num_rows, len(blocks)), np.nan)
+    for out in _run_phase(NormWorker, common, table, cfg):
+        ok = out["status"] == "ok"
+        norms[out["index"][ok]] = out["norms"][ok]
+    good = np.isfinite(norms).all(axis=1)
+    fid, fout = norms[: len(ref)][good[: len(ref)]], norms[len(ref):][good[len(ref):]]
+    if fout.shape[0] < MIN_OUTLIERS or fid.shape[0] < 20:
+        raise DataError(f"--outliers {cfg.outliers}: {fout.shape[0]} outlier and {fid.shape[0]} held-out ID images "
+                        f"decoded; need >= {MIN_OUTLIERS} outliers (a few dozen is better) and >= 20 held-out ID")
+    res = outlier_evidence(blocks, fid, fout)
+    res["source"] = cfg.outliers
+    res["decode_failures"] = int((~good[len(ref):]).sum())
+    log.info("known outliers: %d from %s against %d held-out ID images", res["outliers"], cfg.outliers,
+             res["id_images"])
+    return res

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .evidence_view import evidence_lines
+
 
 def format_bundle(b: Any) -> str:
     m = b.meta
@@ -11,21 +13,18 @@ def format_bundle(b: Any) -> str:
              f"  created: {b.provenance.get('created_at', '?')}",
              f"  model: {mod.get('arch')} ({mod.get('num_classes')} classes, {mod.get('image_size')} px"
              f"{', small input' if mod.get('small_input') else ''})", ""]
-    ratios = sel.get("ratios", {})
-    lines.append(f"block selection: {sel.get('selector')} over {sel.get('images')} images, seed {sel.get('seed')}")
-    best = max(ratios.values()) if ratios else 1.0
-    for blk, r in ratios.items():
-        mark = " <- selected" if blk == sel.get("selected") else ""
-        mark += " (NormRatio choice)" if blk == sel.get("normratio_choice") and blk != sel.get("selected") else ""
-        bar = "#" * max(1, int(30 * r / best)) if best > 0 else ""
-        lines.append(f"  {blk:<28} R={r:8.4f} {bar}{mark}")
+    lines += _selection_lines(sel)
     lines += ["", f"thresholds at target ID false-flag rate {th.get('target_fpr')} "
                   f"(held-out {th.get('heldout_images')} images; flagged = any of {th.get('flag_on')} below its "
                   f"flag threshold, union calibrated at alpha {th.get('flag_alpha', 0):.4f})"]
     flag = th.get("flag", {})
     for s, t in th.get("per_score", {}).items():
         extra = f"   flag threshold {flag[s]:.6g}" if s in flag else ""
-        lines.append(f"  {s:<11} {t:>14.6g}{extra}")
+        lines.append(f"  {s:<12} {t:>14.6g}{extra}")
+    fn2 = m.get("featurenorm2")
+    if fn2:
+        lines.append(f"  featurenorm2 = -|log FN - {fn2['center']:.6g}| / {fn2['scale']:.6g} "
+                     f"(median, MAD of log FN at {fn2['block']} over {fn2['heldout_images']} held-out ID images)")
     csd, knn = m.get("csd", {}), m.get("knn", {})
     lines += ["", f"CSD bank: {csd.get('bank_size')} x {csd.get('dim')} ({csd.get('dtype')}, k={csd.get('k')}, "
                   f"{csd.get('index', {}).get('type')})",
@@ -33,3 +32,25 @@ def format_bundle(b: Any) -> str:
               f"{knn.get('index', {}).get('type')})",
               "files: " + ", ".join(f"{n} ({f['bytes']} B)" for n, f in sorted(b.files.items()))]
     return "\n".join(lines)
+
+
+def _selection_lines(sel: dict[str, Any]) -> list[str]:
+    ratios = sel.get("ratios", {})
+    forced = " (forced with --block)" if sel.get("forced") else ""
+    lines = [f"block selection: {sel.get('selector')} selected {sel.get('selected')}{forced}; NormRatio over "
+             f"{sel.get('images')} images, seed {sel.get('seed')}"]
+    choices = sel.get("choices") or {}
+    if choices:
+        lines.append("  choices: " + ", ".join(f"{k} -> {v}" for k, v in choices.items()))
+    if sel.get("evidence") or sel.get("outliers"):
+        lines += evidence_lines(sel)
+    else:  # bundles written before the evidence existed
+        best = max(ratios.values()) if ratios else 1.0
+        for blk, r in ratios.items():
+            mark = " <- selected" if blk == sel.get("selected") else ""
+            mark += " (NormRatio choice)" if blk == sel.get("normratio_choice") and blk != sel.get("selected") else ""
+            bar = "#" * max(1, int(30 * r / best)) if best > 0 else ""
+            lines.append(f"  {blk:<28} R={r:8.4f} {bar}{mark}")
+    for w in sel.get("warnings") or []:
+        lines.append(f"  WARNING: {w}")
+    return lines

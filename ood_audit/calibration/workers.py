@@ -15,8 +15,8 @@ from ..io.fs import S3Config
 from ..io.reader import load_images
 from ..models import ModelSpec, TapModel, block_candidates
 from ..scores.csd import csd_views
-from ..scores.featurenorm import feature_norm
 from ..scores.jigsaw import jigsaw_indexed
+from .evidence import block_norms, probe_norms
 from .normratio import _EPS
 from .scoring import load_state_bytes, make_scorer
 
@@ -45,22 +45,28 @@ def _decode(batch: dict[str, np.ndarray], pre: Preprocess, s3: S3Config | None, 
 
 class BankWorker:
     """Bank/selection phase: per image, NormRatio terms for every candidate block (SPEC §4; only rows with
-    ``select``), the six CSD views (SPEC §7) and the L2-normalised penultimate vector (SPEC §6)."""
+    ``select``), the six CSD views (SPEC §7), the L2-normalised penultimate vector (SPEC §6) and, for rows
+    with ``probe`` (a subset of ``select``), FN at every block of the image and of each pseudo-OOD probe
+    (:mod:`ood_audit.calibration.evidence`)."""
 
     def __init__(self, model: Any, spec: dict, preprocess: dict, *, seed: int = 0, grid: int = 3,
-                 s3: S3Config | None = None, device: str = "cpu", threads: int = 8) -> None:
+                 probes: tuple[str, ...] = (), s3: S3Config | None = None, device: str = "cpu",
+                 threads: int = 8) -> None:
         self.spec = ModelSpec.from_dict(spec)
         m = self.spec.build(load_state_bytes(_resolve(model)))
         self.blocks = block_candidates(m)
         self.tap = TapModel(m, blocks=self.blocks, mean=self.spec.mean, std=self.spec.std).to(device).eval()
         self.pre, self.s3, self.seed, self.grid = Preprocess.from_dict(preprocess), s3, seed, grid
+        self.probes = tuple(probes)
         self.device, self.threads = device, threads
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch["uri"])
+        n, nb = len(batch["uri"]), len(self.blocks)
         x, ok, status, error = _decode(batch, self.pre, self.s3, self.threads)
-        ratios = np.full((n, len(self.blocks)), np.nan, dtype=np.float64)
+        ratios = np.full((n, nb), np.nan, dtype=np.float64)
+        fn_id = np.full((n, nb), np.nan, dtype=np.float64)
+        fn_probe = np.full((n, len(self.probes) * nb), np.nan, dtype=np.float64)
         views = feats = None
         if x is not None:
             idx = torch.as_tensor(np.asarray(batch["index"])[ok])
@@ -72,17 +78,46 @@ class BankWorker:
             views[ok], feats[ok] = v.reshape(v.shape[0], -1), f
             sel = np.asarray(batch["select"], dtype=bool)[ok]
             if sel.any():
-                xs = x[torch.from_numpy(sel)]
-                tj = self.tap(jigsaw_indexed(xs, idx[torch.from_numpy(sel)], self.seed, self.grid).to(self.device))
+                s_t = torch.from_numpy(sel)
+                xs, ids = x[s_t], idx[s_t]
+                tj = self.tap(jigsaw_indexed(xs, ids, self.seed, self.grid).to(self.device))
+                num = block_norms({b: z[s_t.to(self.device)] for b, z in t.blocks.items()}, self.blocks).cpu()
+                den = block_norms(tj.blocks, self.blocks).cpu()
                 rows = np.flatnonzero(ok)[sel]
-                for j, b in enumerate(self.blocks):
-                    num = feature_norm(t.blocks[b][torch.from_numpy(sel).to(self.device)])
-                    r = num / feature_norm(tj.blocks[b]).clamp_min(_EPS)
-                    ratios[rows, j] = r.double().cpu().numpy()
+                ratios[rows] = (num / den.clamp_min(_EPS)).double().numpy()
+                pr = np.asarray(batch.get("probe", np.zeros(n, bool)), dtype=bool)[ok][sel]
+                if pr.any() and self.probes:
+                    p_t = torch.from_numpy(pr)
+                    fp = probe_norms(self.tap, xs[p_t], ids[p_t], self.probes, self.seed, device=self.device,
+                                     known={"jigsaw": den[p_t]})
+                    fn_id[rows[pr]] = num[p_t].double().numpy()
+                    fn_probe[rows[pr]] = fp.double().reshape(fp.shape[0], -1).numpy()
         if views is None:
             views, feats = np.zeros((n, 1), np.float32), np.zeros((n, 1), np.float32)
         return {"index": np.asarray(batch["index"]), "status": status, "error": error, "ratios": ratios,
-                "views": views, "feats": feats, "worker": np.full(n, os.getpid(), dtype=np.int64)}
+                "fn_id": fn_id, "fn_probe": fn_probe, "views": views, "feats": feats,
+                "worker": np.full(n, os.getpid(), dtype=np.int64)}
+
+
+class NormWorker:
+    """FN at every candidate block per image (held-out ID and known outliers for ``--selector validated``)."""
+
+    def __init__(self, model: Any, spec: dict, preprocess: dict, *, s3: S3Config | None = None,
+                 device: str = "cpu", threads: int = 8) -> None:
+        self.spec = ModelSpec.from_dict(spec)
+        m = self.spec.build(load_state_bytes(_resolve(model)))
+        self.blocks = block_candidates(m)
+        self.tap = TapModel(m, blocks=self.blocks, mean=self.spec.mean, std=self.spec.std).to(device).eval()
+        self.pre, self.s3, self.device, self.threads = Preprocess.from_dict(preprocess), s3, device, threads
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["uri"])
+        x, ok, status, error = _decode(batch, self.pre, self.s3, self.threads)
+        norms = np.full((n, len(self.blocks)), np.nan, dtype=np.float64)
+        if x is not None:
+            norms[ok] = block_norms(self.tap(x.to(self.device)).blocks, self.blocks).double().cpu().numpy()
+        return {"index": np.asarray(batch["index"]), "status": status, "error": error, "norms": norms}
 
 
 class ScoreWorker:

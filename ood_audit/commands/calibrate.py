@@ -1,26 +1,41 @@
-"""`ood-audit calibrate`: NormRatio block selection, CSD/kNN banks, thresholds -> audit bundle."""
+"""`ood-audit calibrate`: block selection, CSD/kNN banks, thresholds -> audit bundle."""
 from __future__ import annotations
 
 import argparse
 import json
 
+from ..calibration.selection import DEFAULT_SELECTOR, SELECTORS
+from ..scores.probes import DEFAULT_PROBES
 from .common import add_model_args, add_ray_args, add_s3_args, positive, s3_from_args, spec_from_args, start_ray
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="build a versioned audit bundle from ID data and a trained model",
                        description="Split the ID data deterministically into bank and held-out parts, select the "
-                                   "FeatureNorm block by NormRatio, build the CSD and kNN banks, set thresholds at "
-                                   "the target ID false-flag rate on held-out data, and write an immutable bundle.")
+                                   "FeatureNorm block (the paper's NormRatio, or the robust / validated selectors, "
+                                   "with the evidence of pseudo-OOD probes recorded either way), build the CSD and "
+                                   "kNN banks, set thresholds at the target ID false-flag rate on held-out data, "
+                                   "and write an immutable bundle.")
     p.add_argument("--data", required=True, help="ID images: prefix (local or s3://) or manifest (.parquet/.csv)")
     p.add_argument("--model", required=True, help="safetensors weights (local or s3://)")
     p.add_argument("--output", required=True, help="bundle root; the bundle goes to OUTPUT/bundles/<id>/")
     add_model_args(p)
     p.add_argument("--heldout-fraction", type=float, default=0.1)
     p.add_argument("--target-fpr", type=float, default=0.05, help="target ID false-flag rate (default 0.05)")
-    p.add_argument("--flag-on", default="featurenorm,csd", help="scores whose union decides `flagged`")
+    p.add_argument("--flag-on", default="featurenorm,csd",
+                   help="scores whose union decides `flagged` (featurenorm2 flags unusually high norms too)")
     p.add_argument("--max-select", type=int, default=None, help="NormRatio on a deterministic subsample")
-    p.add_argument("--block", default=None, help="force this block instead of the NormRatio choice")
+    p.add_argument("--block", default=None, help="force this block instead of the selector's choice")
+    p.add_argument("--selector", default=DEFAULT_SELECTOR, choices=SELECTORS,
+                   help="normratio: the paper's rule (argmax NormRatio); robust: the block whose worst pseudo-OOD "
+                        "probe is separated best, never one where FeatureNorm looks inverted; validated: the "
+                        f"lowest FPR95 on --outliers (default {DEFAULT_SELECTOR})")
+    p.add_argument("--outliers", default=None, metavar="URI",
+                   help="a few dozen known outliers from your own data (prefix or manifest); needed by "
+                        "--selector validated, recorded as evidence otherwise")
+    p.add_argument("--probes", default=",".join(DEFAULT_PROBES),
+                   help=f"pseudo-OOD probes for the evidence (default {','.join(DEFAULT_PROBES)})")
+    p.add_argument("--max-probe", type=int, default=2000, help="images for the probe evidence (default 2000)")
     p.add_argument("--k-csd", type=int, default=10)
     p.add_argument("--k-knn", type=int, default=50)
     p.add_argument("--bank-dtype", default="float16", choices=("float16", "float32"))
@@ -37,13 +52,15 @@ def run(args: argparse.Namespace) -> int:
     from ..calibration.calibrate import CalibrateConfig, calibrate
     from ..runtime import resolve_device
 
-    for name in ("k_csd", "k_knn", "batch_size", "max_select"):
+    for name in ("k_csd", "k_knn", "batch_size", "max_select", "max_probe"):
         positive(name.replace("_", "-"), getattr(args, name))
     s3 = s3_from_args(args)
     cfg = CalibrateConfig(data=args.data, model=args.model, output=args.output, spec=spec_from_args(args),
                           heldout_fraction=args.heldout_fraction, target_fpr=args.target_fpr,
                           flag_on=tuple(s for s in args.flag_on.split(",") if s), seed=args.seed,
-                          max_select=args.max_select, block=args.block, k_csd=args.k_csd, k_knn=args.k_knn,
+                          max_select=args.max_select, block=args.block, selector=args.selector,
+                          outliers=args.outliers, probes=tuple(p for p in args.probes.split(",") if p),
+                          max_probe=args.max_probe, k_csd=args.k_csd, k_knn=args.k_knn,
                           bank_dtype=args.bank_dtype, workers=args.workers, batch_size=args.batch_size,
                           device=resolve_device(args.device), s3=s3)
     cfg.validate()

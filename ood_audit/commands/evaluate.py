@@ -1,18 +1,20 @@
-"""`ood-audit evaluate`: NormRatio block selection + every score, with FPR95/AUROC/AUPR per OOD set."""
+"""`ood-audit evaluate`: block selection + every score, with FPR95/AUROC/AUPR per OOD set."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
 
+from ..calibration.selection import DEFAULT_SELECTOR, SELECTORS
 from ..errors import ConfigError
 from ..models import ARCHITECTURES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score ID test and OOD folders and print OOD metrics",
-                       description="Select the FeatureNorm block by NormRatio on the ID train folder, build the "
-                                   "CSD and kNN banks from it, then score the ID test folder and each OOD folder. "
+                       description="Select the FeatureNorm block on the ID train folder (--selector), "
+                                   "build the CSD and kNN banks from it, then score the ID test folder and each "
+                                   "OOD folder. "
                                    "Metrics treat ID as the positive class (FPR95 at 95%% ID kept).")
     p.add_argument("--arch", required=True, choices=ARCHITECTURES, metavar="ARCH",
                    help=f"architecture: {', '.join(ARCHITECTURES)}")
@@ -22,7 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id-train", required=True, help="ID training images (plain folder or class folders)")
     p.add_argument("--id-test", required=True, help="held-out ID images")
     p.add_argument("--ood", action="append", required=True, metavar="[NAME=]DIR", help="an OOD folder; repeatable")
-    p.add_argument("--block", default=None, help="use this block instead of the NormRatio choice")
+    p.add_argument("--block", default=None, help="use this block instead of the selector's choice")
+    p.add_argument("--selector", default=DEFAULT_SELECTOR, choices=SELECTORS,
+                   help=f"block selector (default {DEFAULT_SELECTOR}; see `ood-audit calibrate --help`)")
+    p.add_argument("--outliers", default=None, metavar="DIR", help="known outliers (needed by --selector validated)")
     p.add_argument("--max-select", type=int, default=None, help="deterministic subsample size for NormRatio")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--k-csd", type=int, default=10)
@@ -47,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     res = evaluate(ModelSource(args.arch, args.weights, args.small_input), args.id_train, args.id_test, ood,
                    image_size=size, block=args.block, batch_size=args.batch_size, seed=args.seed, k_csd=args.k_csd,
                    k_knn=args.k_knn, knn_backend=args.knn_backend, max_select=args.max_select,
-                   device=resolve_device(args.device))
+                   device=resolve_device(args.device), selector=args.selector, outliers=args.outliers)
     print(format_table(res))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(res.to_json(), indent=2))

@@ -12,7 +12,7 @@ import torch
 from ..errors import DataError
 from ..models import TapModel
 from .baselines import energy, energy_fn, maxlogit, msp, msp_fn
-from .featurenorm import feature_norm
+from .featurenorm import feature_norm, feature_norm_two_sided
 
 LOGIT_SCORES = ("msp", "energy", "maxlogit", "msp+fn", "energy+fn")
 
@@ -28,12 +28,15 @@ class Scorer:
     """Score pixel batches with FeatureNorm at the selected block, CSD, kNN and logit baselines.
 
     ``csd_index`` / ``knn_index`` are built kNN indexes (see :mod:`ood_audit.knn`); a score whose index
-    is ``None`` is left out. The wrapped :class:`TapModel` must tap ``block``.
+    is ``None`` is left out. ``featurenorm2`` is the (center, scale) of held-out ID log FeatureNorm at
+    ``block`` (:func:`~ood_audit.scores.featurenorm.two_sided_stats`); without it the two-sided score is
+    left out. The wrapped :class:`TapModel` must tap ``block``.
     """
 
     def __init__(self, tap: TapModel, block: str, *, csd_index: Any = None, knn_index: Any = None,
                  k_csd: int = 10, k_knn: int = 50, device: str | torch.device = "cpu",
-                 autocast_dtype: torch.dtype | None = None) -> None:
+                 autocast_dtype: torch.dtype | None = None,
+                 featurenorm2: tuple[float, float] | None = None) -> None:
         if block not in tap.blocks:
             raise ValueError(f"TapModel does not tap the selected block {block!r}")
         self.tap, self.block = tap.eval().to(device), block
@@ -41,10 +44,11 @@ class Scorer:
         self.k_csd, self.k_knn = k_csd, k_knn
         self.device = torch.device(device)
         self.autocast_dtype = autocast_dtype
+        self.featurenorm2 = (float(featurenorm2[0]), float(featurenorm2[1])) if featurenorm2 is not None else None
 
     @property
     def score_names(self) -> list[str]:
-        names = ["featurenorm", *LOGIT_SCORES]
+        names = ["featurenorm", *(["featurenorm2"] if self.featurenorm2 is not None else []), *LOGIT_SCORES]
         if self.csd_index is not None:
             names.append("csd")
         if self.knn_index is not None:
@@ -74,6 +78,8 @@ class Scorer:
             "energy+fn": energy_fn(pen, fn, head.weight, head.bias),
             "pred_class": logits.argmax(1),
         }
+        if self.featurenorm2 is not None:
+            out["featurenorm2"] = feature_norm_two_sided(fn, *self.featurenorm2)
         if self.csd_index is not None:
             from .csd import csd_score, csd_views
 

@@ -33,7 +33,7 @@ def test_distributed_calibration_on_s3_matches_single_process(ray_local, s3_clie
     s3_client.put_object(Bucket=s3_bucket, Key="id/class0/broken.png", Body=b"\x89PNG garbage")
     model = _model_files(tmp_path / "m")
     cfg = CalibrateConfig(data=data, model=model, output=f"s3://{s3_bucket}/audit", heldout_fraction=0.2,
-                          workers=2, batch_size=16, s3=s3_config, k_knn=10)
+                          workers=2, batch_size=16, s3=s3_config, k_knn=10, selector="normratio")
     res = calibrate(cfg)
     assert res.summary["bank_workers"] == 2  # both actors did work
     assert res.bundle_uri.startswith(f"s3://{s3_bucket}/audit/bundles/")
@@ -57,7 +57,9 @@ def test_distributed_calibration_on_s3_matches_single_process(ray_local, s3_clie
     assert meta["csd"]["bank_size"] == 6 * len(bank) and meta["knn"]["bank_size"] == len(bank)
     assert b.tensors("csd_bank.safetensors")["bank"].shape == (6 * len(bank), 512)
     th = meta["thresholds"]
-    assert set(th["per_score"]) == {"featurenorm", "msp", "energy", "maxlogit", "msp+fn", "energy+fn", "csd", "knn"}
+    assert set(th["per_score"]) == {"featurenorm", "featurenorm2", "msp", "energy", "maxlogit", "msp+fn", "energy+fn",
+                                    "csd", "knn"}
+    assert meta["selection"]["evidence"]["images"] == len(bank)  # probe evidence gathered across both actors
     broken_held = sum(bool(held[i]) for i, u in enumerate(uris) if u.endswith("broken.png"))
     assert th["heldout_images"] == int(held.sum()) - broken_held
 

@@ -1,0 +1,98 @@
+"""Scan stage 4 (Ray Data tasks): write report rows as Parquet part files and report what was written.
+
+:func:`write_parts` is a ``map_batches`` function. For each chunk present in its batch it writes one part
+file (:func:`~ood_audit.sinks.parquet.write_part`, all-or-nothing) named after the run, the chunk, the
+pipeline pass and a digest of the chunk positions it holds, and returns one *feed* row per file
+(:data:`FEED_SCHEMA`). The driver consumes the feed to commit chunks (:mod:`ood_audit.scan.ledger`).
+
+The name is a function of the rows, so a Ray retry of the same task (after a node loss, say) rewrites the
+same file instead of adding a second copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ood_audit.io.decode import STATUSES
+from ood_audit.io.fs import S3Config
+from ood_audit.io.uri import join_uri
+from ood_audit.scan.rows import CHUNK, INTERNAL_COLUMNS, READ_S, SCORE_S, SEQ, WORKER
+from ood_audit.sinks.parquet import part_name, write_part
+
+log = logging.getLogger(__name__)
+
+_WRITE_ATTEMPTS = 4
+
+FEED_SCHEMA = pa.schema([
+    ("chunk", pa.int32()),
+    ("file", pa.string()),
+    ("rows", pa.int64()),
+    ("seqs", pa.list_(pa.int32())),
+    *((f"n_{s}", pa.int64()) for s in STATUSES),
+    ("flagged", pa.int64()),
+    ("read_s", pa.float64()),
+    ("score_s", pa.float64()),
+    ("write_s", pa.float64()),
+    ("scanned_min", pa.float64()),  # epoch seconds of the first and last scoring batch in the file
+    ("scanned_max", pa.float64()),
+    ("workers", pa.list_(pa.string())),
+])
+
+
+def seq_digest(seqs: np.ndarray) -> str:
+    """16 hex digits naming a set of chunk positions (sorted int32)."""
+    return hashlib.blake2b(np.ascontiguousarray(seqs, dtype="<i4").tobytes(), digest_size=8).hexdigest()
+
+
+def write_parts(batch: pa.Table, *, partition: str, run_id: str, attempt: int,
+                s3: S3Config | None = None) -> pa.Table:
+    """Write ``batch`` (report columns + internal columns) as one file per chunk; return the feed rows."""
+    feed: list[dict] = []
+    if batch.num_rows == 0:
+        return FEED_SCHEMA.empty_table()
+    chunks = batch.column(CHUNK).to_numpy()
+    for chunk in np.unique(chunks).tolist():
+        part = batch.filter(pa.array(chunks == chunk))
+        part = part.take(pc.sort_indices(part.column(SEQ)))
+        seqs = part.column(SEQ).to_numpy()
+        name = part_name(run_id, int(chunk), attempt, seq_digest(seqs))
+        report = part.drop_columns(list(INTERNAL_COLUMNS))
+        start = time.perf_counter()
+        _write_with_retries(report, join_uri(partition, name), s3)
+        write_s = time.perf_counter() - start
+        status = report.column("status").to_numpy(zero_copy_only=False)
+        flagged = report.column("flagged").fill_null(False)
+        scanned = pc.min_max(report.column("scanned_at").cast(pa.int64())).as_py()
+        feed.append({
+            "chunk": int(chunk),
+            "file": name,
+            "rows": part.num_rows,
+            "seqs": seqs.tolist(),
+            **{f"n_{s}": int((status == s).sum()) for s in STATUSES},
+            "flagged": int(pc.sum(flagged.cast(pa.int64())).as_py() or 0),
+            "read_s": float(pc.sum(part.column(READ_S)).as_py() or 0.0),
+            "score_s": float(pc.sum(part.column(SCORE_S)).as_py() or 0.0),
+            "write_s": write_s,
+            "scanned_min": scanned["min"] / 1e6,
+            "scanned_max": scanned["max"] / 1e6,
+            "workers": sorted(set(part.column(WORKER).to_pylist())),
+        })
+    return pa.Table.from_pylist(feed, schema=FEED_SCHEMA)
+
+
+def _write_with_retries(table: pa.Table, uri: str, s3: S3Config | None, attempts: int = _WRITE_ATTEMPTS) -> None:
+    for i in range(attempts):
+        try:
+            write_part(table, uri, s3=s3)
+            return
+        except OSError as exc:
+            if i == attempts - 1:
+                raise
+            log.warning("writing %s failed (%s); retrying", uri, exc)
+            time.sleep(min(2.0 ** i, 10.0))

@@ -1,0 +1,126 @@
+"""The run ledger and listing helpers without Ray: plan, chunk commits, sweeps, done sets, chunking."""
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ood_audit.errors import ConfigError
+from ood_audit.io.listing import LISTING_SCHEMA
+from ood_audit.scan.ledger import ChunkTracker, Ledger, Plan, RunLayout, check_run_id, new_run_id
+from ood_audit.scan.listing import DoneSet, Skipped, check_inputs, rechunk, skip_done
+from ood_audit.scan.rows import RowBuilder
+from ood_audit.scan.write import FEED_SCHEMA, write_parts
+from ood_audit.sinks.parquet import list_parts, open_reports, partition_uri
+
+from tests.scan.test_rows import _batch
+
+
+def _pages(n, page=7, etag="e"):
+    uris = [f"s3://b/k{i:04d}" for i in range(n)]
+    for i in range(0, n, page):
+        yield pa.table([uris[i:i + page], [etag] * len(uris[i:i + page]), list(range(len(uris[i:i + page])))],
+                       schema=LISTING_SCHEMA)
+
+
+def test_rechunk_exact_sizes_and_order():
+    chunks = list(rechunk(_pages(45), 10))
+    assert [c.num_rows for c in chunks] == [10, 10, 10, 10, 5]
+    assert pa.concat_tables(chunks).column("uri").to_pylist() == [f"s3://b/k{i:04d}" for i in range(45)]
+
+
+def test_plan_slices_and_identity(tmp_path):
+    ledger = Ledger(RunLayout(str(tmp_path), "r1"))
+    t0 = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    doc = ledger.open({"bundle_id": "b1", "inputs": ["s3://x/y"]}, now=t0)
+    assert doc["run_date"] == "2026-01-02" and len(doc["attempts"]) == 1
+    assert ledger.plan() is None
+    plan = ledger.write_plan(rechunk(_pages(25), 10), slice_rows=4, info=lambda: {"listed": 25})
+    assert plan.chunk_rows == [10, 10, 5] and ledger.plan().chunk_rows == [10, 10, 5]
+    assert ledger.plan().info == {"listed": 25}
+    slices = ledger.slices(plan, [1, 2])
+    assert [(s.chunk, s.row_group, s.start, s.rows) for s in slices] == [
+        (1, 0, 0, 4), (1, 1, 4, 4), (1, 2, 8, 2), (2, 0, 0, 4), (2, 1, 4, 1)]
+    again = ledger.open({"bundle_id": "b1", "inputs": ["s3://x/y"]}, now=datetime(2026, 1, 3, tzinfo=timezone.utc))
+    assert again["run_date"] == "2026-01-02" and len(again["attempts"]) == 2  # the first attempt's date stays
+    with pytest.raises(ConfigError, match="--run-id r1 was started with bundle_id='b1'"):
+        ledger.open({"bundle_id": "b2", "inputs": ["s3://x/y"]})
+
+
+def _feed(chunk, seqs, name):
+    row = {f.name: 0 for f in FEED_SCHEMA}
+    row.update(chunk=chunk, seqs=list(seqs), file=name, rows=len(seqs), workers=["n:1"], read_s=0.0,
+               score_s=0.0, write_s=0.0)
+    return row
+
+
+def test_chunk_tracker_commits_exact_cover_and_refuses_duplicates():
+    tracker = ChunkTracker(Plan([6, 4], 2), attempt=1)
+    assert tracker.add(_feed(0, [0, 1, 2], "a")) is None
+    assert tracker.add(_feed(1, [3, 0, 1, 2], "b"))["files"] == ["b"]
+    marker = tracker.add(_feed(0, [5, 3, 4], "c"))
+    assert marker["chunk"] == 0 and marker["rows"] == 6 and marker["files"] == ["a", "c"]
+    dup = ChunkTracker(Plan([4], 2), attempt=1)
+    dup.add(_feed(0, [0, 1], "a"))
+    assert dup.add(_feed(0, [1, 2, 3], "b")) is None  # position 1 twice: never committed
+    assert dup.conflicted == {0}
+
+
+def test_sweep_removes_files_no_marker_names(tmp_path):
+    ledger = Ledger(RunLayout(str(tmp_path), "r1"))
+    part = partition_uri(str(tmp_path), "2026-01-02")
+    builder = RowBuilder({}, "bid", "r1", ["featurenorm"])
+    table = builder.build(_batch(["missing"] * 4), None)
+    feed1 = write_parts(table.slice(0, 2), partition=part, run_id="r1", attempt=1).to_pylist()
+    feed2 = write_parts(table.slice(2, 2), partition=part, run_id="r1", attempt=1).to_pylist()
+    other = write_parts(table, partition=part, run_id="r10", attempt=1).to_pylist()  # another run: untouched
+    assert len(list_parts(part, run_id="r1")) == 2 and len(list_parts(part)) == 3
+    marker = {"chunk": 0, "files": [feed1[0]["file"]]}
+    assert ledger.sweep("2026-01-02", {0: marker}) == [feed2[0]["file"]]
+    assert list_parts(part, run_id="r1") == [feed1[0]["file"]]
+    assert list_parts(part, run_id="r10") == [other[0]["file"]]
+
+
+def test_write_parts_names_depend_only_on_rows(tmp_path):
+    part = partition_uri(str(tmp_path), "2026-01-02")
+    table = RowBuilder({}, "bid", "r1", ["featurenorm"]).build(_batch(["missing"] * 5), None)
+    first = write_parts(table, partition=part, run_id="r1", attempt=2).to_pylist()
+    again = write_parts(table.take([4, 2, 0, 1, 3]), partition=part, run_id="r1", attempt=2).to_pylist()
+    assert [f["file"] for f in first] == [f["file"] for f in again]  # a retried task overwrites, never adds
+    assert len(list_parts(part)) == 1
+    assert first[0]["n_missing"] == 5 and first[0]["seqs"] == [0, 1, 2, 3, 4]
+
+
+def test_done_set_counts_only_final_statuses_of_the_same_bundle(tmp_path):
+    part = partition_uri(str(tmp_path), "2026-01-02")
+    statuses = ["ok", "decode_error", "unsupported", "missing", "too_large"]
+    batch = _batch(statuses)
+    scores = {"featurenorm": np.array([1.0])}
+    write_parts(RowBuilder({}, "b1", "old", ["featurenorm"]).build(batch, scores), partition=part, run_id="old",
+                attempt=1)
+    write_parts(RowBuilder({}, "b2", "other", ["featurenorm"]).build(_batch(["ok"] * 5), {"featurenorm": np.ones(5)}),
+                partition=part, run_id="other", attempt=1)
+    assert open_reports(str(tmp_path)).count_rows() == 10
+    done = DoneSet.from_reports(str(tmp_path), "b1")
+    assert len(done) == 3
+    listing = pa.table({"uri": batch["uri"].tolist() + ["s3://b/new.png"],
+                        "etag": ["e0", "e1", "changed", "e3", "e4", None]}, schema=LISTING_SCHEMA.remove(2))
+    assert done.contains(listing).tolist() == [True, True, False, False, False, False]
+    counter = Skipped()
+    kept = list(skip_done([listing.append_column("size", pa.array([1] * 6, pa.int64()))], done, counter))
+    assert counter.listed == 6 and counter.skipped == 2 and kept[0].num_rows == 4
+    assert len(DoneSet.from_reports(str(tmp_path / "nothing"), "b1")) == 0
+
+
+def test_inputs_and_run_ids():
+    assert check_inputs(["s3://b/a", "s3://b/ab"], "s3://b/out") == ["s3://b/a", "s3://b/ab"]
+    with pytest.raises(ConfigError, match="--input s3://b/a/sub lies inside --input s3://b/a"):
+        check_inputs(["s3://b/a", "s3://b/a/sub"], "s3://b/out")
+    with pytest.raises(ConfigError, match="--output s3://b/a/out lies inside --input s3://b/a"):
+        check_inputs(["s3://b/a"], "s3://b/a/out")
+    with pytest.raises(ConfigError, match="--input 'gs://x'"):
+        check_inputs(["gs://x"], "s3://b/out")
+    assert check_run_id(new_run_id()) and check_run_id("nightly_2026-01-02")
+    for bad in ("", "a b", "a.b", "-x", "x" * 65):
+        with pytest.raises(ConfigError, match="--run-id"):
+            check_run_id(bad)

@@ -101,7 +101,7 @@ def _all_gather(obj: Any, world: int) -> list[Any]:
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
-    import safetensors.torch
+    from safetensors.torch import load as safetensors_bytes_to_state
     from torch.nn.parallel import DistributedDataParallel
 
     from ..models import build_model, load_state_strict
@@ -121,7 +121,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, num_classes=len(class_names), small_input=cfg.small_input)
     if config["init_ref"] is not None:
-        load_state_strict(model, safetensors.torch.load(ray.get(config["init_ref"])), source=str(cfg.init))
+        load_state_strict(model, safetensors_bytes_to_state(ray.get(config["init_ref"])), source=str(cfg.init))
     net = TrainNet(model, cfg.mode, image_size=cfg.size, mean=cfg.mean, std=cfg.std, alpa_weight=cfg.alpa_weight,
                    supcon_temperature=cfg.supcon_temperature, supcon_dim=cfg.supcon_dim,
                    alpa_chunk=cfg.alpa_chunk).to(device)

@@ -355,9 +355,9 @@ def main() -> None:
                     res = scan(bundle, prefix, f"s3://bench/out-{name}", s3, chunk_size=chunk,
                                slice_rows=min(chunk, 256), rows_per_file=chunk)
                 summ = res.summary
-                # The same ceiling again after the scan: other load on a shared machine drifts; use the mean.
-                after = ceiling(bundle, blobs, 64, best_threads)
-                ceil[best_threads] = (ceil[best_threads] + after) / 2
+                # Both ceilings again after the scan: other load on a shared machine drifts; use the means.
+                ceil = {th: (ceil[th] + ceiling(bundle, blobs, 64, th)) / 2 for th in ceil}
+                best_threads = max(ceil, key=ceil.get)
                 assert summ["rows_in_files"] == n, summ
                 best, cores = ceil[best_threads], os.cpu_count() or 1
                 steady = steady_rate(res.progress[0], 0.5, 0.9) or 0.0

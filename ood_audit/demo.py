@@ -129,7 +129,7 @@ def run_demo(workdir: str | None = None, *, epochs: int = 4, workers: int = 2) -
         print(f"[demo] scanned -> {scan.reports} (summary {scan.summary_uri})", flush=True)
         table = _read_reports(scan.reports, scan.run_id, s3)
     summary = {"run_id": scan.run_id, "bundle": cal.bundle_uri, "by_kind": flagged_by_kind(table),
-               "status_counts": scan.summary.get("status_counts", {}), "seconds": round(time.perf_counter() - t0, 1)}
+               "status_counts": scan.summary.get("counts", {}), "seconds": round(time.perf_counter() - t0, 1)}
     print(format_demo(summary), flush=True)
     return summary
 

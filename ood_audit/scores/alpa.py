@@ -44,39 +44,53 @@ def _one_way_alignment(
     return (dot / norms).mean(dim=-1)
 
 
-def alpa_similarity(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    chunk_size: int = 64,
-    use_checkpoint: bool | None = None,
-) -> torch.Tensor:
-    """The pairwise ALPA similarity S [N, N] from projections q, k, v [N, P, e].
-
-    Computed in [chunk_size × chunk_size] blocks of the one-way matrix T (S = T + Tᵀ), so the
-    working memory is O(chunk_size²·P·(P + e)). With ``use_checkpoint`` (default: whenever
-    gradients are being recorded) each block is recomputed in backward instead of kept, so the
-    memory held for backward is O(N²) too.
-    """
-    if chunk_size < 1:
-        raise DataError(f"chunk_size must be >= 1, got {chunk_size}")
-    if use_checkpoint is None:
-        use_checkpoint = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    n = q.shape[0]
+def _one_way_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, anchors: range, candidates: range,
+                    chunk_size: int, use_checkpoint: bool) -> torch.Tensor:
+    """T[anchors, candidates] in [chunk_size × chunk_size] blocks."""
     rows = []
-    for a0 in range(0, n, chunk_size):
-        a1 = min(a0 + chunk_size, n)
+    for a0 in range(anchors.start, anchors.stop, chunk_size):
+        a1 = min(a0 + chunk_size, anchors.stop)
         blocks = []
-        for b0 in range(0, n, chunk_size):
-            b1 = min(b0 + chunk_size, n)
+        for b0 in range(candidates.start, candidates.stop, chunk_size):
+            b1 = min(b0 + chunk_size, candidates.stop)
             args = (q[a0:a1], v[a0:a1], k[b0:b1], v[b0:b1])
             if use_checkpoint:
                 blocks.append(_checkpoint(_one_way_alignment, *args, use_reentrant=False))
             else:
                 blocks.append(_one_way_alignment(*args))
         rows.append(torch.cat(blocks, dim=1))
-    one_way = torch.cat(rows, dim=0)
-    return one_way + one_way.T
+    return torch.cat(rows, dim=0)
+
+
+def alpa_similarity(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    chunk_size: int = 64,
+    use_checkpoint: bool | None = None,
+    anchors: slice | None = None,
+) -> torch.Tensor:
+    """The pairwise ALPA similarity S [N, N] from projections q, k, v [N, P, e].
+
+    Computed in [chunk_size × chunk_size] blocks of the one-way matrix T (S = T + Tᵀ), so the
+    working memory is O(chunk_size²·P·(P + e)). With ``use_checkpoint`` (default: whenever
+    gradients are being recorded) each block is recomputed in backward instead of kept, so the
+    memory held for backward is O(N²) too. With ``anchors`` (a slice of rows) only S[anchors, :] is
+    computed, from T[anchors, :] and T[:, anchors]: a DDP rank's share of the global batch.
+    """
+    if chunk_size < 1:
+        raise DataError(f"chunk_size must be >= 1, got {chunk_size}")
+    if use_checkpoint is None:
+        use_checkpoint = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    every = range(q.shape[0])
+    if anchors is None:
+        one_way = _one_way_blocks(q, k, v, every, every, chunk_size, use_checkpoint)
+        return one_way + one_way.T
+    rows = every[anchors]
+    if rows.step != 1 or len(rows) == 0:
+        raise DataError(f"anchors must be a non-empty contiguous slice of the {len(every)} rows, got {anchors}")
+    return (_one_way_blocks(q, k, v, rows, every, chunk_size, use_checkpoint)
+            + _one_way_blocks(q, k, v, every, rows, chunk_size, use_checkpoint).T)
 
 
 def alpa_loss_from_projections(
@@ -87,16 +101,19 @@ def alpa_loss_from_projections(
     inv_temp: float = ALPA_INV_TEMP,
     chunk_size: int = 64,
     use_checkpoint: bool | None = None,
+    anchors: slice | None = None,
 ) -> torch.Tensor:
     """L_ALPA (SPEC §8) from projections q, k, v [N, P, e] and labels [N]; the two augmented
-    views of an image are two rows with the same label. ℓ_ij = S(i, j)·inv_temp."""
+    views of an image are two rows with the same label. ℓ_ij = S(i, j)·inv_temp. With ``anchors``,
+    the mean over those rows only (each still contrasted with all N)."""
     if q.dim() != 3 or q.shape != k.shape or q.shape != v.shape:
         raise DataError(
             "q, k, v must all be [N, P, e] with the same shape, got "
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
-    similarity = alpa_similarity(q, k, v, chunk_size=chunk_size, use_checkpoint=use_checkpoint)
-    return multi_positive_contrastive(similarity * inv_temp, labels)
+    similarity = alpa_similarity(q, k, v, chunk_size=chunk_size, use_checkpoint=use_checkpoint, anchors=anchors)
+    first = 0 if anchors is None else range(q.shape[0])[anchors].start
+    return multi_positive_contrastive(similarity * inv_temp, labels, first_anchor=first)
 
 
 def _projector(in_channels: int, embed_dim: int) -> nn.Sequential:

@@ -168,10 +168,11 @@ def test_a_few_sgd_steps_of_alpa_finetuning_lower_the_loss():
 
 
 def reference_supcon(z: np.ndarray, labels: list[int], temperature: float) -> float:
+    """Khosla et al. eq. 2 with the reference code's τ/τ_base factor, τ_base = 0.07 (SPEC §8)."""
     unit = [row / math.sqrt(float(row @ row)) for row in z]
     n = len(unit)
     logits = [[float(unit[i] @ unit[j]) / temperature for j in range(n)] for i in range(n)]
-    return reference_contrastive(np.array(logits), labels)
+    return reference_contrastive(np.array(logits), labels) * temperature / 0.07
 
 
 @pytest.mark.parametrize("temperature", [0.1, 0.5])
@@ -181,6 +182,24 @@ def test_supcon_matches_reference(temperature):
     labels = [0, 1, 0, 1, 2, 2, 0, 3]  # label 3 has a single sample
     loss = supcon_loss(z, torch.tensor(labels), temperature=temperature)
     assert loss.item() == pytest.approx(reference_supcon(z.numpy(), labels, temperature), rel=1e-10)
+    plain = supcon_loss(z, torch.tensor(labels), temperature=temperature, base_temperature=None)
+    assert plain.item() == pytest.approx(loss.item() * 0.07 / temperature, rel=1e-10)
+
+
+def test_anchor_rows_average_to_the_full_loss():
+    """A DDP rank's share (its anchors against all rows) averages back to the loss over the whole batch."""
+    from ood_audit.scores.alpa import alpa_loss_from_projections
+
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randn(8, 5, generator=gen, dtype=torch.float64)
+    q, k, v = (torch.randn(8, 4, 6, generator=gen, dtype=torch.float64) for _ in range(3))
+    labels = torch.tensor([0, 1, 0, 1, 2, 2, 0, 3])
+    halves = (slice(0, 4), slice(4, 8))
+    full = supcon_loss(z, labels)
+    assert sum(supcon_loss(z, labels, anchors=h) for h in halves).item() / 2 == pytest.approx(full.item(), rel=1e-12)
+    full = alpa_loss_from_projections(q, k, v, labels, chunk_size=3)
+    shares = [alpa_loss_from_projections(q, k, v, labels, chunk_size=3, anchors=h) for h in halves]
+    assert (shares[0] + shares[1]).item() / 2 == pytest.approx(full.item(), rel=1e-12)
 
 
 def test_supcon_default_temperature_gradients_and_edge_cases():

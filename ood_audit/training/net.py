@@ -10,6 +10,8 @@ each mode (SPEC §8).
   backbone sees exactly L.
 
 Batches of the contrastive modes hold the two views of each image as two rows with the same label.
+Under DDP their losses run over the global batch (:mod:`ood_audit.training.gather`); ``objective`` is
+then this rank's share, and the mean over ranks is the global loss.
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError
 from ..models import TapModel, load_state_strict
-from ..scores.alpa import ALPAHead
+from ..scores.alpa import ALPAHead, alpa_loss_from_projections
 from ..scores.supcon import supcon_loss
+from .gather import GlobalBatch
 
 
 class SupConProjector(nn.Module):
@@ -41,9 +44,10 @@ class TrainNet(nn.Module):
 
     def __init__(self, model: nn.Module, mode: str, *, image_size: int, mean: Sequence[float],
                  std: Sequence[float], alpa_weight: float = 1.0, supcon_temperature: float = 0.1,
-                 supcon_dim: int = 128, alpa_chunk: int = 64) -> None:
+                 supcon_dim: int = 128, alpa_chunk: int = 64, global_batch: GlobalBatch | None = None) -> None:
         super().__init__()
         self.mode = mode
+        self.global_batch = global_batch or GlobalBatch()
         self.taps = TapModel(model, mean=mean, std=std)
         self._model = [model]  # the classifier itself (shares parameters with taps); saved as model.safetensors
         self.alpa_weight = float(alpa_weight)
@@ -95,11 +99,17 @@ class TrainNet(nn.Module):
             loss = F.cross_entropy(out.logits, labels)
             return {"loss": loss, "objective": loss.detach()}
         assert self.alpa is not None
-        alpa = self.alpa(out.last_map, labels)
+        g = self.global_batch
+        anchors = g.anchors(labels.shape[0])
+        all_labels = g.gather_labels(labels)
+        q, k, v = (g.gather(t) for t in self.alpa.project(out.last_map))
+        alpa = alpa_loss_from_projections(q, k, v, all_labels, inv_temp=self.alpa.inv_temp,
+                                          chunk_size=self.alpa.chunk_size, anchors=anchors)
         if self.mode == "alpa-finetune":
             return {"loss": alpa, "objective": alpa.detach(), "alpa": alpa.detach()}
         assert self.supcon is not None
-        sup = supcon_loss(self.supcon(out.penultimate), labels, temperature=self.supcon_temperature)
+        sup = supcon_loss(g.gather(self.supcon(out.penultimate)), all_labels, temperature=self.supcon_temperature,
+                          anchors=anchors)
         probe = F.cross_entropy(self.taps.head(out.penultimate.detach()), labels)
         objective = sup + self.alpa_weight * alpa
         return {"loss": objective + probe, "objective": objective.detach(), "supcon": sup.detach(),

@@ -1,0 +1,62 @@
+"""One rank of the global-batch check (spawned by test_global_batch.py): DDP over gloo, a joint-mode or
+alpa-finetune TrainNet, this rank's half of a fixed batch; writes the loss and DDP-averaged gradients."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+BATCH = 6          # images per rank; two views each -> 12 rows per rank, 24 in the global batch
+
+
+def fixed_batch(world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole global batch, ranks concatenated in order; each rank's rows are its two views."""
+    gen = torch.Generator().manual_seed(1)
+    pixels = torch.rand(world * 2 * BATCH, 3, 16, 16, generator=gen, dtype=torch.float64)
+    images = torch.randint(0, 3, (world, BATCH), generator=gen)
+    labels = torch.cat([torch.cat([images[r], images[r]]) for r in range(world)])
+    return pixels, labels
+
+
+def build(mode: str, global_batch=None):
+    from ood_audit.models import build_model
+    from ood_audit.training.net import TrainNet
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=3, small_input=True)
+    net = TrainNet(model, mode, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, alpa_chunk=5,
+                   global_batch=global_batch).double()
+    # BatchNorm in eval mode: per-rank batch statistics would differ from the full batch's by design,
+    # and that is not what is compared here.
+    net.eval()
+    return net
+
+
+def run_rank(rank: int, world: int, mode: str, store_path: str, out_dir: str) -> None:
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ood_audit.training.gather import GlobalBatch
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
+    try:
+        net = build(mode, GlobalBatch.create(rank, world))
+        ddp = DistributedDataParallel(net)
+        pixels, labels = fixed_batch(world)
+        rows = slice(rank * 2 * BATCH, (rank + 1) * 2 * BATCH)
+        out = ddp(pixels[rows], labels[rows])
+        out["loss"].backward()
+        share = torch.tensor([float(out["objective"])], dtype=torch.float64)
+        dist.all_reduce(share)
+        grads = {n: p.grad.detach().contiguous() for n, p in net.named_parameters() if p.grad is not None}
+        if rank == 0:
+            save_file(grads, os.path.join(out_dir, "grads.safetensors"))
+            Path(out_dir, "loss.json").write_text(json.dumps({"loss": share.item() / world,
+                                                             "parts": {k: float(v) for k, v in out.items()
+                                                                       if k != "loss"}}))
+    finally:
+        dist.destroy_process_group()

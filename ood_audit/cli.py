@@ -9,6 +9,15 @@ from typing import Sequence
 from .errors import OodAuditError
 
 
+class _ConsoleFormatter(logging.Formatter):
+    """``HH:MM:SS message`` for progress; warnings and errors say so."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno <= logging.INFO else f"{self.formatTime(record, self.datefmt)} " \
+            f"{record.levelname}: {record.getMessage()}"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, naming the argument
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -28,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_ConsoleFormatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)

@@ -21,25 +21,62 @@ def apply_env_defaults() -> None:
         os.environ.setdefault(k, v)
 
 
+# Whether the Ray this process started forwards worker output to its console (None: not started here).
+_LOG_TO_DRIVER: bool | None = None
+_LOG_DIR: str | None = None
+
+
+def ray_logs_to_driver() -> bool:
+    """True unless this process started Ray itself with worker output kept off the console."""
+    return _LOG_TO_DRIVER is not False
+
+
+def ray_log_dir() -> str | None:
+    """The folder where Ray keeps its own logs (the session's ``logs/``), once Ray was started here."""
+    return _LOG_DIR
+
+
 def init_ray(address: str | None = None, *, num_cpus: int | None = None,
              object_store_memory: int | None = None, runtime_env: dict | None = None) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``) if given, else start a local Ray; no-op when connected.
 
     Local Ray starts without the dashboard; ``runtime_env`` env_vars (e.g. S3 credentials) reach every
-    worker.
+    worker. Ray's own output stays in its log folder (see :mod:`ood_audit.console`), unless
+    ``OOD_AUDIT_RAY_CONSOLE=1`` asks for it on the console.
     """
+    global _LOG_TO_DRIVER, _LOG_DIR
     apply_env_defaults()
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    to_console = os.environ.get("OOD_AUDIT_RAY_CONSOLE", "0") not in ("", "0", "false")
     kwargs: dict = {"runtime_env": runtime_env} if runtime_env else {}
     if address:
         log.info("joining Ray cluster at %s", address)
-        ray.init(address=address, logging_level=logging.WARNING, **kwargs)
-        return
-    if object_store_memory is None and os.environ.get("OOD_AUDIT_OBJECT_STORE_MB"):
-        object_store_memory = int(os.environ["OOD_AUDIT_OBJECT_STORE_MB"]) * 2**20
-    ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory, include_dashboard=False,
-             logging_level=logging.WARNING, **kwargs)
+        ctx = ray.init(address=address, logging_level=logging.WARNING, log_to_driver=to_console, **kwargs)
+    else:
+        if object_store_memory is None and os.environ.get("OOD_AUDIT_OBJECT_STORE_MB"):
+            object_store_memory = int(os.environ["OOD_AUDIT_OBJECT_STORE_MB"]) * 2**20
+        ctx = ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory, include_dashboard=False,
+                       logging_level=logging.WARNING, log_to_driver=to_console, **kwargs)
+    _LOG_TO_DRIVER = to_console
+    session = (getattr(ctx, "address_info", None) or {}).get("session_dir")
+    _LOG_DIR = os.path.join(session, "logs") if session else None
+    _quiet_ray_data()
+    if not to_console:
+        where = _LOG_DIR or "the Ray head node's session folder (/tmp/ray/session_latest/logs)"
+        log.info("Ray's own logs: %s", where)
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data draws progress bars on the console; the product prints its own progress lines."""
+    try:
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.enable_operator_progress_bars = False
+    except Exception:  # noqa: BLE001 - an older or newer Ray Data without these switches
+        pass

@@ -23,3 +23,7 @@ class BundleError(OodAuditError):
 
 class KnnError(OodAuditError, ValueError):
     """Misuse of a kNN index: empty bank, dimension mismatch, k larger than the bank."""
+
+
+class TrainingDivergedError(OodAuditError):
+    """The training loss became NaN or infinite; the message names the step and suggests a lower --lr."""

@@ -1,12 +1,18 @@
-"""`ood-audit train`: train or fine-tune a classifier on Ray Train (DDP), resumably."""
+"""`ood-audit train`: train or fine-tune a classifier on Ray Train (DDP), resumably.
+
+Exit status: 0 trained; 2 a one-line error (bad flag or data, a non-finite loss, ...); 3 trained, but the
+model's validation accuracy is not clearly above chance (the weights are written, with a warning)."""
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..models import ARCHITECTURES
 from .common import add_ray_args, add_s3_args, s3_from_args
+
+EXIT_DID_NOT_LEARN = 3
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,11 +35,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64,
                    help="images per worker per step (contrastive modes feed 2 views of each)")
-    p.add_argument("--lr", type=float, default=None, help="base learning rate (default by optimizer and mode)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: 0.1 x global batch / 256 for sgd, the linear scaling rule; "
+                        "1e-3 x sqrt(global batch / 256) for adamw; a tenth of those for alpa-finetune)")
     p.add_argument("--optimizer", default="sgd", help="sgd (momentum, Nesterov) or adamw")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up before the cosine decay")
+    p.add_argument("--warmup-epochs", type=float, default=1.0,
+                   help="linear warm-up before the cosine decay (default 1 epoch)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the images held out for validation, chosen by a hash of the object key "
+                        "(default 0.1; 0 = none)")
     p.add_argument("--alpa-weight", type=float, default=1.0, help="λ in joint mode's L_SupCon + λ·L_ALPA")
     p.add_argument("--supcon-temperature", type=float, default=0.1)
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP ranks)")
@@ -62,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, output=args.output, arch=args.arch, small_input=args.small_input,
         image_size=args.image_size, mode=args.mode, init=args.init, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
-        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, alpa_weight=args.alpa_weight,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, val_fraction=args.val_fraction, alpa_weight=args.alpa_weight,
         supcon_temperature=args.supcon_temperature, workers=args.workers, device=args.device,
         cpus_per_worker=args.cpus_per_worker, run_name=args.run_name, storage=args.storage,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
@@ -72,11 +84,15 @@ def run(args: argparse.Namespace) -> int:
     if cfg.uses_s3() or args.s3_endpoint:
         cfg.s3 = s3_from_args(args)
     res = train(cfg)
+    val = "n/a (no validation images)" if res.val_accuracy is None else \
+        f"{res.val_accuracy:.3f} on {res.val_images} held-out images (chance {res.chance_accuracy:.3f})"
     print(f"run {res.run_name}: {res.epochs_completed} epoch(s), {res.global_step} step(s), "
           f"final loss {_num(res.final_loss)}, {_num(res.images_per_second)} img/s (last epoch)")
+    print(f"validation accuracy: {val}")
+    print("  epoch      loss  val loss   val acc     img/s  seconds")
     for h in res.history:
-        print(f"  epoch {h['epoch']:>3}  loss {h['loss']:.4f}  {h['images_per_second']:.1f} img/s  "
-              f"{h['seconds']:.1f} s")
+        print(f"  {h['epoch']:>5}  {h['loss']:>8.4f}  {_fixed(h.get('val_loss'), 4):>8}  "
+              f"{_fixed(h.get('val_accuracy'), 3):>8}  {h['images_per_second']:>8.1f}  {h['seconds']:>7.1f}")
     if res.skipped_images:
         print(f"skipped {res.skipped_images} unreadable image(s), e.g.:")
         for ex in res.skipped_examples[:5]:
@@ -84,8 +100,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"weights: {res.output}\nmetadata: {res.metadata}\ncheckpoint: {res.checkpoint}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(res.to_json(), indent=2))
+    if res.warning:
+        print(f"WARNING: {res.warning}", file=sys.stderr)
+        return EXIT_DID_NOT_LEARN
     return 0
 
 
 def _num(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4g}"
+
+
+def _fixed(v: float | None, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"

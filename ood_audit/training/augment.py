@@ -3,6 +3,12 @@
 Input and output are pixel-space batches ``[B, 3, H, W]`` in [0, 1]; :class:`~ood_audit.models.TapModel`
 normalises afterwards. Every random draw comes from the ``generator`` passed in, so a run is reproducible
 given its seed.
+
+- ``ce``: the CIFAR recipe (pad-and-crop, flip) for small images, random resized crop and flip otherwise.
+- the contrastive modes (SPEC §8, the SupCon/MODE reference recipe): random resized crop with scale
+  0.2–1 at every input size, flip, colour jitter (0.4, 0.4, 0.4, 0.1) with p = 0.8 and random greyscale
+  with p = 0.2. The colour operations are torchvision's own functional ones, applied per image in a
+  random order, as ``ColorJitter`` does; only the random draws are ours, so they follow the run's seed.
 """
 from __future__ import annotations
 
@@ -11,6 +17,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
+from torchvision.transforms.v2 import functional as TF
+
+JITTER = (0.4, 0.4, 0.4, 0.1)   # brightness, contrast, saturation, hue (SPEC §8)
+JITTER_P = 0.8
+GREYSCALE_P = 0.2
+CONTRASTIVE_SCALE = (0.2, 1.0)
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -53,6 +65,37 @@ def random_resized_crop(x: torch.Tensor, size: int, generator: torch.Generator,
 def random_hflip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
     flip = (torch.rand(x.shape[0], generator=generator) < p).to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def colour_jitter(x: torch.Tensor, generator: torch.Generator, strength: tuple[float, float, float, float] = JITTER,
+                  p: float = JITTER_P) -> torch.Tensor:
+    """torchvision's ColorJitter per image with probability ``p``: brightness, contrast and saturation
+    factors uniform in [1 - s, 1 + s], hue shift uniform in [-h, h], the four in a random order."""
+    b, s_b, s_c, s_s, s_h = x.shape[0], *strength
+    apply = torch.rand(b, generator=generator) < p
+    factors = torch.stack([_uniform(b, 1 - s_b, 1 + s_b, generator), _uniform(b, 1 - s_c, 1 + s_c, generator),
+                           _uniform(b, 1 - s_s, 1 + s_s, generator), _uniform(b, -s_h, s_h, generator)], dim=1)
+    orders = torch.argsort(torch.rand(b, 4, generator=generator), dim=1)
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    out = x.clone()
+    for i in torch.nonzero(apply).flatten().tolist():
+        img = x[i]
+        for op in orders[i].tolist():
+            img = ops[op](img, float(factors[i, op]))
+        out[i] = img
+    return out
+
+
+def random_greyscale(x: torch.Tensor, generator: torch.Generator, p: float = GREYSCALE_P) -> torch.Tensor:
+    grey = (torch.rand(x.shape[0], generator=generator) < p).to(x.device)
+    return torch.where(grey[:, None, None, None], TF.rgb_to_grayscale(x, num_output_channels=3), x)
+
+
+def contrastive_view(x: torch.Tensor, *, size: int, generator: torch.Generator) -> torch.Tensor:
+    """One view for SupCon/ALPA (SPEC §8): resized crop (scale 0.2–1), flip, colour jitter, greyscale."""
+    x = random_resized_crop(x, size, generator, scale=CONTRASTIVE_SCALE)
+    x = random_hflip(x, generator)
+    return random_greyscale(colour_jitter(x, generator), generator)
 
 
 def augment(x: torch.Tensor, *, size: int, small_input: bool, generator: torch.Generator) -> torch.Tensor:

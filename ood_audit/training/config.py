@@ -17,11 +17,30 @@ MODES: tuple[str, ...] = ("ce", "alpa-finetune", "joint")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
 
-# Base learning rates when --lr is not given: fine-tuning starts from trained weights, so it moves gently.
-_DEFAULT_LR = {
+# Learning rates for a global batch of REFERENCE_BATCH images, used when --lr is not given; fine-tuning
+# starts from trained weights, so it moves gently. The rate actually used is scaled to the run's global
+# batch (workers x batch size) by :func:`scaled_lr`.
+REFERENCE_BATCH = 256
+REFERENCE_LR = {
     "sgd": {"ce": 0.1, "alpa-finetune": 0.01, "joint": 0.1},
     "adamw": {"ce": 1e-3, "alpa-finetune": 1e-4, "joint": 1e-3},
 }
+DEFAULT_WARMUP_EPOCHS = 1.0
+
+
+def scaled_lr(optimizer: str, mode: str, global_batch: int) -> float:
+    """The default learning rate for ``global_batch`` images per step.
+
+    SGD follows the linear scaling rule (Goyal et al., "Accurate, Large Minibatch SGD", 2017):
+    lr = lr_ref * B / 256, which keeps the update per image constant as workers are added. AdamW's update
+    is normalised by its second-moment estimate, so it follows the square-root rule instead
+    (Malladi et al., "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms", 2022).
+    Both pair with a linear warm-up (``warmup_epochs``, default one epoch), which absorbs the large
+    early gradients of a freshly initialised network.
+    """
+    ratio = global_batch / REFERENCE_BATCH
+    ref = REFERENCE_LR[optimizer][mode]
+    return ref * (ratio if optimizer == "sgd" else math.sqrt(ratio))
 
 
 @dataclass
@@ -38,11 +57,12 @@ class TrainConfig:
     init: str | None = None                     # starting weights (safetensors, local or s3://)
     epochs: int = 10
     batch_size: int = 64
-    lr: float | None = None                     # default depends on optimizer and mode
+    lr: float | None = None                     # default: scaled_lr(optimizer, mode, global batch)
     optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = DEFAULT_WARMUP_EPOCHS
+    val_fraction: float = 0.1                   # held out by object key for validation (0 = none)
     alpa_weight: float = 1.0                    # λ in L_SupCon + λ·L_ALPA (joint mode)
     supcon_temperature: float = 0.1
     supcon_dim: int = 128
@@ -69,8 +89,13 @@ class TrainConfig:
         return self.image_size or (32 if self.small_input else 224)
 
     @property
+    def global_batch(self) -> int:
+        """Images per optimizer step over all workers (the contrastive modes feed two views of each)."""
+        return self.workers * self.batch_size
+
+    @property
     def base_lr(self) -> float:
-        return self.lr if self.lr is not None else _DEFAULT_LR[self.optimizer][self.mode]
+        return self.lr if self.lr is not None else scaled_lr(self.optimizer, self.mode, self.global_batch)
 
     @property
     def two_views(self) -> bool:
@@ -108,6 +133,8 @@ class TrainConfig:
                             ("--log-every", self.log_every_s)):
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{flag} must be a number >= 0, got {value!r}")
+        if not (math.isfinite(self.val_fraction) and 0.0 <= self.val_fraction < 0.5):
+            raise ConfigError(f"--val-fraction must be a number in [0, 0.5), got {self.val_fraction!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("mean and std must hold 3 values each, std > 0")
         _check_uri("--data", self.data)
@@ -159,6 +186,11 @@ class TrainResult:
     global_step: int
     final_loss: float | None
     images_per_second: float | None
+    val_accuracy: float | None = None           # top-1 on the held-out split after the last epoch
+    val_loss: float | None = None
+    val_images: int = 0
+    chance_accuracy: float | None = None        # max(1/C, the majority class's share of the split)
+    warning: str | None = None                  # set when the model did not learn (see learned_check)
     history: list[dict[str, Any]] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
     skipped_images: int = 0

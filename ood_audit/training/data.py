@@ -10,7 +10,9 @@ count stays equal across ranks.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -113,3 +115,110 @@ class ShardReader:
                 if i + 1 < remaining:
                     pending = pool.submit(self._decode_batch)
                 yield batch
+
+
+def object_key(uri: str, source: str) -> str:
+    """The part of ``uri`` under the dataset's root ``source`` (the whole URI for manifests): what the
+    validation split hashes, so a set keeps its split when it is copied to another bucket or disk."""
+    base = source if source.endswith(("/", os.sep)) else source + ("/" if source.startswith("s3://") else os.sep)
+    return uri[len(base):] if uri.startswith(base) else uri
+
+
+def validation_split(uris: Sequence[str], source: str, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows): an object is held out when sha256(``val:`` + its key), read as a
+    number in [0, 1), is below ``fraction``.
+
+    Hashing the key rather than drawing a permutation keeps every object on its side of the split as the
+    set grows: an image added tomorrow never moves yesterday's images across it.
+    """
+    if fraction <= 0:
+        return np.arange(len(uris)), np.zeros(0, dtype=np.int64)
+    draws = np.fromiter((int.from_bytes(hashlib.sha256(b"val:" + object_key(u, source).encode()).digest()[:8],
+                                        "big") / 2.0**64 for u in uris), dtype=np.float64, count=len(uris))
+    held = draws < fraction
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def chance_accuracy(labels: np.ndarray, num_classes: int) -> float:
+    """What a model that learned nothing scores: 1/C, or the majority class's share if that is higher."""
+    if len(labels) == 0:
+        return 1.0 / num_classes
+    return max(1.0 / num_classes, float(np.bincount(labels, minlength=num_classes).max()) / len(labels))
+
+
+def learned_margin(chance: float, n: int) -> float:
+    """The accuracy a model must exceed to count as having learned: chance plus the larger of a tenth of
+    the room above chance and three binomial standard errors of chance accuracy on ``n`` images (a model
+    at chance exceeds it with probability about 0.1%)."""
+    return chance + max(0.1 * (1.0 - chance), 3.0 * math.sqrt(chance * (1.0 - chance) / max(1, n)))
+
+
+def validate(model: torch.nn.Module, uris: Sequence[str], labels: np.ndarray, rows: np.ndarray, *,
+             preprocess: Preprocess, s3: S3Config | None, threads: int, skips: SkipLog, device: torch.device,
+             batch_size: int) -> tuple[float, int, int]:
+    """(summed cross-entropy, correct top-1, images) of ``model`` (a TapModel: pixels in [0, 1]) on ``rows``,
+    in eval mode with no augmentation, decoded exactly as calibration and the scan decode (``preprocess``)."""
+    loss_sum, correct, seen = 0.0, 0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                chunk = [int(r) for r in rows[start: start + batch_size] if uris[int(r)] not in skips.bad]
+                results = load_images([uris[r] for r in chunk], size=preprocess, s3=s3, threads=threads)
+                good = [(r, res.array) for r, res in zip(chunk, results) if res.ok]
+                for r, res in zip(chunk, results):
+                    if not res.ok:
+                        skips.add(uris[r], res.status, res.error or "")
+                if not good:
+                    continue
+                x = torch.from_numpy(np.stack([a for _, a in good])).to(device).permute(0, 3, 1, 2).float() / 255
+                y = torch.tensor([int(labels[r]) for r, _ in good], dtype=torch.int64, device=device)
+                logits = model(x).logits
+                loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(1) == y).sum())
+                seen += len(good)
+    finally:
+        model.train(was_training)
+    return loss_sum, correct, seen
+
+
+BN_REFRESH_IMAGES = 256
+
+
+def refresh_batchnorm(model: torch.nn.Module, uris: Sequence[str], rows: np.ndarray, *, preprocess: Preprocess,
+                      s3: S3Config | None, threads: int, device: torch.device, batch_size: int) -> int:
+    """Re-estimate every BatchNorm's running mean and variance on up to ``BN_REFRESH_IMAGES`` training images
+    decoded as the scan decodes them (Wu and Johnson's "precise BN", 2021); returns the images used.
+
+    Why: the running statistics are an exponential average (momentum 0.1) over recent steps. With few steps
+    per epoch and the early, large learning rates of a short run they trail the weights by several steps,
+    and the eval-mode model, the one calibration and the scan use, scores far worse than the training
+    loss says. Refreshing them costs one forward pass over a few hundred images per epoch.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or len(rows) == 0:
+        return 0
+    picked = [uris[int(r)] for r in rows[:BN_REFRESH_IMAGES]]
+    arrays = [res.array for res in load_images(picked, size=preprocess, s3=s3, threads=threads) if res.ok]
+    if len(arrays) < 2:
+        return 0
+    saved = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    model.train()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(arrays), batch_size):
+                chunk = arrays[start: start + batch_size]
+                if len(chunk) < 2 and start > 0:
+                    break  # BatchNorm cannot train on one image; the batches before it are enough
+                x = torch.from_numpy(np.stack(chunk)).to(device).permute(0, 3, 1, 2).float() / 255
+                model(x)
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(arrays)

@@ -22,10 +22,12 @@ import torch
 import torch.distributed as dist
 
 from ..io.decode import Preprocess
-from .augment import augment, to_pixels
+from .augment import augment, contrastive_view, to_pixels
 from .checkpoint import check_compatible, read_checkpoint, write_checkpoint
 from .config import TrainConfig
-from .data import MAX_LISTED_FAILURES, ShardReader, SkipLog, epoch_shard, steps_per_epoch
+from .data import (MAX_LISTED_FAILURES, ShardReader, SkipLog, epoch_shard, refresh_batchnorm, steps_per_epoch,
+                   validate)
+from .gather import GlobalBatch
 from .net import TrainNet
 
 log = logging.getLogger("ood_audit.training")
@@ -98,23 +100,42 @@ def _all_gather(obj: Any, world: int) -> list[Any]:
     return out
 
 
+def _mean_over_ranks(value: float, world: int, device: torch.device) -> float:
+    """The mean of ``value`` over the ranks: the step's global loss, the same number on every rank, so that a
+    non-finite loss stops every rank at the same step and no collective is left waiting."""
+    if world == 1:
+        return value
+    return _all_reduce_sum([value], device)[0] / world
+
+
+def _sync_buffers(model: torch.nn.Module, world: int) -> None:
+    """Give every rank rank 0's BatchNorm statistics (the saved model's), so validation measures that model."""
+    if world > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf, 0)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
     from safetensors.torch import load as safetensors_bytes_to_state
     from torch.nn.parallel import DistributedDataParallel
 
+    from ..console import relay_logs_to_driver
     from ..models import build_model, load_state_strict
 
     cfg: TrainConfig = config["cfg"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if rank == 0:
+        relay_logs_to_driver(config.get("log_queue"))
     use_gpu = bool(config["use_gpu"])
     device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
     torch.set_num_threads(max(1, int(config["torch_threads"])))
     table = ray.get(config["data_ref"])
     uris = table.column("uri").to_pylist()
     labels = table.column("label").to_numpy().astype(np.int64)
+    train_rows, val_rows = ray.get(config["split_ref"])
     class_names = list(config["class_names"])
     status = _Status(cfg.worker_status_dir, rank)
 
@@ -122,12 +143,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     model = build_model(cfg.arch, num_classes=len(class_names), small_input=cfg.small_input)
     if config["init_ref"] is not None:
         load_state_strict(model, safetensors_bytes_to_state(ray.get(config["init_ref"])), source=str(cfg.init))
+    global_batch = GlobalBatch.create(rank, world) if cfg.two_views else GlobalBatch()
     net = TrainNet(model, cfg.mode, image_size=cfg.size, mean=cfg.mean, std=cfg.std, alpa_weight=cfg.alpa_weight,
                    supcon_temperature=cfg.supcon_temperature, supcon_dim=cfg.supcon_dim,
-                   alpa_chunk=cfg.alpa_chunk).to(device)
+                   alpa_chunk=cfg.alpa_chunk, global_batch=global_batch).to(device)
     optimizer = make_optimizer(cfg, [p for p in net.parameters() if p.requires_grad])
     identity = {"arch": cfg.arch, "num_classes": len(class_names), "small_input": cfg.small_input,
-                "image_size": cfg.size, "mode": cfg.mode, "class_names": class_names, "optimizer": cfg.optimizer}
+                "image_size": cfg.size, "mode": cfg.mode, "class_names": class_names, "optimizer": cfg.optimizer,
+                "val_fraction": cfg.val_fraction}
     state: dict[str, Any] = {"epoch": 0, "epoch_images": 0, "global_step": 0, "images_seen": 0,
                              "history": [], "attempts": [], "skipped": {"count": 0, "examples": [], "uris": []}}
     resumed_from = None
@@ -148,21 +171,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     for uri in state["skipped"]["uris"]:
         skips.bad.add(uri)
     skips.examples = list(state["skipped"]["examples"])
+
+    steps_epoch = steps_per_epoch(len(train_rows), world, cfg.batch_size)
+    total_steps = cfg.epochs * steps_epoch
+    warmup_steps = int(round(cfg.warmup_epochs * steps_epoch))
     if rank == 0:
         where = f"resuming from {resumed_from} (epoch {state['epoch']}, step {state['global_step']})" \
             if resumed_from else "starting from scratch" if not cfg.init else f"starting from {cfg.init}"
-        log.info("training %s (%s) on %d image(s), %d class(es), %d worker(s): %s",
-                 cfg.arch, cfg.mode, len(uris), len(class_names), world, where)
+        log.info("training %s (%s) on %d image(s) + %d held out for validation, %d class(es), %d worker(s), "
+                 "global batch %d, lr %.4g, warm-up %d step(s): %s", cfg.arch, cfg.mode, len(train_rows),
+                 len(val_rows), len(class_names), world, cfg.global_batch, cfg.base_lr, warmup_steps, where)
 
     ddp = net
     if world > 1:
         ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     net.train()
 
-    steps_epoch = steps_per_epoch(len(uris), world, cfg.batch_size)
-    total_steps = cfg.epochs * steps_epoch
-    warmup_steps = int(round(cfg.warmup_epochs * steps_epoch))
     preprocess = Preprocess(size=cfg.size if cfg.small_input else int(round(cfg.size * 8 / 7)), mode="crop")
+    val_preprocess = Preprocess(size=cfg.size, mode="crop")  # what calibration and the scan decode
     views_per_image = 2 if cfg.two_views else 1
     status.update(attempt=len(state["attempts"]), epoch=state["epoch"], global_step=state["global_step"],
                   checkpoint_step=state["global_step"] if resumed_from else None)
@@ -181,31 +207,35 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         status.update(checkpoint_step=state["global_step"])
 
+    last_val = next((h["val_accuracy"] for h in reversed(state["history"]) if h.get("val_accuracy") is not None),
+                    None)
     attempt_start, attempt_steps = time.perf_counter(), 0
-    while state["epoch"] < cfg.epochs:
+    diverged: dict[str, Any] | None = None
+    while state["epoch"] < cfg.epochs and diverged is None:
         epoch = state["epoch"]
         start_step = min(steps_epoch, state["epoch_images"] // (cfg.batch_size * world))
-        rows = epoch_shard(len(uris), world, rank, epoch, cfg.seed)
+        rows = train_rows[epoch_shard(len(train_rows), world, rank, epoch, cfg.seed)]
         reader = ShardReader(uris, labels, rows, batch_size=cfg.batch_size, steps=steps_epoch,
                              preprocess=preprocess, s3=cfg.s3, threads=cfg.decode_threads, skips=skips,
                              start_step=start_step)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank * 17 + start_step)
-        loss_sum, loss_n, epoch_start, last_log = 0.0, 0, time.perf_counter(), 0.0
+        loss_sum, loss_n, epoch_start, last_log = 0.0, 0, time.perf_counter(), time.perf_counter()
         for step_in_epoch, (images, targets) in enumerate(reader, start=start_step):
             pixels = to_pixels(images, device)
             targets = targets.to(device)
             if views_per_image == 2:
-                pixels = torch.cat([augment(pixels, size=cfg.size, small_input=cfg.small_input, generator=gen)
-                                    for _ in range(2)])
+                pixels = torch.cat([contrastive_view(pixels, size=cfg.size, generator=gen) for _ in range(2)])
                 targets = torch.cat([targets, targets])
             else:
                 pixels = augment(pixels, size=cfg.size, small_input=cfg.small_input, generator=gen)
+            lr = lr_at(state["global_step"], total_steps, cfg.base_lr, warmup_steps)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(state["global_step"], total_steps, cfg.base_lr, warmup_steps)
+                group["lr"] = lr
             out = ddp(pixels, targets)
-            value = float(out["objective"])
+            value = _mean_over_ranks(float(out["objective"]), world, device)
             if not math.isfinite(value):
-                raise FloatingPointError(f"loss became {value} at step {state['global_step']}; try a lower --lr")
+                diverged = {"step": state["global_step"] + 1, "epoch": epoch + 1, "loss": str(value), "lr": lr}
+                break
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
             optimizer.step()
@@ -216,22 +246,33 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             attempt_steps += 1
             status.update(epoch=epoch, global_step=state["global_step"])
             now = time.perf_counter()
-            if rank == 0 and (now - last_log >= cfg.log_every_s or step_in_epoch + 1 == steps_epoch):
+            if rank == 0 and now - last_log >= cfg.log_every_s and step_in_epoch + 1 < steps_epoch:
                 last_log = now
                 rate = attempt_steps / max(1e-9, now - attempt_start)
-                log.info("epoch %d/%d step %d/%d (global %d/%d) images %d loss %.4f %.1f img/s ETA %s",
-                         epoch + 1, cfg.epochs, step_in_epoch + 1, steps_epoch, state["global_step"], total_steps,
-                         state["images_seen"], loss_sum / loss_n, rate * cfg.batch_size * world,
+                log.info("  epoch %d/%d  step %d/%d  loss %.4f  val acc %s  %.1f img/s  ETA %s", epoch + 1,
+                         cfg.epochs, step_in_epoch + 1, steps_epoch, loss_sum / loss_n,
+                         "-" if last_val is None else f"{last_val:.3f}", rate * cfg.batch_size * world,
                          _fmt_eta((total_steps - state["global_step"]) / max(rate, 1e-9)))
             if (cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0
                     and step_in_epoch + 1 < steps_epoch):
                 save_and_report({"epoch": epoch, "global_step": state["global_step"], "loss": loss_sum / loss_n})
+        if diverged is not None:
+            break
         seconds = time.perf_counter() - epoch_start
-        total_loss, total_n = _all_reduce_sum([loss_sum, loss_n], device)
+        if rank == 0:
+            refresh_batchnorm(net.taps, uris, rows, preprocess=val_preprocess, s3=cfg.s3, threads=cfg.decode_threads,
+                              device=device, batch_size=2 * cfg.batch_size)
+        _sync_buffers(model, world)
+        v_loss, v_correct, v_n = _all_reduce_sum(list(validate(
+            net.taps, uris, labels, val_rows[rank::world], preprocess=val_preprocess, s3=cfg.s3,
+            threads=cfg.decode_threads, skips=skips, device=device, batch_size=2 * cfg.batch_size)), device)
+        val_seconds = time.perf_counter() - epoch_start - seconds
         images_done = (steps_epoch - start_step) * cfg.batch_size * world
         _merge_skips(skips, _all_gather((sorted(skips.bad)[:MAX_STORED_BAD_URIS], skips.examples), world))
-        record = {"epoch": epoch + 1, "global_step": state["global_step"], "loss": total_loss / max(1, total_n),
-                  "images": images_done, "seconds": round(seconds, 3),
+        last_val = v_correct / v_n if v_n else None
+        record = {"epoch": epoch + 1, "global_step": state["global_step"], "loss": loss_sum / max(1, loss_n),
+                  "val_loss": v_loss / v_n if v_n else None, "val_accuracy": last_val, "val_images": int(v_n),
+                  "images": images_done, "seconds": round(seconds, 3), "val_seconds": round(val_seconds, 3),
                   "images_per_second": images_done / max(seconds, 1e-9), "skipped_images": len(skips.bad),
                   "lr": optimizer.param_groups[0]["lr"]}
         state["history"].append(record)
@@ -239,11 +280,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                             "uris": sorted(skips.bad)[:MAX_STORED_BAD_URIS]}
         state["epoch"], state["epoch_images"] = epoch + 1, 0
         if rank == 0:
-            log.info("epoch %d/%d done: loss %.4f, %.1f img/s, %d image(s) skipped so far", epoch + 1, cfg.epochs,
-                     record["loss"], record["images_per_second"], len(skips.bad))
+            rate = attempt_steps / max(1e-9, time.perf_counter() - attempt_start)
+            val = "no validation images" if not v_n else \
+                f"val acc {record['val_accuracy']:.3f} (loss {record['val_loss']:.4f}, {int(v_n)} images)"
+            log.info("epoch %d/%d  loss %.4f  %s  %.1f img/s  ETA %s%s", epoch + 1, cfg.epochs, record["loss"], val,
+                     record["images_per_second"], _fmt_eta((total_steps - state["global_step"]) / max(rate, 1e-9)),
+                     f"  ({len(skips.bad)} unreadable image(s) skipped)" if skips.bad else "")
         save_and_report(record)
     checksums = _all_gather(param_checksum(model), world)
-    return {"param_checksums": checksums, "global_step": state["global_step"], "epoch": state["epoch"]}
+    return {"param_checksums": checksums, "global_step": state["global_step"], "epoch": state["epoch"],
+            "diverged": diverged}
 
 
 def _merge_skips(skips: SkipLog, gathered: list[tuple[list[str], list[dict[str, str]]]]) -> None:

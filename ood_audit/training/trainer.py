@@ -23,13 +23,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, ConfigError, DataError, OodAuditError
+from ..console import LogRelay
+from ..errors import CheckpointError, ConfigError, DataError, OodAuditError, TrainingDivergedError
 from ..io.dataset import LabelledDataset, load_labelled
 from ..io.fs import S3Config, read_bytes, write_bytes
 from ..io.uri import parse_uri
 from ..ray_setup import init_ray
 from .checkpoint import HEADS_FILE, MODEL_FILE, STATE_FILE, check_compatible
 from .config import TrainConfig, TrainResult
+from .data import chance_accuracy, learned_margin, validation_split
 from .loop import train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,13 @@ def train(config: TrainConfig) -> TrainResult:
     s3 = cfg.s3 or (S3Config.from_env() if cfg.uses_s3() else None)
     cfg = replace(cfg, s3=s3)
     dataset = load_labelled(cfg.data, s3=s3)
-    if len(dataset) < cfg.workers:
-        raise DataError(f"--data {cfg.data} has {len(dataset)} image(s), fewer than --workers {cfg.workers}")
+    train_rows, val_rows = validation_split(dataset.uris(), dataset.source, cfg.val_fraction)
+    if len(train_rows) < cfg.workers:
+        raise DataError(f"--data {cfg.data} has {len(train_rows)} training image(s) after the --val-fraction "
+                        f"{cfg.val_fraction:g} split, fewer than --workers {cfg.workers}")
+    if cfg.val_fraction > 0 and len(val_rows) == 0:
+        log.warning("--val-fraction %g held out no image of %d: training without validation", cfg.val_fraction,
+                    len(dataset))
     init_bytes = _read_init(cfg, dataset) if cfg.init else None
     run_name = cfg.run_name or f"{cfg.arch}-{cfg.mode}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -57,13 +64,15 @@ def train(config: TrainConfig) -> TrainResult:
     storage_path, storage_fs, storage_label = _storage(cfg, s3)
     identity = {"arch": cfg.arch, "num_classes": dataset.num_classes, "small_input": cfg.small_input,
                 "image_size": cfg.size, "mode": cfg.mode, "class_names": list(dataset.class_names),
-                "optimizer": cfg.optimizer}
+                "optimizer": cfg.optimizer, "val_fraction": cfg.val_fraction}
     _log_resume(run_name, storage_path, storage_fs, storage_label, identity, cfg.epochs)
     log.info("run %s: %d image(s), %d class(es), %d worker(s) on %s (%.2g CPU each); checkpoints under %s/%s",
              run_name, len(dataset), dataset.num_classes, cfg.workers, "GPU" if use_gpu else "CPU", cpus,
              storage_label, run_name)
 
+    relay = LogRelay()
     loop_config = {"cfg": cfg, "data_ref": ray.put(dataset.table), "class_names": list(dataset.class_names),
+                   "split_ref": ray.put((train_rows, val_rows)), "log_queue": relay.queue,
                    "init_ref": ray.put(init_bytes) if init_bytes is not None else None, "use_gpu": use_gpu,
                    "torch_threads": max(1, int(cpus))}
     resources = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
@@ -83,9 +92,23 @@ def train(config: TrainConfig) -> TrainResult:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
         raise _user_error(e) or e
+    finally:
+        relay.close()
+    returned = result.return_value or {}
+    if returned.get("diverged"):
+        d = returned["diverged"]
+        raise TrainingDivergedError(
+            f"the training loss became {d['loss']} at step {d['step']} (epoch {d['epoch']}, lr {d['lr']:.3g}); "
+            f"nothing was written to --output. Try a lower --lr (e.g. {d['lr'] / 10:.2g}) or a longer "
+            f"--warmup-epochs; the run's checkpoints stay under {storage_label}/{run_name}")
     if result.checkpoint is None:
         raise CheckpointError(f"run {run_name} finished without a checkpoint under {storage_label}")
-    out = _write_output(cfg, result.checkpoint, run_name, storage_label, result.return_value or {})
+    labels = dataset.labels()
+    validation = {"fraction": cfg.val_fraction, "images": int(len(val_rows)),
+                  "method": "sha256('val:' + key under --data) / 2^64 < fraction",
+                  "chance_accuracy": chance_accuracy(labels[val_rows], dataset.num_classes)}
+    validation["learned_above"] = learned_margin(validation["chance_accuracy"], len(val_rows))
+    out = _write_output(cfg, result.checkpoint, run_name, storage_label, returned, validation)
     out.seconds = round(time.perf_counter() - started, 2)
     return out
 
@@ -194,8 +217,18 @@ def _sibling(uri: str, suffix: str) -> str:
     return base + suffix
 
 
+def learned_check(final: dict[str, Any], validation: dict[str, Any], num_classes: int) -> str | None:
+    """The warning for a model whose last validation accuracy is not clearly above chance, else None."""
+    acc = final.get("val_accuracy")
+    if acc is None or acc > validation["learned_above"] or validation["learned_above"] >= 1.0:
+        return None  # learned, or no validation, or too few images to tell (no accuracy could pass)
+    return (f"the model did not learn: validation accuracy {acc:.3f} on {final.get('val_images', 0)} held-out "
+            f"images is not clearly above chance ({validation['chance_accuracy']:.3f} for {num_classes} classes; "
+            f"needs > {validation['learned_above']:.3f}). Check the labels and --lr, or train for more --epochs")
+
+
 def _write_output(cfg: TrainConfig, checkpoint: Any, run_name: str, storage_label: str,
-                  returned: dict[str, Any]) -> TrainResult:
+                  returned: dict[str, Any], validation: dict[str, Any]) -> TrainResult:
     """Copy the final checkpoint's weights to ``cfg.output`` and write ``<stem>.json`` next to them."""
     import ray
     import torch
@@ -217,6 +250,11 @@ def _write_output(cfg: TrainConfig, checkpoint: Any, run_name: str, storage_labe
     model = state.get("model", {})
     checkpoint_uri = f"s3://{checkpoint.path}" if cfg.storage and parse_uri(cfg.storage).is_s3 else checkpoint.path
     skipped = state.get("skipped", {})
+    warning = learned_check(final, validation, int(model.get("num_classes") or 0))
+    if warning:
+        log.warning("WARNING: %s", warning)
+    elif final.get("val_accuracy") is not None and validation["learned_above"] >= 1.0:
+        log.info("only %d validation image(s): too few to tell whether the model learned", validation["images"])
     meta = {
         "format_version": METADATA_FORMAT_VERSION,
         "weights": os.path.basename(parse_uri(cfg.output).key), "sha256": digest,
@@ -225,6 +263,8 @@ def _write_output(cfg: TrainConfig, checkpoint: Any, run_name: str, storage_labe
         "image_size": cfg.size, "mean": list(cfg.mean), "std": list(cfg.std),
         "class_names": model.get("class_names"), "mode": cfg.mode, "epochs": state.get("epoch"),
         "global_step": state.get("global_step"), "final_loss": final.get("loss"),
+        "val_accuracy": final.get("val_accuracy"), "val_loss": final.get("val_loss"),
+        "validation": {**validation, "images_scored": final.get("val_images", 0)}, "warning": warning,
         "run_name": run_name, "storage": storage_label, "checkpoint": checkpoint_uri,
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "history": history, "attempts": state.get("attempts", []),
@@ -234,14 +274,15 @@ def _write_output(cfg: TrainConfig, checkpoint: Any, run_name: str, storage_labe
     }
     metadata_uri = _sibling(cfg.output, ".json")
     write_bytes(metadata_uri, json.dumps(meta, indent=2).encode(), s3=cfg.s3)
-    log.info("wrote %s (sha256 %s…) and %s; final loss %s after %s epoch(s); %d image(s) skipped",
-             cfg.output, digest[:12], metadata_uri, final.get("loss"), state.get("epoch"), meta["skipped_images"])
+    log.info("wrote %s (sha256 %s…) and %s", cfg.output, digest[:12], metadata_uri)
     return TrainResult(
         output=str(parse_uri(cfg.output)), metadata=str(parse_uri(metadata_uri)),
         heads=str(parse_uri(heads_uri)) if heads_uri else None, run_name=run_name, storage=storage_label,
         checkpoint=checkpoint_uri, epochs_completed=int(state.get("epoch", 0)),
         global_step=int(state.get("global_step", 0)), final_loss=final.get("loss"),
-        images_per_second=final.get("images_per_second"), history=history, attempts=state.get("attempts", []),
+        images_per_second=final.get("images_per_second"), val_accuracy=final.get("val_accuracy"),
+        val_loss=final.get("val_loss"), val_images=int(final.get("val_images") or 0),
+        chance_accuracy=validation["chance_accuracy"], warning=warning, history=history, attempts=state.get("attempts", []),
         skipped_images=int(skipped.get("count", 0)), skipped_examples=list(skipped.get("examples", [])),
         param_checksums=list(returned.get("param_checksums", [])), sha256=digest,
     )

@@ -41,15 +41,21 @@ def _s3_objects(client: Any, bucket: str, prefix: str) -> dict[str, bytes]:
 @pytest.mark.timeout(240)
 def test_ddp_two_workers_on_s3(ray_local, s3_data, s3_config, s3_client) -> None:
     bucket, data_uri = s3_data
-    res = train(TrainConfig(data=data_uri, output=f"s3://{bucket}/models/r18.safetensors", epochs=3, lr=0.02,
+    res = train(TrainConfig(data=data_uri, output=f"s3://{bucket}/models/r18.safetensors", epochs=3,
                             run_name="ddp", storage=f"s3://{bucket}/runs", s3=s3_config, **BASE))
 
     # DDP kept the ranks identical, and the easy task was learnt.
     assert len(res.param_checksums) == 2 and res.param_checksums[0] == res.param_checksums[1]
     losses = [h["loss"] for h in res.history]
     assert len(losses) == 3 and losses[-1] < losses[0], losses
-    assert res.global_step == 3 * 5  # 80 readable images / 2 ranks / batch 8 = 5 steps per epoch
+    # 74 of the 81 files are training images after the 10% validation split (the broken one among them):
+    # 74 // 2 ranks = 37 per rank, in batches of 8 = 5 steps per epoch.
+    assert res.global_step == 3 * 5
     assert all(h["images_per_second"] > 0 for h in res.history)
+    # Validation every epoch, on the 7 held-out images, in the history, the summary and Ray's metrics.
+    assert [h["val_images"] for h in res.history] == [7, 7, 7] and res.val_images == 7
+    assert all(0.0 <= h["val_accuracy"] <= 1.0 and math.isfinite(h["val_loss"]) for h in res.history)
+    assert res.val_accuracy == res.history[-1]["val_accuracy"] and res.chance_accuracy >= 0.5
 
     # The unreadable file was skipped, counted and listed.
     assert res.skipped_images == 1 and res.skipped_examples[0]["uri"].endswith("class0/broken.png")
@@ -63,6 +69,8 @@ def test_ddp_two_workers_on_s3(ray_local, s3_data, s3_config, s3_client) -> None
     assert meta["arch"] == "resnet18" and meta["num_classes"] == 2 and meta["small_input"] is True
     assert meta["image_size"] == 32 and meta["class_names"] == ["class0", "class1"] and meta["mode"] == "ce"
     assert meta["epochs"] == 3 and meta["final_loss"] == pytest.approx(losses[-1])
+    assert meta["val_accuracy"] == res.val_accuracy and meta["validation"]["images"] == 7
+    assert meta["validation"]["fraction"] == 0.1 and meta["config"]["warmup_epochs"] == 1.0
     assert len(meta["mean"]) == 3 and len(meta["std"]) == 3
     load_state_strict(build_model("resnet18", 2, small_input=True), load_safetensors(weights))
 
@@ -82,6 +90,11 @@ def test_ddp_two_workers_on_s3(ray_local, s3_data, s3_config, s3_client) -> None
         assert not body.startswith(b"\x80"), f"{key} looks like a pickle"
     state = json.loads(objects["runs/ddp/checkpoint_step000000015/train_state.json"])
     assert state["epoch"] == 3 and state["global_step"] == 15 and state["config"]["mode"] == "ce"
+    assert [h["val_accuracy"] for h in state["history"]] == [h["val_accuracy"] for h in res.history]
+    import ray.train
+
+    reported = ray.train.Result.from_path(f"{bucket}/runs/ddp", storage_filesystem=s3_config.pyarrow_fs()).metrics
+    assert reported["val_accuracy"] == res.val_accuracy and reported["val_images"] == 7
     assert "secret" not in json.dumps(state).lower()
 
 
@@ -114,7 +127,7 @@ def _check_heads_and_model(result: dict, mode: str) -> None:
 @pytest.mark.timeout(240)
 def test_joint_mode_loss_falls(ray_local, small_data, tmp_path) -> None:
     res = train(TrainConfig(data=str(small_data), output=str(tmp_path / "out" / "model.safetensors"), mode="joint",
-                            epochs=3, lr=0.02, run_name="joint", storage=str(tmp_path / "runs"), **BASE))
+                            epochs=3, run_name="joint", storage=str(tmp_path / "runs"), **BASE))
     losses = [h["loss"] for h in res.history]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0], losses
     assert res.param_checksums[0] == res.param_checksums[1]
@@ -149,7 +162,7 @@ def test_killed_worker_recovers_from_last_checkpoint(ray_local, local_data, tmp_
                               args=(status_dir, storage / "fault", killed, stop), daemon=True)
     killer.start()
     try:
-        res = train(TrainConfig(data=str(local_data), output=str(tmp_path / "model.safetensors"), epochs=5, lr=0.02,
+        res = train(TrainConfig(data=str(local_data), output=str(tmp_path / "model.safetensors"), epochs=5,
                                 checkpoint_every=2, max_failures=2, run_name="fault", storage=str(storage),
                                 worker_status_dir=str(status_dir), **BASE))
     finally:
@@ -164,22 +177,25 @@ def test_killed_worker_recovers_from_last_checkpoint(ray_local, local_data, tmp_
     assert second["resumed_from"] == f"checkpoint_step{second['start_step']:09d}"
     assert res.global_step == 5 * 5 and res.epochs_completed == 5
     assert res.param_checksums[0] == res.param_checksums[1]
+    # Validation went on from the checkpoint: one record per epoch, none lost or repeated by the restart.
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4, 5]
+    assert all(h["val_images"] == 7 and h["val_accuracy"] is not None for h in res.history)
     assert json.loads((status_dir / "rank-1.json").read_text())["pid"] != killed["pid"]
 
 
 @pytest.mark.timeout(240)
 def test_rerun_same_name_resumes_alpa_finetune(ray_local, small_data, init_weights, tmp_path, capsys) -> None:
-    common = dict(data=str(small_data), run_name="resume", storage=str(tmp_path / "runs"), lr=0.02)
+    common = dict(data=str(small_data), run_name="resume", storage=str(tmp_path / "runs"))
     first = train(TrainConfig(output=str(tmp_path / "a.safetensors"), mode="alpa-finetune", init=str(init_weights),
                               epochs=1, **common, **BASE))
-    assert first.epochs_completed == 1 and first.global_step == 2  # 32 images / 2 ranks / batch 8
+    assert first.epochs_completed == 1 and first.global_step == 2  # 29 training images / 2 ranks / batch 8
 
     # The same run name and storage again, through the CLI, with more epochs: it starts at epoch 1, with the
     # model, the ALPA projectors and the optimizer state of the first run's checkpoint.
     out = tmp_path / "b.safetensors"
     rc = main(["train", "--data", common["data"], "--output", str(out), "--small-input", "--epochs", "2",
                "--mode", "alpa-finetune", "--init", str(init_weights), "--batch-size", "8", "--workers", "2",
-               "--cpus-per-worker", "1", "--lr", "0.02", "--run-name", "resume", "--storage", common["storage"],
+               "--cpus-per-worker", "1", "--run-name", "resume", "--storage", common["storage"],
                "--json", str(tmp_path / "summary.json")])
     assert rc == 0
     summary = json.loads((tmp_path / "summary.json").read_text())

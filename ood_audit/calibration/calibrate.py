@@ -122,6 +122,30 @@ def read_model(uri: str, spec: ModelSpec | None, s3: S3Config | None) -> tuple[b
     return data, spec
 
 
+TRAINING_FIELDS = ("val_accuracy", "val_loss", "chance_accuracy", "epochs", "mode", "run_name", "warning")
+
+
+def read_training_record(uri: str, model_bytes: bytes, s3: S3Config | None) -> dict[str, Any] | None:
+    """What ``ood-audit train`` recorded about these weights (``<stem>.json``): validation accuracy and
+    loss, chance, epochs. None when there is no such file or it describes other weights (sha256)."""
+    import hashlib
+    import json
+
+    stem = uri[: -len(".safetensors")] if uri.endswith(".safetensors") else uri
+    if not exists(stem + ".json", s3=s3):
+        return None
+    try:
+        meta = json.loads(read_bytes(stem + ".json", s3=s3))
+    except ValueError:
+        return None
+    if meta.get("sha256") != hashlib.sha256(model_bytes).hexdigest() or "val_accuracy" not in meta:
+        return None
+    record = {k: meta.get(k) for k in TRAINING_FIELDS}
+    record["val_images"] = (meta.get("validation") or {}).get("images_scored")
+    record["val_fraction"] = (meta.get("validation") or {}).get("fraction")
+    return record
+
+
 def list_id_images(data: str, s3: S3Config | None) -> tuple[list[str], int]:
     """Sorted URIs of the ID images (labels are not needed to calibrate) and the non-image skip count."""
     from ..io.dataset import is_manifest, list_images
@@ -250,6 +274,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     flag_th, alpha = union_thresholds(held_scores, flag_on, cfg.target_fpr)
     meta = {
         "model": spec.to_dict(),
+        "training": read_training_record(cfg.model, model_bytes, cfg.s3),
         "preprocess": pre.to_dict(),
         "selection": selection_meta(selector=cfg.selector, selected=block, forced=cfg.block is not None,
                                     ratios=nr.ratios, images=count, seed=cfg.seed, grid=3, evidence=evidence,

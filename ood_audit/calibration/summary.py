@@ -12,7 +12,7 @@ def format_bundle(b: Any) -> str:
     lines = [f"bundle {b.id}", f"  uri: {b.uri}",
              f"  created: {b.provenance.get('created_at', '?')}",
              f"  model: {mod.get('arch')} ({mod.get('num_classes')} classes, {mod.get('image_size')} px"
-             f"{', small input' if mod.get('small_input') else ''})", ""]
+             f"{', small input' if mod.get('small_input') else ''})", _training_line(m.get("training")), ""]
     lines += _selection_lines(sel)
     lines += ["", f"thresholds at target ID false-flag rate {th.get('target_fpr')} "
                   f"(held-out {th.get('heldout_images')} images; flagged = any of {th.get('flag_on')} below its "
@@ -32,6 +32,15 @@ def format_bundle(b: Any) -> str:
               f"{knn.get('index', {}).get('type')})",
               "files: " + ", ".join(f"{n} ({f['bytes']} B)" for n, f in sorted(b.files.items()))]
     return "\n".join(lines)
+
+
+def _training_line(t: dict[str, Any] | None) -> str:
+    if not t or t.get("val_accuracy") is None:
+        return "  model validation accuracy: not recorded (weights not trained by ood-audit train, or no split)"
+    chance = f", chance {t['chance_accuracy']:.3f}" if t.get("chance_accuracy") is not None else ""
+    line = (f"  model validation accuracy: {t['val_accuracy']:.3f} on {t.get('val_images')} held-out images{chance} "
+            f"(run {t.get('run_name')}, {t.get('mode')}, {t.get('epochs')} epochs)")
+    return line + (f"\n  WARNING: {t['warning']}" if t.get("warning") else "")
 
 
 def _selection_lines(sel: dict[str, Any]) -> list[str]:

@@ -106,3 +106,34 @@ def test_union_thresholds_hold_the_joint_rate():
     assert 0.04 <= flagged.mean() <= 0.05
     assert alpha < 0.05
     assert all(bool(r) == f for r, f in zip(reasons, flagged))
+
+
+@pytest.mark.timeout(300)
+def test_bundle_carries_the_models_validation_accuracy(tmp_path, capsys):
+    """`train` writes <stem>.json with the weights' sha256 and validation figures; calibrate copies them into
+    the bundle and `bundle show` prints them, but only for the weights that json describes."""
+    import hashlib
+
+    data = str(write_local(tmp_path / "id", labelled_images(30, seed=3)))
+    root = tmp_path / "m"
+    root.mkdir()
+    torch.manual_seed(0)
+    weights = root / "digits.safetensors"
+    save_weights(build_model("resnet18", 2, small_input=True), weights)
+    record = {**SPEC.to_dict(), "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "val_accuracy": 0.975,
+              "val_loss": 0.08, "chance_accuracy": 0.5, "epochs": 10, "mode": "ce", "run_name": "r1", "warning": None,
+              "validation": {"fraction": 0.1, "images_scored": 6}}
+    (root / "digits.json").write_text(json.dumps(record))
+    cfg = CalibrateConfig(data=data, model=str(weights), output=str(tmp_path / "out"), heldout_fraction=0.3,
+                          workers=0, k_knn=5, min_heldout=10)
+    res = calibrate(cfg)
+    assert res.meta["training"]["val_accuracy"] == 0.975 and res.meta["training"]["val_images"] == 6
+    assert load_bundle(res.bundle_uri).meta["training"]["run_name"] == "r1"
+    assert main(["bundle", "show", res.bundle_uri]) == 0
+    assert "model validation accuracy: 0.975 on 6 held-out images, chance 0.500" in capsys.readouterr().out
+    # The same json beside other weights describes nothing about them.
+    (root / "digits.json").write_text(json.dumps({**record, "sha256": "0" * 64}))
+    other = calibrate(CalibrateConfig(**{**cfg.__dict__, "output": str(tmp_path / "out2")}))
+    assert other.meta["training"] is None
+    assert main(["bundle", "show", other.bundle_uri]) == 0
+    assert "model validation accuracy: not recorded" in capsys.readouterr().out

@@ -41,6 +41,40 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(big[..., None], 3, axis=3), d.target
 
 
+def digit_variants(n_images: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n_images`` real digits at 32 px with labels: the 1797 originals first, then (for larger sets) copies
+    of them shifted by up to 3 px, rotated by up to 12° and scaled by 0.9–1.1, each drawn from ``seed``."""
+    images, labels = _digits()
+    if n_images <= len(images):
+        order = np.random.default_rng(seed).permutation(len(images))[:n_images]
+        return images[order], labels[order]
+    rng = np.random.default_rng(seed)
+    out, out_labels = [images], [labels]
+    for i in range(n_images - len(images)):
+        j = i % len(images)
+        im = Image.fromarray(images[j]).rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR,
+                                               translate=tuple(int(t) for t in rng.integers(-3, 4, 2)))
+        k = float(rng.uniform(0.9, 1.1))
+        side = int(round(SIZE * k))
+        im = im.resize((side, side), Image.BILINEAR)
+        canvas = Image.new("RGB", (SIZE, SIZE))
+        canvas.paste(im, ((SIZE - side) // 2, (SIZE - side) // 2))
+        out.append(np.asarray(canvas)[None])
+        out_labels.append(labels[j: j + 1])
+    return np.concatenate(out), np.concatenate(out_labels)
+
+
+def write_digit_folders(root: str | os.PathLike[str], n_images: int, seed: int = 0) -> Path:
+    """``root/digit_<c>/<i>.png`` for :func:`digit_variants` (a real labelled set for tests and benchmarks)."""
+    images, labels = digit_variants(n_images, seed)
+    root = Path(root)
+    for i, (a, c) in enumerate(zip(images, labels)):
+        path = root / f"digit_{c}" / f"{i:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_png(a))
+    return root
+
+
 def _letters(n: int, rng: np.random.Generator) -> list[np.ndarray]:
     font = ImageFont.load_default()
     out = []
@@ -94,7 +128,7 @@ def _upload(client: Any, prefix: str, files: dict[str, bytes]) -> str:
     return f"s3://{BUCKET}/{prefix}"
 
 
-def run_demo(workdir: str | None = None, *, epochs: int = 4, workers: int = 2) -> dict[str, Any]:
+def run_demo(workdir: str | None = None, *, epochs: int = 10, workers: int = 2) -> dict[str, Any]:
     """Run train -> calibrate -> scan against an embedded S3 and return the summary."""
     from .calibration.calibrate import CalibrateConfig, calibrate
     from .embedded_s3 import EmbeddedS3
@@ -115,10 +149,13 @@ def run_demo(workdir: str | None = None, *, epochs: int = 4, workers: int = 2) -
               f"{len(incoming)} incoming objects -> {in_uri}", flush=True)
         init_ray(runtime_env={"env_vars": server.env()})
         model_uri = f"s3://{BUCKET}/models/digits-resnet18.safetensors"
+        # Every training setting but the architecture is the default: the model a new user gets.
         tr = train(TrainConfig(data=id_uri, output=model_uri, arch="resnet18", small_input=True, epochs=epochs,
-                               batch_size=64, workers=workers, storage=f"s3://{BUCKET}/train-runs",
-                               run_name="demo-digits"))
-        print(f"[demo] trained -> {tr.output}", flush=True)
+                               workers=workers, storage=f"s3://{BUCKET}/train-runs", run_name="demo-digits"))
+        val = "n/a" if tr.val_accuracy is None else f"{tr.val_accuracy:.3f} on {tr.val_images} held-out images"
+        print(f"[demo] trained -> {tr.output} (validation accuracy {val})", flush=True)
+        if tr.warning:
+            print(f"[demo] WARNING: {tr.warning}", flush=True)
         cal = calibrate(CalibrateConfig(data=id_uri, model=model_uri, output=f"s3://{BUCKET}/audit", s3=s3,
                                         workers=workers, k_knn=50))
         print(f"[demo] calibrated -> {cal.bundle_uri} (selected block {cal.meta['selection']['selected']})", flush=True)
@@ -128,7 +165,7 @@ def run_demo(workdir: str | None = None, *, epochs: int = 4, workers: int = 2) -
                                    s3=s3, chunk_size=200))
         print(f"[demo] scanned -> {scan.reports} (summary {scan.summary_uri})", flush=True)
         table = _read_reports(scan.reports, scan.run_id, s3)
-    summary = {"run_id": scan.run_id, "bundle": cal.bundle_uri, "by_kind": flagged_by_kind(table),
+    summary = {"run_id": scan.run_id, "bundle": cal.bundle_uri, "val_accuracy": tr.val_accuracy, "by_kind": flagged_by_kind(table),
                "status_counts": scan.summary.get("counts", {}), "seconds": round(time.perf_counter() - t0, 1)}
     print(format_demo(summary), flush=True)
     return summary

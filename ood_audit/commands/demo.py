@@ -7,7 +7,7 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline on generated data, an embedded S3 and a local Ray")
     p.add_argument("--workdir", default=None, help="where the embedded S3 keeps its data (default: a temp dir)")
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers and calibration actors")
     p.set_defaults(func=run)
 

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         accs = " ".join(f"{a:>5.3f}" for a in r["acc"]) + "      " * (width - len(r["acc"]))
         print(f"{r['images']:>6} {r['arch']:>13} {r['workers']:>7} {r['lr']:>7.4f} {r['val_images']:>6} {accs} "
               f"{r['ips']:>7.1f} {'no' if r['warning'] else 'yes':>8}")
-    print("(lr is the first epoch's last step, still inside the warm-up for short epochs)")
+    print("(lr: the peak, reached at the end of the one-epoch warm-up)")
     for (images, arch) in sorted({(r["images"], r["arch"]) for r in rows}):
         pair = {r["workers"]: r for r in rows if r["images"] == images and r["arch"] == arch}
         if 1 in pair and 2 in pair:

@@ -64,14 +64,18 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     _LOG_TO_DRIVER = to_console
     session = (getattr(ctx, "address_info", None) or {}).get("session_dir")
     _LOG_DIR = os.path.join(session, "logs") if session else None
-    _quiet_ray_data()
     if not to_console:
+        _quiet_ray_data()
         where = _LOG_DIR or "the Ray head node's session folder (/tmp/ray/session_latest/logs)"
         log.info("Ray's own logs: %s", where)
 
 
 def _quiet_ray_data() -> None:
-    """Ray Data draws progress bars on the console; the product prints its own progress lines."""
+    """Ray Data draws progress bars and logs each execution plan on the console; the product prints its own
+    progress lines. Its console handler is raised to ERROR; its file log (``ray-data.log`` in the session's
+    log folder) keeps everything."""
+    import sys
+
     try:
         from ray.data import DataContext
 
@@ -79,4 +83,7 @@ def _quiet_ray_data() -> None:
         ctx.enable_progress_bars = False
         ctx.enable_operator_progress_bars = False
     except Exception:  # noqa: BLE001 - an older or newer Ray Data without these switches
-        pass
+        return
+    for handler in logging.getLogger("ray.data").handlers:
+        if getattr(handler, "stream", None) in (sys.stderr, sys.stdout):
+            handler.setLevel(logging.ERROR)

@@ -114,7 +114,7 @@ def test_bundle_carries_the_models_validation_accuracy(tmp_path, capsys):
     the bundle and `bundle show` prints them, but only for the weights that json describes."""
     import hashlib
 
-    data = str(write_local(tmp_path / "id", labelled_images(30, seed=3)))
+    data = str(write_local(tmp_path / "id", labelled_images(50, seed=3)))
     root = tmp_path / "m"
     root.mkdir()
     torch.manual_seed(0)

@@ -24,6 +24,7 @@ from ..errors import DataError
 from ..io.decode import Preprocess
 from ..io.fs import S3Config
 from ..io.reader import load_images
+from .augment import to_pixels
 
 MAX_LISTED_FAILURES = 20
 
@@ -172,7 +173,7 @@ def validate(model: torch.nn.Module, uris: Sequence[str], labels: np.ndarray, ro
                         skips.add(uris[r], res.status, res.error or "")
                 if not good:
                     continue
-                x = torch.from_numpy(np.stack([a for _, a in good])).to(device).permute(0, 3, 1, 2).float() / 255
+                x = to_pixels(torch.from_numpy(np.stack([a for _, a in good])), device)
                 y = torch.tensor([int(labels[r]) for r, _ in good], dtype=torch.int64, device=device)
                 logits = model(x).logits
                 loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
@@ -215,7 +216,7 @@ def refresh_batchnorm(model: torch.nn.Module, uris: Sequence[str], rows: np.ndar
                 chunk = arrays[start: start + batch_size]
                 if len(chunk) < 2 and start > 0:
                     break  # BatchNorm cannot train on one image; the batches before it are enough
-                x = torch.from_numpy(np.stack(chunk)).to(device).permute(0, 3, 1, 2).float() / 255
+                x = to_pixels(torch.from_numpy(np.stack(chunk)), device)
                 model(x)
     finally:
         for m, momentum in zip(norms, saved):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import BundleError, CheckpointError, ConfigError, DataError, KnnError, OodAuditError
+from .errors import BundleError, CheckpointError, ConfigError, DataError, KnnError, OodAuditError, ReportError
 
 __version__ = "0.1.0"
 
@@ -38,9 +38,11 @@ _LAZY = {
     "make_index": "ood_audit.knn",
     "build_index": "ood_audit.knn",
     "KnnIndex": "ood_audit.knn",
+    "load_report": "ood_audit.sinks.runs",
 }
 
-__all__ = ["BundleError", "CheckpointError", "ConfigError", "DataError", "KnnError", "OodAuditError", *_LAZY]
+__all__ = ["BundleError", "CheckpointError", "ConfigError", "DataError", "KnnError", "OodAuditError", "ReportError",
+           *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

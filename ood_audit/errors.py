@@ -27,3 +27,7 @@ class KnnError(OodAuditError, ValueError):
 
 class TrainingDivergedError(OodAuditError):
     """The training loss became NaN or infinite; the message names the step and suggests a lower --lr."""
+
+
+class ReportError(OodAuditError):
+    """A scan report that cannot be read: no runs, an unknown run id, an unknown report format."""

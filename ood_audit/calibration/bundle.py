@@ -49,6 +49,21 @@ ALLOWED_SUFFIXES = (".safetensors", ".json", ".faiss", ".parquet", ".txt")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _REQUIRED_KEYS = ("format", "format_version", "bundle_id", "meta", "files")
 _CHUNK = 8 << 20
+# kNN-bank row r came from ``uri`` (``row`` = r); ``thumb`` is a small JPEG of what the model saw (SPEC §13),
+# so reports show nearest ID neighbours without access to the ID bucket.
+BANK_SOURCES = "knn_sources.parquet"
+
+
+def bank_sources(uris: list[str], thumbs: Any) -> bytes:
+    """The :data:`BANK_SOURCES` file: one row per kNN-bank row, in bank order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"row": pa.array(range(len(uris)), pa.int32()), "uri": pa.array(uris, pa.string()),
+                      "thumb": pa.array(list(thumbs), pa.binary())})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,24 @@ class Bundle:
             return json.loads(self.file_bytes(name))
         except ValueError as exc:
             raise BundleError(f"bundle {self.uri} file {name} is not valid JSON: {exc}") from exc
+
+    def table(self, name: str) -> Any:
+        """A ``.parquet`` file as a pyarrow Table (checksum verified first)."""
+        if not name.endswith(".parquet"):
+            raise BundleError(f"bundle file {name} is not a .parquet file")
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(pa.BufferReader(self.file_bytes(name)))
+        except BundleError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several error types
+            raise BundleError(f"bundle {self.uri} file {name} is not valid Parquet: {exc}") from exc
+
+    def bank_sources(self) -> Any | None:
+        """Where each kNN-bank row came from (:data:`BANK_SOURCES`), or None for bundles written without it."""
+        return self.table(BANK_SOURCES) if BANK_SOURCES in self.files else None
 
     def _check_known(self, name: str) -> None:
         if name not in self.files:

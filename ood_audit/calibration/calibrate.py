@@ -26,7 +26,7 @@ from ..io.uri import join_uri, parent_uri
 from ..models import ModelSpec
 from ..scores.featurenorm import feature_norm_two_sided, two_sided_stats
 from ..scores.probes import DEFAULT_PROBES, check_probes
-from .bundle import write_bundle
+from .bundle import BANK_SOURCES, bank_sources, write_bundle
 from .evidence import outlier_evidence, probe_evidence
 from .normratio import ratios_from_sums
 from .scoring import load_state_bytes
@@ -203,7 +203,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     # Phase 1: NormRatio terms, CSD views and kNN features over the bank part.
     t1 = time.perf_counter()
     table = pa.table({"uri": bank_uris, "index": pa.array(bank_idx, pa.int64()), "select": select, "probe": probe})
-    sums, count, keep, views, feats, failures = None, 0, [], [], [], []
+    sums, count, keep, views, feats, thumbs, failures = None, 0, [], [], [], [], []
     fn_id, fn_probe = [], []
     done, pids = 0, set()
     for out in _run_phase(BankWorker, {**common, "seed": cfg.seed, "probes": cfg.probes}, table, cfg):
@@ -218,6 +218,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
         keep.append(out["index"][ok])
         views.append(out["views"][ok])
         feats.append(out["feats"][ok])
+        thumbs.append(np.asarray(out["thumb"], dtype=object)[ok])
         failures += [(uris[i], s, e) for i, s, e in zip(out["index"][~ok], out["status"][~ok], out["error"][~ok])]
         done += len(ok)
         pids.update(np.unique(out["worker"]).tolist())
@@ -226,6 +227,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     t_bank = time.perf_counter() - t1
     order = np.argsort(np.concatenate(keep), kind="stable")
     views_arr, feats_arr = np.concatenate(views)[order], np.concatenate(feats)[order]
+    sources = bank_sources([uris[i] for i in np.concatenate(keep)[order]], np.concatenate(thumbs)[order])
     n_bank = views_arr.shape[0]
     if n_bank < max(cfg.k_knn, cfg.k_csd) or count == 0:
         raise DataError(f"only {n_bank} bank images decoded ({len(failures)} failed); need at least {cfg.k_knn}")
@@ -284,7 +286,8 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
         "csd": {"k": cfg.k_csd, "views_per_image": 6, "bank_size": int(csd_bank.shape[0]), "dim": c,
                 "dtype": cfg.bank_dtype, "index": {"type": "flat", "exact": True}, "file": "csd_bank.safetensors"},
         "knn": {"k": cfg.k_knn, "bank_size": int(knn_bank.shape[0]), "dim": int(knn_bank.shape[1]),
-                "dtype": cfg.bank_dtype, "index": {"type": "flat", "exact": True}, "file": "knn_bank.safetensors"},
+                "dtype": cfg.bank_dtype, "index": {"type": "flat", "exact": True}, "file": "knn_bank.safetensors",
+                "sources": BANK_SOURCES},
         "thresholds": {"target_fpr": cfg.target_fpr, "heldout_images": n_held,
                        "per_score": {s: threshold_at(v, cfg.target_fpr) for s, v in held_scores.items()},
                        "flag_on": flag_on, "flag": flag_th, "flag_alpha": alpha},
@@ -295,7 +298,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
         "data": {"source": cfg.data, "listed_images": len(uris), "skipped_non_images": skipped_ext,
                  "decode_failures": len(failures)},
     }
-    uri = write_bundle(cfg.output, meta, s3=cfg.s3, files={"model.safetensors": model_bytes},
+    uri = write_bundle(cfg.output, meta, s3=cfg.s3, files={"model.safetensors": model_bytes, BANK_SOURCES: sources},
                        tensors={"csd_bank.safetensors": {"bank": csd_bank.contiguous()},
                                 "knn_bank.safetensors": {"bank": knn_bank.contiguous()}})
     total = time.perf_counter() - t0

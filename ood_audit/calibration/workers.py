@@ -13,6 +13,7 @@ import torch
 from ..io.decode import Preprocess
 from ..io.fs import S3Config
 from ..io.reader import load_images
+from ..io.thumbs import thumbnail_jpeg
 from ..models import ModelSpec, TapModel, block_candidates
 from ..scores.csd import csd_views
 from ..scores.jigsaw import jigsaw_indexed
@@ -68,6 +69,7 @@ class BankWorker:
         fn_id = np.full((n, nb), np.nan, dtype=np.float64)
         fn_probe = np.full((n, len(self.probes) * nb), np.nan, dtype=np.float64)
         views = feats = None
+        thumbs = np.full(n, b"", dtype=object)
         if x is not None:
             idx = torch.as_tensor(np.asarray(batch["index"])[ok])
             t = self.tap(x.to(self.device))
@@ -76,6 +78,7 @@ class BankWorker:
             views = np.zeros((n, v.shape[1] * v.shape[2]), np.float32)
             feats = np.zeros((n, f.shape[1]), np.float32)
             views[ok], feats[ok] = v.reshape(v.shape[0], -1), f
+            thumbs[ok] = [thumbnail_jpeg(a) for a in x.mul(255).round().byte().permute(0, 2, 3, 1).numpy()]
             sel = np.asarray(batch["select"], dtype=bool)[ok]
             if sel.any():
                 s_t = torch.from_numpy(sel)
@@ -96,7 +99,7 @@ class BankWorker:
             views, feats = np.zeros((n, 1), np.float32), np.zeros((n, 1), np.float32)
         return {"index": np.asarray(batch["index"]), "status": status, "error": error, "ratios": ratios,
                 "fn_id": fn_id, "fn_probe": fn_probe, "views": views, "feats": feats,
-                "worker": np.full(n, os.getpid(), dtype=np.int64)}
+                "thumb": thumbs, "worker": np.full(n, os.getpid(), dtype=np.int64)}
 
 
 class NormWorker:

@@ -49,6 +49,7 @@ from ood_audit.io.listing import LISTING_SCHEMA
 from ood_audit.io.uri import join_uri
 from ood_audit.scan.read import PlanSlice
 from ood_audit.sinks.parquet import delete_parts, list_parts, partition_uri
+from ood_audit.sinks.runs import run_dir
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class RunLayout:
 
     @property
     def run_dir(self) -> str:
-        return join_uri(self.output, "runs", self.run_id)
+        return run_dir(self.output, self.run_id)
 
     def file(self, *parts: str) -> str:
         return join_uri(self.run_dir, *parts)

@@ -111,6 +111,8 @@ class RowBuilder:
             columns[s] = _scatter(ok, ok_scores.get(s), pa.float64())
         columns["csd_view"] = _scatter(ok, scores.get("csd_view") if n_ok else None, pa.int8())
         columns["pred_class"] = _scatter(ok, scores.get("pred_class") if n_ok else None, pa.int32())
+        columns["knn_nn"] = _scatter_matrix(ok, scores.get("knn_nn") if n_ok else None, pa.int32())
+        columns["knn_nn_dist"] = _scatter_matrix(ok, scores.get("knn_nn_dist") if n_ok else None, pa.float32())
         for s in self.scores:
             values = self.pct[s](ok_scores[s]) if s in ok_scores and s in self.pct else None
             columns[f"pct_{s}"] = _scatter(ok, values, pa.float32())
@@ -165,6 +167,14 @@ def _scatter(ok: np.ndarray, values: np.ndarray | None, type_: pa.DataType) -> p
     full = np.zeros(n, dtype=values.dtype)
     full[ok] = values
     return pa.array(full, type_, mask=~ok)
+
+
+def _scatter_matrix(ok: np.ndarray, values: np.ndarray | None, type_: pa.DataType) -> pa.Array:
+    """Rows of an [n_ok, k] matrix as lists at the ``ok`` positions, null elsewhere."""
+    if values is None:
+        return pa.nulls(ok.size, pa.list_(type_))
+    it = iter(np.asarray(values).tolist())
+    return pa.array([next(it) if flag else None for flag in ok.tolist()], pa.list_(type_))
 
 
 def _scatter_lists(ok: np.ndarray, reasons: list | None) -> pa.Array:

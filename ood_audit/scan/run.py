@@ -365,7 +365,8 @@ def _summary(cfg: ScanConfig, run_id: str, run_date: str, partition: str, bundle
         "run_date": run_date,
         "reports": partition,
         "complete": len(markers) == len(plan.chunk_rows),
-        "bundle": {"id": bundle.id, "uri": bundle.uri},
+        "bundle": {"id": bundle.id, "uri": bundle.uri,
+                   "flag_on": list((bundle.meta.get("thresholds") or {}).get("flag_on") or [])},
         "inputs": run_doc["identity"]["inputs"],
         "manifest": run_doc["identity"]["manifest"],
         "incremental": cfg.incremental,
@@ -390,6 +391,7 @@ def _summary(cfg: ScanConfig, run_id: str, run_date: str, partition: str, bundle
         "workers": {"scoring_actors": len(workers), "nodes": len({w.split(":")[0] for w in workers})},
         "config": {k: getattr(cfg, k) for k in _REPORTED_CONFIG},
         "software": {**software_versions(), "ray": ray.__version__},
+        "created_at": run_doc.get("created_at"),
         "started_at": started_at.isoformat(timespec="seconds"),
         "ended_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -69,7 +69,23 @@ def knn_score(
     ``knn_index`` (it must hold normalised vectors). Raises `DataError` naming ``name`` on NaN/inf
     features, `KnnError` on misuse (empty bank, dimension mismatch, k out of range).
     """
+    return knn_score_and_neighbours(feats, bank, k, kind=kind, name=name)[0]
+
+
+def knn_score_and_neighbours(
+    feats: ArrayLike,
+    bank: ArrayLike | KnnIndex,
+    k: int = 50,
+    n_neighbours: int = 0,
+    *,
+    kind: str = "auto",
+    name: str = "knn",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``knn_score`` plus, from the same search, the ``n_neighbours`` closest bank rows [N, n] (int64) and
+    their L2 distances [N, n] (float32), closest first: the report's nearest ID neighbours (SPEC §13)."""
     z = l2_normalize(feats, name)
     index = bank if isinstance(bank, KnnIndex) else knn_index(bank, kind, z.device, f"{name} bank")
-    distances, _ = index.search(z, k)
-    return -distances[:, k - 1].to(z.device).sqrt()
+    distances, ids = index.search(z, max(k, n_neighbours))
+    distances = distances.to(z.device)
+    near = distances[:, :n_neighbours].clamp_min(0).sqrt()
+    return -distances[:, k - 1].sqrt(), ids[:, :n_neighbours].to(torch.int64), near

@@ -15,6 +15,7 @@ from .baselines import energy, energy_fn, maxlogit, msp, msp_fn
 from .featurenorm import feature_norm, feature_norm_two_sided
 
 LOGIT_SCORES = ("msp", "energy", "maxlogit", "msp+fn", "energy+fn")
+NEAREST_NEIGHBOURS = 3  # kNN-bank rows recorded per image for explanations (SPEC §13)
 
 
 def _finite(t: torch.Tensor, name: str) -> torch.Tensor:
@@ -57,7 +58,8 @@ class Scorer:
 
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor) -> dict[str, np.ndarray]:
-        """pixels: [N,3,H,W] float in [0,1] or uint8. Returns score arrays [N] plus ``csd_view``, ``pred_class``."""
+        """pixels: [N,3,H,W] float in [0,1] or uint8. Returns score arrays [N] plus ``csd_view``, ``pred_class`` and, with
+        a kNN index, ``knn_nn`` / ``knn_nn_dist`` [N, 3]: the nearest bank rows and their distances."""
         x = pixels.to(self.device)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
         if self.autocast_dtype is not None and self.device.type == "cuda":
@@ -86,9 +88,10 @@ class Scorer:
             views = csd_views(_finite(t.last_map.float(), "last-stage map"))
             out["csd"], out["csd_view"] = csd_score(views, self.csd_index, k=self.k_csd)
         if self.knn_index is not None:
-            from .knn import knn_score
+            from .knn import knn_score_and_neighbours
 
-            out["knn"] = knn_score(pen, self.knn_index, k=self.k_knn)
+            out["knn"], out["knn_nn"], out["knn_nn_dist"] = knn_score_and_neighbours(
+                pen, self.knn_index, k=self.k_knn, n_neighbours=min(NEAREST_NEIGHBOURS, len(self.knn_index)))
         return {k: torch.as_tensor(v).cpu().numpy() for k, v in out.items()}
 
     @torch.no_grad()

@@ -25,6 +25,8 @@ column                type                      meaning
 ``featurenorm`` …     float64                   scores, higher = more in-distribution; null unless ok
 ``csd_view``          int8                      the CSD view that decided (0–3 quadrants, 4 global, 5 centre)
 ``pred_class``        int32                     the classifier's argmax
+``knn_nn``            list<int32>               the nearest kNN-bank rows (SPEC §13), closest first
+``knn_nn_dist``       list<float32>             their L2 distances (the ``knn`` score's units)
 ``pct_<score>``       float32                   percent of held-out ID scoring below (0–100)
 ``flagged``           bool                      any ``flag_on`` score below its union threshold
 ``flag_reasons``      list<string>              every score below its own per-score threshold
@@ -53,7 +55,9 @@ import pyarrow.parquet as pq
 from ood_audit.io.fs import S3Config, resolve
 from ood_audit.io.uri import join_uri, parse_uri
 
-REPORT_FORMAT_VERSION = "1"
+REPORT_FORMAT_VERSION = "2"
+# "1" lacks the kNN neighbour columns; readers fill them with nulls.
+SUPPORTED_REPORT_FORMATS: tuple[str, ...] = ("1", "2")
 REPORTS_DIR = "reports"
 PARTITION_KEY = "run_date"
 SPEC_SCORES: tuple[str, ...] = ("featurenorm", "csd", "msp", "energy", "maxlogit", "knn")
@@ -85,6 +89,8 @@ def report_schema(score_names: Sequence[str] = ()) -> pa.Schema:
         *(pa.field(s, pa.float64()) for s in scores),
         pa.field("csd_view", pa.int8()),
         pa.field("pred_class", pa.int32()),
+        pa.field("knn_nn", pa.list_(pa.int32())),
+        pa.field("knn_nn_dist", pa.list_(pa.float32())),
         *(pa.field(f"pct_{s}", pa.float32()) for s in scores),
         pa.field("flagged", pa.bool_()),
         pa.field("flag_reasons", pa.list_(pa.string())),

@@ -34,9 +34,9 @@ def test_spec_columns_always_present_in_order():
     names = report_schema().names
     assert names[:9] == ["run_id", "bundle_id", "uri", "etag", "size_bytes", "status", "error", "width", "height"]
     assert names[9:15] == list(SPEC_SCORES)
-    assert names[15:17] == ["csd_view", "pred_class"]
-    assert names[17:23] == [f"pct_{s}" for s in SPEC_SCORES]
-    assert names[23:] == ["flagged", "flag_reasons", "scanned_at"]
+    assert names[15:19] == ["csd_view", "pred_class", "knn_nn", "knn_nn_dist"]
+    assert names[19:25] == [f"pct_{s}" for s in SPEC_SCORES]
+    assert names[25:] == ["flagged", "flag_reasons", "scanned_at"]
     extra = report_schema(["msp", "msp+fn"]).names
     assert extra[extra.index("knn") + 1] == "msp+fn" and "pct_msp+fn" in extra
 

@@ -1,0 +1,210 @@
+"""Reading finished scans back (SPEC §11): the runs an output root holds, their summaries, and their rows.
+
+Everything after the scan (exports, the HTML report, notebooks) starts here, so it reads a run the one way:
+
+- A run is known by ``<output>/runs/<run_id>/summary.json``, written at the end of every attempt that
+  finishes. Runs are ordered by the start of their first attempt (``created_at``), then by id; the *latest*
+  run is the last of that order, and a run's *previous* run is the one just before it.
+- A run's rows are only its own part files in its own ``run_date`` partition (the file names carry the run
+  id), so reading one run never lists or opens another's files, however many nights the root holds.
+- Every part file records ``ood_audit.report_format`` in its schema metadata. A version this code does not
+  know is refused with one line, rather than read with silently missing or misread columns.
+- Rows are read with column projection and filters pushed down to pyarrow's dataset scanner, and the
+  most anomalous rows are chosen by :func:`most_anomalous`, which streams record batches and keeps only
+  the current best ``n``: memory stays bounded by ``n`` plus one batch for a run of any size.
+
+*Anomaly* is SPEC §12's: 1 − (the flagging score's percentile against held-out ID)/100, where the flagging
+score is the ``flag_on`` score with the lowest percentile (the flag fires when any of them is low).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from ood_audit.errors import ReportError
+from ood_audit.io.fs import S3Config, read_bytes, resolve
+from ood_audit.io.uri import join_uri
+from ood_audit.sinks.parquet import (
+    PARTITION_KEY,
+    SUPPORTED_REPORT_FORMATS,
+    list_parts,
+    partition_uri,
+)
+
+RUNS_DIR = "runs"
+SUMMARY_JSON = "summary.json"
+FORMAT_KEY = b"ood_audit.report_format"
+DEFAULT_FLAG_ON = ("featurenorm", "csd")  # calibration's default, for summaries that predate ``flag_on``
+
+
+def run_dir(output: str, run_id: str) -> str:
+    """``<output>/runs/<run_id>``: a run's own state (plan, markers, summary)."""
+    return join_uri(output, RUNS_DIR, run_id)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One finished (or partly finished) scan run, from its ``summary.json``."""
+
+    output: str
+    run_id: str
+    run_date: str
+    bundle_id: str
+    bundle_uri: str
+    complete: bool
+    started_at: str
+    summary: dict[str, Any]
+
+    @property
+    def flag_on(self) -> list[str]:
+        """The scores whose union threshold flags a row (from the bundle, recorded in the summary)."""
+        return list((self.summary.get("bundle") or {}).get("flag_on") or DEFAULT_FLAG_ON)
+
+    @property
+    def partition(self) -> str:
+        return partition_uri(self.output, self.run_date)
+
+
+def list_runs(output: str, *, s3: S3Config | None = None) -> list[RunInfo]:
+    """Every run under ``output`` that has a summary, oldest first (see the module docstring)."""
+    fs, path = resolve(join_uri(output, RUNS_DIR), s3)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    ids = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+    def load(run_id: str) -> RunInfo | None:
+        try:
+            doc = json.loads(read_bytes(join_uri(run_dir(output, run_id), SUMMARY_JSON), s3=s3))
+        except FileNotFoundError:
+            return None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ReportError(f"{join_uri(run_dir(output, run_id), SUMMARY_JSON)} is not valid JSON: {exc}") from None
+        return _run_info(output, doc)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        runs = [r for r in pool.map(load, ids) if r is not None]
+    return sorted(runs, key=lambda r: (r.started_at, r.run_id))
+
+
+def find_run(output: str, run_id: str | None = None, *, s3: S3Config | None = None) -> RunInfo:
+    """The run ``run_id`` under ``output`` (the latest when None). ``ReportError`` when there is none."""
+    runs = list_runs(output, s3=s3)
+    if not runs:
+        raise ReportError(f"no scan runs under {output} (no {RUNS_DIR}/<run_id>/{SUMMARY_JSON}); "
+                          "run `ood-audit scan --output` there first")
+    if run_id is None:
+        return runs[-1]
+    for run in runs:
+        if run.run_id == run_id:
+            return run
+    known = ", ".join(r.run_id for r in runs[-5:])
+    raise ReportError(f"unknown --run-id {run_id!r} under {output}; latest runs: {known}")
+
+
+def previous_run(output: str, run: RunInfo, *, s3: S3Config | None = None) -> RunInfo | None:
+    """The run just before ``run`` on the same output root, or None for the first."""
+    runs = list_runs(output, s3=s3)
+    ids = [r.run_id for r in runs]
+    i = ids.index(run.run_id) if run.run_id in ids else len(runs)
+    return runs[i - 1] if i > 0 else None
+
+
+def run_dataset(run: RunInfo, *, s3: S3Config | None = None) -> pads.Dataset:
+    """The run's part files as one dataset (no ``run_date`` column). Refuses unknown report formats."""
+    names = list_parts(run.partition, s3=s3, run_id=run.run_id)
+    if not names:
+        raise ReportError(f"run {run.run_id} has no report files under {run.partition}")
+    fs, path = resolve(run.partition, s3)
+    ds = pads.dataset([f"{path}/{n}" for n in names], format="parquet", filesystem=fs)
+    check_format(ds.schema, f"{run.partition}/{names[0]}")
+    return ds
+
+
+def check_format(schema: pa.Schema, where: str) -> str:
+    """The report format version in ``schema``'s metadata; ``ReportError`` unless this code reads it."""
+    version = (schema.metadata or {}).get(FORMAT_KEY, b"").decode("utf-8", "replace")
+    if version not in SUPPORTED_REPORT_FORMATS:
+        raise ReportError(f"{where}: report format {version or '(none)'!r} is not one this version reads "
+                          f"({', '.join(SUPPORTED_REPORT_FORMATS)}); use the ood-audit release that wrote it")
+    return version
+
+
+def load_report(uri: str, run_id: str | None = None, *, columns: Sequence[str] | None = None,
+                filter: Any = None, s3: S3Config | None = None) -> pa.Table:
+    """One run's report rows as a pyarrow Table (``.to_pandas()`` for notebooks).
+
+    ``uri`` is the scan's output root (local or ``s3://``); ``run_id=None`` means the latest run.
+    ``columns`` and ``filter`` (a ``pyarrow.compute`` expression) are pushed down to the scanner.
+    """
+    run = find_run(uri, run_id, s3=s3 if s3 is not None else S3Config.from_env())
+    ds = run_dataset(run, s3=s3 if s3 is not None else S3Config.from_env())
+    missing = [c for c in columns or () if c not in ds.schema.names]
+    if missing:
+        raise ReportError(f"unknown report column(s) {', '.join(missing)}; columns: {', '.join(ds.schema.names)}")
+    return ds.to_table(columns=list(columns) if columns is not None else None, filter=filter)
+
+
+def anomaly(table: pa.Table | pa.RecordBatch, flag_on: Sequence[str]) -> np.ndarray:
+    """SPEC §12's anomaly in [0, 1] per row (NaN where no ``flag_on`` percentile is known)."""
+    cols = [f"pct_{s}" for s in flag_on if f"pct_{s}" in table.schema.names]
+    if not cols:
+        return np.full(table.num_rows, np.nan)
+    pct = np.stack([np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=np.float64) for c in cols])
+    with np.errstate(all="ignore"):
+        low = np.where(np.isnan(pct).all(axis=0), np.nan, np.nanmin(np.where(np.isnan(pct), np.inf, pct), axis=0))
+    return np.clip(1.0 - low / 100.0, 0.0, 1.0)
+
+
+def iter_batches(ds: pads.Dataset, *, columns: Sequence[str], filter: Any = None,
+                 batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
+    """Record batches of the requested columns (only what is needed is read)."""
+    yield from ds.to_batches(columns=list(columns), filter=filter, batch_size=batch_size)
+
+
+def most_anomalous(ds: pads.Dataset, n: int, flag_on: Sequence[str], *, columns: Sequence[str],
+                   filter: Any = None) -> pa.Table:
+    """The ``n`` rows with the highest anomaly (ties: by ``uri``), highest first, with an ``anomaly`` column.
+
+    Streams the dataset and keeps the best ``n`` so far, so memory is O(n + one batch) for any run size.
+    Rows without a known anomaly (not scored) are never chosen.
+    """
+    needed = list(dict.fromkeys([*columns, "uri", *(f"pct_{s}" for s in flag_on if f"pct_{s}" in ds.schema.names)]))
+    best: pa.Table | None = None
+    for batch in iter_batches(ds, columns=needed, filter=filter):
+        t = pa.Table.from_batches([batch])
+        t = t.append_column("anomaly", pa.array(anomaly(t, flag_on), pa.float64()))
+        t = t.filter(pc.is_finite(t.column("anomaly")))
+        best = t if best is None else pa.concat_tables([best, t])
+        if best.num_rows > n:
+            best = _top(best, n)
+    if best is None:
+        schema = ds.schema
+        empty = pa.schema([schema.field(c) for c in needed]).append(pa.field("anomaly", pa.float64()))
+        return empty.empty_table()
+    return _top(best, n)
+
+
+def _top(t: pa.Table, n: int) -> pa.Table:
+    order = pc.sort_indices(t, sort_keys=[("anomaly", "descending"), ("uri", "ascending")])
+    return t.take(order[:n])
+
+
+def _run_info(output: str, doc: dict[str, Any]) -> RunInfo:
+    bundle = doc.get("bundle") or {}
+    return RunInfo(output=output, run_id=str(doc.get("run_id")), run_date=str(doc.get("run_date")),
+                   bundle_id=str(bundle.get("id", "")), bundle_uri=str(bundle.get("uri", "")),
+                   complete=bool(doc.get("complete")),
+                   started_at=str(doc.get("created_at") or doc.get("started_at") or ""), summary=doc)
+
+
+__all__ = ["PARTITION_KEY", "RunInfo", "anomaly", "check_format", "find_run", "iter_batches", "list_runs",
+           "load_report", "most_anomalous", "previous_run", "run_dataset", "run_dir"]

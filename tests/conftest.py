@@ -18,7 +18,7 @@ import pytest
 from ood_audit.embedded_s3 import EmbeddedS3, EmbeddedS3Error
 from ood_audit.io.fs import S3Config
 
-_S3_FIXTURES = {"s3_server", "s3_config", "s3_client", "s3_bucket", "s3_env"}
+_S3_FIXTURES = {"s3_server", "s3_config", "s3_client", "s3_bucket", "s3_env", "real_scan"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -88,3 +88,20 @@ def _delete_bucket(client: Any, name: str) -> None:
         client.delete_bucket(Bucket=name)
     except Exception:  # noqa: BLE001 - cleanup must not mask the test's own outcome
         pass
+
+
+@pytest.fixture(scope="session")
+def real_scan(s3_server: EmbeddedS3, s3_client: Any) -> Iterator[Any]:
+    """Two real nightly scans of real digits and outliers in SeaweedFS (see :mod:`tests.realscan`).
+
+    Built once per session on first use, in its own bucket; the tests that use it only read it (or write
+    under their own prefixes of that bucket).
+    """
+    from tests.realscan import make_real_scan
+
+    bucket = _bucket_name("real-scan")
+    s3_client.create_bucket(Bucket=bucket)
+    try:
+        yield make_real_scan(s3_server.s3_config(), s3_client, bucket, s3_server.env())
+    finally:
+        _delete_bucket(s3_client, bucket)

@@ -99,3 +99,18 @@ def test_misuse_errors(data):
         knn_score(feats[:, :31], bank, k=3)
     with pytest.raises(DataError, match=r"\[N, C\]"):
         knn_score(feats[0], bank, k=3)
+
+
+def test_neighbours_match_brute_force_and_the_score():
+    from ood_audit.scores.knn import knn_score_and_neighbours
+
+    rng = np.random.default_rng(5)
+    bank, q = rng.normal(size=(200, 16)), rng.normal(size=(7, 16))
+    bn = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    d = np.sqrt(((qn[:, None, :] - bn[None]) ** 2).sum(-1))
+    order = np.argsort(d, axis=1)
+    score, ids, dist = knn_score_and_neighbours(torch.from_numpy(q), torch.from_numpy(bank), k=10, n_neighbours=3)
+    np.testing.assert_array_equal(ids.numpy(), order[:, :3])
+    np.testing.assert_allclose(dist.numpy(), np.take_along_axis(d, order[:, :3], 1), atol=1e-5)
+    np.testing.assert_allclose(score.numpy(), -np.take_along_axis(d, order[:, 9:10], 1)[:, 0], atol=1e-5)

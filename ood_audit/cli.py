@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except OodAuditError as e:
         print(f"ood-audit: error: {e}", file=sys.stderr)
-        return 2
+        return int(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         print("ood-audit: interrupted", file=sys.stderr)
         return 130

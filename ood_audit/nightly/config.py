@@ -1,0 +1,185 @@
+"""The nightly job's one YAML file, validated by a schema (pydantic).
+
+Every wrong field is reported in one line that names it by its path in the file (``exports[1].budget``),
+says what was expected and what was given. Unknown fields are errors too: a typo such as ``budjet`` must
+not silently fall back to a default on a job nobody watches.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ood_audit.errors import ConfigError
+from ood_audit.io.uri import parse_uri
+
+Positive = Annotated[int, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _uri(value: str) -> str:
+    parse_uri(value)  # ConfigError for another scheme or an s3:// URI without bucket
+    return value
+
+
+class S3Settings(_Strict):
+    """Where S3 is; credentials always come from the standard AWS chain, never from this file."""
+
+    endpoint_url: str | None = None
+
+
+class ScanSettings(_Strict):
+    """``ood-audit scan`` options (same names as its flags)."""
+
+    batch_size: Positive = 64
+    chunk_size: Positive = 10_000
+    workers: Positive | None = None
+    device: str = "auto"
+    read_threads: Positive = 16
+    max_attempts: Positive = 3
+    max_bytes: Positive | None = None
+    max_pixels: Positive | None = None
+
+
+class _Export(_Strict):
+    policy: Literal["threshold", "top-k", "disagreement"] = "threshold"
+    budget: Positive | None = None
+    per_class: bool = False
+
+    @model_validator(mode="after")
+    def _budget(self) -> _Export:
+        if self.policy == "top-k" and self.budget is None:
+            raise ValueError("policy top-k needs a budget (a positive integer)")
+        if self.per_class and self.budget is None:
+            raise ValueError("per_class needs a budget to split")
+        return self
+
+
+class LabelStudioExport(_Export):
+    """Label Studio tasks: always written to ``tasks_file``; pushed when ``url`` is set (token from the
+    environment variable ``token_env``)."""
+
+    sink: Literal["label-studio"]
+    tasks_file: str
+    url: str | None = None
+    project_id: Positive | None = None
+    create_project: str | None = None
+    token_env: str = "LABEL_STUDIO_API_KEY"
+
+    _check_tasks = field_validator("tasks_file")(_uri)
+
+    @model_validator(mode="after")
+    def _project(self) -> LabelStudioExport:
+        if self.url is not None and (self.project_id is None) == (self.create_project is None):
+            raise ValueError("with url, give exactly one of project_id or create_project")
+        return self
+
+
+class SqsExport(_Export):
+    sink: Literal["sqs"]
+    queue_url: str
+    endpoint_url: str | None = None
+
+
+class JsonlExport(_Export):
+    sink: Literal["jsonl"]
+    path: str
+
+    _check_path = field_validator("path")(_uri)
+
+
+Export = Annotated[Union[LabelStudioExport, SqsExport, JsonlExport], Field(discriminator="sink")]
+
+
+class ReportSettings(_Strict):
+    out: str
+    top: Positive = 48
+    prefix_depth: Positive = 1
+
+    _check_out = field_validator("out")(_uri)
+
+
+class LeaseSettings(_Strict):
+    """The overlap guard: a run holds the lease and renews it every ``ttl_s / 3``; a lease not renewed for
+    ``ttl_s`` belongs to a dead run and is taken over."""
+
+    ttl_s: Positive = 6 * 3600
+
+
+class NightlyConfig(_Strict):
+    """One nightly audit: incremental scan -> exports -> report with drift (see the README's example)."""
+
+    bundle: str
+    inputs: Annotated[list[str], Field(min_length=1)]
+    output: str
+    incremental: bool = True
+    s3: S3Settings = S3Settings()
+    scan: ScanSettings = ScanSettings()
+    exports: list[Export] = []
+    report: ReportSettings | None = None
+    lease: LeaseSettings = LeaseSettings()
+
+    _check_uris = field_validator("bundle", "output")(_uri)
+
+    @field_validator("inputs")
+    @classmethod
+    def _check_inputs(cls, v: list[str]) -> list[str]:
+        return [_uri(u) for u in v]
+
+
+def load_config(path: str | Path) -> NightlyConfig:
+    """Parse and validate ``path``; ``ConfigError`` naming the file and every wrong field, in one line."""
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc})") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"--config {path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of fields at the top, got {type(doc).__name__}")
+    return parse_config(doc, str(path))
+
+
+def parse_config(doc: dict[str, Any], where: str = "config") -> NightlyConfig:
+    try:
+        return NightlyConfig.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _describe(error: Any) -> str:
+    loc = ""
+    for part in error["loc"]:
+        if isinstance(part, int):
+            loc += f"[{part}]"
+        elif part in ("label-studio", "sqs", "jsonl"):  # the discriminator's branch, not a field
+            continue
+        else:
+            loc += f".{part}" if loc else str(part)
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{loc}: unknown field"
+    if error["type"] == "union_tag_invalid":
+        ctx = error.get("ctx") or {}
+        return f"{loc}.{ctx.get('discriminator', 'sink').strip(chr(39))}: expected one of {ctx.get('expected_tags')} " \
+               f"(got {ctx.get('tag')!r})"
+    if error["type"] == "missing":
+        return f"{loc}: required field missing"
+    given = error.get("input")
+    shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
+    return f"{loc or 'config'}: {msg}{shown}"

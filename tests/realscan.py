@@ -50,7 +50,7 @@ def make_real_scan(s3: S3Config, client: Any, bucket: str, env: dict[str, str]) 
     from ood_audit.sinks.runs import find_run, most_anomalous, run_dataset
 
     root = Path(tempfile.mkdtemp(prefix="ood-audit-realscan-"))
-    id_files, incoming = demo_files(seed=3, n_incoming_digits=80)
+    id_files, incoming, _ = demo_files(seed=3, n_incoming_digits=80, per_kind=20)
     incoming.pop("broken/<script>alert(1)</script>.png", None)
     _put(client, bucket, "id", id_files)
     torch.manual_seed(0)

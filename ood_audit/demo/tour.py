@@ -16,108 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+
+from .data import demo_files
 
 log = logging.getLogger(__name__)
 BUCKET = "ood-demo"
 SIZE = 32
-
-
-def _png(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _digits() -> tuple[np.ndarray, np.ndarray]:
-    """1797 real 8x8 digits as 32x32 RGB uint8 (white strokes on black), with labels."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as e:  # pragma: no cover - scikit-learn is in the demo extra
-        raise SystemExit("the demo needs scikit-learn: pip install -e '.[demo]'") from e
-    d = load_digits()
-    imgs = (d.images / 16.0 * 255).astype(np.uint8)
-    big = np.stack([np.asarray(Image.fromarray(a).resize((SIZE, SIZE), Image.BILINEAR)) for a in imgs])
-    return np.repeat(big[..., None], 3, axis=3), d.target
-
-
-def digit_variants(n_images: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n_images`` real digits at 32 px with labels: the 1797 originals first, then (for larger sets) copies
-    of them shifted by up to 3 px, rotated by up to 12° and scaled by 0.9–1.1, each drawn from ``seed``."""
-    images, labels = _digits()
-    if n_images <= len(images):
-        order = np.random.default_rng(seed).permutation(len(images))[:n_images]
-        return images[order], labels[order]
-    rng = np.random.default_rng(seed)
-    out, out_labels = [images], [labels]
-    for i in range(n_images - len(images)):
-        j = i % len(images)
-        im = Image.fromarray(images[j]).rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR,
-                                               translate=tuple(int(t) for t in rng.integers(-3, 4, 2)))
-        k = float(rng.uniform(0.9, 1.1))
-        side = int(round(SIZE * k))
-        im = im.resize((side, side), Image.BILINEAR)
-        canvas = Image.new("RGB", (SIZE, SIZE))
-        canvas.paste(im, ((SIZE - side) // 2, (SIZE - side) // 2))
-        out.append(np.asarray(canvas)[None])
-        out_labels.append(labels[j: j + 1])
-    return np.concatenate(out), np.concatenate(out_labels)
-
-
-def write_digit_folders(root: str | os.PathLike[str], n_images: int, seed: int = 0) -> Path:
-    """``root/digit_<c>/<i>.png`` for :func:`digit_variants` (a real labelled set for tests and benchmarks)."""
-    images, labels = digit_variants(n_images, seed)
-    root = Path(root)
-    for i, (a, c) in enumerate(zip(images, labels)):
-        path = root / f"digit_{c}" / f"{i:05d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(_png(a))
-    return root
-
-
-def _letters(n: int, rng: np.random.Generator) -> list[np.ndarray]:
-    font = ImageFont.load_default()
-    out = []
-    for _ in range(n):
-        im = Image.new("L", (SIZE, SIZE), 0)
-        ch = chr(int(rng.integers(ord("A"), ord("Z") + 1)))
-        ImageDraw.Draw(im).text((int(rng.integers(6, 14)), int(rng.integers(4, 12))), ch, fill=255, font=font)
-        im = im.resize((SIZE * 2, SIZE * 2)).crop((SIZE // 2, SIZE // 2, SIZE * 3 // 2, SIZE * 3 // 2))
-        out.append(np.repeat(np.asarray(im)[..., None], 3, axis=2))
-    return out
-
-
-def _textures(n: int, rng: np.random.Generator) -> list[np.ndarray]:
-    try:
-        from sklearn.datasets import load_sample_images
-
-        photos = load_sample_images().images
-    except Exception:  # pragma: no cover - fall back to synthetic texture
-        photos = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)]
-    out = []
-    for i in range(n):
-        p = photos[i % len(photos)]
-        y, x = int(rng.integers(0, p.shape[0] - 64)), int(rng.integers(0, p.shape[1] - 64))
-        out.append(np.asarray(Image.fromarray(p[y:y + 64, x:x + 64]).resize((SIZE, SIZE))))
-    return out
-
-
-def demo_files(seed: int = 0, n_incoming_digits: int = 150) -> tuple[dict[str, bytes], dict[str, bytes]]:
-    """(ID training files by class folder, incoming files by kind folder)."""
-    rng = np.random.default_rng(seed)
-    images, labels = _digits()
-    order = rng.permutation(len(images))
-    held, train = order[:n_incoming_digits], order[n_incoming_digits:]
-    id_files = {f"digit_{labels[i]}/{i:04d}.png": _png(images[i]) for i in train}
-    incoming = {f"digits/{i:04d}.png": _png(images[i]) for i in held}
-    incoming.update({f"letters/{j:03d}.png": _png(a) for j, a in enumerate(_letters(40, rng))})
-    incoming.update({f"noise/{j:03d}.png": _png(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
-                     for j in range(40)})
-    incoming.update({f"photos/{j:03d}.png": _png(a) for j, a in enumerate(_textures(40, rng))})
-    good = incoming["digits/" + f"{held[0]:04d}.png"]
-    incoming.update({"broken/truncated.png": good[: len(good) // 2], "broken/empty.jpg": b"",
-                     "broken/notes.txt": b"not an image", "broken/<script>alert(1)</script>.png": b"\x00garbage"})
-    return id_files, incoming
 
 
 def _upload(client: Any, prefix: str, files: dict[str, bytes]) -> str:
@@ -142,7 +46,7 @@ def run_demo(workdir: str | None = None, *, epochs: int = 10, workers: int = 2) 
         s3 = server.s3_config()
         client = server.client()
         client.create_bucket(Bucket=BUCKET)
-        id_files, incoming = demo_files()
+        id_files, incoming, _ = demo_files()
         id_uri = _upload(client, "id", id_files)
         in_uri = _upload(client, "incoming", incoming)
         print(f"[demo] S3 at {server.endpoint_url}: {len(id_files)} ID images -> {id_uri}, "

@@ -1,8 +1,92 @@
-"""`ood-audit export`: placeholder, filled in by the triage work."""
+"""`ood-audit export`: send a scan run's outliers to a labeling queue (Label Studio, SQS, JSONL), each once."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+
+from ..errors import ConfigError
+from .common import add_s3_args, s3_from_args
+
+SINKS = ("label-studio", "sqs", "jsonl")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser(
+        "export", help="send a run's selected rows to Label Studio, SQS or a JSONL manifest (deduplicated)",
+        description="Select rows of a scan run (the bundle's flags, the top-k most anomalous, or the rows "
+                    "FeatureNorm and CSD disagree on) and send them to a labeling queue. A ledger under "
+                    "REPORT/exports/ records what each destination already has, keyed by (uri, etag, bundle), "
+                    "so later nights send only new or changed objects; a failed export re-run sends the rest.")
+    p.add_argument("--report", required=True, help="the scan's output root (local or s3://)")
+    p.add_argument("--run-id", default=None, help="the run to export (default: the latest)")
+    p.add_argument("--to", required=True, choices=SINKS, help="sink: " + ", ".join(SINKS))
+    g = p.add_argument_group("selection")
+    g.add_argument("--policy", default="threshold", choices=("threshold", "top-k", "disagreement"),
+                   help="threshold: the bundle's flags (default); top-k: the --budget most anomalous rows; "
+                        "disagreement: rows flagged by exactly one of FeatureNorm and CSD (own queue)")
+    g.add_argument("--budget", type=int, default=None, help="at most this many rows (required for top-k)")
+    g.add_argument("--per-class", action="store_true",
+                   help="split --budget across predicted classes: equal shares, the remainder to the classes "
+                        "with the most candidates, shares a class cannot fill passed to the others")
+    ls = p.add_argument_group("label-studio")
+    ls.add_argument("--tasks-file", default=None, help="write this run's new tasks (import format) to this JSON file")
+    ls.add_argument("--label-studio-url", default=None,
+                    help="import into this server (default with --project-id/--create-project: $LABEL_STUDIO_URL); "
+                         "token from $LABEL_STUDIO_API_KEY (legacy token or personal access token)")
+    ls.add_argument("--project-id", type=int, default=None, help="the project to import into")
+    ls.add_argument("--create-project", default=None, metavar="TITLE",
+                    help="import into the project with this title, creating it (with a label config) if none")
+    q = p.add_argument_group("sqs")
+    q.add_argument("--queue", default=None, help="queue name or URL (a .fifo queue gets deduplication ids)")
+    q.add_argument("--sqs-endpoint", default=None,
+                   help="SQS endpoint URL (default: $AWS_ENDPOINT_URL_SQS, else $AWS_ENDPOINT_URL)")
+    m = p.add_argument_group("jsonl")
+    m.add_argument("--manifest-prefix", default=None, help="folder or s3:// prefix for the manifest files")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="items per confirmed batch (ledger file): Label Studio 500, SQS 100, JSONL 10000")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_s3_args(p)
+    p.set_defaults(func=run)
+
+
+def build_sink(args: argparse.Namespace, s3):
+    """The sink ``--to`` names, from its flags (flags of other sinks are refused, naming them)."""
+    from ..sinks.labelstudio import TOKEN_ENV, LabelStudioSink
+    from ..sinks.manifest import ManifestSink
+    from ..sinks.sqs import SqsSink
+
+    foreign = {"label-studio": ("queue", "sqs_endpoint", "manifest_prefix"),
+               "sqs": ("tasks_file", "project_id", "create_project", "manifest_prefix"),
+               "jsonl": ("tasks_file", "project_id", "create_project", "queue", "sqs_endpoint")}[args.to]
+    for name in foreign:
+        if getattr(args, name) is not None:
+            raise ConfigError(f"--{name.replace('_', '-')} does not apply to --to {args.to}")
+    if args.batch_size is not None and args.batch_size <= 0:
+        raise ConfigError(f"--batch-size must be > 0, got {args.batch_size}")
+    size = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    if args.to == "label-studio":
+        url = args.label_studio_url
+        if url is None and (args.project_id is not None or args.create_project is not None):
+            url = os.environ.get("LABEL_STUDIO_URL")
+            if not url:
+                raise ConfigError("--project-id/--create-project need --label-studio-url (or $LABEL_STUDIO_URL)")
+        return LabelStudioSink(url=url, token=os.environ.get(TOKEN_ENV), project_id=args.project_id,
+                               create_project=args.create_project, tasks_file=args.tasks_file, s3=s3, **size)
+    if args.to == "sqs":
+        return SqsSink(args.queue or "", endpoint=args.sqs_endpoint, **size)
+    return ManifestSink(args.manifest_prefix or "", s3=s3, **size)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..sinks.export import export
+    from ..sinks.select import Selection
+
+    selection = Selection(policy=args.policy, budget=args.budget, per_class=args.per_class)
+    s3 = s3_from_args(args)
+    summary = export(args.report, build_sink(args, s3), selection, run_id=args.run_id, s3=s3)
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print("\n".join(summary.lines()))
+    return 0

@@ -1,0 +1,203 @@
+"""Real servers for the sink tests: Label Studio (from PyPI, in its own cached venv), moto's SQS server, and a
+TCP relay that a test can cut to take an endpoint down mid-export without losing the server's state."""
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+LS_VERSION = "1.23.2"
+CACHE = Path(os.environ.get("OOD_AUDIT_TEST_CACHE", Path.home() / ".cache" / "ood-audit-tests"))
+LS_USER, LS_PASSWORD, LS_TOKEN = "tester@example.com", "ood-audit-tests-pw", "ood-audit-legacy-token-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def label_studio_venv() -> Path:
+    """The cached venv with label-studio installed; installs it (about 3.5 min) when missing."""
+    venv = CACHE / f"label-studio-{LS_VERSION}"
+    marker = venv / ".installed"
+    if marker.exists():
+        return venv
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"label-studio-{LS_VERSION}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time (parallel sessions)
+        if not marker.exists():
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"label-studio=={LS_VERSION}"], check=True,
+                           timeout=1200)
+            marker.touch()
+    return venv
+
+
+def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+class LabelStudio:
+    """A Label Studio server on loopback with one user whose legacy token is :data:`LS_TOKEN`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dir, self.port = data_dir, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = LS_TOKEN
+        self.proc: subprocess.Popen | None = None
+        self.log = data_dir / "label-studio.log"
+        self._pat: str | None = None
+
+    def start(self, timeout: float = 240.0) -> None:
+        venv = label_studio_venv()
+        env = {**os.environ, "HOME": str(self.dir), "LABEL_STUDIO_BASE_DATA_DIR": str(self.dir / "data"),
+               "LABEL_STUDIO_USERNAME": LS_USER, "LABEL_STUDIO_PASSWORD": LS_PASSWORD,
+               "LABEL_STUDIO_USER_TOKEN": LS_TOKEN, "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+               "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
+               "LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false"}
+        env.pop("LABEL_STUDIO_API_KEY", None)
+        env.pop("VIRTUAL_ENV", None)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [str(venv / "bin" / "label-studio"), "start", "--internal-host", "127.0.0.1", "--port", str(self.port),
+                 "--no-browser", "--data-dir", str(self.dir / "data"), "--enable-legacy-api-token"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"label-studio exited ({self.proc.returncode}): {self.tail()}")
+            try:
+                r = requests.get(f"{self.url}/api/projects", headers={"Authorization": f"Token {self.token}"},
+                                 timeout=5)
+                if r.status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1.0)
+        raise RuntimeError(f"label-studio did not answer within {timeout:.0f} s: {self.tail()}")
+
+    def tail(self, n: int = 1500) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def personal_access_token(self) -> str:
+        """A personal access token (JWT refresh token) for the user, created through the API."""
+        if self._pat is None:  # the server allows one per user
+            r = requests.post(f"{self.url}/api/token/", headers={"Authorization": f"Token {self.token}"}, timeout=30)
+            r.raise_for_status()
+            self._pat = r.json()["token"]
+        return self._pat
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
+class MotoServer:
+    """moto's standalone server (SQS here) on a free loopback port."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        exe = Path(sys.executable).parent / "moto_server"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)], stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto_server exited: {self.log.read_text(errors='replace')[-1000:]}")
+            try:
+                requests.get(f"{self.url}/moto-api/", timeout=2)
+                return
+            except requests.RequestException:
+                time.sleep(0.2)
+        raise RuntimeError("moto_server did not answer")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
+class Relay:
+    """A TCP relay to ``127.0.0.1:target``. ``cut()`` closes every connection and refuses new ones (the
+    endpoint is down, the server behind keeps its state); ``restore()`` listens again on the same port."""
+
+    def __init__(self, target: int) -> None:
+        self.target, self.port = target, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._server: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", self.port))
+        srv.listen(64)
+        self._server = srv
+        threading.Thread(target=self._accept, args=(srv,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            for c in self._conns:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                c.close()
+            self._conns.clear()
+
+    def _accept(self, srv: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = srv.accept()
+            except OSError:
+                return
+            with self._lock:
+                if self._server is not srv:
+                    client.close()
+                    return
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass

@@ -1,0 +1,260 @@
+"""Assembling the HTML audit report of one scan run (SPEC §11, §13) from its rows, summary and bundle.
+
+What is read, and why memory stays bounded for a run of any size:
+
+- the run and its predecessor come from :mod:`ood_audit.sinks.runs` (``find_run``, ``previous_run``);
+- one streaming pass (:func:`ood_audit.report.collect.collect`) reads ``uri``, ``status``, ``error``,
+  ``flagged`` and the score columns batch by batch for the prefix table, the histograms and the failures;
+- the grid's rows are chosen by ``most_anomalous``, which keeps only the best ``top`` rows while streaming;
+- the previous run is read once more, for its per-prefix counts only (``uri``, ``status``, ``flagged``);
+- thumbnails are fetched for the ``top`` rows only, in parallel on a bounded pool.
+
+Nothing the report shows is allowed to fail it once the run itself is readable: a bundle that is gone or
+damaged, an old bundle without bank sources, or objects deleted since the scan each become a visible note
+on the page (``warnings`` or a placeholder thumbnail). A missing run, an unknown run id or an unknown
+report format stay errors (``ReportError``), since there would be nothing to show.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ood_audit.calibration.bundle import load_bundle
+from ood_audit.errors import BundleError, ConfigError, ReportError
+from ood_audit.io.fs import S3Config
+from ood_audit.report.collect import Collected, PrefixStats, collect, prefix_counts, score_edges
+from ood_audit.report.drift import DriftRow, Rate, drift_rows
+from ood_audit.report.explain import (CsdBox, Neighbour, STATUS_WORDS, csd_box, data_uri, neighbours,
+                                      reason_words)
+from ood_audit.report.plots import histogram_png
+from ood_audit.report.thumbs import Thumb, object_thumbs
+from ood_audit.sinks.parquet import SPEC_SCORES
+from ood_audit.sinks.runs import RunInfo, find_run, most_anomalous, previous_run, run_dataset
+
+DEFAULT_TOP = 48
+GRID_COLUMNS = ("uri", "status", "width", "height", "csd_view", "pred_class", "knn_nn", "knn_nn_dist",
+                "flagged", "flag_reasons")
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    top: int = DEFAULT_TOP
+    prefix_depth: int = 1
+    threads: int = 16
+    max_failures: int = 200
+    thumb_side: int = 128
+
+    def validate(self) -> None:
+        for name in ("top", "prefix_depth", "threads", "thumb_side"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_failures < 0:
+            raise ConfigError(f"max_failures must be >= 0, got {self.max_failures}")
+
+
+@dataclass(frozen=True)
+class ScoreCell:
+    score: str
+    value: float | None
+    pct: float | None
+    flagging: bool  # one of the bundle's flag_on scores
+
+
+@dataclass(frozen=True)
+class GridItem:
+    uri: str
+    rank: int
+    anomaly: float
+    flagged: bool
+    reasons: list[str]
+    scores: list[ScoreCell]
+    pred_class: int | None
+    thumb: Thumb
+    box: CsdBox | None
+    neighbours: list[Neighbour]
+
+
+@dataclass(frozen=True)
+class PrefixRow:
+    prefix: str
+    stats: PrefixStats
+
+    @property
+    def rate(self) -> float | None:
+        return self.stats.flagged / self.stats.scored if self.stats.scored else None
+
+
+@dataclass(frozen=True)
+class HistogramView:
+    score: str
+    png: str
+    flagging: bool
+    scanned: int
+
+
+@dataclass
+class Drift:
+    previous: RunInfo | None
+    same_bundle: bool
+    rows: list[DriftRow]
+    note: str | None = None
+
+
+@dataclass
+class ReportData:
+    """Everything the page shows; :func:`ood_audit.report.html.render_html` turns it into HTML."""
+
+    run: RunInfo
+    options: ReportOptions
+    bundle_id: str
+    bundle_uri: str
+    training: dict[str, Any] | None
+    flag_on: list[str]
+    target_fpr: float | None
+    counts: dict[str, int]
+    objects: int
+    flagged: int
+    histograms: list[HistogramView]
+    grid: list[GridItem]
+    prefixes: list[PrefixRow]
+    drift: Drift
+    failures: list[dict[str, Any]]
+    failures_total: int
+    inputs: list[str]
+    warnings: list[str] = field(default_factory=list)
+    generated_at: str = ""
+
+    @property
+    def scored(self) -> int:
+        return self.counts.get("ok", 0)
+
+    @property
+    def flag_rate(self) -> float | None:
+        return self.flagged / self.scored if self.scored else None
+
+    def display_prefix(self, key: str) -> str:
+        """A prefix key relative to the scanned input when there is just one (else the full URI prefix)."""
+        if len(self.inputs) == 1:
+            base = self.inputs[0].rstrip("/") + "/"
+            if key == base:
+                return "(directly under the input)"
+            if key.startswith(base):
+                return key[len(base):]
+        return key
+
+
+def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None = None,
+                 options: ReportOptions | None = None) -> ReportData:
+    """Read run ``run_id`` (latest when None) under ``output`` and everything its report shows."""
+    opts = options or ReportOptions()
+    opts.validate()
+    run = find_run(output, run_id, s3=s3)
+    ds = run_dataset(run, s3=s3)
+    warnings: list[str] = []
+    if not run.complete:
+        warnings.append("this run did not finish: some listed objects have no row yet, so counts are partial")
+    bundle, sources = _bundle(run, s3, warnings)
+    meta = bundle.meta if bundle is not None else {}
+    th = meta.get("thresholds") or {}
+    quantiles = meta.get("heldout_quantiles") or {}
+    flag_on = list(th.get("flag_on") or run.flag_on)
+    inputs = [str(i) for i in run.summary.get("inputs") or []]
+
+    names = set(ds.schema.names)
+    present = [s for s in dict.fromkeys([*flag_on, *SPEC_SCORES, *quantiles]) if s in names]
+    edges = {}
+    for s in present:
+        e = score_edges(ds, s, quantiles.get(s), (th.get("per_score") or {}).get(s))
+        if e is not None:
+            edges[s] = e
+    col = collect(ds, inputs=inputs, depth=opts.prefix_depth, edges=edges, max_failures=opts.max_failures)
+    histograms = _histograms(col, quantiles, th, flag_on)
+    grid = _grid(ds, run, flag_on, present, sources, opts, s3)
+    drift = _drift(output, run, col, opts, s3)
+    counts = {k: int(v) for k, v in (run.summary.get("counts") or {}).items()}
+    if not counts:
+        counts = {"ok": sum(p.scored for p in col.prefixes.values())}
+    flagged = sum(p.flagged for p in col.prefixes.values())
+    prefixes = [PrefixRow(k, v) for k, v in sorted(col.prefixes.items())]
+    return ReportData(run=run, options=opts, bundle_id=run.bundle_id, bundle_uri=run.bundle_uri,
+                      training=meta.get("training"), flag_on=flag_on, target_fpr=th.get("target_fpr"),
+                      counts=counts, objects=col.rows, flagged=flagged, histograms=histograms, grid=grid,
+                      prefixes=prefixes, drift=drift, failures=col.failures, failures_total=col.failures_total,
+                      inputs=inputs, warnings=warnings,
+                      generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def _bundle(run: RunInfo, s3: S3Config | None, warnings: list[str]) -> tuple[Any, Any]:
+    if not run.bundle_uri:
+        warnings.append("the run summary names no bundle: no ID distribution, thresholds or neighbours")
+        return None, None
+    try:
+        bundle = load_bundle(run.bundle_uri, s3=s3, verify=False)
+    except BundleError as exc:
+        warnings.append(f"the bundle cannot be read ({exc}): no ID distribution, thresholds or neighbours")
+        return None, None
+    try:
+        sources = bundle.bank_sources()
+    except BundleError as exc:
+        warnings.append(f"the bundle's kNN-bank sources cannot be read ({exc}): neighbours shown by row only")
+        return bundle, None
+    if sources is None:
+        warnings.append("this bundle predates kNN-bank sources: neighbours are shown by bank row only")
+    return bundle, sources
+
+
+def _histograms(col: Collected, quantiles: dict[str, Any], th: dict[str, Any],
+                flag_on: list[str]) -> list[HistogramView]:
+    out = []
+    per_score, flag = th.get("per_score") or {}, th.get("flag") or {}
+    for s in sorted(col.histograms, key=lambda s: (s not in flag_on, s)):
+        h = col.histograms[s]
+        if h.n == 0:
+            continue
+        lines = [(per_score.get(s), "threshold (reasons)")]
+        if s in flag and flag[s] != per_score.get(s):
+            lines.append((flag[s], "flag threshold"))
+        png = histogram_png(h, id_quantiles=quantiles.get(s), thresholds=[l for l in lines if l[0] is not None])
+        out.append(HistogramView(s, data_uri(png, "image/png"), s in flag_on, h.n))
+    return out
+
+
+def _grid(ds: Any, run: RunInfo, flag_on: list[str], scores: list[str], sources: Any, opts: ReportOptions,
+          s3: S3Config | None) -> list[GridItem]:
+    names = set(ds.schema.names)
+    cols = [c for c in (*GRID_COLUMNS, *scores, *(f"pct_{s}" for s in scores)) if c in names]
+    top = most_anomalous(ds, opts.top, flag_on, columns=cols).to_pylist()
+    sizes = {r["uri"]: (r.get("width"), r.get("height")) for r in top}
+    thumbs = object_thumbs([r["uri"] for r in top], sizes=sizes, s3=s3, max_side=opts.thumb_side,
+                           threads=opts.threads)
+    items = []
+    for rank, r in enumerate(top, 1):
+        cells = [ScoreCell(s, r.get(s), r.get(f"pct_{s}"), s in flag_on) for s in scores
+                 if r.get(s) is not None or r.get(f"pct_{s}") is not None]
+        cells.sort(key=lambda c: not c.flagging)
+        items.append(GridItem(uri=r["uri"], rank=rank, anomaly=float(r["anomaly"]), flagged=bool(r.get("flagged")),
+                              reasons=[f"{s}: {reason_words(s)}" for s in r.get("flag_reasons") or []],
+                              scores=cells, pred_class=r.get("pred_class"), thumb=thumbs[r["uri"]],
+                              box=csd_box(r.get("csd_view")),
+                              neighbours=neighbours(r.get("knn_nn"), r.get("knn_nn_dist"), sources)))
+    return items
+
+
+def _drift(output: str, run: RunInfo, col: Collected, opts: ReportOptions, s3: S3Config | None) -> Drift:
+    prev = previous_run(output, run, s3=s3)
+    if prev is None:
+        return Drift(None, True, [])
+    try:
+        before_ds = run_dataset(prev, s3=s3)
+    except ReportError as exc:
+        return Drift(prev, prev.bundle_id == run.bundle_id, [], note=f"the previous run cannot be read: {exc}")
+    before = prefix_counts(before_ds, inputs=[str(i) for i in prev.summary.get("inputs") or []],
+                           depth=opts.prefix_depth)
+    same = prev.bundle_id == run.bundle_id
+    rows = drift_rows({k: Rate(v.flagged, v.scored) for k, v in before.items()},
+                      {k: Rate(v.flagged, v.scored) for k, v in col.prefixes.items()}, same_bundle=same)
+    return Drift(prev, same, rows)
+
+
+__all__ = ["DEFAULT_TOP", "Drift", "GridItem", "ReportData", "ReportOptions", "STATUS_WORDS", "build_report"]

@@ -1,0 +1,180 @@
+"""The report page's Jinja2 template, kept in a module so that it ships inside the package like code.
+
+The page is one self-contained file: CSS inline, images as ``data:`` URIs, no script, no web fonts, no
+external reference of any kind, so it opens offline and can be mailed or attached to a ticket. Every value
+taken from data (keys, error strings, prefixes) goes through Jinja2's autoescape; nothing is marked safe.
+"""
+
+TEMPLATE = r"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>OOD audit: run {{ d.run.run_id }}</title>
+<style>
+:root { --ink:#212529; --muted:#6c757d; --line:#dee2e6; --flag:#c92a2a; --ok:#2b8a3e; --bg:#f8f9fa; }
+* { box-sizing: border-box; }
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       color: var(--ink); margin: 0; background: #fff; line-height: 1.4; font-size: 14px; }
+header { background: var(--bg); border-bottom: 1px solid var(--line); padding: 18px 28px; }
+main { padding: 0 28px 40px; max-width: 1500px; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 28px 0 4px; }
+.lede { color: var(--muted); margin: 0 0 12px; max-width: 70em; }
+.mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12px; word-break: break-all; }
+.facts { display: flex; flex-wrap: wrap; gap: 10px; margin-top: 12px; }
+.fact { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 8px 12px; min-width: 150px; }
+.fact b { display: block; font-size: 18px; } .fact span { color: var(--muted); font-size: 12px; }
+.warn { background: #fff4e6; border: 1px solid #ffc078; border-radius: 6px; padding: 8px 12px; margin: 12px 0; }
+table { border-collapse: collapse; margin: 8px 0; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: left; vertical-align: top; }
+th { background: var(--bg); font-weight: 600; } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+.hists { display: flex; flex-wrap: wrap; gap: 12px; }
+.hists figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 6px; }
+.hists figcaption { color: var(--muted); font-size: 12px; max-width: 460px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 12px; }
+.card { border: 1px solid var(--line); border-radius: 8px; padding: 10px; margin: 0; }
+.card.flagged { border-color: var(--flag); box-shadow: inset 3px 0 0 var(--flag); }
+.card-top { display: flex; gap: 10px; }
+.thumb { position: relative; flex: none; background: #eee; outline: 1px solid var(--line); }
+.thumb img { display: block; width: 100%; height: 100%; image-rendering: pixelated; }
+.csd-view { position: absolute; border: 2px solid #f59f00; box-shadow: 0 0 0 1px rgba(0,0,0,.5); pointer-events: none; }
+.csd-view span { position: absolute; left: 0; top: 0; background: #f59f00; color: #000; font-size: 10px;
+                 padding: 0 3px; line-height: 14px; }
+.badge { display: inline-block; border-radius: 10px; padding: 0 8px; font-size: 12px; color: #fff; background: var(--muted); }
+.badge.flag { background: var(--flag); } .badge.ok { background: var(--ok); }
+.scores td { padding: 1px 6px; font-size: 12px; } .scores tr.flagging td:first-child { font-weight: 600; }
+.note { color: var(--flag); font-size: 12px; }
+.reasons { margin: 4px 0 0; padding-left: 18px; font-size: 12px; }
+.nbrs { display: flex; gap: 8px; margin-top: 8px; }
+.nbr { width: 88px; font-size: 11px; color: var(--muted); }
+.nbr img { width: 48px; height: 48px; object-fit: contain; image-rendering: pixelated; display: block; background: #eee; }
+.nbr .mono { font-size: 10px; display: block; max-height: 3.2em; overflow: hidden; }
+tr.changed td { background: #fff5f5; } .verdict-changed { color: var(--flag); font-weight: 600; }
+footer { color: var(--muted); font-size: 12px; padding: 12px 28px; border-top: 1px solid var(--line); }
+</style>
+</head>
+<body>
+<header>
+<h1>OOD audit: run <span class="mono" style="font-size:inherit">{{ d.run.run_id }}</span></h1>
+<p class="lede">Scan of {{ d.objects | thousands }} objects on {{ d.run.run_date }} from
+{% for i in d.inputs %}<span class="mono">{{ i }}</span>{% if not loop.last %}, {% endif %}{% else %}a manifest{% endfor %},
+written to <span class="mono">{{ d.run.output }}</span>.</p>
+<div class="facts">
+  <div class="fact"><b>{{ d.flagged | thousands }}</b><span>flagged ({{ d.flag_rate | pct }} of scored)</span></div>
+  {% for status, n in d.counts.items() %}
+  <div class="fact"><b>{{ n | thousands }}</b><span>{{ status }}: {{ status_words.get(status, status) }}</span></div>
+  {% endfor %}
+  <div class="fact"><b>{{ tp.get("objects_per_s") | num(1) }}/s</b><span>objects per second
+    (steady {{ tp.get("steady_objects_per_s") | num(1) }}/s, first score after {{ tp.get("startup_s") | num(1) }} s)</span></div>
+  <div class="fact"><b>{{ tm.get("scan_wall") | num(1) }} s</b><span>scan wall time (listing {{ tm.get("listing") | num(1) }} s;
+    busy: read {{ busy.get("read") | num(1) }} s, score {{ busy.get("score") | num(1) }} s, write {{ busy.get("write") | num(1) }} s)</span></div>
+</div>
+<p class="lede" style="margin-top:12px">Bundle <span class="mono">{{ d.bundle_id }}</span>
+{% if d.bundle_uri %}(<span class="mono">{{ d.bundle_uri }}</span>){% endif %}.
+{% if d.training and d.training.get("val_accuracy") is not none %}Model validation accuracy
+<b>{{ d.training["val_accuracy"] | pct }}</b> on {{ d.training.get("val_images") }} held-out images{% if d.training.get("chance_accuracy") is not none %}
+(chance {{ d.training["chance_accuracy"] | pct }}){% endif %}.{% else %}Model validation accuracy: not recorded in the bundle.{% endif %}
+{% if d.training and d.training.get("warning") %}<span class="note">{{ d.training["warning"] }}</span>{% endif %}</p>
+{% for w in d.warnings %}<div class="warn">{{ w }}</div>{% endfor %}
+</header>
+<main>
+<h2>How to read this report</h2>
+<p class="lede">Every score is higher for images that look like the model's training data (in-distribution, ID).
+A <b>percentile</b> is the share of held-out ID images that scored lower: a percentile of 2 means only 2% of
+ID images looked this unusual on that score. An object is <b>flagged</b> when any of
+{% for s in d.flag_on %}<b>{{ s }}</b>{% if not loop.last %}, {% endif %}{% endfor %} falls below its flag threshold,
+{% if d.target_fpr is not none %}set at calibration so that about {{ d.target_fpr | pct }} of ID images would be flagged.{% else %}set at calibration.{% endif %}</p>
+
+<h2 id="histograms">Scores: scanned objects against held-out ID</h2>
+<p class="lede">Orange bars are this run's scores, the blue outline the held-out ID images the thresholds were set on;
+mass to the left of the dashed threshold is what gets flagged.</p>
+<div class="hists">
+{% for h in d.histograms %}
+<figure><img src="{{ h.png }}" alt="histogram of {{ h.score }}" width="460" height="270">
+<figcaption>{{ h.score }}{% if h.flagging %} (a flagging score){% endif %}: {{ score_words.get(h.score, "") }}.</figcaption></figure>
+{% else %}<p>No scored objects.</p>{% endfor %}
+</div>
+
+<h2 id="anomalous">The {{ d.grid | length }} most anomalous objects</h2>
+<p class="lede">Ranked by anomaly, 1 − (lowest flagging percentile)/100. The orange box is the part of the image whose
+CSD view decided its CSD score (the view least like any training image); below each are its three nearest
+training images in the kNN feature space, with their distances.</p>
+<div class="grid">
+{% for it in d.grid %}
+<figure class="card{% if it.flagged %} flagged{% endif %}" data-uri="{{ it.uri }}">
+ <div class="card-top">
+  <div class="thumb" style="width:{{ it.thumb.width }}px;height:{{ it.thumb.height }}px">
+   <img src="{{ it.thumb.src }}" width="{{ it.thumb.width }}" height="{{ it.thumb.height }}" alt="thumbnail of {{ it.uri }}">
+   {% if it.box %}<div class="csd-view" data-view="{{ it.box.view }}" title="CSD deciding view: {{ it.box.words }}"
+     style="left:{{ it.box.left }}%;top:{{ it.box.top }}%;width:{{ it.box.width }}%;height:{{ it.box.height }}%"><span>{{ it.box.view }}</span></div>{% endif %}
+  </div>
+  <div>
+   <div>#{{ it.rank }} {% if it.flagged %}<span class="badge flag">flagged</span>{% else %}<span class="badge">not flagged</span>{% endif %}
+     anomaly {{ it.anomaly | num(3) }}</div>
+   {% if it.thumb.note %}<div class="note">{{ it.thumb.note }}</div>{% endif %}
+   <table class="scores"><tr><th>score</th><th class="num">value</th><th class="num">pct</th></tr>
+   {% for c in it.scores %}<tr{% if c.flagging %} class="flagging"{% endif %}><td>{{ c.score }}</td>
+     <td class="num">{{ c.value | num(3) }}</td><td class="num">{{ c.pct | num(1) }}</td></tr>{% endfor %}
+   </table>
+   {% if it.pred_class is not none %}<div style="font-size:12px">predicted class {{ it.pred_class }}{% if it.box %}; CSD view: {{ it.box.words }}{% endif %}</div>{% endif %}
+  </div>
+ </div>
+ <div class="mono" style="margin-top:6px">{{ it.uri }}</div>
+ {% if it.reasons %}<ul class="reasons">{% for r in it.reasons %}<li>{{ r }}</li>{% endfor %}</ul>{% endif %}
+ {% if it.neighbours %}<div class="nbrs">{% for n in it.neighbours %}<div class="nbr">
+   {% if n.thumb %}<img src="{{ n.thumb }}" alt="nearest ID image {{ loop.index }}">{% endif %}
+   d = {{ n.distance | num(3) }}<span class="mono" title="{{ n.uri }}">{{ n.uri }}</span></div>{% endfor %}</div>{% endif %}
+</figure>
+{% else %}<p>No scored objects.</p>{% endfor %}
+</div>
+
+<h2 id="prefixes">By prefix</h2>
+<p class="lede">Objects grouped by the first {{ d.options.prefix_depth }} path component{% if d.options.prefix_depth > 1 %}s{% endif %}
+under the scanned input; the flagged rate is over scored objects, errors are objects that could not be scored.</p>
+<table><tr><th>prefix</th><th class="num">objects</th><th class="num">scored</th><th class="num">flagged</th>
+<th class="num">flagged rate</th><th class="num">errors</th></tr>
+{% for p in prefixes %}<tr><td class="mono">{{ d.display_prefix(p.prefix) }}</td><td class="num">{{ p.stats.objects | thousands }}</td>
+<td class="num">{{ p.stats.scored | thousands }}</td><td class="num">{{ p.stats.flagged | thousands }}</td>
+<td class="num">{{ p.rate | pct }}</td><td class="num">{{ p.stats.errors | thousands }}</td></tr>{% endfor %}
+</table>
+{% if prefixes_more %}<p>… and {{ prefixes_more | thousands }} more prefixes.</p>{% endif %}
+
+<h2 id="drift">Drift since the previous run</h2>
+{% if not d.drift.previous %}
+<p class="lede">This is the first run on this output root, so there is nothing to compare with.</p>
+{% else %}
+<p class="lede">Flagged rate per prefix now against run <span class="mono">{{ d.drift.previous.run_id }}</span>
+({{ d.drift.previous.run_date }}). A two-proportion z-test per prefix, with p-values adjusted for the number of
+prefixes (Benjamini–Hochberg); a change is marked where the adjusted p is below 0.01, and no verdict is given where
+either run scored fewer than 30 objects in the prefix.</p>
+{% if not d.drift.same_bundle %}<div class="warn">The previous run used a different bundle
+(<span class="mono">{{ d.drift.previous.bundle_id }}</span>), so its scores and thresholds are not comparable with
+this run's: rates are shown without a test.</div>{% endif %}
+{% if d.drift.note %}<div class="warn">{{ d.drift.note }}</div>{% endif %}
+<table id="drift-table"><tr><th>prefix</th><th class="num">before</th><th class="num">now</th><th class="num">z</th>
+<th class="num">p</th><th class="num">adjusted p</th><th>verdict</th></tr>
+{% for r in drift_rows %}<tr class="{{ r.verdict | replace(' ', '-') }}" data-prefix="{{ d.display_prefix(r.prefix) }}">
+<td class="mono">{{ d.display_prefix(r.prefix) }}</td>
+<td class="num">{{ r.before.rate | pct }} <small>({{ r.before.flagged }}/{{ r.before.scored }})</small></td>
+<td class="num">{{ r.now.rate | pct }} <small>({{ r.now.flagged }}/{{ r.now.scored }})</small></td>
+<td class="num">{{ r.z | num(2) }}</td><td class="num">{{ r.p | pval }}</td><td class="num">{{ r.q | pval }}</td>
+<td class="verdict-{{ r.verdict | replace(' ', '-') }}">{{ verdict_words[r.verdict] }}</td></tr>{% endfor %}
+</table>
+{% if drift_more %}<p>… and {{ drift_more | thousands }} more prefixes.</p>{% endif %}
+{% endif %}
+
+<h2 id="failures">Objects that could not be scored</h2>
+{% if d.failures_total %}
+<p class="lede">{{ d.failures_total | thousands }} objects have a status other than ok; they carry no scores.</p>
+<table><tr><th>object</th><th>status</th><th>error</th></tr>
+{% for f in d.failures %}<tr><td class="mono">{{ f.uri }}</td><td>{{ f.status }}<br><small>{{ status_words.get(f.status, "") }}</small></td>
+<td class="mono">{{ f.error }}</td></tr>{% endfor %}
+</table>
+{% if d.failures_total > d.failures | length %}<p>… and {{ (d.failures_total - d.failures | length) | thousands }} more
+(read them all with <span class="mono">load_report(…, filter=pc.field("status") != "ok")</span>).</p>{% endif %}
+{% else %}<p class="lede">Every listed object was scored.</p>{% endif %}
+</main>
+<footer>ood-audit {{ version }} · report generated {{ d.generated_at }} · run created {{ d.run.started_at }}</footer>
+</body>
+</html>
+"""

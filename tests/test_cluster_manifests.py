@@ -349,7 +349,8 @@ def test_every_runtime_env_uses_the_image_working_dir():
 
 
 SCRIPTS = sorted({argv[1] for argv in entrypoints()})
-NIGHTLY_PENDING = pytest.mark.xfail(strict=False, reason="the `nightly` command is not registered in the CLI yet")
+NIGHTLY_PENDING = pytest.mark.xfail(not (ROOT / "ood_audit" / "commands" / "nightly.py").exists(), strict=False,
+                                    reason="the `nightly` command is not in the CLI yet")
 
 
 # One child interpreter runs every script as `__main__` with `--help`, one after the other: each script
@@ -466,7 +467,8 @@ def allows(policy: str, action: str, uri: str) -> bool:
         if action in _list(st["Action"]):
             if action == "s3:ListBucket":
                 prefixes = st["Condition"]["StringLike"]["s3:prefix"]
-                if f"arn:aws:s3:::{bucket}" in _list(st["Resource"]) and any(fnmatch.fnmatchcase(key, p) for p in prefixes):
+                on_bucket = f"arn:aws:s3:::{bucket}" in _list(st["Resource"])
+                if on_bucket and any(fnmatch.fnmatchcase(key, p) for p in prefixes):
                     return True
             elif any(fnmatch.fnmatchcase(f"arn:aws:s3:::{bucket}/{key}x", r) for r in _list(st["Resource"])):
                 return True
@@ -475,7 +477,8 @@ def allows(policy: str, action: str, uri: str) -> bool:
 
 def test_policies_cover_what_the_jobs_read_and_write():
     cfg = nightly_config()
-    written = [cfg["output"] + "/", cfg["report"]["out"]] + [e.get("tasks_file") or e["path"] for e in cfg["exports"]]
+    exported = [u for e in cfg["exports"] for u in (e.get("tasks_file"), e.get("prefix")) if u]
+    written = [cfg["output"] + "/", cfg["report"]["out"], *exported]
     for uri in written:
         assert allows("iam-policy.json", "s3:PutObject", uri), uri
     for uri in [cfg["bundle"] + "/"] + cfg["inputs"]:

@@ -191,11 +191,26 @@ TOP |= {key: obj("apiVersion kind metadata spec", apiVersion=str, kind=str, meta
 
 # ---- loading ------------------------------------------------------------------------------------------
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; kubectl rejects the manifest. So do we."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        dupes = {k for k in keys if keys.count(k) > 1}
+        if dupes:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate keys {sorted(dupes)}", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> list:
+    return [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
+
+
 def _manifests() -> list[tuple[str, dict]]:
     out = []
     for path in sorted(CLUSTER.glob("*.yaml")):
         if path != LAUNCHER:
-            docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+            docs = load_yaml(path.read_text())
             out += [(f"{path.name}#{i}" if len(docs) > 1 else path.name, d) for i, d in enumerate(docs)]
     return out
 
@@ -331,7 +346,7 @@ def _assert_config_mounted(config_path: str, head_pod: dict) -> None:
 
 def test_every_image_is_the_one_the_dockerfile_builds():
     images = {c["image"] for pod in pod_specs() for c in pod["containers"]}
-    images.add(yaml.safe_load(LAUNCHER.read_text())["docker"]["image"])
+    images.add(load_yaml(LAUNCHER.read_text())[0]["docker"]["image"])
     assert images == {IMAGE}
     labels = " ".join(i.args for i in dockerfile() if i.name == "LABEL")
     assert f'org.opencontainers.image.version="{VERSION}"' in labels
@@ -395,7 +410,7 @@ def test_entrypoint_answers_help_and_knows_the_flags_used(script, helps):
 
 def nightly_config() -> dict:
     (cm,) = [d for d in of_kind("ConfigMap") if "nightly.yaml" in d["data"]]
-    return yaml.safe_load(cm["data"]["nightly.yaml"])
+    return load_yaml(cm["data"]["nightly.yaml"])[0]
 
 
 def test_nightly_config_has_the_documented_shape():
@@ -417,11 +432,11 @@ def test_cluster_launcher_matches_rays_schema():
     from importlib.resources import files
 
     schema = json.loads((files("ray") / "autoscaler" / "ray-schema.json").read_text())
-    jsonschema.validate(yaml.safe_load(LAUNCHER.read_text()), schema)
+    jsonschema.validate(load_yaml(LAUNCHER.read_text())[0], schema)
 
 
 def test_cluster_launcher_aws_gpu_workers_from_zero():
-    cfg = yaml.safe_load(LAUNCHER.read_text())
+    cfg = load_yaml(LAUNCHER.read_text())[0]
     assert cfg["cluster_name"] and cfg["provider"]["type"] == "aws" and cfg["provider"]["region"]
     types = cfg["available_node_types"]
     assert cfg["head_node_type"] in types and types[cfg["head_node_type"]]["resources"] == {"CPU": 0}

@@ -101,6 +101,13 @@ def test_csd_view_unknown():
     assert csd_box(None) is None and csd_box(6) is None
 
 
+def test_csd_view_names_match_the_score():
+    from ood_audit.report.explain import CSD_VIEW_NAMES
+    from ood_audit.scores.csd import CSD_VIEW_NAMES as SCORE_NAMES
+
+    assert CSD_VIEW_NAMES == SCORE_NAMES
+
+
 def test_prefix_keys_by_depth_and_input():
     import pyarrow as pa
 

@@ -267,8 +267,8 @@ def test_manifest_matches_its_schema(where, doc):
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc["metadata"]["name"]), "not a DNS-1123 name"
     problems = list(errors(doc, TOP[key], key[1]))
     assert not problems, f"{where}:\n  " + "\n  ".join(problems)
-    if key[1] in ("RayJob", "RayCronJob"):
-        job = doc["spec"] if key[1] == "RayJob" else doc["spec"]["jobTemplate"]  # optional in the CRD (a job may target an existing cluster); ours bring their own
+    if key[1] in ("RayJob", "RayCronJob"):  # both optional in the CRD (a job may use an existing cluster)
+        job = doc["spec"] if key[1] == "RayJob" else doc["spec"]["jobTemplate"]
         assert job.get("entrypoint", "").startswith("python jobs/") and "rayClusterSpec" in job
 
 

@@ -43,7 +43,7 @@ class ReportOptions:
     prefix_depth: int = 1
     threads: int = 16
     max_failures: int = 200
-    thumb_side: int = 128
+    thumb_side: int = 112
 
     def validate(self) -> None:
         for name in ("top", "prefix_depth", "threads", "thumb_side"):
@@ -67,7 +67,8 @@ class GridItem:
     rank: int
     anomaly: float
     flagged: bool
-    reasons: list[str]
+    reasons: list[str]  # the flagging scores below their thresholds, in words
+    also_low: list[str]  # other scores below their own thresholds
     scores: list[ScoreCell]
     pred_class: int | None
     thumb: Thumb
@@ -162,7 +163,8 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
     inputs = [str(i) for i in run.summary.get("inputs") or []]
 
     names = set(ds.schema.names)
-    present = [s for s in dict.fromkeys([*flag_on, *SPEC_SCORES, *quantiles]) if s in names]
+    # the flagging scores and SPEC §6-8's; variants (``msp+fn``, ``featurenorm2``) only when they flag
+    present = [s for s in dict.fromkeys([*flag_on, *SPEC_SCORES]) if s in names]
     edges = {}
     for s in present:
         e = score_edges(ds, s, quantiles.get(s), (th.get("per_score") or {}).get(s))
@@ -234,7 +236,9 @@ def _grid(ds: Any, run: RunInfo, flag_on: list[str], scores: list[str], sources:
                  if r.get(s) is not None or r.get(f"pct_{s}") is not None]
         cells.sort(key=lambda c: not c.flagging)
         items.append(GridItem(uri=r["uri"], rank=rank, anomaly=float(r["anomaly"]), flagged=bool(r.get("flagged")),
-                              reasons=[f"{s}: {reason_words(s)}" for s in r.get("flag_reasons") or []],
+                              reasons=[f"{s}: {reason_words(s)}" for s in r.get("flag_reasons") or []
+                                       if s in flag_on],
+                              also_low=[s for s in r.get("flag_reasons") or [] if s not in flag_on],
                               scores=cells, pred_class=r.get("pred_class"), thumb=thumbs[r["uri"]],
                               box=csd_box(r.get("csd_view")),
                               neighbours=neighbours(r.get("knn_nn"), r.get("knn_nn_dist"), sources)))

@@ -14,7 +14,7 @@ from importlib import metadata
 import jinja2
 
 from ood_audit.report.build import ReportData
-from ood_audit.report.explain import SCORE_WORDS, STATUS_WORDS
+from ood_audit.report.explain import STATUS_WORDS, reason_words
 from ood_audit.report.template import TEMPLATE
 
 MAX_TABLE_ROWS = 500
@@ -65,4 +65,4 @@ def render_html(data: ReportData) -> str:
         d=data, tp=s.get("throughput") or {}, tm=timings, busy=timings.get("stage_busy") or {},
         prefixes=data.prefixes[:MAX_TABLE_ROWS], prefixes_more=max(0, len(data.prefixes) - MAX_TABLE_ROWS),
         drift_rows=drift, drift_more=len(data.drift.rows) - len(drift), status_words=STATUS_WORDS,
-        score_words=SCORE_WORDS, verdict_words=VERDICT_WORDS, version=version)
+        words=reason_words, verdict_words=VERDICT_WORDS, version=version)

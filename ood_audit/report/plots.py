@@ -31,7 +31,7 @@ def histogram_png(hist: Histogram, *, id_quantiles: Sequence[float] | None = Non
                   thresholds: Sequence[tuple[float, str]] = (), dpi: int = 100) -> bytes:
     """One score's histogram as PNG bytes: scanned bars, the ID outline, and ``(value, label)`` threshold lines
     (the first dashed, any further one solid)."""
-    fig = Figure(figsize=(4.6, 2.7), dpi=dpi, layout="constrained")
+    fig = Figure(figsize=(4.2, 2.6), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     edges = hist.edges

@@ -30,8 +30,8 @@ th, td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: le
 th { background: var(--bg); font-weight: 600; } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .hists { display: flex; flex-wrap: wrap; gap: 12px; }
 .hists figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 6px; }
-.hists figcaption { color: var(--muted); font-size: 12px; max-width: 460px; }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 12px; }
+.hists figcaption { color: var(--muted); font-size: 12px; max-width: 420px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(380px, 1fr)); gap: 12px; }
 .card { border: 1px solid var(--line); border-radius: 8px; padding: 10px; margin: 0; }
 .card.flagged { border-color: var(--flag); box-shadow: inset 3px 0 0 var(--flag); }
 .card-top { display: flex; gap: 10px; }
@@ -45,6 +45,7 @@ th { background: var(--bg); font-weight: 600; } td.num, th.num { text-align: rig
 .scores td { padding: 1px 6px; font-size: 12px; } .scores tr.flagging td:first-child { font-weight: 600; }
 .note { color: var(--flag); font-size: 12px; }
 .reasons { margin: 4px 0 0; padding-left: 18px; font-size: 12px; }
+.also { color: var(--muted); font-size: 12px; margin-top: 2px; }
 .nbrs { display: flex; gap: 8px; margin-top: 8px; }
 .nbr { width: 88px; font-size: 11px; color: var(--muted); }
 .nbr img { width: 48px; height: 48px; object-fit: contain; image-rendering: pixelated; display: block; background: #eee; }
@@ -61,7 +62,7 @@ footer { color: var(--muted); font-size: 12px; padding: 12px 28px; border-top: 1
 written to <span class="mono">{{ d.run.output }}</span>.</p>
 <div class="facts">
   <div class="fact"><b>{{ d.flagged | thousands }}</b><span>flagged ({{ d.flag_rate | pct }} of scored)</span></div>
-  {% for status, n in d.counts.items() %}
+  {% for status, n in d.counts.items() if n or status == "ok" %}
   <div class="fact"><b>{{ n | thousands }}</b><span>{{ status }}: {{ status_words.get(status, status) }}</span></div>
   {% endfor %}
   <div class="fact"><b>{{ tp.get("objects_per_s") | num(1) }}/s</b><span>objects per second
@@ -90,8 +91,8 @@ ID images looked this unusual on that score. An object is <b>flagged</b> when an
 mass to the left of the dashed threshold is what gets flagged.</p>
 <div class="hists">
 {% for h in d.histograms %}
-<figure><img src="{{ h.png }}" alt="histogram of {{ h.score }}" width="460" height="270">
-<figcaption>{{ h.score }}{% if h.flagging %} (a flagging score){% endif %}: {{ score_words.get(h.score, "") }}.</figcaption></figure>
+<figure><img src="{{ h.png }}" alt="histogram of {{ h.score }}" width="420" height="260">
+<figcaption>{{ h.score }}{% if h.flagging %} (a flagging score){% endif %}: low means {{ words(h.score) }}.</figcaption></figure>
 {% else %}<p>No scored objects.</p>{% endfor %}
 </div>
 
@@ -121,6 +122,7 @@ training images in the kNN feature space, with their distances.</p>
  </div>
  <div class="mono" style="margin-top:6px">{{ it.uri }}</div>
  {% if it.reasons %}<ul class="reasons">{% for r in it.reasons %}<li>{{ r }}</li>{% endfor %}</ul>{% endif %}
+ {% if it.also_low %}<div class="also">also below their own thresholds: {{ it.also_low | join(", ") }}</div>{% endif %}
  {% if it.neighbours %}<div class="nbrs">{% for n in it.neighbours %}<div class="nbr">
    {% if n.thumb %}<img src="{{ n.thumb }}" alt="nearest ID image {{ loop.index }}">{% endif %}
    d = {{ n.distance | num(3) }}<span class="mono" title="{{ n.uri }}">{{ n.uri }}</span></div>{% endfor %}</div>{% endif %}
@@ -129,8 +131,8 @@ training images in the kNN feature space, with their distances.</p>
 </div>
 
 <h2 id="prefixes">By prefix</h2>
-<p class="lede">Objects grouped by the first {{ d.options.prefix_depth }} path component{% if d.options.prefix_depth > 1 %}s{% endif %}
-under the scanned input; the flagged rate is over scored objects, errors are objects that could not be scored.</p>
+<p class="lede">Objects grouped by the first {{ d.options.prefix_depth }} path
+{{ "components" if d.options.prefix_depth > 1 else "component" }} under the scanned input; the flagged rate is over scored objects, errors are objects that could not be scored.</p>
 <table><tr><th>prefix</th><th class="num">objects</th><th class="num">scored</th><th class="num">flagged</th>
 <th class="num">flagged rate</th><th class="num">errors</th></tr>
 {% for p in prefixes %}<tr><td class="mono">{{ d.display_prefix(p.prefix) }}</td><td class="num">{{ p.stats.objects | thousands }}</td>

@@ -47,7 +47,7 @@ def write_run(output: str, run_id: str, rows: Sequence[Mapping[str, Any]], *, bu
     run_date = f"{created:%Y-%m-%d}"
     schema = report_schema()
     partition = partition_uri(output, run_date)
-    for chunk, start in enumerate(range(0, max(len(rows), 1), rows_per_file)):
+    for chunk, start in enumerate(range(0, len(rows), rows_per_file)):  # no rows, no part files
         part = rows[start:start + rows_per_file]
         cols = {f.name: [r.get(f.name) for r in part] for f in schema}
         cols["run_id"] = [run_id] * len(part)

@@ -34,10 +34,10 @@ def _upload(client: Any, prefix: str, files: dict[str, bytes]) -> str:
 
 def run_demo(workdir: str | None = None, *, epochs: int = 10, workers: int = 2) -> dict[str, Any]:
     """Run train -> calibrate -> scan against an embedded S3 and return the summary."""
-    from .calibration.calibrate import CalibrateConfig, calibrate
-    from .embedded_s3 import EmbeddedS3
-    from .ray_setup import init_ray
-    from .training import TrainConfig, train
+    from ..calibration.calibrate import CalibrateConfig, calibrate
+    from ..embedded_s3 import EmbeddedS3
+    from ..ray_setup import init_ray
+    from ..training import TrainConfig, train
 
     root = Path(workdir or tempfile.mkdtemp(prefix="ood-audit-demo-"))
     t0 = time.perf_counter()
@@ -63,7 +63,7 @@ def run_demo(workdir: str | None = None, *, epochs: int = 10, workers: int = 2) 
         cal = calibrate(CalibrateConfig(data=id_uri, model=model_uri, output=f"s3://{BUCKET}/audit", s3=s3,
                                         workers=workers, k_knn=50))
         print(f"[demo] calibrated -> {cal.bundle_uri} (selected block {cal.meta['selection']['selected']})", flush=True)
-        from .scan.run import ScanConfig, run_scan
+        from ..scan.run import ScanConfig, run_scan
 
         scan = run_scan(ScanConfig(bundle=cal.bundle_uri, output=f"s3://{BUCKET}/reports", inputs=(in_uri,),
                                    s3=s3, chunk_size=200))
@@ -78,7 +78,7 @@ def run_demo(workdir: str | None = None, *, epochs: int = 10, workers: int = 2) 
 def _read_reports(reports: str, run_id: str, s3: Any):
     import pyarrow.dataset as ds
 
-    from .io.fs import resolve
+    from ..io.fs import resolve
 
     fs, path = resolve(reports, s3)
     data = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive")

@@ -39,6 +39,7 @@ from ood_audit.sinks.parquet import (
     SUPPORTED_REPORT_FORMATS,
     list_parts,
     partition_uri,
+    report_schema,
 )
 
 RUNS_DIR = "runs"
@@ -121,6 +122,10 @@ def previous_run(output: str, run: RunInfo, *, s3: S3Config | None = None) -> Ru
 def run_dataset(run: RunInfo, *, s3: S3Config | None = None) -> pads.Dataset:
     """The run's part files as one dataset (no ``run_date`` column). Refuses unknown report formats."""
     names = list_parts(run.partition, s3=s3, run_id=run.run_id)
+    if not names and not run.summary.get("objects"):
+        # A night with nothing new (an incremental scan that skipped everything) has no rows: an empty
+        # report, not an error.
+        return pads.dataset(report_schema().empty_table())
     if not names:
         raise ReportError(f"run {run.run_id} has no report files under {run.partition}")
     fs, path = resolve(run.partition, s3)

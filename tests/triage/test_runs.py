@@ -76,3 +76,11 @@ def test_streaming_top_n_equals_a_full_sort(tmp_path):
     want = full.sort_values(["a", "uri"], ascending=[False, True]).uri.head(40).tolist()
     assert got.column("uri").to_pylist() == want
     assert got.column("anomaly").to_pylist() == sorted(got.column("anomaly").to_pylist(), reverse=True)
+
+
+def test_a_night_with_nothing_new_reads_as_empty(tmp_path):
+    out = str(tmp_path)
+    write_run(out, "n1", [row("/d/a.png")], day=0)
+    write_run(out, "n2", [], day=1)
+    assert load_report(out, "n2").num_rows == 0
+    assert most_anomalous(run_dataset(find_run(out)), 5, ["featurenorm"], columns=["uri"]).num_rows == 0

@@ -214,7 +214,7 @@ def _histograms(col: Collected, quantiles: dict[str, Any], th: dict[str, Any],
         h = col.histograms[s]
         if h.n == 0:
             continue
-        lines = [(per_score.get(s), "threshold (reasons)")]
+        lines = [(per_score.get(s), "own threshold")]
         if s in flag and flag[s] != per_score.get(s):
             lines.append((flag[s], "flag threshold"))
         png = histogram_png(h, id_quantiles=quantiles.get(s), thresholds=[l for l in lines if l[0] is not None])

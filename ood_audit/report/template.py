@@ -87,8 +87,9 @@ ID images looked this unusual on that score. An object is <b>flagged</b> when an
 {% if d.target_fpr is not none %}set at calibration so that about {{ d.target_fpr | pct }} of ID images would be flagged.{% else %}set at calibration.{% endif %}</p>
 
 <h2 id="histograms">Scores: scanned objects against held-out ID</h2>
-<p class="lede">Orange bars are this run's scores, the blue outline the held-out ID images the thresholds were set on;
-mass to the left of the dashed threshold is what gets flagged.</p>
+<p class="lede">Orange bars are this run's scores, the blue outline the held-out ID images the thresholds were set on.
+The dashed line is each score's own threshold (objects left of it list the score among their reasons); on the
+flagging scores the solid line is the flag threshold, left of which objects are flagged.</p>
 <div class="hists">
 {% for h in d.histograms %}
 <figure><img src="{{ h.png }}" alt="histogram of {{ h.score }}" width="420" height="260">

@@ -66,7 +66,7 @@ def test_cli_report_from_s3(real_scan, s3_env, tmp_path, capsys):
     assert main(["report", "--report", real_scan.output, "--run-id", "night-1", "--out", str(out), "--top", "4"]) == 0
     assert "run night-1" in capsys.readouterr().out
     text = out.read_text(encoding="utf-8")
-    assert "first run on this output root" in text and text.count('class="card') == 4
+    assert "first run on this output root" in text and text.count('<figure class="card') == 4
 
 
 @pytest.mark.slow

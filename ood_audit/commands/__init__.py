@@ -1,4 +1,4 @@
 """Sub-commands: each module has ``register(subparsers)`` and sets ``func`` to its runner."""
-from . import blocks, bundle, calibrate, demo, evaluate, export, report, scan, train
+from . import blocks, bundle, calibrate, demo, evaluate, export, nightly, report, scan, train
 
-COMMANDS = (blocks, evaluate, train, calibrate, bundle, scan, export, report, demo)
+COMMANDS = (blocks, evaluate, train, calibrate, bundle, scan, export, report, nightly, demo)

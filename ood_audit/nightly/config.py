@@ -60,20 +60,25 @@ class _Export(_Strict):
 
 
 class LabelStudioExport(_Export):
-    """Label Studio tasks: always written to ``tasks_file``; pushed when ``url`` is set (token from the
-    environment variable ``token_env``)."""
+    """Label Studio tasks: written to ``tasks_file`` (``{run_id}`` is replaced by the run's id) and/or
+    imported when ``url`` is set (token from the environment variable ``token_env``)."""
 
     sink: Literal["label-studio"]
-    tasks_file: str
+    tasks_file: str | None = None
     url: str | None = None
     project_id: Positive | None = None
     create_project: str | None = None
     token_env: str = "LABEL_STUDIO_API_KEY"
 
-    _check_tasks = field_validator("tasks_file")(_uri)
+    @field_validator("tasks_file")
+    @classmethod
+    def _check_tasks(cls, v: str | None) -> str | None:
+        return None if v is None else _uri(v)
 
     @model_validator(mode="after")
     def _project(self) -> LabelStudioExport:
+        if self.url is None and self.tasks_file is None:
+            raise ValueError("give tasks_file and/or url")
         if self.url is not None and (self.project_id is None) == (self.create_project is None):
             raise ValueError("with url, give exactly one of project_id or create_project")
         return self
@@ -81,21 +86,23 @@ class LabelStudioExport(_Export):
 
 class SqsExport(_Export):
     sink: Literal["sqs"]
-    queue_url: str
+    queue: str                      # name or URL; a .fifo queue gets deduplication ids
     endpoint_url: str | None = None
 
 
 class JsonlExport(_Export):
     sink: Literal["jsonl"]
-    path: str
+    prefix: str                     # folder or s3:// prefix for the manifest files
 
-    _check_path = field_validator("path")(_uri)
+    _check_prefix = field_validator("prefix")(_uri)
 
 
 Export = Annotated[Union[LabelStudioExport, SqsExport, JsonlExport], Field(discriminator="sink")]
 
 
 class ReportSettings(_Strict):
+    """``out`` may hold ``{run_id}`` and ``{run_date}``, e.g. ``s3://audit/html/{run_date}.html``."""
+
     out: str
     top: Positive = 48
     prefix_depth: Positive = 1

@@ -11,8 +11,8 @@ output: s3://my-audit/audit
 scan: {batch_size: 32}
 exports:
   - {sink: label-studio, tasks_file: s3://my-audit/exports/tasks.json}
-  - {sink: jsonl, policy: top-k, budget: 500, path: s3://my-audit/exports/manifests/}
-  - {sink: sqs, policy: disagreement, queue_url: "https://sqs.us-east-1.amazonaws.com/1/q.fifo"}
+  - {sink: jsonl, policy: top-k, budget: 500, prefix: s3://my-audit/exports/manifests/}
+  - {sink: sqs, policy: disagreement, queue: "https://sqs.us-east-1.amazonaws.com/1/q.fifo"}
 report: {out: s3://my-audit/reports/latest.html}
 lease: {ttl_s: 600}
 """
@@ -33,6 +33,7 @@ def test_good_config(tmp_path):
     (("budget: 500", "budget: -1"), "exports[1].budget: Input should be greater than 0 (got -1)"),
     (("policy: top-k, budget: 500, ", "policy: top-k, "), "exports[1]: policy top-k needs a budget"),
     (("sink: sqs,", "sink: kafka,"), "exports[2].sink: expected one of"),
+    (("queue: ", "queue_url: "), "exports[2].queue: required field missing"),
     (("output: s3://my-audit/audit", "output: gs://my-audit/audit"), "output: unsupported URI scheme 'gs'"),
     (("inputs: [s3://my-datasets/incoming/]", "inputs: []"), "inputs: List should have at least 1 item"),
     (("bundle: s3://my-audit/bundles/0123\n", ""), "bundle: required field missing"),

@@ -1,0 +1,168 @@
+"""``ood-audit nightly``: one scheduled audit (an incremental scan, the exports, the report), under a lease.
+
+Order, and what each failure leaves behind:
+
+1. **Lease** (:mod:`.lease`). Held by a live run: stop at once with :data:`EXIT_LEASE_HELD`, having
+   touched nothing. A scheduler that replays missed nights therefore runs at most one at a time.
+2. **Scan**, incremental by default: only objects new or changed since earlier runs with this bundle.
+   A scan that cannot finish (S3 down for longer than its retries) is a failure (:data:`EXIT_SCAN`); its
+   committed chunks are kept, so the next night scans only the rest.
+3. **Exports**, in the configured order. Each is idempotent (its ledger): one that fails is reported and
+   the others still run, then the job fails (:data:`EXIT_TRIAGE`); re-running sends exactly the rest.
+4. **Report**, with drift against the previous run. A report failure is also :data:`EXIT_TRIAGE`.
+
+Between stages the lease is checked: a run that was presumed dead and taken over stops instead of racing.
+Finding outliers or bad images is the job working, never a failure: the exit status is 0.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ood_audit.errors import BundleError, ConfigError, OodAuditError
+from ood_audit.io.fs import S3Config
+from ood_audit.nightly.config import Export, LabelStudioExport, NightlyConfig, SqsExport
+from ood_audit.nightly.lease import EXIT_LEASE_HELD, Lease
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_ERROR = 1          # unexpected: a bug or an environment problem (the traceback is logged)
+EXIT_CONFIG = 2         # a bad config field, flag, bundle, input or credential (one line names it)
+EXIT_SCAN = 4           # the scan did not finish; what it committed is kept, the next night does the rest
+EXIT_TRIAGE = 5         # the scan finished, but an export or the report failed; re-run to finish them
+EXIT_STATUSES = {EXIT_OK: "done", EXIT_ERROR: "unexpected error", EXIT_CONFIG: "bad configuration or input",
+                 EXIT_SCAN: "scan incomplete", EXIT_TRIAGE: "an export or the report failed",
+                 EXIT_LEASE_HELD: "another run holds the lease"}
+
+
+@dataclass
+class NightlyResult:
+    run_id: str
+    status: int = EXIT_OK
+    scan: dict[str, Any] = field(default_factory=dict)
+    exports: list[dict[str, Any]] = field(default_factory=list)
+    report: str | None = None
+    errors: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        s = self.scan
+        out = [f"nightly run {self.run_id}: {EXIT_STATUSES.get(self.status, self.status)} (exit {self.status})"]
+        if s:
+            counts = ", ".join(f"{k} {v}" for k, v in (s.get("counts") or {}).items() if v)
+            out.append(f"  scan: {s.get('objects', 0)} object(s) scanned, "
+                       f"{(s.get('listing') or {}).get('skipped_done', 0)} unchanged skipped; "
+                       f"{s.get('flagged', 0)} flagged; {counts or 'nothing new'}")
+        for e in self.exports:
+            out.append(f"  export {e['sink']} ({e['policy']}): selected {e['selected']}, already sent "
+                       f"{e['already_sent']}, sent now {e['sent_now']}")
+        if self.report:
+            out.append(f"  report: {self.report}")
+        out += [f"  FAILED: {e}" for e in self.errors]
+        out.append("  stage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()))
+        return out
+
+
+def run_nightly(cfg: NightlyConfig, *, run_id: str | None = None,
+                start_ray: Callable[[], None] | None = None, environ: dict[str, str] | None = None) -> NightlyResult:
+    """Run the job (module docstring). Configuration errors raise; stage failures set ``status``."""
+    from ood_audit.scan.ledger import new_run_id
+
+    s3 = S3Config.from_env(cfg.s3.endpoint_url)
+    run_id = run_id or new_run_id()
+    res = NightlyResult(run_id)
+    with Lease(cfg.output, cfg.lease.ttl_s, run=run_id, s3=s3) as lease:
+        log.info("nightly run %s: lease %s taken", run_id, lease.uri)
+        # A bad bundle, input or credential is a configuration error (exit 2), not an incomplete scan.
+        if not _stage(res, "scan", lambda: _scan(cfg, run_id, s3, start_ray, res), EXIT_SCAN,
+                      reraise=(ConfigError, BundleError)):
+            return res
+        for i, e in enumerate(cfg.exports):
+            lease.check()
+            _stage(res, f"export {i + 1} ({e.sink})", lambda e=e: _export(cfg, e, run_id, s3, res, environ),
+                   EXIT_TRIAGE)
+        if cfg.report is not None:
+            lease.check()
+            _stage(res, "report", lambda: _report(cfg, run_id, s3, res), EXIT_TRIAGE)
+        lease.check()
+    return res
+
+
+def _stage(res: NightlyResult, name: str, fn: Callable[[], None], status: int,
+           reraise: tuple[type[Exception], ...] = ()) -> bool:
+    start = time.perf_counter()
+    try:
+        fn()
+        return True
+    except reraise:
+        raise
+    except OodAuditError as exc:
+        res.errors.append(f"{name}: {exc}")
+        res.status = res.status or status
+        log.error("%s failed: %s", name, exc)
+        return False
+    finally:
+        res.seconds[name] = time.perf_counter() - start
+
+
+def _scan(cfg: NightlyConfig, run_id: str, s3: S3Config, start_ray: Callable[[], None] | None,
+          res: NightlyResult) -> None:
+    from ood_audit.io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+    from ood_audit.scan.run import ScanConfig, run_scan
+
+    sc = cfg.scan
+    scan_cfg = ScanConfig(bundle=cfg.bundle, output=cfg.output, inputs=tuple(cfg.inputs), run_id=run_id,
+                          incremental=cfg.incremental, batch_size=sc.batch_size, chunk_size=sc.chunk_size,
+                          workers=sc.workers, device=sc.device, read_threads=sc.read_threads,
+                          max_attempts=sc.max_attempts, max_bytes=sc.max_bytes or DEFAULT_MAX_BYTES,
+                          max_pixels=sc.max_pixels or DEFAULT_MAX_PIXELS, s3=s3)
+    scan_cfg.validate()
+    result = run_scan(scan_cfg, start_ray=start_ray)
+    res.scan = result.summary
+
+
+def _export(cfg: NightlyConfig, e: Export, run_id: str, s3: S3Config, res: NightlyResult,
+            environ: dict[str, str] | None) -> None:
+    import os
+
+    from ood_audit.sinks.export import export
+    from ood_audit.sinks.select import Selection
+
+    env = os.environ if environ is None else environ
+    if isinstance(e, LabelStudioExport):
+        from ood_audit.sinks.labelstudio import LabelStudioSink
+
+        sink: Any = LabelStudioSink(url=e.url, token=env.get(e.token_env), project_id=e.project_id,
+                                    create_project=e.create_project,
+                                    tasks_file=_fill(e.tasks_file, run_id) if e.tasks_file else None, s3=s3)
+    elif isinstance(e, SqsExport):
+        from ood_audit.sinks.sqs import SqsSink
+
+        sink = SqsSink(e.queue, endpoint=e.endpoint_url)
+    else:
+        from ood_audit.sinks.manifest import ManifestSink
+
+        sink = ManifestSink(e.prefix, s3=s3)
+    summary = export(cfg.output, sink, Selection(policy=e.policy, budget=e.budget, per_class=e.per_class),
+                     run_id=run_id, s3=s3)
+    res.exports.append(summary.to_dict())
+
+
+def _report(cfg: NightlyConfig, run_id: str, s3: S3Config, res: NightlyResult) -> None:
+    from ood_audit.report import ReportOptions, write_report
+
+    assert cfg.report is not None
+    out = _fill(cfg.report.out, run_id)
+    write_report(cfg.output, out, run_id, s3=s3,
+                 options=ReportOptions(top=cfg.report.top, prefix_depth=cfg.report.prefix_depth))
+    res.report = out
+
+
+def _fill(template: str, run_id: str) -> str:
+    """``{run_id}`` and ``{run_date}`` (today, UTC) in a configured path."""
+    return template.replace("{run_id}", run_id).replace("{run_date}", f"{datetime.now(timezone.utc):%Y-%m-%d}")

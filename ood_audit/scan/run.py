@@ -267,8 +267,11 @@ def _actor_resources(cfg: ScanConfig) -> tuple[dict[str, float], str, int]:
 
     cluster = ray.cluster_resources()
     gpus, cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 0))
-    if cfg.device.startswith("cuda") and gpus < 1:
-        raise ConfigError(f"--device {cfg.device}: the Ray cluster has no GPU; use --device cpu or auto")
+    # An explicit --device cuda --workers N is a request: an autoscaling cluster that has no GPU node up
+    # yet adds them for the N actors. Without --workers the pool is sized from the GPUs present.
+    if cfg.device.startswith("cuda") and gpus < 1 and not cfg.workers:
+        raise ConfigError(f"--device {cfg.device}: the Ray cluster has no GPU now; give --workers N to let an "
+                          "autoscaling cluster add GPU nodes, or use --device cpu or auto")
     use_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and gpus >= 1)
     if use_gpu:
         return {"num_gpus": 1, "num_cpus": 1}, (cfg.device if cfg.device != "auto" else "cuda"), cfg.workers or int(gpus)

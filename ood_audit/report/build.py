@@ -23,7 +23,7 @@ from typing import Any
 from ood_audit.calibration.bundle import load_bundle
 from ood_audit.errors import BundleError, ConfigError, ReportError
 from ood_audit.io.fs import S3Config
-from ood_audit.report.collect import Collected, PrefixStats, collect, prefix_counts, score_edges
+from ood_audit.report.collect import Collected, PrefixStats, Sequential, collect, prefix_counts, score_edges
 from ood_audit.report.drift import DriftRow, Rate, drift_rows
 from ood_audit.report.explain import (CsdBox, Neighbour, STATUS_WORDS, csd_box, data_uri, neighbours,
                                       reason_words)
@@ -226,7 +226,7 @@ def _grid(ds: Any, run: RunInfo, flag_on: list[str], scores: list[str], sources:
           s3: S3Config | None) -> list[GridItem]:
     names = set(ds.schema.names)
     cols = [c for c in (*GRID_COLUMNS, *scores, *(f"pct_{s}" for s in scores)) if c in names]
-    top = most_anomalous(ds, opts.top, flag_on, columns=cols).to_pylist()
+    top = most_anomalous(Sequential(ds), opts.top, flag_on, columns=cols).to_pylist()
     sizes = {r["uri"]: (r.get("width"), r.get("height")) for r in top}
     thumbs = object_thumbs([r["uri"] for r in top], sizes=sizes, s3=s3, max_side=opts.thumb_side,
                            threads=opts.threads)

@@ -5,7 +5,8 @@ thumbnail never fails the report: an object deleted since the scan, one that no 
 large to preview gets a placeholder that says why, drawn at the image's recorded aspect ratio (its
 ``width``/``height`` from the scan) so the CSD box still lands where it should. Objects are read in
 parallel on a bounded thread pool; each is read once, decoded, shrunk and dropped, so memory holds one
-object per thread plus the small JPEGs.
+object per thread plus the small JPEGs. Like the scan's decode, thumbnails apply EXIF orientation, so the
+CSD box is drawn on the image the model saw.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from ood_audit.io.fs import S3Config, read_bytes
 from ood_audit.io.thumbs import thumbnail_jpeg
@@ -64,12 +65,20 @@ def object_thumb(uri: str, *, size: tuple[int | None, int | None] = (None, None)
             if im.width * im.height > MAX_PREVIEW_PIXELS:
                 return placeholder("too large to preview", size, max_side)
             im.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale
-            jpeg = thumbnail_jpeg(im, max_side)
+            jpeg = thumbnail_jpeg(_upright(im), max_side)
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for damaged data
         return placeholder(f"does not decode now: {_short(exc)}", size, max_side)
     with Image.open(io.BytesIO(jpeg)) as t:
         w, h = t.size
     return Thumb(data_uri(jpeg, "image/jpeg"), w, h)
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """The image as the scan saw it: EXIF orientation applied (a broken EXIF block is ignored, as there)."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - PIL raises many types for damaged EXIF
+        return im
 
 
 def placeholder(note: str, size: tuple[int | None, int | None] = (None, None), max_side: int = THUMB_SIDE) -> Thumb:

@@ -167,3 +167,15 @@ def test_cli_writes_the_page(tmp_path, capsys):
     assert all(a["src"].startswith("data:image/") for _, a in page.tags if "src" in a)
     assert not [a for t, a in page.tags if t == "link" or "href" in a]
     assert main(["report", "--report", out, "--out", str(tmp_path / "r.html"), "--top", "0"]) == 2
+
+
+def test_thumbnails_are_upright_like_the_scan(tmp_path):
+    from ood_audit.report.thumbs import object_thumb
+
+    im = Image.new("RGB", (80, 40), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display: the scan decodes it as 40 x 80
+    path = tmp_path / "rotated.jpg"
+    im.save(path, format="JPEG", exif=exif.tobytes())
+    t = object_thumb(str(path), max_side=64)
+    assert t.note is None and (t.width, t.height) == (32, 64)

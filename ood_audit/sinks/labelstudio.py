@@ -248,7 +248,9 @@ def _one_line(value: Any, limit: int = 200) -> str:
 def _reason(exc: BaseException) -> str:
     """The root cause of a connection failure in a few words (``Connection refused``, ``timed out``)."""
     seen: BaseException | None = exc
-    while seen is not None:
+    for _ in range(12):  # exception chains can loop
+        if seen is None:
+            break
         if isinstance(seen, OSError) and seen.strerror:
             return seen.strerror
         nxt = seen.__cause__ or seen.__context__

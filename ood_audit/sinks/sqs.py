@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ood_audit.errors import ConfigError
+from ood_audit.errors import ConfigError, OodAuditError
 from ood_audit.io.fs import DEFAULT_REGION
 from ood_audit.sinks.items import ExportError, ExportItem, PartialSend, sqs_body
 
@@ -140,13 +140,13 @@ class SqsSink:
             e["MessageGroupId"] = f"class-{item.pred_class if item.pred_class is not None else 'none'}"
         return e
 
-    def _error(self, exc: BaseException, doing: str) -> ExportError:
+    def _error(self, exc: BaseException, doing: str) -> OodAuditError:
         from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
         if isinstance(exc, ClientError):
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
-                return ConfigError(f"--queue {self.queue!r}: no such queue at {self.where}")  # type: ignore[return-value]
+                return ConfigError(f"--queue {self.queue!r}: no such queue at {self.where}")
             if code in _CREDENTIAL_ERRORS:
                 return ExportError(f"SQS at {self.where} rejected the credentials ({code}) while trying to {doing}")
             return ExportError(f"SQS at {self.where} could not {doing} ({code}: "

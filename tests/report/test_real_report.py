@@ -31,7 +31,7 @@ def real_report(real_scan, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)  # includes building the two-night scan on first use
 def test_real_scan_report(real_scan, real_report):
     data, path = real_report
     scan = real_scan
@@ -60,7 +60,7 @@ def test_real_scan_report(real_scan, real_report):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)  # includes building the two-night scan on first use
 def test_cli_report_from_s3(real_scan, s3_env, tmp_path, capsys):
     out = tmp_path / "r.html"
     assert main(["report", "--report", real_scan.output, "--run-id", "night-1", "--out", str(out), "--top", "4"]) == 0
@@ -70,8 +70,8 @@ def test_cli_report_from_s3(real_scan, s3_env, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_report_in_a_browser(real_report, chromium, artifacts_dir):
+@pytest.mark.timeout(1800)  # includes building the two-night scan on first use
+def test_report_in_a_browser(real_report, chromium, artifacts_dir, record_property):
     from playwright.sync_api import sync_playwright
 
     data, path = real_report
@@ -99,7 +99,8 @@ def test_report_in_a_browser(real_report, chromium, artifacts_dir):
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
-    print(f"report screenshot: {shot}")
+    print(f"report screenshot: {shot}")  # shown with -s or -rP; also in junit XML as a property
+    record_property("screenshot", str(shot))
     assert problems == []
     assert len(images) >= len(data.grid) + len(data.histograms)
     assert [alt for alt, complete, width in images if not (complete and width > 0)] == []

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import pyarrow.dataset as pads
+
 from ood_audit.calibration.bundle import load_bundle
 from ood_audit.errors import BundleError, ConfigError, ReportError
 from ood_audit.io.fs import S3Config
@@ -29,7 +31,7 @@ from ood_audit.report.explain import (CsdBox, Neighbour, STATUS_WORDS, csd_box, 
                                       reason_words)
 from ood_audit.report.plots import histogram_png
 from ood_audit.report.thumbs import Thumb, object_thumbs
-from ood_audit.sinks.parquet import SPEC_SCORES
+from ood_audit.sinks.parquet import SPEC_SCORES, report_schema
 from ood_audit.sinks.runs import RunInfo, find_run, most_anomalous, previous_run, run_dataset
 
 DEFAULT_TOP = 48
@@ -151,7 +153,7 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
     opts = options or ReportOptions()
     opts.validate()
     run = find_run(output, run_id, s3=s3)
-    ds = run_dataset(run, s3=s3)
+    ds = _rows(run, s3)
     warnings: list[str] = []
     if not run.complete:
         warnings.append("this run did not finish: some listed objects have no row yet, so counts are partial")
@@ -185,6 +187,17 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
                       prefixes=prefixes, drift=drift, failures=col.failures, failures_total=col.failures_total,
                       inputs=inputs, warnings=warnings,
                       generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def _rows(run: RunInfo, s3: S3Config | None) -> Any:
+    """The run's rows; an empty table for a run that listed nothing new (an incremental night), which
+    writes no report file but is still a run to report on, with drift."""
+    try:
+        return run_dataset(run, s3=s3)
+    except ReportError:
+        if run.summary.get("objects") == 0:
+            return pads.dataset(report_schema().empty_table())
+        raise
 
 
 def _bundle(run: RunInfo, s3: S3Config | None, warnings: list[str]) -> tuple[Any, Any]:
@@ -250,7 +263,7 @@ def _drift(output: str, run: RunInfo, col: Collected, opts: ReportOptions, s3: S
     if prev is None:
         return Drift(None, True, [])
     try:
-        before_ds = run_dataset(prev, s3=s3)
+        before_ds = _rows(prev, s3)
     except ReportError as exc:
         return Drift(prev, prev.bundle_id == run.bundle_id, [], note=f"the previous run cannot be read: {exc}")
     before = prefix_counts(before_ds, inputs=[str(i) for i in prev.summary.get("inputs") or []],

@@ -175,6 +175,7 @@ this run's: rates are shown without a test.</div>{% endif %}
 </table>
 {% if d.failures_total > d.failures | length %}<p>… and {{ (d.failures_total - d.failures | length) | thousands }} more
 (read them all with <span class="mono">load_report(…, filter=pc.field("status") != "ok")</span>).</p>{% endif %}
+{% elif d.objects == 0 %}<p class="lede">This run has no rows: it listed nothing new to scan.</p>
 {% else %}<p class="lede">Every listed object was scored.</p>{% endif %}
 </main>
 <footer>ood-audit {{ version }} · report generated {{ d.generated_at }} · run created {{ d.run.started_at }}</footer>

@@ -179,3 +179,15 @@ def test_thumbnails_are_upright_like_the_scan(tmp_path):
     im.save(path, format="JPEG", exif=exif.tobytes())
     t = object_thumb(str(path), max_side=64)
     assert t.note is None and (t.width, t.height) == (32, 64)
+
+
+def test_a_run_that_listed_nothing_new_still_reports(tmp_path):
+    out = str(tmp_path / "out")
+    write_run(out, "n1", [row(f"/in/a/{i}.png", flagged=i < 3) for i in range(40)], inputs=["/in"], day=0)
+    write_run(out, "n2", [], inputs=["/in"], day=1)  # an incremental night: nothing changed
+    for f in (tmp_path / "out" / "reports").rglob("n2.*.parquet"):
+        f.unlink()  # the scan writes no part file for an empty run
+    data = build_report(out)
+    assert data.objects == 0 and data.grid == [] and data.drift.previous.run_id == "n1"
+    assert [(r.verdict, r.before.flagged) for r in data.drift.rows] == [("gone", 3)]
+    assert "it listed nothing new to scan" in render_html(data)

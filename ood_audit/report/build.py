@@ -174,7 +174,7 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
             edges[s] = e
     col = collect(ds, inputs=inputs, depth=opts.prefix_depth, edges=edges, max_failures=opts.max_failures)
     histograms = _histograms(col, quantiles, th, flag_on)
-    grid = _grid(ds, run, flag_on, present, sources, opts, s3)
+    grid = _grid(ds, flag_on, present, sources, opts, s3)
     drift = _drift(output, run, col, opts, s3)
     counts = {k: int(v) for k, v in (run.summary.get("counts") or {}).items()}
     if not counts:
@@ -235,7 +235,7 @@ def _histograms(col: Collected, quantiles: dict[str, Any], th: dict[str, Any],
     return out
 
 
-def _grid(ds: Any, run: RunInfo, flag_on: list[str], scores: list[str], sources: Any, opts: ReportOptions,
+def _grid(ds: Any, flag_on: list[str], scores: list[str], sources: Any, opts: ReportOptions,
           s3: S3Config | None) -> list[GridItem]:
     names = set(ds.schema.names)
     cols = [c for c in (*GRID_COLUMNS, *scores, *(f"pct_{s}" for s in scores)) if c in names]

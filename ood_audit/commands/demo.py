@@ -1,4 +1,4 @@
-"""`ood-audit demo`: train -> calibrate -> scan end to end on an embedded S3 server and a local Ray."""
+"""`ood-audit demo`: the product tour (train, calibrate, two nightly scans, exports, report) on an embedded default."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,9 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline on generated data, an embedded S3 and a local Ray")
     p.add_argument("--workdir", default=None, help="where the embedded S3 keeps its data (default: a temp dir)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10, help="cross-entropy epochs (default 10)")
+    p.add_argument("--finetune-epochs", type=int, default=1, help="ALPA fine-tuning epochs after it (0: none)")
+    p.add_argument("--keep-server", action="store_true", help="leave the embedded S3 running until Ctrl-C")
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers and calibration actors")
     p.set_defaults(func=run)
 
@@ -18,5 +20,10 @@ def run(args: argparse.Namespace) -> int:
 
     positive("epochs", args.epochs)
     positive("workers", args.workers)
-    run_demo(args.workdir, epochs=args.epochs, workers=args.workers)
+    if args.finetune_epochs < 0:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    run_demo(args.workdir, epochs=args.epochs, finetune_epochs=args.finetune_epochs, workers=args.workers,
+             keep_server=args.keep_server)
     return 0

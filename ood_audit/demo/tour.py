@@ -1,27 +1,48 @@
-"""`ood-audit demo`: the whole product end to end on an embedded default.
+"""`ood-audit demo`: the product tour, offline, on an embedded default.
 
-A local Ray, an embedded S3 server (SeaweedFS) and generated data: real handwritten digits
-(scikit-learn's bundled `load_digits`) are the ID set; the "incoming" prefix mixes unseen digits with
-letters, noise, photo/texture crops and broken files. The demo trains a model with Ray Train,
-calibrates an audit bundle, scans the incoming prefix into Parquet and prints what was flagged per kind.
+One process walks through what a data team would schedule, on real images (:mod:`.data`):
+
+1. an embedded S3 server (SeaweedFS) and a local Ray; ID digits and a mixed incoming prefix uploaded;
+2. training with Ray Train: cross-entropy with the default recipe, then a short ALPA fine-tune (SPEC §8);
+3. calibration into an audit bundle (SPEC §10);
+4. night 1: a scan of the incoming prefix; exports to a Label Studio task file and a JSONL manifest;
+   the HTML report;
+5. night 2: new objects arrive (among them faces dropped into the digits folder); an incremental scan
+   scores only those; the exports send only what is new; the report shows drift against night 1.
+
+The console gets progress lines and a summary (:mod:`.summary`); Ray's own logs go to the file whose path
+is printed first. Everything is written under the work directory, which is kept.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .data import demo_files
+from .summary import format_summary, per_kind
 
 log = logging.getLogger(__name__)
 BUCKET = "ood-demo"
-SIZE = 32
+
+
+class _Stages:
+    """Wall time per stage, for the summary."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        log.info("[demo] %s ...", name)
+        start = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 def _upload(client: Any, prefix: str, files: dict[str, bytes]) -> str:
@@ -32,80 +53,144 @@ def _upload(client: Any, prefix: str, files: dict[str, bytes]) -> str:
     return f"s3://{BUCKET}/{prefix}"
 
 
-def run_demo(workdir: str | None = None, *, epochs: int = 10, workers: int = 2) -> dict[str, Any]:
-    """Run train -> calibrate -> scan against an embedded S3 and return the summary."""
-    from ..calibration.calibrate import CalibrateConfig, calibrate
+def run_demo(workdir: str | None = None, *, epochs: int = 10, finetune_epochs: int = 1, workers: int = 2,
+             keep_server: bool = False) -> dict[str, Any]:
+    """Run the tour (module docstring) and return its summary; ``keep_server`` leaves S3 up until Ctrl-C."""
     from ..embedded_s3 import EmbeddedS3
-    from ..ray_setup import init_ray
-    from ..training import TrainConfig, train
+    from ..ray_setup import init_ray, ray_log_dir
 
     root = Path(workdir or tempfile.mkdtemp(prefix="ood-audit-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with EmbeddedS3(data_dir=str(root / "s3")) as server:
+    stages = _Stages()
+    server = EmbeddedS3(data_dir=str(root / "s3")).start()
+    try:
         os.environ.update(server.env())
-        s3 = server.s3_config()
-        client = server.client()
+        s3, client = server.s3_config(), server.client()
         client.create_bucket(Bucket=BUCKET)
-        id_files, incoming, _ = demo_files()
+        id_files, night1, night2 = demo_files(night2_digits=40, night2_faces=30)
         id_uri = _upload(client, "id", id_files)
-        in_uri = _upload(client, "incoming", incoming)
-        print(f"[demo] S3 at {server.endpoint_url}: {len(id_files)} ID images -> {id_uri}, "
-              f"{len(incoming)} incoming objects -> {in_uri}", flush=True)
+        in_uri = _upload(client, "incoming", night1)
+        log.info("[demo] S3 at %s: %d ID images -> %s, %d incoming objects -> %s", server.endpoint_url,
+                 len(id_files), id_uri, len(night1), in_uri)
         init_ray(runtime_env={"env_vars": server.env()})
-        model_uri = f"s3://{BUCKET}/models/digits-resnet18.safetensors"
-        # Every training setting but the architecture is the default: the model a new user gets.
-        tr = train(TrainConfig(data=id_uri, output=model_uri, arch="resnet18", small_input=True, epochs=epochs,
-                               workers=workers, storage=f"s3://{BUCKET}/train-runs", run_name="demo-digits"))
-        val = "n/a" if tr.val_accuracy is None else f"{tr.val_accuracy:.3f} on {tr.val_images} held-out images"
-        print(f"[demo] trained -> {tr.output} (validation accuracy {val})", flush=True)
-        if tr.warning:
-            print(f"[demo] WARNING: {tr.warning}", flush=True)
-        cal = calibrate(CalibrateConfig(data=id_uri, model=model_uri, output=f"s3://{BUCKET}/audit", s3=s3,
-                                        workers=workers, k_knn=50))
-        print(f"[demo] calibrated -> {cal.bundle_uri} (selected block {cal.meta['selection']['selected']})", flush=True)
-        from ..scan.run import ScanConfig, run_scan
+        where = {"S3 endpoint": server.endpoint_url, "work directory": str(root), "Ray's logs": ray_log_dir() or "-"}
+        model, tr, finetuned = stages.run("train", lambda: _train(id_uri, epochs, finetune_epochs, workers))
+        bundle = stages.run("calibrate", lambda: _calibrate(id_uri, model, workers, s3))
+        output = f"s3://{BUCKET}/audit"
+        where.update({"ID images": id_uri, "incoming": in_uri, "model": model, "bundle": bundle,
+                      "scan reports": f"{output}/reports/"})
 
-        scan = run_scan(ScanConfig(bundle=cal.bundle_uri, output=f"s3://{BUCKET}/reports", inputs=(in_uri,),
-                                   s3=s3, chunk_size=200))
-        print(f"[demo] scanned -> {scan.reports} (summary {scan.summary_uri})", flush=True)
-        table = _read_reports(scan.reports, scan.run_id, s3)
-    summary = {"run_id": scan.run_id, "bundle": cal.bundle_uri, "val_accuracy": tr.val_accuracy, "by_kind": flagged_by_kind(table),
-               "status_counts": scan.summary.get("counts", {}), "seconds": round(time.perf_counter() - t0, 1)}
-    print(format_demo(summary), flush=True)
-    return summary
+        scan1 = stages.run("scan night 1", lambda: _scan(bundle, output, in_uri, "night-1", s3))
+        exports = stages.run("export night 1", lambda: _export(output, "night-1", root, s3))
+        stages.run("report night 1", lambda: _report(output, "night-1", root / "report-night-1.html", s3))
+
+        _upload(client, "incoming", night2)
+        log.info("[demo] night 2: %d new objects under %s/digits/", len(night2), in_uri)
+        scan2 = stages.run("scan night 2", lambda: _scan(bundle, output, in_uri, "night-2", s3))
+        exports += stages.run("export night 2", lambda: _export(output, "night-2", root, s3))
+        drift = stages.run("report night 2", lambda: _report(output, "night-2", root / "report-night-2.html", s3))
+        where.update({"report, night 1": str(root / "report-night-1.html"),
+                      "report, night 2": str(root / "report-night-2.html"),
+                      "Label Studio tasks": str(root / "exports" / "label-studio-tasks-<night>.json"),
+                      "JSONL manifests": str(root / "exports" / "manifests")})
+        rows = _rows(output, "night-1", s3)
+        summary = {"where": where, "val_accuracy": tr.val_accuracy, "val_images": tr.val_images,
+                   "finetuned": finetuned, "kinds": per_kind(rows, in_uri),
+                   "night2": {"objects": scan2.summary["objects"], "skipped": scan2.summary["listing"].get("skipped_done", 0),
+                              "flagged": scan2.summary["flagged"], "drift": drift},
+                   "night1": {"objects": scan1.summary["objects"], "flagged": scan1.summary["flagged"]},
+                   "exports": exports, "stages": stages.seconds, "seconds": time.perf_counter() - t0}
+        print(format_summary(summary), flush=True)
+        if keep_server:
+            print(f"\nS3 stays up at {server.endpoint_url} (keys: AWS_ACCESS_KEY_ID={server.env()['AWS_ACCESS_KEY_ID']}"
+                  f", AWS_SECRET_ACCESS_KEY={server.env()['AWS_SECRET_ACCESS_KEY']}); press Ctrl-C to stop it.",
+                  flush=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+        return summary
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        server.stop()
 
 
-def _read_reports(reports: str, run_id: str, s3: Any):
-    import pyarrow.dataset as ds
+def _train(id_uri: str, epochs: int, finetune_epochs: int, workers: int) -> tuple[str, Any, bool]:
+    from ..training import TrainConfig, train
 
-    from ..io.fs import resolve
-
-    fs, path = resolve(reports, s3)
-    data = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
-    return data.to_table(filter=ds.field("run_id") == run_id, columns=["uri", "status", "flagged", "flag_reasons"])
-
-
-def flagged_by_kind(table: Any) -> dict[str, dict[str, int]]:
-    """Rows per incoming kind (the folder under incoming/): total, scored, flagged, and non-ok statuses."""
-    out: dict[str, dict[str, int]] = {}
-    for uri, status, flagged in zip(table.column("uri").to_pylist(), table.column("status").to_pylist(),
-                                    table.column("flagged").to_pylist()):
-        kind = uri.split("/incoming/", 1)[-1].split("/", 1)[0]
-        d = out.setdefault(kind, {"objects": 0, "scored": 0, "flagged": 0, "not_ok": 0})
-        d["objects"] += 1
-        d["scored"] += status == "ok"
-        d["flagged"] += bool(flagged)
-        d["not_ok"] += status != "ok"
-    return out
+    ce = f"s3://{BUCKET}/models/digits-resnet18-ce.safetensors"
+    # Every training setting but the architecture is the default: the model a new user gets.
+    tr = train(TrainConfig(data=id_uri, output=ce, arch="resnet18", small_input=True, epochs=epochs,
+                           workers=workers, storage=f"s3://{BUCKET}/train-runs", run_name="demo-ce"))
+    log.info("[demo] cross-entropy model: validation accuracy %s", _acc(tr))
+    if finetune_epochs <= 0:
+        return ce, tr, False
+    ft = f"s3://{BUCKET}/models/digits-resnet18-alpa.safetensors"
+    tf = train(TrainConfig(data=id_uri, output=ft, arch="resnet18", small_input=True, mode="alpa-finetune",
+                           init=ce, epochs=finetune_epochs, workers=workers, storage=f"s3://{BUCKET}/train-runs",
+                           run_name="demo-alpa"))
+    log.info("[demo] ALPA fine-tuned model: validation accuracy %s", _acc(tf))
+    return ft, tf, True
 
 
-def format_demo(summary: dict[str, Any]) -> str:
-    lines = ["", f"ood-audit demo: run {summary['run_id']} with bundle {summary['bundle']}",
-             f"{'incoming kind':<14} {'objects':>8} {'scored':>7} {'flagged':>8} {'flag rate':>10} {'bad input':>10}"]
-    for kind, d in sorted(summary["by_kind"].items()):
-        rate = d["flagged"] / d["scored"] if d["scored"] else float("nan")
-        lines.append(f"{kind:<14} {d['objects']:>8} {d['scored']:>7} {d['flagged']:>8} {rate:>10.2f} {d['not_ok']:>10}")
-    lines.append("digits are in-distribution (expected flag rate ~ the 5% target); the other kinds are outliers; "
-                 "broken files get a status row instead of a score.")
-    lines.append(f"total time {summary['seconds']} s")
-    return "\n".join(lines)
+def _acc(tr: Any) -> str:
+    return "n/a" if tr.val_accuracy is None else f"{tr.val_accuracy:.3f} on {tr.val_images} held-out images"
+
+
+def _calibrate(id_uri: str, model: str, workers: int, s3: Any) -> str:
+    from ..calibration.calibrate import CalibrateConfig, calibrate
+
+    cal = calibrate(CalibrateConfig(data=id_uri, model=model, output=f"s3://{BUCKET}/audit", s3=s3,
+                                    workers=workers, k_knn=50))
+    log.info("[demo] bundle %s (selected block %s)", cal.bundle_uri, cal.meta["selection"]["selected"])
+    return cal.bundle_uri
+
+
+def _scan(bundle: str, output: str, in_uri: str, run_id: str, s3: Any) -> Any:
+    from ..scan.run import ScanConfig, run_scan
+
+    return run_scan(ScanConfig(bundle=bundle, output=output, inputs=(in_uri,), s3=s3, chunk_size=200,
+                               run_id=run_id, incremental=True))
+
+
+def _rows(output: str, run_id: str, s3: Any) -> list[dict[str, Any]]:
+    from ..sinks.runs import load_report
+
+    return load_report(output, run_id, s3=s3, columns=["uri", "status", "flagged", "featurenorm", "csd", "knn"]
+                       ).to_pylist()
+
+
+def _export(output: str, run_id: str, root: Path, s3: Any) -> list[str]:
+    """The night's flags to a Label Studio task file (import format, ``s3://`` images) and the 100 most
+    anomalous rows to a JSONL manifest; both deduplicated across nights by their ledgers."""
+    from ..sinks.export import export
+    from ..sinks.labelstudio import LabelStudioSink
+    from ..sinks.manifest import ManifestSink
+    from ..sinks.select import Selection
+
+    ls = export(output, LabelStudioSink(tasks_file=str(root / "exports" / f"label-studio-tasks-{run_id}.json"), s3=s3),
+                Selection(), run_id=run_id, s3=s3)
+    js = export(output, ManifestSink(str(root / "exports" / "manifests"), s3=s3),
+                Selection(policy="top-k", budget=100), run_id=run_id, s3=s3)
+    return [f"{run_id}: Label Studio tasks (flagged): {ls.sent_now} new, {ls.already_sent} already sent",
+            f"{run_id}: JSONL manifest (top 100 most anomalous): {js.sent_now} new, {js.already_sent} already sent"]
+
+
+def _report(output: str, run_id: str, out: Path, s3: Any) -> list[str]:
+    """Write the HTML report; return one line per prefix of its drift table that has a verdict."""
+    from ..report import write_report
+
+    data = write_report(output, str(out), run_id, s3=s3)
+    lines = []
+    for r in data.drift.rows:
+        if r.before.rate is None or r.now.rate is None:
+            continue
+        p = "" if r.p is None else f", p={r.p:.2g}, BH q={r.q:.2g}"
+        lines.append(f"{data.display_prefix(r.prefix)}: flagged {r.before.rate:.2f} -> {r.now.rate:.2f} "
+                     f"({r.before.scored} -> {r.now.scored} scored{p}): {r.verdict}")
+    return lines

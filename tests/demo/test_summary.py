@@ -1,0 +1,48 @@
+"""The demo's per-kind table and quality verdict, against sklearn on the same arrays."""
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from ood_audit.demo.data import demo_files, kind_of
+from ood_audit.demo.summary import format_kinds, per_kind, quality
+
+
+def _rows(rng, kind, n, loc, flag_rate, prefix="s3://b/in"):
+    out = []
+    for i in range(n):
+        s = float(rng.normal(loc))
+        out.append({"uri": f"{prefix}/{kind}/{i:03d}.png", "status": "ok", "flagged": i < flag_rate * n,
+                    "featurenorm": s, "csd": s - 1, "knn": -abs(s)})
+    return out
+
+
+def test_per_kind_metrics_match_sklearn_and_the_target():
+    rng = np.random.default_rng(0)
+    rows = _rows(rng, "digits", 100, 2.0, 0.05) + _rows(rng, "faces", 40, -1.0, 0.9)
+    rows += [{"uri": "s3://b/in/digits/face-000.png", "status": "ok", "flagged": True, "featurenorm": -3.0,
+              "csd": -4.0, "knn": -3.0},
+             {"uri": "s3://b/in/broken/x.png", "status": "decode_error", "flagged": None, "featurenorm": None,
+              "csd": None, "knn": None}]
+    kinds = per_kind(rows, "s3://b/in/")
+    assert kinds["faces"]["objects"] == 41  # the face planted under digits/ counts as a face
+    assert kinds["broken"]["bad_input"] == 1 and kinds["broken"]["flag_rate"] is None
+    ids = [r for r in rows if kind_of(r["uri"].split("in/", 1)[1]) == "digits"]
+    faces = [r for r in rows if kind_of(r["uri"].split("in/", 1)[1]) == "faces"]
+    for s in ("featurenorm", "csd", "knn"):
+        y = [1] * len(ids) + [0] * len(faces)
+        want = roc_auc_score(y, [r[s] for r in ids] + [r[s] for r in faces])
+        assert abs(kinds["faces"][s]["auroc"] - want) < 1e-9
+        thr = np.percentile([r[s] for r in ids], 5)  # 95% of ID at or above
+        fpr = np.mean([r[s] >= thr for r in faces])
+        assert abs(kinds["faces"][s]["fpr95"] - fpr) <= 1 / len(faces) + 1e-9
+    ok, misses = quality(kinds)
+    assert not ok and any(m.startswith("letters") for m in misses)  # absent kinds are misses, not passes
+    assert any("faces" in line and "(bad input)" not in line for line in format_kinds(kinds))
+
+
+def test_demo_data_is_real_and_night_two_plants_faces_in_digits():
+    id_files, night1, night2 = demo_files(n_incoming_digits=20, per_kind=5, night2_digits=6, night2_faces=4)
+    assert {k.split("/")[0] for k in night1} == {"digits", "letters", "photos", "textures", "faces", "noise",
+                                                 "broken"}
+    assert not set(id_files) & set(night1) and not set(night1) & set(night2)
+    assert sum(kind_of(k) == "faces" for k in night2) == 4 and all(k.startswith("digits/") for k in night2)
+    assert len(id_files) == 1797 - 20 - 6

@@ -31,6 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from ood_audit.sinks.runs import iter_batches
+
 N_BINS = 60
 MAX_FAILURES = 200
 
@@ -80,9 +82,8 @@ class Sequential:
 
     def to_batches(self, *, columns: Sequence[str] | None = None, filter: Any = None,
                    batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
-        for fragment in self.ds.get_fragments():
-            yield from fragment.to_batches(schema=self.schema, columns=columns, filter=filter,
-                                           batch_size=batch_size, batch_readahead=1, fragment_readahead=1)
+        yield from iter_batches(self.ds, columns=columns if columns is not None else self.schema.names,
+                                filter=filter, batch_size=batch_size)
 
     def get_fragments(self) -> Iterator[Any]:
         return self.ds.get_fragments()

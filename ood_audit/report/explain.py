@@ -17,9 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# The names of ``ood_audit.scores.csd.CSD_VIEW_NAMES``, in the order of ``csd_view``'s values. Repeated here
-# because that module loads torch, which a report never needs (a test keeps the two equal).
-CSD_VIEW_NAMES: tuple[str, ...] = ("q00", "q01", "q10", "q11", "global", "centre")
+from ood_audit.scores.views import CSD_VIEW_NAMES
+
 # (left, top, width, height) in percent of the image, per CSD view index (SPEC §13).
 _BOXES: tuple[tuple[float, float, float, float], ...] = (
     (0.0, 0.0, 50.0, 50.0),     # q00 top-left

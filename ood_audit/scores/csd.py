@@ -26,9 +26,7 @@ import torch.nn.functional as F
 
 from ood_audit.errors import DataError
 from ood_audit.knn import ArrayLike, KnnIndex, build_index, ensure_finite
-
-CSD_VIEW_NAMES: tuple[str, ...] = ("q00", "q01", "q10", "q11", "global", "centre")
-"""Names of the six CSD views, in the order of ``csd_views``' second axis and of ``csd_view``."""
+from ood_audit.scores.views import CSD_VIEW_NAMES
 
 CSD_EPS = 1e-10
 

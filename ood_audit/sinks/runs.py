@@ -171,8 +171,12 @@ def anomaly(table: pa.Table | pa.RecordBatch, flag_on: Sequence[str]) -> np.ndar
 
 def iter_batches(ds: pads.Dataset, *, columns: Sequence[str], filter: Any = None,
                  batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
-    """Record batches of the requested columns (only what is needed is read)."""
-    yield from ds.to_batches(columns=list(columns), filter=filter, batch_size=batch_size)
+    """Record batches of the requested columns (only what is needed is read), file by file with read-ahead
+    1: the scanner's default read-ahead holds several files' batches at once, so its memory grows with the
+    number of part files, while this stays flat."""
+    for fragment in ds.get_fragments():
+        yield from fragment.to_batches(schema=ds.schema, columns=list(columns), filter=filter,
+                                       batch_size=batch_size, batch_readahead=1, fragment_readahead=1)
 
 
 def most_anomalous(ds: pads.Dataset, n: int, flag_on: Sequence[str], *, columns: Sequence[str],

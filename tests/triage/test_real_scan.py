@@ -8,7 +8,7 @@ from ood_audit.sinks.runs import find_run, list_runs, previous_run
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1800)
 def test_two_nights_read_back_with_neighbours_and_sources(real_scan):
     scan = real_scan
     runs = list_runs(scan.output, s3=scan.s3)

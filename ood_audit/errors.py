@@ -31,3 +31,7 @@ class TrainingDivergedError(OodAuditError):
 
 class ReportError(OodAuditError):
     """A scan report that cannot be read: no runs, an unknown run id, an unknown report format."""
+
+
+class ExportError(OodAuditError):
+    """An export that could not finish: an unreachable endpoint, rejected credentials, a refused import."""

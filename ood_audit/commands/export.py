@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="split --budget across predicted classes: equal shares, the remainder to the classes "
                         "with the most candidates, shares a class cannot fill passed to the others")
     ls = p.add_argument_group("label-studio")
-    ls.add_argument("--tasks-file", default=None, help="write this run's new tasks (import format) to this JSON file")
+    ls.add_argument("--tasks-file", default=None, help="write this run's new tasks (import format) to this JSON file; "
+                                                            "{run_id} in the name gives each run its own file")
     ls.add_argument("--label-studio-url", default=None,
                     help="import into this server (default with --project-id/--create-project: $LABEL_STUDIO_URL); "
                          "token from $LABEL_STUDIO_API_KEY (legacy token or personal access token)")

@@ -173,7 +173,7 @@ def _export(output: str, run_id: str, root: Path, s3: Any) -> list[str]:
     from ..sinks.manifest import ManifestSink
     from ..sinks.select import Selection
 
-    ls = export(output, LabelStudioSink(tasks_file=str(root / "exports" / f"label-studio-tasks-{run_id}.json"), s3=s3),
+    ls = export(output, LabelStudioSink(tasks_file=str(root / "exports" / "label-studio-tasks-{run_id}.json"), s3=s3),
                 Selection(), run_id=run_id, s3=s3)
     js = export(output, ManifestSink(str(root / "exports" / "manifests"), s3=s3),
                 Selection(policy="top-k", budget=100), run_id=run_id, s3=s3)

@@ -139,7 +139,7 @@ def _export(cfg: NightlyConfig, e: Export, run_id: str, s3: S3Config, res: Night
 
         sink: Any = LabelStudioSink(url=e.url, token=env.get(e.token_env), project_id=e.project_id,
                                     create_project=e.create_project,
-                                    tasks_file=_fill(e.tasks_file, run_id) if e.tasks_file else None, s3=s3)
+                                    tasks_file=e.tasks_file, s3=s3)
     elif isinstance(e, SqsExport):
         from ood_audit.sinks.sqs import SqsSink
 

@@ -1,4 +1,6 @@
-"""Where scan results go: Parquet reports (:mod:`~ood_audit.sinks.parquet`)."""
+"""Where scan results go: the Parquet reports (:mod:`.parquet`), reading runs back (:mod:`.runs`), and the
+labeling queues: selection (:mod:`.select`), Label Studio, SQS and JSONL sinks, deduplicated by a ledger
+(:mod:`.export`, :mod:`.ledger`)."""
 from ood_audit.sinks.parquet import (
     PARTITION_KEY,
     SPEC_SCORES,

@@ -36,7 +36,7 @@ class Sink(Protocol):
     batch_size: int
 
     def open(self) -> None: ...
-    def begin(self, items: list[ExportItem]) -> None: ...
+    def begin(self, run_id: str, items: list[ExportItem]) -> None: ...
     def send(self, items: list[ExportItem]) -> None: ...
     def close(self) -> None: ...
 
@@ -87,7 +87,7 @@ def export(output: str, sink: Sink, selection: Selection, *, run_id: str | None 
                                 ledger=ledger.root, selected=len(items), already_sent=len(items) - len(pending))
         log.info("%s %s: %d already sent, %d to send", sink.kind, sink.destination, summary.already_sent,
                  len(pending))
-        sink.begin(pending)
+        sink.begin(run.run_id, pending)
         for start in range(0, len(pending), sink.batch_size):
             batch = pending[start:start + sink.batch_size]
             try:
@@ -103,8 +103,8 @@ def export(output: str, sink: Sink, selection: Selection, *, run_id: str | None 
             summary.batches += 1
             log.info("%s: %d/%d sent", sink.kind, summary.sent_now, len(pending))
         summary.files = list(getattr(sink, "files", []))
-        if getattr(sink, "tasks_file", None):
-            summary.files.append(sink.tasks_file)  # type: ignore[attr-defined]
+        if getattr(sink, "written", None):
+            summary.files.append(sink.written)  # type: ignore[attr-defined]
         return summary
     finally:
         sink.close()

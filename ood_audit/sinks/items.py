@@ -15,16 +15,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from ood_audit.errors import OodAuditError
+from ood_audit.errors import ExportError
 from ood_audit.sinks.select import flagged_by, queue_of
 
 LABEL_FROM = "label"     # the Choices tag's name in the label config
 LABEL_TO = "image"       # the Image tag's name
 OUTLIER, IN_DISTRIBUTION = "outlier", "in-distribution"
-
-
-class ExportError(OodAuditError):
-    """An export that could not finish: an unreachable endpoint, rejected credentials, a refused import."""
 
 
 class PartialSend(ExportError):

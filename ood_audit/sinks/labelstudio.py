@@ -189,7 +189,8 @@ class LabelStudioSink:
         self.client = LabelStudioClient(url, token or "", timeout=timeout) if url else None
         self.project_id, self.create_title, self.tasks_file = project_id, create_project, tasks_file
         self.batch_size, self.s3 = batch_size, s3
-        self.destination = tasks_file or ""
+        self.destination = tasks_file or ""  # with {run_id}, the template: one ledger across nights
+        self.written: str | None = None
 
     def open(self) -> None:
         if self.client is None:
@@ -205,11 +206,15 @@ class LabelStudioSink:
             self.client.check_project(self.project_id)
         self.destination = f"{self.client.url}/projects/{self.project_id}"
 
-    def begin(self, items: Sequence[ExportItem]) -> None:
+    def begin(self, run_id: str, items: Sequence[ExportItem]) -> None:
         if self.tasks_file:
+            # ``{run_id}`` gives each night its own file; the ledger stays keyed by the template, so
+            # deduplication still spans the nights.
+            path = self.tasks_file.replace("{run_id}", run_id)
             body = json.dumps([label_studio_task(i) for i in items], indent=1, allow_nan=False)
-            write_bytes(self.tasks_file, body.encode("utf-8"), s3=self.s3)
-            log.info("wrote %d tasks to %s", len(items), self.tasks_file)
+            write_bytes(path, body.encode("utf-8"), s3=self.s3)
+            self.written = path
+            log.info("wrote %d tasks to %s", len(items), path)
 
     def send(self, items: Sequence[ExportItem]) -> None:
         if self.client is None:

@@ -41,7 +41,7 @@ class ManifestSink:
     def open(self) -> None:
         pass
 
-    def begin(self, items: Sequence[ExportItem]) -> None:
+    def begin(self, run_id: str, items: Sequence[ExportItem]) -> None:
         pass
 
     def file_for(self, items: Sequence[ExportItem]) -> str:

@@ -91,7 +91,7 @@ class SqsSink:
             raise self._error(exc, "open the queue") from None
         self.destination = self.queue_url
 
-    def begin(self, items: Sequence[ExportItem]) -> None:
+    def begin(self, run_id: str, items: Sequence[ExportItem]) -> None:
         pass
 
     def send(self, items: Sequence[ExportItem]) -> None:

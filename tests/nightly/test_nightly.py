@@ -61,6 +61,7 @@ def test_two_nights_exports_once_report_and_drift(real_scan, ray_env, tmp_path, 
     assert not exists(f"{out}/nightly/lease.json", s3=scan.s3)  # released
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1800)  # may be the test that builds the shared real scan
 def test_overlapping_run_is_refused_with_its_own_status(real_scan, s3_env, tmp_path, capsys):
     scan = real_scan

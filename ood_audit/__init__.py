@@ -29,7 +29,7 @@ _LAZY = {
     "csd_views": "ood_audit.scores.csd",
     "csd_bank": "ood_audit.scores.csd",
     "csd_score": "ood_audit.scores.csd",
-    "CSD_VIEW_NAMES": "ood_audit.scores.views",
+    "CSD_VIEW_NAMES": "ood_audit.vocab",
     "knn_score": "ood_audit.scores.knn",
     "knn_index": "ood_audit.scores.knn",
     "alpa_loss_from_projections": "ood_audit.scores.alpa",

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ood_audit.scores.views import CSD_VIEW_NAMES
+from ood_audit.vocab import CSD_VIEW_NAMES
 
 # (left, top, width, height) in percent of the image, per CSD view index (SPEC §13).
 _BOXES: tuple[tuple[float, float, float, float], ...] = (

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ood_audit.errors import DataError
 from ood_audit.knn import ArrayLike, KnnIndex, build_index, ensure_finite
-from ood_audit.scores.views import CSD_VIEW_NAMES
+from ood_audit.vocab import CSD_VIEW_NAMES
 
 CSD_EPS = 1e-10
 

@@ -28,13 +28,18 @@ def _config(tmp_path, scan, out):
 
 
 @pytest.fixture
-def ray_env(real_scan, s3_env):
-    """A local Ray for the job (started by the scan itself) whose workers see the S3 server's credentials."""
+def ray_env(real_scan, s3_env, s3_server):
+    """A fresh local Ray whose workers get the S3 server's credentials from their environment, as cluster
+    nodes do (the job's S3 settings carry no keys). A Ray left by other tests would lack them."""
     import ray
 
-    yield
+    from ood_audit.ray_setup import init_ray
+
     if ray.is_initialized():
         ray.shutdown()
+    init_ray(num_cpus=4, object_store_memory=256 * 2**20, runtime_env={"env_vars": s3_server.env()})
+    yield
+    ray.shutdown()
 
 
 @pytest.mark.slow

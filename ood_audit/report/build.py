@@ -25,14 +25,14 @@ import pyarrow.dataset as pads
 from ood_audit.calibration.bundle import load_bundle
 from ood_audit.errors import BundleError, ConfigError, ReportError
 from ood_audit.io.fs import S3Config
-from ood_audit.report.collect import Collected, PrefixStats, Sequential, collect, prefix_counts, score_edges
+from ood_audit.report.collect import Collected, PrefixStats, collect, prefix_counts, score_edges
 from ood_audit.report.drift import DriftRow, Rate, drift_rows
 from ood_audit.report.explain import (CsdBox, Neighbour, STATUS_WORDS, csd_box, data_uri, neighbours,
                                       reason_words)
 from ood_audit.report.plots import histogram_png
 from ood_audit.report.thumbs import Thumb, object_thumbs
 from ood_audit.sinks.parquet import SPEC_SCORES, report_schema
-from ood_audit.sinks.runs import RunInfo, find_run, most_anomalous, previous_run, run_dataset
+from ood_audit.sinks.runs import RunInfo, find_run, list_runs, most_anomalous, previous_run, run_dataset
 
 DEFAULT_TOP = 48
 GRID_COLUMNS = ("uri", "status", "width", "height", "csd_view", "pred_class", "knn_nn", "knn_nn_dist",
@@ -152,7 +152,8 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
     """Read run ``run_id`` (latest when None) under ``output`` and everything its report shows."""
     opts = options or ReportOptions()
     opts.validate()
-    run = find_run(output, run_id, s3=s3)
+    runs = list_runs(output, s3=s3)  # once: the run and its predecessor both come from it
+    run = find_run(output, run_id, s3=s3, runs=runs)
     ds = _rows(run, s3)
     warnings: list[str] = []
     if not run.complete:
@@ -175,7 +176,7 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
     col = collect(ds, inputs=inputs, depth=opts.prefix_depth, edges=edges, max_failures=opts.max_failures)
     histograms = _histograms(col, quantiles, th, flag_on)
     grid = _grid(ds, flag_on, present, sources, opts, s3)
-    drift = _drift(output, run, col, opts, s3)
+    drift = _drift(output, run, col, opts, s3, runs)
     counts = {k: int(v) for k, v in (run.summary.get("counts") or {}).items()}
     if not counts:
         counts = {"ok": sum(p.scored for p in col.prefixes.values())}
@@ -239,7 +240,7 @@ def _grid(ds: Any, flag_on: list[str], scores: list[str], sources: Any, opts: Re
           s3: S3Config | None) -> list[GridItem]:
     names = set(ds.schema.names)
     cols = [c for c in (*GRID_COLUMNS, *scores, *(f"pct_{s}" for s in scores)) if c in names]
-    top = most_anomalous(Sequential(ds), opts.top, flag_on, columns=cols).to_pylist()
+    top = most_anomalous(ds, opts.top, flag_on, columns=cols).to_pylist()
     sizes = {r["uri"]: (r.get("width"), r.get("height")) for r in top}
     thumbs = object_thumbs([r["uri"] for r in top], sizes=sizes, s3=s3, max_side=opts.thumb_side,
                            threads=opts.threads)
@@ -258,8 +259,9 @@ def _grid(ds: Any, flag_on: list[str], scores: list[str], sources: Any, opts: Re
     return items
 
 
-def _drift(output: str, run: RunInfo, col: Collected, opts: ReportOptions, s3: S3Config | None) -> Drift:
-    prev = previous_run(output, run, s3=s3)
+def _drift(output: str, run: RunInfo, col: Collected, opts: ReportOptions, s3: S3Config | None,
+           runs: list[RunInfo]) -> Drift:
+    prev = previous_run(output, run, s3=s3, runs=runs)
     if prev is None:
         return Drift(None, True, [])
     try:

@@ -96,9 +96,11 @@ def list_runs(output: str, *, s3: S3Config | None = None) -> list[RunInfo]:
     return sorted(runs, key=lambda r: (r.started_at, r.run_id))
 
 
-def find_run(output: str, run_id: str | None = None, *, s3: S3Config | None = None) -> RunInfo:
-    """The run ``run_id`` under ``output`` (the latest when None). ``ReportError`` when there is none."""
-    runs = list_runs(output, s3=s3)
+def find_run(output: str, run_id: str | None = None, *, s3: S3Config | None = None,
+             runs: list[RunInfo] | None = None) -> RunInfo:
+    """The run ``run_id`` under ``output`` (the latest when None). ``ReportError`` when there is none.
+    ``runs`` is :func:`list_runs`' answer when the caller already has it."""
+    runs = list_runs(output, s3=s3) if runs is None else runs
     if not runs:
         raise ReportError(f"no scan runs under {output} (no {RUNS_DIR}/<run_id>/{SUMMARY_JSON}); "
                           "run `ood-audit scan --output` there first")
@@ -111,9 +113,10 @@ def find_run(output: str, run_id: str | None = None, *, s3: S3Config | None = No
     raise ReportError(f"unknown --run-id {run_id!r} under {output}; latest runs: {known}")
 
 
-def previous_run(output: str, run: RunInfo, *, s3: S3Config | None = None) -> RunInfo | None:
+def previous_run(output: str, run: RunInfo, *, s3: S3Config | None = None,
+                 runs: list[RunInfo] | None = None) -> RunInfo | None:
     """The run just before ``run`` on the same output root, or None for the first."""
-    runs = list_runs(output, s3=s3)
+    runs = list_runs(output, s3=s3) if runs is None else runs
     ids = [r.run_id for r in runs]
     i = ids.index(run.run_id) if run.run_id in ids else len(runs)
     return runs[i - 1] if i > 0 else None
@@ -150,8 +153,8 @@ def load_report(uri: str, run_id: str | None = None, *, columns: Sequence[str] |
     ``uri`` is the scan's output root (local or ``s3://``); ``run_id=None`` means the latest run.
     ``columns`` and ``filter`` (a ``pyarrow.compute`` expression) are pushed down to the scanner.
     """
-    run = find_run(uri, run_id, s3=s3 if s3 is not None else S3Config.from_env())
-    ds = run_dataset(run, s3=s3 if s3 is not None else S3Config.from_env())
+    s3 = s3 if s3 is not None else S3Config.from_env()
+    ds = run_dataset(find_run(uri, run_id, s3=s3), s3=s3)
     missing = [c for c in columns or () if c not in ds.schema.names]
     if missing:
         raise ReportError(f"unknown report column(s) {', '.join(missing)}; columns: {', '.join(ds.schema.names)}")
@@ -164,8 +167,8 @@ def anomaly(table: pa.Table | pa.RecordBatch, flag_on: Sequence[str]) -> np.ndar
     if not cols:
         return np.full(table.num_rows, np.nan)
     pct = np.stack([np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=np.float64) for c in cols])
-    with np.errstate(all="ignore"):
-        low = np.where(np.isnan(pct).all(axis=0), np.nan, np.nanmin(np.where(np.isnan(pct), np.inf, pct), axis=0))
+    low = np.where(np.isnan(pct), np.inf, pct).min(axis=0)  # nulls read as NaN: ignored
+    low[np.isinf(low)] = np.nan                              # no percentile known at all
     return np.clip(1.0 - low / 100.0, 0.0, 1.0)
 
 

@@ -39,6 +39,11 @@ _LAZY = {
     "build_index": "ood_audit.knn",
     "KnnIndex": "ood_audit.knn",
     "load_report": "ood_audit.sinks.runs",
+    "DETECTORS": "ood_audit.scores.detectors",
+    "make_detectors": "ood_audit.scores.detectors",
+    "Scorer": "ood_audit.scores.scorer",
+    "open_bundle": "ood_audit.calibration.bundle",
+    "BundleMeta": "ood_audit.calibration.meta",
 }
 
 __all__ = ["BundleError", "CheckpointError", "ConfigError", "DataError", "KnnError", "OodAuditError", "ReportError",

@@ -35,3 +35,7 @@ class ReportError(OodAuditError):
 
 class ExportError(OodAuditError):
     """An export that could not finish: an unreachable endpoint, rejected credentials, a refused import."""
+
+
+class NotFittedError(OodAuditError, RuntimeError):
+    """A detector that needs ID statistics (a bank, a center and scale) was used before ``fit``."""

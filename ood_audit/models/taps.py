@@ -14,6 +14,7 @@ import torch.nn as nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from .arch import ArchSpec, arch_spec, check_blocks
+from .precision import DEFAULT_PRECISION, check_precision, forward_precision
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,11 +33,16 @@ class TapModel(nn.Module):
 
     Several roles may land on one graph node (ResNet's last block *is* its last-stage map); the
     extractor is asked for each node once and the roles are mapped onto it.
+
+    Every forward runs under ``precision``, the bundle's precision policy (:mod:`.precision`), so
+    calibration, ``evaluate`` and the scan compute activations the same way.
     """
 
     def __init__(self, model: nn.Module, blocks: Sequence[str] = (),
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 precision: str = DEFAULT_PRECISION) -> None:
         super().__init__()
+        self.precision = check_precision(precision)
         check_blocks(model, list(blocks))
         self.spec: ArchSpec = arch_spec(model)
         self.blocks = tuple(blocks)
@@ -60,7 +66,8 @@ class TapModel(nn.Module):
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> Taps:
-        out = self.extractor(self.normalize(x))
+        with forward_precision(self.precision, x.device):
+            out = self.extractor(self.normalize(x))
         pen = out[self._roles["penultimate"]]
         return Taps(
             logits=out[self._roles["logits"]],

@@ -52,13 +52,15 @@ def csd_views(fmap: ArrayLike) -> torch.Tensor:
 
 
 def csd_bank(maps: Iterable[ArrayLike], name: str = "csd bank") -> torch.Tensor:
-    """Pool the 6 views of every image in ``maps`` (an iterable of [n, C, H, W] batches) into
-    one bank [6·N, C] on CPU, image-major (rows 6i…6i+5 are image i's views in
-    ``CSD_VIEW_NAMES`` order). Raises `DataError` naming ``name`` on NaN/inf.
+    """Pool the 6 views of every image in ``maps`` into one bank [6·N, C] on CPU, image-major (rows
+    6i…6i+5 are image i's views in ``CSD_VIEW_NAMES`` order). Each batch is either a last-stage map
+    [n, C, H, W] or its ``csd_views`` [n, 6, C] (what calibration workers send). Raises `DataError`
+    naming ``name`` on NaN/inf.
     """
     parts = []
     for fmap in maps:
-        views = csd_views(fmap)
+        f = torch.as_tensor(fmap)
+        views = f.float() if f.dim() == 3 and f.shape[1] == len(CSD_VIEW_NAMES) else csd_views(f)
         ensure_finite(views, name)
         parts.append(views.reshape(-1, views.shape[2]).cpu())
     if not parts:

@@ -1,0 +1,54 @@
+"""The precision policy: how every forward pass of a bundle's model runs, in calibration and in the scan.
+
+Thresholds and percentiles are quantiles of held-out scores, so a scan only keeps the calibrated ID
+flag rate when it computes scores the way calibration did. The policy is chosen at calibration,
+recorded in the bundle, and applied by every forward pass that touches the bundle (bank images,
+held-out images, scanned images) on whatever device runs it:
+
+- ``float32`` (default): activations in fp32 everywhere, TF32 off on CUDA. A CPU node and a GPU node
+  then differ only by fp32 rounding of different kernels, far below any threshold margin.
+- ``bfloat16``: the model runs under bf16 autocast on both sides (CPU autocast too), so thresholds come
+  from the same bf16 activations the scan sees. Faster (about 2.5x on a CPU with AMX, more on a GPU)
+  but bf16's 8-bit mantissa makes kernels of different devices disagree visibly.
+
+In both, every threshold-bearing score is computed in fp32 (or fp64) from the activations: the score
+formulas cast their inputs up (:mod:`ood_audit.scores`).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Literal
+
+import torch
+
+from ..errors import ConfigError
+
+Activations = Literal["float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+DEFAULT_PRECISION: Activations = "float32"
+
+
+def check_precision(name: str) -> Activations:
+    if name not in PRECISIONS:
+        raise ConfigError(f"precision {name!r} is unknown; choose one of {', '.join(PRECISIONS)}")
+    return name  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def forward_precision(activations: str, device: str | torch.device) -> Iterator[None]:
+    """Run the enclosed forward pass under ``activations`` on ``device`` (see the module docstring)."""
+    dev = torch.device(device)
+    if check_precision(activations) == "bfloat16":
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            yield
+        return
+    if dev.type != "cuda":
+        yield
+        return
+    # fp32 means fp32: cuDNN convolutions use TF32 by default on Ampere and later.
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

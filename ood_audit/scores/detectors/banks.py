@@ -1,0 +1,115 @@
+"""The two bank detectors, CSD (SPEC §7) and kNN (SPEC §6): ``fit`` builds the ID bank, ``score`` searches it.
+
+Banks are built only by :func:`~ood_audit.scores.csd.csd_bank` and :func:`~ood_audit.scores.knn.knn_index`,
+stored in ``bank_dtype`` (float16 by default: half the bundle, and the search runs in fp32 on the
+up-cast bank), and searched exactly.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from ...knn import KnnIndex, build_index
+from ..csd import csd_bank, csd_score, csd_views
+from ..knn import knn_index, knn_score_and_neighbours, l2_normalize
+from .base import Detector, Features
+
+NEAREST_NEIGHBOURS = 3  # kNN-bank rows recorded per image for explanations (SPEC §13)
+BANK_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+class _BankDetector(Detector):
+    stateful = True
+    file: str
+
+    def __init__(self, k: int, *, bank_dtype: str = "float16", device: str | torch.device = "cpu",
+                 knn_backend: str = "auto") -> None:
+        super().__init__()
+        self.k, self.bank_dtype = int(k), bank_dtype
+        self.device, self.knn_backend = torch.device(device), knn_backend
+        self.bank: torch.Tensor | None = None
+        self._index: KnnIndex | None = None
+
+    @property
+    def index(self) -> KnnIndex:
+        self.require_fitted()
+        if self._index is None:
+            self._index = self._build_index(self.bank.float())  # type: ignore[union-attr]
+        return self._index
+
+    def _build_index(self, bank: torch.Tensor) -> KnnIndex:
+        raise NotImplementedError
+
+    def _set_bank(self, bank: torch.Tensor) -> "_BankDetector":
+        self.bank = bank.to(BANK_DTYPES[self.bank_dtype]).contiguous()
+        self._index, self.fitted = None, True
+        return self
+
+    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        self.require_fitted()
+        b = self.bank
+        return ({"k": self.k, "bank_size": int(b.shape[0]), "dim": int(b.shape[1]), "dtype": self.bank_dtype,  # type: ignore[union-attr]
+                 "index": {"type": "flat", "exact": True}, "file": self.file}, {"bank": b})  # type: ignore[dict-item]
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], *,
+                   device: str | torch.device = "cpu", knn_backend: str = "auto") -> "_BankDetector":
+        bank = tensors["bank"]
+        dtype = next((n for n, t in BANK_DTYPES.items() if t == bank.dtype), "float32")
+        det = cls(int(config["k"]), bank_dtype=dtype, device=device, knn_backend=knn_backend)
+        return det._set_bank(bank)
+
+
+class CSD(_BankDetector):
+    """CSD(x) = −min_v d_v(x), d_v = squared L2 distance from view v (four quadrants, global, centre of
+    the last-stage map, each L2-normalised) to its k-th nearest view of the ID bank; ``csd_view`` =
+    argmin_v (Zhang et al., "From Global to Local: Multi-scale Out-of-distribution Detection", TIP 2023,
+    "Cross-Scale Decision"; SPEC §7). ``fit`` takes the six views of every ID bank image."""
+
+    name, reference, outputs = "csd", "Zhang et al., TIP 2023 (MODE)", ("csd", "csd_view")
+    file = "csd_bank.safetensors"
+
+    def fit_rows(self, f: Features) -> np.ndarray:
+        v = csd_views(f.last_map)
+        return v.reshape(v.shape[0], -1).cpu().numpy()
+
+    def fit(self, rows: Any) -> "CSD":
+        """``rows``: an array or iterable of [n, 6·C] (from :meth:`fit_rows`) or [n, 6, C] view batches."""
+        parts = [rows] if isinstance(rows, (np.ndarray, torch.Tensor)) else list(rows)
+        views = (torch.as_tensor(p).float().reshape(len(p), 6, -1) for p in parts if len(p))
+        return self._set_bank(csd_bank(views))  # type: ignore[return-value]
+
+    def _build_index(self, bank: torch.Tensor) -> KnnIndex:
+        return build_index(bank, kind=self.knn_backend, device=self.device)
+
+    def score(self, f: Features) -> dict[str, torch.Tensor]:
+        s, view = csd_score(csd_views(f.last_map), self.index, k=self.k)
+        return {"csd": s, "csd_view": view}
+
+
+class KNN(_BankDetector):
+    """knn(x) = −‖ẑ − NN_k(ẑ)‖₂, ẑ the L2-normalised penultimate vector and NN_k its k-th nearest
+    neighbour in the bank of ID ẑ (Sun et al., "Out-of-Distribution Detection with Deep Nearest
+    Neighbors", ICML 2022; SPEC §6). ``knn_nn`` / ``knn_nn_dist`` are the 3 nearest bank rows from the
+    same search (SPEC §13). ``fit`` takes the penultimate vectors of the ID bank images."""
+
+    name, reference, outputs = "knn", "Sun et al., ICML 2022", ("knn", "knn_nn", "knn_nn_dist")
+    file = "knn_bank.safetensors"
+
+    def fit_rows(self, f: Features) -> np.ndarray:
+        return l2_normalize(f.penultimate, "penultimate features").cpu().numpy()
+
+    def fit(self, rows: Any) -> "KNN":
+        parts: Iterable[Any] = [rows] if isinstance(rows, (np.ndarray, torch.Tensor)) else rows
+        bank = torch.cat([l2_normalize(torch.as_tensor(p), "knn bank") for p in parts if len(p)])
+        return self._set_bank(bank)  # type: ignore[return-value]
+
+    def _build_index(self, bank: torch.Tensor) -> KnnIndex:
+        return knn_index(bank, kind=self.knn_backend, device=self.device)
+
+    def score(self, f: Features) -> dict[str, torch.Tensor]:
+        s, nn, dist = knn_score_and_neighbours(f.penultimate, self.index, k=self.k,
+                                               n_neighbours=min(NEAREST_NEIGHBOURS, len(self.index)))
+        return {"knn": s, "knn_nn": nn, "knn_nn_dist": dist}

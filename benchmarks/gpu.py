@@ -46,9 +46,14 @@ def score_stage(arch: str, small: bool, size: int, batch: int, n_bank: int, dim:
     csd_bank = torch.nn.functional.normalize(torch.randn(6 * n_bank, dim, generator=g), dim=1)
     knn_bank = torch.nn.functional.normalize(torch.randn(n_bank, dim, generator=g), dim=1)
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).pin_memory()
-    for label, dtype in (("fp32", None), ("bf16 autocast", torch.bfloat16)):
-        sc = make_scorer(state, spec, "layer3.1" if arch == "resnet18" else "layer3.5", csd_bank=csd_bank,
-                         knn_bank=knn_bank, device="cuda", knn_backend="torch", autocast_dtype=dtype)
+    from ood_audit.scores.detectors import CSD, KNN, LOGIT_DETECTORS, make_detectors
+
+    block = "layer3.1" if arch == "resnet18" else "layer3.5"
+    for label, dtype, precision in (("fp32", None, "float32"), ("bf16 autocast", torch.bfloat16, "bfloat16")):
+        dets = [*make_detectors(("featurenorm", *LOGIT_DETECTORS), block=block).values(),
+                CSD(10, device="cuda", knn_backend="torch").fit(csd_bank.reshape(n_bank, 6, dim)),
+                KNN(50, device="cuda", knn_backend="torch").fit(knn_bank)]
+        sc = make_scorer(state, spec, block, detectors=dets, device="cuda", precision=precision)
         sec = timed(lambda: sc(x))
         rows.append((f"score stage {arch} {size}px ({label}, batch {batch}, banks 6x{n_bank}/{n_bank})",
                      f"{batch / sec:,.0f} img/s"))

@@ -45,7 +45,7 @@ import torch
 from PIL import Image
 
 from ood_audit import build_model, save_weights
-from ood_audit.calibration.bundle import load_bundle
+from ood_audit.calibration.bundle import open_bundle
 from ood_audit.calibration.calibrate import CalibrateConfig, calibrate
 from ood_audit.embedded_s3 import EmbeddedS3
 from ood_audit.io.decode import Preprocess, decode_image
@@ -122,10 +122,10 @@ def ceiling(bundle_uri: str, blobs: list, batch: int, threads: int, s3=None) -> 
     read stage), so only what Ray adds stays between this and the scan.
     """
     torch.set_num_threads(threads)
-    bundle = load_bundle(bundle_uri)
+    bundle = open_bundle(bundle_uri)
     scorer = scorer_from_bundle(bundle)
-    rows = RowBuilder(bundle.meta, bundle.id, "bench", scorer.score_names)
-    pre = Preprocess.from_dict(bundle.meta["preprocess"])
+    rows = RowBuilder(bundle.info, bundle.id, "bench", scorer.score_names)
+    pre = Preprocess.from_dict(dict(bundle.info.preprocess))
     pool = ThreadPoolExecutor(16 if s3 is not None else 2)
 
     def load(item):

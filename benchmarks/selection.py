@@ -208,7 +208,7 @@ def decode(uris: list[str]) -> torch.Tensor:
 
 def run_id_set(name: str, work: Path, args: argparse.Namespace) -> dict:
     """Data (split by ``args.seed``), model, calibrate, then FPR95 of every block and each selector's choice."""
-    from ood_audit.calibration.bundle import load_bundle
+    from ood_audit.calibration.bundle import open_bundle
     from ood_audit.calibration.calibrate import CalibrateConfig, calibrate, list_id_images
     from ood_audit.calibration.evidence import outlier_evidence
     from ood_audit.calibration.selection import choose_block
@@ -232,11 +232,11 @@ def run_id_set(name: str, work: Path, args: argparse.Namespace) -> dict:
                                     workers=0, selector="validated", outliers=str(root / "outliers"),
                                     seed=args.seed, k_knn=20))
     t_cal = time.perf_counter() - t0
-    meta = load_bundle(res.bundle_uri).meta
-    sel = meta["selection"]
+    info = open_bundle(res.bundle_uri).info
+    sel = info.selection.model_dump(mode="json")
     blocks = sel["candidates"]
 
-    spec = ModelSpec.from_dict(meta["model"])
+    spec = info.model.spec()
     net = spec.build(read_state(model))
     tap = TapModel(net, blocks=blocks, mean=spec.mean, std=spec.std).eval()
     uris, _ = list_id_images(str(root / "train"), None)

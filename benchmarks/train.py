@@ -47,7 +47,7 @@ def bench_calibration(model: str, data: Path, work: Path) -> None:
         res = calibrate(CalibrateConfig(data=str(data), model=model, output=str(work / f"bundles-{workers}"),
                                         workers=workers, batch_size=64, k_knn=50))
         wall = time.perf_counter() - t
-        n = res.meta["data"]["listed_images"]
+        n = res.info.data.listed_images
         print(f"calibration, workers={workers} ({'in-process' if workers == 0 else 'Ray Data actors'}): "
               f"{n} images in {wall:.1f} s = {1000 * wall / n:.1f} s per 1,000 images")
 

@@ -1,51 +1,55 @@
-"""Offline evaluation: select the block on ID train, score ID test and OOD sets, report metrics (SPEC §9).
+"""Offline evaluation: calibrate on ID train, score ID test and OOD sets, report metrics (SPEC §9).
 
-Evaluation has no held-out split of its own: the selection evidence, the known-outlier comparison and
-featurenorm2's center/scale use the ID train folder (the ID test folder is what gets measured).
+There is one calibration path. ``evaluate`` runs :func:`~ood_audit.calibration.calibrate.calibrate`
+in-process on ``--id-train`` (the same split, selection, detectors, bank dtype and precision policy as
+``ood-audit calibrate``, so it writes the same bundle for the same inputs), then scores ``--id-test`` and
+each OOD folder through that bundle's detectors, exactly as the held-out phase and the scan do.
 """
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-import torch
-
-from .calibration.evidence import block_norms, outlier_evidence, probe_evidence, probe_norms
-from .calibration.normratio import norm_ratio
-from .calibration.selection import DEFAULT_SELECTOR, choose_block, selection_meta
+from .calibration.selection import DEFAULT_SELECTOR
 from .errors import ConfigError, DataError
 from .metrics import CONVENTION, ood_metrics
-from .models import TapModel, block_candidates, build_model, infer_num_classes, load_state_strict, read_state
 from .models import IMAGENET_MEAN, IMAGENET_STD
-from .scores.featurenorm import two_sided_stats
+from .models.precision import DEFAULT_PRECISION
 from .scores.probes import DEFAULT_PROBES
+from .vocab import SCORE_NAMES
 
 log = logging.getLogger(__name__)
+
+# Metrics are threshold-free, so evaluation needs held-out ID only for featurenorm2's center and scale.
+EVAL_MIN_HELDOUT = 5
 
 
 @dataclass
 class ModelSource:
     arch: str
-    weights: str | None        # local safetensors; None = random init (smoke tests only)
+    weights: str               # local or s3:// safetensors
     small_input: bool = False
     num_classes: int | None = None
     mean: Sequence[float] = IMAGENET_MEAN
     std: Sequence[float] = IMAGENET_STD
 
-    def build(self) -> torch.nn.Module:
-        state = read_state(self.weights) if self.weights else None
-        probe = build_model(self.arch, num_classes=10, small_input=self.small_input)
-        n = self.num_classes or (infer_num_classes(state, probe) if state is not None else None)
+    def spec(self, image_size: int) -> Any:
+        """The :class:`~ood_audit.models.ModelSpec`, with the class count read from the weights' head."""
+        from .calibration.scoring import load_state_bytes
+        from .io.fs import exists, read_bytes
+        from .models import ModelSpec, build_model, infer_num_classes
+
+        n = self.num_classes
         if n is None:
-            raise ConfigError("num_classes is required when no weights file is given")
-        model = build_model(self.arch, num_classes=n, small_input=self.small_input)
-        if state is not None:
-            load_state_strict(model, state, source=str(self.weights))
-        return model.eval()
+            if not exists(self.weights):
+                raise ConfigError(f"model weights not found: {self.weights}")
+            state = load_state_bytes(read_bytes(self.weights), f"model weights {self.weights}")
+            n = infer_num_classes(state, build_model(self.arch, num_classes=10, small_input=self.small_input))
+        return ModelSpec(self.arch, n, self.small_input, image_size, list(self.mean), list(self.std))
 
 
 @dataclass
@@ -58,115 +62,68 @@ class EvalResult:
     skipped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     convention: str = CONVENTION
+    bundle: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"selected_block": self.selected_block, "norm_ratios": self.ratios, "selection": self.selection,
-                "results": self.rows,
+                "results": self.rows, "bundle": self.bundle,
                 "counts": self.counts, "skipped_files": self.skipped, "metric_convention": self.convention,
                 "seconds": round(self.seconds, 2)}
 
 
-def _batches(pixels: torch.Tensor, batch_size: int):
-    for i in range(0, pixels.shape[0], batch_size):
-        yield pixels[i : i + batch_size].float().div_(255.0)
+def evaluate_config(source: ModelSource, id_train: str, output: str, *, image_size: int, **options: Any) -> Any:
+    """The :class:`~ood_audit.calibration.calibrate.CalibrateConfig` that ``evaluate`` calibrates with:
+    ``ood-audit calibrate`` defaults, in-process, with the given options."""
+    from .calibration.calibrate import CalibrateConfig
 
-
-def _score_all(scorer, pixels: torch.Tensor, batch_size: int) -> dict[str, np.ndarray]:
-    parts: dict[str, list[np.ndarray]] = {}
-    for x in _batches(pixels, batch_size):
-        for k, v in scorer(x).items():
-            parts.setdefault(k, []).append(v)
-    return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def load_folder_pixels(path: str, image_size: int) -> tuple[torch.Tensor, int]:
-    """All decodable images under ``path`` as uint8 [N,3,S,S], and how many files were skipped."""
-    from .io.dataset import decode_dataset, list_images
-
-    listed = list_images(path)
-    dec = decode_dataset(listed.uris(), size=image_size)
-    if dec.images.shape[0] == 0:
-        raise DataError(f"no decodable images under {path} ({listed.skipped + dec.skipped} file(s) skipped)")
-    return torch.from_numpy(dec.images).permute(0, 3, 1, 2).contiguous(), listed.skipped + dec.skipped
-
-
-@torch.no_grad()
-def _train_norms(tap: TapModel, pixels: torch.Tensor, batch_size: int, device: str) -> np.ndarray:
-    """FN at every tapped block for uint8 pixels: [N, B] float64."""
-    out = [block_norms(tap(x.to(device)).blocks, tap.blocks).double().cpu().numpy()
-           for x in _batches(pixels, batch_size)]
-    return np.concatenate(out)
+    options.setdefault("min_heldout", EVAL_MIN_HELDOUT)
+    return CalibrateConfig(data=id_train, model=source.weights, output=output, spec=source.spec(image_size),
+                           workers=0, **options)
 
 
 def evaluate(source: ModelSource, id_train: str, id_test: str, ood_sets: dict[str, str], *, image_size: int,
              block: str | None = None, batch_size: int = 64, seed: int = 0, k_csd: int = 10, k_knn: int = 50,
              knn_backend: str = "auto", max_select: int | None = None, device: str = "cpu",
              selector: str = DEFAULT_SELECTOR, outliers: str | None = None,
-             probes: Sequence[str] = DEFAULT_PROBES, max_probe: int = 2000) -> EvalResult:
-    """Select the block on ``id_train`` (``selector``: robust, normratio or validated with ``outliers``), build
-    the CSD/kNN banks there, score the rest; featurenorm2 takes its center/scale from ``id_train``."""
-    from .knn import build_index
-    from .scores.scorer import Scorer
+             probes: Sequence[str] = DEFAULT_PROBES, max_probe: int = 2000, heldout_fraction: float = 0.1,
+             precision: str = DEFAULT_PRECISION, bundle_root: str | None = None) -> EvalResult:
+    """Calibrate on ``id_train`` (a bundle under ``bundle_root``, a temporary directory by default), then
+    score ``id_test`` and every OOD set through it and compute FPR95/AUROC/AUPR per (set, score)."""
+    from .calibration.bundle import open_bundle
+    from .calibration.calibrate import calibrate, list_id_images
+    from .calibration.phases import score_images
+    from .calibration.scoring import score_worker_kwargs
 
     t0 = time.perf_counter()
     if not ood_sets:
         raise ConfigError("give at least one OOD folder with --ood")
-    model = source.build()
-    cands = block_candidates(model)
-    if block is not None and block not in cands:
-        raise ConfigError(f"unknown block {block!r}; valid blocks: {', '.join(cands)}")
-    skipped: dict[str, int] = {}
-    data: dict[str, torch.Tensor] = {}
-    if selector == "validated" and not outliers:
-        raise ConfigError("--selector validated needs --outliers DIR (a few dozen known outliers)")
-    extra = [("outliers", outliers)] if outliers else []
-    for name, path in [("id_train", id_train), ("id_test", id_test), *ood_sets.items(), *extra]:
-        data[name], skipped[name] = load_folder_pixels(path, image_size)
-        log.info("loaded %s: %d images from %s (%d skipped)", name, data[name].shape[0], path, skipped[name])
-    tap = TapModel(model, blocks=cands, mean=source.mean, std=source.std).to(device)
-    sel_pixels = data["id_train"]
-    if max_select is not None and sel_pixels.shape[0] > max_select:
-        keep = torch.randperm(sel_pixels.shape[0], generator=torch.Generator().manual_seed(seed))[:max_select]
-        sel_pixels = sel_pixels[keep.sort().values]
-    nr = norm_ratio(tap, _batches(sel_pixels, batch_size), seed=seed, device=device)
-    fn_train = _train_norms(tap, data["id_train"], batch_size, device)
-    # probe evidence on a seeded subsample; indices are positions in the NormRatio images, as jigsaw's are there
-    n_probe = min(max_probe, sel_pixels.shape[0])
-    pick = torch.randperm(sel_pixels.shape[0], generator=torch.Generator().manual_seed(seed + 1))[:n_probe]
-    pick = pick.sort().values
-    fid = (fn_train[pick.numpy()] if sel_pixels is data["id_train"]
-           else _train_norms(tap, sel_pixels[pick], batch_size, device))
-    fp = torch.cat([probe_norms(tap, sel_pixels[pick[i : i + batch_size]].float().div(255.0), pick[i : i + batch_size],
-                                list(probes), seed, device=device) for i in range(0, n_probe, batch_size)])
-    evidence = probe_evidence(cands, fid, fp.numpy(), list(probes), nr.ratios) if n_probe >= 2 else None
-    out_ev = (outlier_evidence(cands, fn_train, _train_norms(tap, data["outliers"], batch_size, device))
-              if outliers else None)
-    chosen = block or choose_block(selector, nr.ratios, evidence, out_ev)
-    selection = selection_meta(selector=selector, selected=chosen, forced=block is not None, ratios=nr.ratios,
-                               images=nr.count, seed=seed, grid=3, evidence=evidence, outliers=out_ev)
-    log.info("NormRatio chose %s (R=%.4f); selector %s; using %s", nr.selected, nr.ratios[nr.selected], selector,
-             chosen)
-
-    scorer = Scorer(tap, chosen, device=device, featurenorm2=two_sided_stats(fn_train[:, cands.index(chosen)]))
-    views, feats = [], []
-    for x in _batches(data["id_train"], batch_size):
-        v, f = scorer.bank_features(x)
-        views.append(v.flatten(0, 1))
-        feats.append(f)
-    csd_bank, knn_bank = torch.cat(views), torch.cat(feats)
-    for what, bank, k in (("CSD", csd_bank, k_csd), ("kNN", knn_bank, k_knn)):
-        if bank.shape[0] < k:
-            raise DataError(f"{what} bank has {bank.shape[0]} vectors but k={k}; add ID train images or lower k")
-    scorer.csd_index = build_index(csd_bank, kind=knn_backend, device=device)
-    scorer.knn_index = build_index(knn_bank, kind=knn_backend, device=device)
-
-    id_scores = _score_all(scorer, data["id_test"], batch_size)
-    res = EvalResult(selected_block=chosen, ratios=nr.ratios, selection=selection, skipped=skipped,
-                     counts={k: int(v.shape[0]) for k, v in data.items()})
+    with tempfile.TemporaryDirectory(prefix="ood-audit-evaluate-") as tmp:
+        cfg = evaluate_config(source, id_train, bundle_root or tmp, image_size=image_size, block=block,
+                              batch_size=batch_size, seed=seed, k_csd=k_csd, k_knn=k_knn, knn_backend=knn_backend,
+                              max_select=max_select, device=device, selector=selector, outliers=outliers,
+                              probes=tuple(probes), max_probe=max_probe, heldout_fraction=heldout_fraction,
+                              precision=precision)
+        cal = calibrate(cfg)
+        bundle = open_bundle(cal.bundle_uri)
+        kw = score_worker_kwargs(bundle, device=device, knn_backend=knn_backend)
+        info = bundle.info
+        counts = {"id_train": info.data.listed_images if info.data else 0}
+        skipped = {"id_train": (info.data.skipped_non_images + info.data.decode_failures) if info.data else 0}
+        scores: dict[str, dict[str, Any]] = {}
+        for name, path in [("id_test", id_test), *ood_sets.items()]:
+            uris, skipped_ext = list_id_images(path, None)
+            scores[name], failed = score_images(kw, uris, workers=0, batch_size=batch_size, device=device)
+            counts[name] = len(scores[name].get("featurenorm", ()))
+            skipped[name] = skipped_ext + len(failed)
+            if counts[name] == 0:
+                raise DataError(f"no decodable images under {path} ({skipped[name]} file(s) skipped)")
+            log.info("scored %s: %d images from %s (%d skipped)", name, counts[name], path, skipped[name])
+    res = EvalResult(selected_block=info.block, ratios=dict(info.selection.ratios),
+                     selection=info.selection.model_dump(mode="json"), skipped=skipped, counts=counts,
+                     bundle=cal.bundle_uri if bundle_root else "")
     for name in ood_sets:
-        ood_scores = _score_all(scorer, data[name], batch_size)
-        for score in scorer.score_names:
-            m = ood_metrics(id_scores[score], ood_scores[score])
+        for score in (s for s in scores["id_test"] if s in SCORE_NAMES):
+            m = ood_metrics(scores["id_test"][score], scores[name][score])
             res.rows.append({"ood": name, "score": score, **{k: round(v, 4) for k, v in m.items()}})
     res.seconds = time.perf_counter() - t0
     return res
@@ -189,6 +146,8 @@ def format_table(res: EvalResult) -> str:
     if skipped:
         lines.append("")
         lines.append("skipped non-image files: " + ", ".join(f"{k}={v}" for k, v in skipped.items()))
+    if res.bundle:
+        lines.append(f"bundle: {res.bundle}")
     return "\n".join(lines)
 
 

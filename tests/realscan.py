@@ -57,7 +57,8 @@ def make_real_scan(s3: S3Config, client: Any, bucket: str, env: dict[str, str]) 
     save_weights(build_model("resnet18", 10, small_input=True), root / "model.safetensors")
     (root / "model.json").write_text(json.dumps(SPEC.to_dict()))
     cal = calibrate(CalibrateConfig(data=f"s3://{bucket}/id", model=str(root / "model.safetensors"),
-                                    output=f"s3://{bucket}/bundles", s3=s3, workers=0, k_knn=10))
+                                    output=f"s3://{bucket}/bundles", s3=s3, workers=0, k_knn=10,
+                                    flag_on=("featurenorm", "csd")))  # explicit: kept even if FN is inverted
     started = not ray.is_initialized()
     if started:
         init_ray(num_cpus=4, object_store_memory=256 * 2**20, runtime_env={"env_vars": env})

@@ -30,6 +30,7 @@ import platform
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from typing import Any
@@ -39,6 +40,8 @@ import numpy as np
 from ood_audit.errors import BundleError
 from ood_audit.io.fs import S3Config, exists, file_size, read_bytes, resolve, write_bytes
 from ood_audit.io.uri import join_uri, parse_uri
+
+from .meta import BundleMeta, parse_meta
 
 FORMAT = "ood-audit-bundle"
 FORMAT_VERSION = 1
@@ -68,7 +71,12 @@ def bank_sources(uris: list[str], thumbs: Any) -> bytes:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded bundle. File contents are read on demand and re-verified on every read."""
+    """A loaded bundle. File contents are read on demand and re-verified on every read.
+
+    ``meta`` is the metadata exactly as stored (hashed into the id); ``info`` is the same metadata as the
+    typed :class:`~ood_audit.calibration.meta.BundleMeta` (migrated from older schemas), which is what the
+    product reads. :func:`open_bundle` parses it at load.
+    """
 
     id: str
     uri: str
@@ -76,6 +84,10 @@ class Bundle:
     files: dict[str, dict[str, Any]]
     provenance: dict[str, Any]
     s3: S3Config | None = None
+
+    @cached_property
+    def info(self) -> BundleMeta:
+        return parse_meta(self.meta, self.uri)
 
     def file_uri(self, name: str) -> str:
         self._check_known(name)
@@ -269,6 +281,14 @@ def load_bundle(uri: str, *, s3: S3Config | None = None, verify: bool = True) ->
     if verify:
         for name, entry in doc["files"].items():
             _verify_file(bundle_uri, name, entry, s3)
+    return bundle
+
+
+def open_bundle(uri: str, *, s3: S3Config | None = None, verify: bool = True) -> Bundle:
+    """:func:`load_bundle` for an audit bundle: its metadata is validated against the schema now, so a
+    bundle of another schema version fails here, in one line, and not inside a worker."""
+    bundle = load_bundle(uri, s3=s3, verify=verify)
+    bundle.info  # noqa: B018 - parse and validate once, at load
     return bundle
 
 

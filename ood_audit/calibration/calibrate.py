@@ -1,12 +1,15 @@
 """Calibration: block selection, CSD/kNN banks and thresholds -> an audit bundle (SPEC §4, §7, §10).
 
 Two distributed phases over Ray Data actor pools (or in-process with ``workers=0``):
-1. bank part: NormRatio terms per image (summed on the driver, then divided once), CSD views, kNN features,
-   and on a deterministic subsample FN at every block of the image and of each pseudo-OOD probe (the
-   selection evidence); with known outliers (``outliers``), a small extra pass gives FN at every block
-   for them and for held-out ID images;
-2. held-out part: every score against the finished banks -> thresholds and percentile tables, and the
-   held-out median/MAD of log FN that ``featurenorm2`` needs.
+1. bank part: NormRatio terms per image (summed on the driver, then divided once), the CSD and kNN
+   detectors' fit rows, and on a deterministic subsample FN at every block of the image and of each
+   pseudo-OOD probe (the selection evidence); with known outliers (``outliers``), a small extra pass
+   gives FN at every block for them and for held-out ID images;
+2. held-out part: every score through the fitted detectors -> the ``featurenorm2`` fit (median/MAD of
+   held-out log FN), thresholds and percentile tables.
+
+The bundle is a typed :class:`~ood_audit.calibration.meta.BundleMeta`. ``evaluate`` runs this same
+function in-process (``workers=0``).
 """
 from __future__ import annotations
 
@@ -24,21 +27,25 @@ from ..io.decode import Preprocess
 from ..io.fs import S3Config, exists, read_bytes
 from ..io.uri import join_uri, parent_uri
 from ..models import ModelSpec
-from ..scores.featurenorm import feature_norm_two_sided, two_sided_stats
+from ..models.precision import DEFAULT_PRECISION, check_precision
+from ..scores.detectors import DETECTORS, make_detectors
 from ..scores.probes import DEFAULT_PROBES, check_probes
+from ..vocab import SCORE_NAMES
 from .bundle import BANK_SOURCES, bank_sources, write_bundle
 from .evidence import outlier_evidence, probe_evidence
+from .meta import BundleMeta
 from .normratio import ratios_from_sums
+from .phases import run_phase, score_images
 from .scoring import load_state_bytes
-from .selection import DEFAULT_SELECTOR, MIN_OUTLIERS, SELECTORS, choose_block, selection_meta
+from .selection import DEFAULT_SELECTOR, MIN_OUTLIERS, SELECTORS, choose_block, resolve_flag_on, selection_meta
 from .split import heldout_mask, subsample_mask
 from .thresholds import quantile_table, score_stats, threshold_at, union_thresholds
-from .workers import BankWorker, NormWorker, ScoreWorker
+from .workers import BankWorker, NormWorker
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FLAG_ON = ("featurenorm", "csd")
-KNOWN_SCORES = ("featurenorm", "featurenorm2", "csd", "knn", "msp", "energy", "maxlogit", "msp+fn", "energy+fn")
+KNOWN_SCORES = SCORE_NAMES
 
 
 @dataclass
@@ -48,8 +55,8 @@ class CalibrateConfig:
     output: str                        # bundle root; the bundle goes to <output>/bundles/<bundle_id>/
     spec: ModelSpec | None = None      # overrides model.json
     heldout_fraction: float = 0.1
-    target_fpr: float = 0.05
-    flag_on: tuple[str, ...] = DEFAULT_FLAG_ON
+    id_flag_rate: float = 0.05         # target share of ID images flagged (not an FPR: ID is the positive class)
+    flag_on: tuple[str, ...] | None = None   # None: DEFAULT_FLAG_ON, featurenorm2 for featurenorm if inverted everywhere
     seed: int = 0
     max_select: int | None = None      # deterministic NormRatio subsample size (None = all bank images)
     block: str | None = None           # force a block instead of the selector's choice
@@ -60,6 +67,7 @@ class CalibrateConfig:
     k_csd: int = 10
     k_knn: int = 50
     bank_dtype: str = "float16"
+    precision: str = DEFAULT_PRECISION # forward passes of calibration and every scan of the bundle
     resize_mode: str = "crop"
     workers: int = 2                   # Ray Data actors; 0 = in-process
     batch_size: int = 64
@@ -71,8 +79,9 @@ class CalibrateConfig:
     def validate(self) -> None:
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ConfigError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-        if not 0.0 < self.target_fpr < 0.5:
-            raise ConfigError(f"target_fpr must be in (0, 0.5), got {self.target_fpr}")
+        if not 0.0 < self.id_flag_rate < 0.5:
+            raise ConfigError(f"id_flag_rate must be in (0, 0.5), got {self.id_flag_rate}")
+        check_precision(self.precision)
         for name in ("k_csd", "k_knn", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -80,7 +89,7 @@ class CalibrateConfig:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
         if self.bank_dtype not in ("float16", "float32"):
             raise ConfigError(f"bank_dtype must be float16 or float32, got {self.bank_dtype!r}")
-        bad = [s for s in self.flag_on if s not in KNOWN_SCORES]
+        bad = [s for s in self.flag_on or () if s not in KNOWN_SCORES]
         if bad:
             raise ConfigError(f"flag_on has unknown score {bad[0]!r}; choose from {', '.join(KNOWN_SCORES)}")
         if self.selector not in SELECTORS:
@@ -99,8 +108,10 @@ class CalibrateConfig:
 class CalibrateResult:
     bundle_uri: str
     bundle_id: str
-    meta: dict[str, Any]
+    meta: dict[str, Any]                         # bundle.json's meta, as stored
     summary: dict[str, Any] = field(default_factory=dict)
+    info: BundleMeta | None = None               # the same, typed
+    heldout: dict[str, np.ndarray] = field(default_factory=dict)  # per held-out image: uri, every score, csd_view
 
 
 def read_model(uri: str, spec: ModelSpec | None, s3: S3Config | None) -> tuple[bytes, ModelSpec]:
@@ -118,7 +129,7 @@ def read_model(uri: str, spec: ModelSpec | None, s3: S3Config | None) -> tuple[b
                 break
         else:
             raise ConfigError(f"no model.json beside {uri}; pass --arch/--num-classes (and --small-input, --image-size)")
-    spec.build(load_state_bytes(data), source=uri)  # strict: fail now, not inside a worker
+    spec.build(load_state_bytes(data, f"model weights {uri}"), source=uri)  # strict: fail now, not inside a worker
     return data, spec
 
 
@@ -157,56 +168,17 @@ def list_id_images(data: str, s3: S3Config | None) -> tuple[list[str], int]:
     return sorted(listed.uris()), listed.skipped
 
 
-def _run_phase(worker_cls: type, kwargs: dict[str, Any], table: pa.Table, cfg: CalibrateConfig) -> Iterator[dict]:
-    if table.num_rows == 0:
-        return
-    if cfg.workers == 0:
-        worker = worker_cls(**kwargs)
-        for b in table.to_batches(max_chunksize=cfg.batch_size):
-            yield worker({c: b.column(c).to_numpy(zero_copy_only=False) for c in b.schema.names})
-        return
-    import ray
-
-    cuda = cfg.device.startswith("cuda")
-    kwargs = {k: (ray.put(v) if isinstance(v, (bytes, np.ndarray)) and len(v) > 1 << 20 else v)
-              for k, v in kwargs.items()}
-    step = max(cfg.batch_size, -(-table.num_rows // (4 * cfg.workers)))  # >= 4 blocks per actor
-    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
-    ds = ray.data.from_arrow(blocks).map_batches(
-        worker_cls, fn_constructor_kwargs=kwargs, batch_size=cfg.batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.workers), num_cpus=0 if cuda else 0.5,
-        num_gpus=1 if cuda else 0)
-    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
-
-
-def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
-    """Run both phases and write the bundle. Deterministic for fixed data, weights and config."""
-    cfg.validate()
-    t0 = time.perf_counter()
-    model_bytes, spec = read_model(cfg.model, cfg.spec, cfg.s3)
-    pre = Preprocess(size=spec.image_size, mode=cfg.resize_mode)  # type: ignore[arg-type]
-    uris, skipped_ext = list_id_images(cfg.data, cfg.s3)
-    held = heldout_mask(uris, cfg.heldout_fraction, cfg.seed)
-    bank_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
-    if held_idx.size < cfg.min_heldout or bank_idx.size < max(cfg.k_knn, 2):
-        raise DataError(f"{len(uris)} ID images give {bank_idx.size} bank and {held_idx.size} held-out images; "
-                        f"need >= {cfg.k_knn} bank and >= {cfg.min_heldout} held-out (add data or raise heldout_fraction)")
-    bank_uris = [uris[i] for i in bank_idx]
-    select = subsample_mask(bank_uris, cfg.max_select, cfg.seed)
-    # the same hash order, so the probe rows are always a subset of the NormRatio rows
-    probe = subsample_mask(bank_uris, min(cfg.max_probe, cfg.max_select or cfg.max_probe), cfg.seed)
-    common = {"model": model_bytes, "spec": spec.to_dict(), "preprocess": pre.to_dict(), "s3": cfg.s3,
-              "device": cfg.device}
-    log.info("calibrating on %d ID images: %d bank (%d for NormRatio, %d for the probe evidence), %d held-out",
-             len(uris), bank_idx.size, int(select.sum()), int(probe.sum()), held_idx.size)
-
-    # Phase 1: NormRatio terms, CSD views and kNN features over the bank part.
+def _bank_phase(cfg: CalibrateConfig, common: dict[str, Any], uris: list[str], bank_idx: np.ndarray,
+                select: np.ndarray, evidence_rows: np.ndarray) -> dict[str, Any]:
+    """Phase 1 over the bank images: NormRatio sums, the bank detectors' fit rows, the probe evidence norms."""
     t1 = time.perf_counter()
-    table = pa.table({"uri": bank_uris, "index": pa.array(bank_idx, pa.int64()), "select": select, "probe": probe})
+    table = pa.table({"uri": [uris[i] for i in bank_idx], "index": pa.array(bank_idx, pa.int64()),
+                      "select": select, "evidence": evidence_rows})
     sums, count, keep, views, feats, thumbs, failures = None, 0, [], [], [], [], []
     fn_id, fn_probe = [], []
     done, pids = 0, set()
-    for out in _run_phase(BankWorker, {**common, "seed": cfg.seed, "probes": cfg.probes}, table, cfg):
+    for out in run_phase(BankWorker, {**common, "seed": cfg.seed, "probes": cfg.probes}, table,
+                         workers=cfg.workers, batch_size=cfg.batch_size, device=cfg.device):
         ok = out["status"] == "ok"
         r = out["ratios"][ok]
         sel = ~np.isnan(r).any(axis=1)
@@ -224,90 +196,117 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
         pids.update(np.unique(out["worker"]).tolist())
         log.info("calibrate bank phase: %d/%d images (%.1f img/s)", done, table.num_rows,
                  done / max(time.perf_counter() - t1, 1e-9))
-    t_bank = time.perf_counter() - t1
-    order = np.argsort(np.concatenate(keep), kind="stable")
-    views_arr, feats_arr = np.concatenate(views)[order], np.concatenate(feats)[order]
-    sources = bank_sources([uris[i] for i in np.concatenate(keep)[order]], np.concatenate(thumbs)[order])
-    n_bank = views_arr.shape[0]
-    if n_bank < max(cfg.k_knn, cfg.k_csd) or count == 0:
-        raise DataError(f"only {n_bank} bank images decoded ({len(failures)} failed); need at least {cfg.k_knn}")
+    kept = np.concatenate(keep)
+    order = np.argsort(kept, kind="stable")
+    return {"sums": sums, "count": count, "rows": kept[order], "views": np.concatenate(views)[order],
+            "feats": np.concatenate(feats)[order], "thumbs": np.concatenate(thumbs)[order],
+            "fn_id": np.concatenate(fn_id), "fn_probe": np.concatenate(fn_probe), "failures": failures,
+            "workers": len(pids), "seconds": time.perf_counter() - t1}
+
+
+def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
+    """Run both phases and write the bundle. Deterministic for fixed data, weights and config."""
     from ..models import block_candidates
 
+    cfg.validate()
+    t0 = time.perf_counter()
+    model_bytes, spec = read_model(cfg.model, cfg.spec, cfg.s3)
     blocks = block_candidates(spec.build())
-    nr = ratios_from_sums(blocks, torch.from_numpy(np.asarray(sums, dtype=np.float64)), count)
-    fid, fpr = np.concatenate(fn_id), np.concatenate(fn_probe)
+    if cfg.block is not None and cfg.block not in blocks:
+        raise ConfigError(f"unknown block {cfg.block!r}; valid blocks: {', '.join(blocks)}")
+    pre = Preprocess(size=spec.image_size, mode=cfg.resize_mode)  # type: ignore[arg-type]
+    uris, skipped_ext = list_id_images(cfg.data, cfg.s3)
+    held = heldout_mask(uris, cfg.heldout_fraction, cfg.seed)
+    bank_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
+    if held_idx.size < cfg.min_heldout or bank_idx.size < max(cfg.k_knn, 2):
+        raise DataError(f"{len(uris)} ID images give {bank_idx.size} bank and {held_idx.size} held-out images; "
+                        f"need >= {cfg.k_knn} bank and >= {cfg.min_heldout} held-out (add data or raise heldout_fraction)")
+    bank_uris = [uris[i] for i in bank_idx]
+    select = subsample_mask(bank_uris, cfg.max_select, cfg.seed)
+    # the same hash order, so the evidence rows are always a subset of the NormRatio rows
+    evidence_rows = subsample_mask(bank_uris, min(cfg.max_probe, cfg.max_select or cfg.max_probe), cfg.seed)
+    common = {"model": model_bytes, "spec": spec.to_dict(), "preprocess": pre.to_dict(), "s3": cfg.s3,
+              "device": cfg.device, "precision": cfg.precision}
+    log.info("calibrating on %d ID images: %d bank (%d for NormRatio, %d for the probe evidence), %d held-out",
+             len(uris), bank_idx.size, int(select.sum()), int(evidence_rows.sum()), held_idx.size)
+
+    # Phase 1: NormRatio terms and the bank detectors' rows over the bank part.
+    bank = _bank_phase(cfg, common, uris, bank_idx, select, evidence_rows)
+    failures = bank["failures"]
+    n_bank = bank["views"].shape[0]
+    if n_bank < max(cfg.k_knn, cfg.k_csd) or bank["count"] == 0:
+        raise DataError(f"only {n_bank} bank images decoded ({len(failures)} failed); need at least {cfg.k_knn}")
+    sources = bank_sources([uris[i] for i in bank["rows"]], bank["thumbs"])
+    nr = ratios_from_sums(blocks, torch.from_numpy(np.asarray(bank["sums"], dtype=np.float64)), bank["count"])
+    fid, fpr = bank["fn_id"], bank["fn_probe"]
     evidence = (probe_evidence(blocks, fid, fpr.reshape(fpr.shape[0], len(cfg.probes), len(blocks)), cfg.probes,
                                nr.ratios) if fid.shape[0] >= 2 else None)
     outliers = _outlier_evidence(cfg, common, [uris[i] for i in held_idx], blocks) if cfg.outliers else None
     block = cfg.block or choose_block(cfg.selector, nr.ratios, evidence, outliers)
-    if block not in blocks:
-        raise ConfigError(f"unknown block {block!r}; valid blocks: {', '.join(blocks)}")
-    c = views_arr.shape[1] // 6
-    dtype = torch.float16 if cfg.bank_dtype == "float16" else torch.float32
-    csd_bank = torch.from_numpy(views_arr.reshape(-1, c)).to(dtype)
-    knn_bank = torch.from_numpy(feats_arr).to(dtype)
-    log.info("NormRatio chose %s (R=%.4f) over %d images; selector %s -> %s; CSD bank %s, kNN bank %s",
-             nr.selected, nr.ratios[nr.selected], count, cfg.selector, block, tuple(csd_bank.shape),
-             tuple(knn_bank.shape))
+    dets = make_detectors(("csd", "knn", "featurenorm2"), block=block, k_csd=cfg.k_csd, k_knn=cfg.k_knn,
+                          bank_dtype=cfg.bank_dtype)
+    dets["csd"].fit(bank["views"])
+    dets["knn"].fit(bank["feats"])
+    csd_state, csd_tensors = dets["csd"].state()
+    knn_state, knn_tensors = dets["knn"].state()
+    log.info("NormRatio chose %s (R=%.4f) over %d images; selector %s -> %s; CSD bank %d x %d, kNN bank %d x %d",
+             nr.selected, nr.ratios[nr.selected], bank["count"], cfg.selector, block, csd_state["bank_size"],
+             csd_state["dim"], knn_state["bank_size"], knn_state["dim"])
 
-    # Phase 2: held-out scores -> thresholds and percentile tables.
+    # Phase 2: held-out scores through the fitted detectors -> featurenorm2, thresholds, percentile tables.
     t2 = time.perf_counter()
-    held_table = pa.table({"uri": [uris[i] for i in held_idx], "index": pa.array(held_idx, pa.int64())})
-    kw = {**common, "block": block, "csd_bank": csd_bank.float().numpy(), "knn_bank": knn_bank.float().numpy(),
-          "k_csd": cfg.k_csd, "k_knn": cfg.k_knn, "knn_backend": cfg.knn_backend}
-    parts: dict[str, list[np.ndarray]] = {}
-    for out in _run_phase(ScoreWorker, kw, held_table, cfg):
-        ok = out["status"] == "ok"
-        failures += [(uris[i], s, e) for i, s, e in zip(out["index"][~ok], out["status"][~ok], out["error"][~ok])]
-        for k, v in out.items():
-            if k not in ("index", "status", "error"):
-                parts.setdefault(k, []).append(np.asarray(v, dtype=np.float64)[ok])
+    kw = {**common, "block": block, "states": {"csd": csd_state, "knn": knn_state},
+          "banks": {"csd": csd_tensors["bank"].numpy(), "knn": knn_tensors["bank"].numpy()},
+          "knn_backend": cfg.knn_backend}
+    held_uris = [uris[i] for i in held_idx]
+    held_scores, held_failures = score_images(kw, held_uris, workers=cfg.workers, batch_size=cfg.batch_size,
+                                              device=cfg.device)
+    failed = {u for u, _, _ in held_failures}
+    heldout = {"uri": np.array([u for u in held_uris if u not in failed], dtype=object),
+               "csd_view": held_scores.pop("csd_view", np.zeros(0)).astype(np.int64)}
+    failures += held_failures
     t_held = time.perf_counter() - t2
-    held_scores = {k: np.concatenate(v) for k, v in parts.items()}
-    n_held = len(next(iter(held_scores.values()))) if held_scores else 0
+    n_held = len(held_scores.get("featurenorm", ()))
     if n_held < cfg.min_heldout:
         raise DataError(f"only {n_held} held-out images decoded; need at least {cfg.min_heldout}")
-    # featurenorm2 statistics from held-out ID (SPEC §10), computed by the one formula the scorer uses
-    fn2_center, fn2_scale = two_sided_stats(held_scores["featurenorm"])
-    fn2 = feature_norm_two_sided(torch.from_numpy(held_scores["featurenorm"]), fn2_center, fn2_scale).numpy()
+    fn2 = dets["featurenorm2"].fit(held_scores["featurenorm"])  # SPEC §10: held-out, not the bank images
     held_scores = {k: v for s, arr in held_scores.items()
-                   for k, v in ([(s, arr), ("featurenorm2", fn2)] if s == "featurenorm" else [(s, arr)])}
-    flag_on = [s for s in cfg.flag_on if s in held_scores]
-    flag_th, alpha = union_thresholds(held_scores, flag_on, cfg.target_fpr)
-    meta = {
-        "model": spec.to_dict(),
-        "training": read_training_record(cfg.model, model_bytes, cfg.s3),
-        "preprocess": pre.to_dict(),
-        "selection": selection_meta(selector=cfg.selector, selected=block, forced=cfg.block is not None,
-                                    ratios=nr.ratios, images=count, seed=cfg.seed, grid=3, evidence=evidence,
-                                    outliers=outliers),
-        "featurenorm2": {"block": block, "center": fn2_center, "scale": fn2_scale, "heldout_images": n_held,
-                         "formula": "-|log FN - center| / scale; center, scale = median, MAD of held-out ID log FN"},
-        "csd": {"k": cfg.k_csd, "views_per_image": 6, "bank_size": int(csd_bank.shape[0]), "dim": c,
-                "dtype": cfg.bank_dtype, "index": {"type": "flat", "exact": True}, "file": "csd_bank.safetensors"},
-        "knn": {"k": cfg.k_knn, "bank_size": int(knn_bank.shape[0]), "dim": int(knn_bank.shape[1]),
-                "dtype": cfg.bank_dtype, "index": {"type": "flat", "exact": True}, "file": "knn_bank.safetensors",
-                "sources": BANK_SOURCES},
-        "thresholds": {"target_fpr": cfg.target_fpr, "heldout_images": n_held,
-                       "per_score": {s: threshold_at(v, cfg.target_fpr) for s, v in held_scores.items()},
-                       "flag_on": flag_on, "flag": flag_th, "flag_alpha": alpha},
-        "heldout_quantiles": {s: quantile_table(v) for s, v in held_scores.items()},
-        "heldout_stats": {s: score_stats(v) for s, v in held_scores.items()},
-        "split": {"method": "blake2b(seed, uri) < fraction", "heldout_fraction": cfg.heldout_fraction,
-                  "seed": cfg.seed, "bank_images": n_bank, "heldout_images": n_held},
-        "data": {"source": cfg.data, "listed_images": len(uris), "skipped_non_images": skipped_ext,
-                 "decode_failures": len(failures)},
-    }
+                   for k, v in ([(s, arr), ("featurenorm2", fn2.values(arr).numpy())] if s == "featurenorm"
+                                else [(s, arr)])
+                   if k in DETECTORS}
+    asked = cfg.flag_on if cfg.flag_on is not None else DEFAULT_FLAG_ON
+    flag_on, reason = resolve_flag_on([s for s in asked if s in held_scores], evidence, cfg.flag_on is not None)
+    flag_th, alpha = union_thresholds(held_scores, flag_on, cfg.id_flag_rate)
+    selection = selection_meta(selector=cfg.selector, selected=block, forced=cfg.block is not None, ratios=nr.ratios,
+                               images=bank["count"], seed=cfg.seed, grid=3, evidence=evidence, outliers=outliers)
+    if reason:
+        selection["warnings"].append(reason)
+    info = BundleMeta(
+        model=spec.to_dict(), training=read_training_record(cfg.model, model_bytes, cfg.s3),
+        preprocess=pre.to_dict(), precision={"activations": cfg.precision}, selection=selection,
+        featurenorm2=fn2.state()[0], csd={**csd_state, "views_per_image": 6},
+        knn={**knn_state, "sources": BANK_SOURCES},
+        thresholds={"target_id_flag_rate": cfg.id_flag_rate, "heldout_images": n_held,
+                    "per_score": {s: threshold_at(v, cfg.id_flag_rate) for s, v in held_scores.items()},
+                    "flag_on": flag_on, "flag": flag_th, "flag_alpha": alpha, "flag_on_reason": reason},
+        heldout_quantiles={s: quantile_table(v) for s, v in held_scores.items()},
+        heldout_stats={s: score_stats(v) for s, v in held_scores.items()},
+        split={"method": "blake2b(seed, uri) < fraction", "heldout_fraction": cfg.heldout_fraction,
+               "seed": cfg.seed, "bank_images": n_bank, "heldout_images": n_held},
+        data={"source": cfg.data, "listed_images": len(uris), "skipped_non_images": skipped_ext,
+              "decode_failures": len(failures)})
+    meta = info.to_json()
     uri = write_bundle(cfg.output, meta, s3=cfg.s3, files={"model.safetensors": model_bytes, BANK_SOURCES: sources},
-                       tensors={"csd_bank.safetensors": {"bank": csd_bank.contiguous()},
-                                "knn_bank.safetensors": {"bank": knn_bank.contiguous()}})
+                       tensors={csd_state["file"]: csd_tensors, knn_state["file"]: knn_tensors})
     total = time.perf_counter() - t0
     summary = {"bundle": uri, "images": len(uris), "selector": cfg.selector, "selected_block": block,
-               "selection_warnings": meta["selection"]["warnings"], "failures": failures[:20],
+               "selection_warnings": selection["warnings"], "flag_on": flag_on, "failures": failures[:20],
                "failure_count": len(failures),
-               "seconds": {"total": round(total, 2), "bank_phase": round(t_bank, 2), "heldout_phase": round(t_held, 2)},
-               "bank_workers": len(pids), "img_per_s": round((n_bank + n_held) / max(t_bank + t_held, 1e-9), 1)}
-    return CalibrateResult(uri, uri.rstrip("/").rsplit("/", 1)[-1], meta, summary)
+               "seconds": {"total": round(total, 2), "bank_phase": round(bank["seconds"], 2),
+                           "heldout_phase": round(t_held, 2)},
+               "bank_workers": bank["workers"],
+               "img_per_s": round((n_bank + n_held) / max(bank["seconds"] + t_held, 1e-9), 1)}
+    return CalibrateResult(uri, uri.rstrip("/").rsplit("/", 1)[-1], meta, summary, info, {**heldout, **held_scores})
 
 
 def _outlier_evidence(cfg: CalibrateConfig, common: dict[str, Any], held_uris: list[str],
@@ -317,7 +316,8 @@ def _outlier_evidence(cfg: CalibrateConfig, common: dict[str, Any], held_uris: l
     ref = [u for u, m in zip(held_uris, subsample_mask(held_uris, cfg.max_probe, cfg.seed)) if m]
     table = pa.table({"uri": ref + out_uris, "index": pa.array(np.arange(len(ref) + len(out_uris)), pa.int64())})
     norms = np.full((table.num_rows, len(blocks)), np.nan)
-    for out in _run_phase(NormWorker, common, table, cfg):
+    for out in run_phase(NormWorker, common, table, workers=cfg.workers, batch_size=cfg.batch_size,
+                         device=cfg.device):
         ok = out["status"] == "ok"
         norms[out["index"][ok]] = out["norms"][ok]
     good = np.isfinite(norms).all(axis=1)

@@ -19,6 +19,11 @@ from ..scores.jigsaw import jigsaw_indexed
 _EPS = 1e-12  # guards FN(jigsaw) = 0 (an all-dead block); such a block then has a huge, suspicious ratio
 
 
+def paired_ratios(fn_id: torch.Tensor, fn_jigsaw: torch.Tensor) -> torch.Tensor:
+    """The per-image NormRatio terms FN(x_i; B) / FN(Jigsaw(x_i); B), for [N] or [N, B] norms."""
+    return fn_id / fn_jigsaw.clamp_min(_EPS)
+
+
 @dataclass
 class NormRatioResult:
     ratios: dict[str, float]  # every candidate's R_n, in candidate order
@@ -59,7 +64,7 @@ def norm_ratio_sums(tap: TapModel, batches: Iterable[Any], *, seed: int = 0, gri
         xj = jigsaw_indexed(x.cpu(), idx, seed, grid).to(device)
         t_id, t_jig = tap(x), tap(xj)
         for n, b in enumerate(tap.blocks):
-            r = feature_norm(t_id.blocks[b]) / feature_norm(t_jig.blocks[b]).clamp_min(_EPS)
+            r = paired_ratios(feature_norm(t_id.blocks[b]), feature_norm(t_jig.blocks[b]))
             sums[n] += r.double().sum().cpu()
         count += x.shape[0]
     return sums, count

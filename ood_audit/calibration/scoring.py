@@ -1,86 +1,97 @@
-"""Building a :class:`~ood_audit.scores.scorer.Scorer` from model weights, banks and a selected block.
+"""Building a :class:`~ood_audit.scores.scorer.Scorer` from model weights and detectors.
 
-Calibration (held-out phase), evaluation and the scan all go through :func:`make_scorer`; the scan gets
-everything from the bundle with :func:`scorer_from_bundle`.
+Calibration's held-out phase, ``evaluate`` and the scan all score through a Scorer; the scan and
+``evaluate`` restore it from a bundle with :func:`scorer_from_bundle` (the bundle's weights, block,
+precision policy and each fitted detector's state).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
 from ..errors import BundleError
 from ..models import ModelSpec, TapModel
+from .meta import BundleMeta
 
 
-def load_state_bytes(data: bytes) -> dict[str, torch.Tensor]:
-    """A safetensors blob (never a pickle) as a CPU state dict."""
+def load_state_bytes(data: bytes, source: str = "weights") -> dict[str, torch.Tensor]:
+    """A safetensors blob (never a pickle) as a CPU state dict; a :class:`BundleError` naming ``source`` when
+    the bytes are not safetensors."""
     from safetensors.torch import load
 
-    return load(data)
+    try:
+        return load(data)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own Rust error types
+        raise BundleError(f"{source} is not a valid safetensors file ({str(exc).splitlines()[0]})") from None
 
 
-def make_scorer(state: dict[str, torch.Tensor], spec: ModelSpec, block: str, *,
-                csd_bank: torch.Tensor | None = None, knn_bank: torch.Tensor | None = None,
-                k_csd: int = 10, k_knn: int = 50, device: str = "cpu", knn_backend: str = "auto",
-                extra_blocks: tuple[str, ...] = (), autocast_dtype: torch.dtype | None = None,
-                featurenorm2: tuple[float, float] | None = None) -> Any:
-    """A Scorer whose model taps ``block`` (and ``extra_blocks``), with exact kNN indexes over the banks.
-
-    ``featurenorm2`` = (center, scale) of held-out ID log FeatureNorm at ``block`` adds the two-sided score.
-    """
-    from ..knn import build_index
+def make_scorer(state: dict[str, torch.Tensor], spec: ModelSpec, block: str, *, detectors: Iterable[Any] = (),
+                device: str = "cpu", precision: str = "float32", extra_blocks: tuple[str, ...] = ()) -> Any:
+    """A Scorer whose model taps ``block`` (and ``extra_blocks``), scoring with ``detectors`` (default: the
+    stateless ones)."""
     from ..scores.scorer import Scorer
 
     model = spec.build(state)
     if device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
     blocks = tuple(dict.fromkeys((block, *extra_blocks)))
-    tap = TapModel(model, blocks=blocks, mean=spec.mean, std=spec.std)
-    csd = build_index(csd_bank.float(), kind=knn_backend, device=device) if csd_bank is not None else None
-    knn = build_index(knn_bank.float(), kind=knn_backend, device=device) if knn_bank is not None else None
-    return Scorer(tap, block, csd_index=csd, knn_index=knn, k_csd=k_csd, k_knn=k_knn, device=device,
-                  autocast_dtype=autocast_dtype, featurenorm2=featurenorm2)
+    tap = TapModel(model, blocks=blocks, mean=spec.mean, std=spec.std, precision=precision)
+    dets = list(detectors)
+    return Scorer(tap, block, detectors=dets or None, device=device)
 
 
-def featurenorm2_from_meta(meta: dict[str, Any]) -> tuple[float, float] | None:
-    """(center, scale) for ``featurenorm2`` from bundle metadata; None for bundles written without it.
+def detector_states(bundle: Any) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The bundle's fitted detectors as (name -> JSON state, name -> bank tensor), bank files verified."""
+    info: BundleMeta = bundle.info
+    states: dict[str, dict[str, Any]] = {}
+    banks: dict[str, Any] = {}
+    if info.featurenorm2 is not None:
+        if info.featurenorm2.block != info.block:
+            raise BundleError(f"bundle featurenorm2 statistics are for block {info.featurenorm2.block!r} but the "
+                              f"selected block is {info.block!r}; recalibrate")
+        states["featurenorm2"] = info.featurenorm2.model_dump()
+    for name in ("csd", "knn"):
+        part = getattr(info, name)
+        if part is not None:
+            states[name] = part.model_dump()
+            banks[name] = bundle.tensors(part.file)["bank"]
+    return states, banks
 
-    Refuses statistics taken at another block than the selected one (they would not fit the score).
-    """
-    info = meta.get("featurenorm2")
-    if not info:
-        return None
-    block = (meta.get("selection") or {}).get("selected")
-    if info.get("block") != block:
-        raise BundleError(f"bundle featurenorm2 statistics are for block {info.get('block')!r} but the selected "
-                          f"block is {block!r}; recalibrate")
-    return float(info["center"]), float(info["scale"])
+
+def restore_detectors(block: str, states: dict[str, dict[str, Any]], banks: dict[str, Any], *,
+                      device: str = "cpu", knn_backend: str = "auto") -> list[Any]:
+    """The stateless detectors at ``block`` and the fitted ones restored from ``states`` / ``banks``."""
+    from ..scores.detectors import LOGIT_DETECTORS, detector_from_state, make_detectors
+
+    dets = list(make_detectors(("featurenorm", *LOGIT_DETECTORS), block=block).values())
+    for name, config in states.items():
+        tensors = {"bank": torch.as_tensor(banks[name])} if name in banks else None
+        dets.append(detector_from_state(name, config, tensors, device=device, knn_backend=knn_backend))
+    return dets
 
 
-def scorer_from_bundle(bundle: Any, *, device: str = "cpu", knn_backend: str = "auto",
-                       autocast_dtype: torch.dtype | None = None) -> Any:
-    """The bundle's :class:`~ood_audit.scores.scorer.Scorer`: weights, selected block, CSD/kNN banks, k values
-    and the ``featurenorm2`` statistics, all read from the bundle (every file read is checksum-verified).
+def scorer_from_bundle(bundle: Any, *, device: str = "cpu", knn_backend: str = "auto") -> Any:
+    """The bundle's :class:`~ood_audit.scores.scorer.Scorer`: weights, selected block, precision policy and
+    every detector, all read from the bundle (every file read is checksum-verified).
 
     On CUDA, ``knn_backend="auto"`` becomes the exact torch backend (SPEC §7).
     """
-    meta = bundle.meta
-    try:
-        spec = ModelSpec.from_dict(meta["model"])
-        block = meta["selection"]["selected"]
-    except (KeyError, TypeError) as exc:
-        raise BundleError(f"bundle {bundle.uri} lacks {exc} in its metadata; it was not written by calibrate") from None
+    info: BundleMeta = bundle.info
     if knn_backend == "auto" and device.startswith("cuda"):
         knn_backend = "torch"
-    banks: dict[str, Any] = {}
-    ks: dict[str, int] = {}
-    for name in ("csd", "knn"):
-        info = meta.get(name)
-        if info:
-            banks[name] = bundle.tensors(info["file"])["bank"]
-            ks[name] = int(info["k"])
-    state = load_state_bytes(bundle.file_bytes("model.safetensors"))
-    return make_scorer(state, spec, block, csd_bank=banks.get("csd"), knn_bank=banks.get("knn"),
-                       k_csd=ks.get("csd", 10), k_knn=ks.get("knn", 50), device=device, knn_backend=knn_backend,
-                       autocast_dtype=autocast_dtype, featurenorm2=featurenorm2_from_meta(meta))
+    state = load_state_bytes(bundle.file_bytes("model.safetensors"), f"bundle {bundle.uri} file model.safetensors")
+    states, banks = detector_states(bundle)
+    return make_scorer(state, info.model.spec(), info.block, device=device, precision=info.precision.activations,
+                       detectors=restore_detectors(info.block, states, banks, device=device, knn_backend=knn_backend))
+
+
+def score_worker_kwargs(bundle: Any, *, device: str = "cpu", knn_backend: str = "auto") -> dict[str, Any]:
+    """The :class:`~ood_audit.calibration.workers.ScoreWorker` arguments that score like the bundle's scan:
+    its weights, block, precision policy and every fitted detector's state."""
+    info: BundleMeta = bundle.info
+    states, banks = detector_states(bundle)
+    return {"model": bundle.file_bytes("model.safetensors"), "spec": info.model.spec().to_dict(),
+            "preprocess": dict(info.preprocess), "block": info.block, "states": states,
+            "banks": {k: v.numpy() for k, v in banks.items()}, "s3": bundle.s3, "device": device,
+            "precision": info.precision.activations, "knn_backend": knn_backend}

@@ -91,6 +91,34 @@ def selection_warnings(selected: str, evidence: dict[str, Any] | None, outliers:
     return out
 
 
+def resolve_flag_on(flag_on: list[str], evidence: dict[str, Any] | None,
+                    explicit: bool = False) -> tuple[list[str], str | None]:
+    """The scores that decide ``flagged``, and a note on why (or the risk) when FeatureNorm is inverted
+    at *every* candidate block.
+
+    Then no block makes the one-sided score safe: some kind of OOD has higher norms than ID wherever we
+    look, and 'higher = ID' passes it unflagged. featurenorm2 flags both directions at the same block,
+    so it replaces featurenorm in the default ``flag_on``. Failing instead would stop a nightly audit over
+    a property of the data the user cannot change. A ``flag_on`` the user set ``explicit``-ly is kept, and
+    the note says what it risks. Either way the note is recorded in the bundle and printed.
+    """
+    per = (evidence or {}).get("per_block") or {}
+    if "featurenorm" not in flag_on or not per or not all(inverted_probes(evidence, b) for b in per):
+        return list(flag_on), None
+    if explicit:
+        reason = ("FeatureNorm is inverted at every candidate block (pseudo-OOD probes with higher norms than ID at "
+                  "each), yet flag_on names featurenorm as asked: OOD with unusually high norms will not be flagged "
+                  "by it; featurenorm2 would flag them")
+        log.warning("calibrate: %s", reason)
+        return list(flag_on), reason
+    swapped = list(dict.fromkeys("featurenorm2" if s == "featurenorm" else s for s in flag_on))
+    reason = (f"FeatureNorm is inverted at every candidate block (pseudo-OOD probes with higher norms than ID at "
+              f"each), so flag_on uses featurenorm2, which flags unusually high norms too: {','.join(swapped)} "
+              f"instead of {','.join(flag_on)}")
+    log.warning("calibrate: %s", reason)
+    return swapped, reason
+
+
 def selection_meta(*, selector: str, selected: str, forced: bool, ratios: dict[str, float], images: int,
                    seed: int, grid: int, evidence: dict[str, Any] | None,
                    outliers: dict[str, Any] | None) -> dict[str, Any]:

@@ -4,33 +4,37 @@ from __future__ import annotations
 from typing import Any
 
 from .evidence_view import evidence_lines
+from .meta import BundleMeta
 
 
 def format_bundle(b: Any) -> str:
-    m = b.meta
-    mod, sel, th = m.get("model", {}), m.get("selection", {}), m.get("thresholds", {})
+    """``b``: a loaded bundle; its typed metadata (:class:`~ood_audit.calibration.meta.BundleMeta`) is shown."""
+    m: BundleMeta = b.info
+    mod, th = m.model, m.thresholds
     lines = [f"bundle {b.id}", f"  uri: {b.uri}",
              f"  created: {b.provenance.get('created_at', '?')}",
-             f"  model: {mod.get('arch')} ({mod.get('num_classes')} classes, {mod.get('image_size')} px"
-             f"{', small input' if mod.get('small_input') else ''})", _training_line(m.get("training")), ""]
-    lines += _selection_lines(sel)
-    lines += ["", f"thresholds at target ID false-flag rate {th.get('target_fpr')} "
-                  f"(held-out {th.get('heldout_images')} images; flagged = any of {th.get('flag_on')} below its "
-                  f"flag threshold, union calibrated at alpha {th.get('flag_alpha', 0):.4f})"]
-    flag = th.get("flag", {})
-    for s, t in th.get("per_score", {}).items():
-        extra = f"   flag threshold {flag[s]:.6g}" if s in flag else ""
+             f"  model: {mod.arch} ({mod.num_classes} classes, {mod.image_size} px"
+             f"{', small input' if mod.small_input else ''}); {m.precision.activations} activations",
+             _training_line(m.training.model_dump() if m.training else None), ""]
+    lines += _selection_lines(m.selection.model_dump())
+    lines += ["", f"thresholds at target ID false-flag rate {th.target_id_flag_rate} "
+                  f"(held-out {th.heldout_images} images; flagged = any of {th.flag_on} below its "
+                  f"flag threshold, union calibrated at alpha {th.flag_alpha:.4f})"]
+    if th.flag_on_reason:
+        lines.append(f"  flag_on: {th.flag_on_reason}")
+    for s, t in th.per_score.items():
+        extra = f"   flag threshold {th.flag[s]:.6g}" if s in th.flag else ""
         lines.append(f"  {s:<12} {t:>14.6g}{extra}")
-    fn2 = m.get("featurenorm2")
+    fn2 = m.featurenorm2
     if fn2:
-        lines.append(f"  featurenorm2 = -|log FN - {fn2['center']:.6g}| / {fn2['scale']:.6g} "
-                     f"(median, MAD of log FN at {fn2['block']} over {fn2['heldout_images']} held-out ID images)")
-    csd, knn = m.get("csd", {}), m.get("knn", {})
-    lines += ["", f"CSD bank: {csd.get('bank_size')} x {csd.get('dim')} ({csd.get('dtype')}, k={csd.get('k')}, "
-                  f"{csd.get('index', {}).get('type')})",
-              f"kNN bank: {knn.get('bank_size')} x {knn.get('dim')} ({knn.get('dtype')}, k={knn.get('k')}, "
-              f"{knn.get('index', {}).get('type')})",
-              "files: " + ", ".join(f"{n} ({f['bytes']} B)" for n, f in sorted(b.files.items()))]
+        lines.append(f"  featurenorm2 = -|log FN - {fn2.center:.6g}| / {fn2.scale:.6g} "
+                     f"(median, MAD of log FN at {fn2.block} over {fn2.heldout_images} held-out ID images)")
+    lines.append("")
+    for label, bank in (("CSD", m.csd), ("kNN", m.knn)):
+        if bank:
+            lines.append(f"{label} bank: {bank.bank_size} x {bank.dim} ({bank.dtype}, k={bank.k}, "
+                         f"{bank.index.get('type')})")
+    lines.append("files: " + ", ".join(f"{n} ({f['bytes']} B)" for n, f in sorted(b.files.items())))
     return "\n".join(lines)
 
 

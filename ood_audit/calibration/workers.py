@@ -15,11 +15,11 @@ from ..io.fs import S3Config
 from ..io.reader import load_images
 from ..io.thumbs import thumbnail_jpeg
 from ..models import ModelSpec, TapModel, block_candidates
-from ..scores.csd import csd_views
+from ..scores.detectors import Features, make_detectors
 from ..scores.jigsaw import jigsaw_indexed
 from .evidence import block_norms, probe_norms
-from .normratio import _EPS
-from .scoring import load_state_bytes, make_scorer
+from .normratio import paired_ratios
+from .scoring import load_state_bytes, make_scorer, restore_detectors
 
 
 def _resolve(obj: Any) -> Any:
@@ -44,19 +44,25 @@ def _decode(batch: dict[str, np.ndarray], pre: Preprocess, s3: S3Config | None, 
     return x, ok, status, error
 
 
+def _tap(model: Any, spec: dict, device: str, precision: str) -> TapModel:
+    """The model tapping every candidate block, under the bundle's precision policy."""
+    s = ModelSpec.from_dict(spec)
+    m = s.build(load_state_bytes(_resolve(model)))
+    return TapModel(m, blocks=block_candidates(m), mean=s.mean, std=s.std, precision=precision).to(device).eval()
+
+
 class BankWorker:
     """Bank/selection phase: per image, NormRatio terms for every candidate block (SPEC §4; only rows with
-    ``select``), the six CSD views (SPEC §7), the L2-normalised penultimate vector (SPEC §6) and, for rows
-    with ``probe`` (a subset of ``select``), FN at every block of the image and of each pseudo-OOD probe
-    (:mod:`ood_audit.calibration.evidence`)."""
+    ``select``), the CSD and kNN detectors' fit rows (the six CSD views, SPEC §7; the L2-normalised
+    penultimate vector, SPEC §6) and, for rows with ``evidence`` (a subset of ``select``), FN at every
+    block of the image and of each pseudo-OOD probe (:mod:`ood_audit.calibration.evidence`)."""
 
     def __init__(self, model: Any, spec: dict, preprocess: dict, *, seed: int = 0, grid: int = 3,
                  probes: tuple[str, ...] = (), s3: S3Config | None = None, device: str = "cpu",
-                 threads: int = 8) -> None:
-        self.spec = ModelSpec.from_dict(spec)
-        m = self.spec.build(load_state_bytes(_resolve(model)))
-        self.blocks = block_candidates(m)
-        self.tap = TapModel(m, blocks=self.blocks, mean=self.spec.mean, std=self.spec.std).to(device).eval()
+                 precision: str = "float32", threads: int = 8) -> None:
+        self.tap = _tap(model, spec, device, precision)
+        self.blocks = list(self.tap.blocks)
+        self.banks = make_detectors(("csd", "knn"), block=self.blocks[-1])
         self.pre, self.s3, self.seed, self.grid = Preprocess.from_dict(preprocess), s3, seed, grid
         self.probes = tuple(probes)
         self.device, self.threads = device, threads
@@ -73,11 +79,11 @@ class BankWorker:
         if x is not None:
             idx = torch.as_tensor(np.asarray(batch["index"])[ok])
             t = self.tap(x.to(self.device))
-            v = csd_views(t.last_map.float()).cpu().numpy()
-            f = torch.nn.functional.normalize(t.penultimate.float(), dim=1).cpu().numpy()
-            views = np.zeros((n, v.shape[1] * v.shape[2]), np.float32)
+            feat = Features(t, self.tap.head)
+            v, f = self.banks["csd"].fit_rows(feat), self.banks["knn"].fit_rows(feat)
+            views = np.zeros((n, v.shape[1]), np.float32)
             feats = np.zeros((n, f.shape[1]), np.float32)
-            views[ok], feats[ok] = v.reshape(v.shape[0], -1), f
+            views[ok], feats[ok] = v, f
             thumbs[ok] = [thumbnail_jpeg(a) for a in x.mul(255).round().byte().permute(0, 2, 3, 1).numpy()]
             sel = np.asarray(batch["select"], dtype=bool)[ok]
             if sel.any():
@@ -87,8 +93,8 @@ class BankWorker:
                 num = block_norms({b: z[s_t.to(self.device)] for b, z in t.blocks.items()}, self.blocks).cpu()
                 den = block_norms(tj.blocks, self.blocks).cpu()
                 rows = np.flatnonzero(ok)[sel]
-                ratios[rows] = (num / den.clamp_min(_EPS)).double().numpy()
-                pr = np.asarray(batch.get("probe", np.zeros(n, bool)), dtype=bool)[ok][sel]
+                ratios[rows] = paired_ratios(num, den).double().numpy()
+                pr = np.asarray(batch.get("evidence", np.zeros(n, bool)), dtype=bool)[ok][sel]
                 if pr.any() and self.probes:
                     p_t = torch.from_numpy(pr)
                     fp = probe_norms(self.tap, xs[p_t], ids[p_t], self.probes, self.seed, device=self.device,
@@ -106,11 +112,9 @@ class NormWorker:
     """FN at every candidate block per image (held-out ID and known outliers for ``--selector validated``)."""
 
     def __init__(self, model: Any, spec: dict, preprocess: dict, *, s3: S3Config | None = None,
-                 device: str = "cpu", threads: int = 8) -> None:
-        self.spec = ModelSpec.from_dict(spec)
-        m = self.spec.build(load_state_bytes(_resolve(model)))
-        self.blocks = block_candidates(m)
-        self.tap = TapModel(m, blocks=self.blocks, mean=self.spec.mean, std=self.spec.std).to(device).eval()
+                 device: str = "cpu", precision: str = "float32", threads: int = 8) -> None:
+        self.tap = _tap(model, spec, device, precision)
+        self.blocks = list(self.tap.blocks)
         self.pre, self.s3, self.device, self.threads = Preprocess.from_dict(preprocess), s3, device, threads
 
     @torch.no_grad()
@@ -124,22 +128,24 @@ class NormWorker:
 
 
 class ScoreWorker:
-    """Held-out phase: every score of every image, against the finished banks (SPEC §10 thresholds)."""
+    """Held-out phase (and ``evaluate``'s test sets): every score of every image through the fitted
+    detectors, restored from their ``state`` (``states``: name -> JSON config; ``banks``: name -> bank
+    array or object ref)."""
 
-    def __init__(self, model: Any, spec: dict, preprocess: dict, block: str, *, csd_bank: Any, knn_bank: Any,
-                 k_csd: int, k_knn: int, s3: S3Config | None = None, device: str = "cpu",
+    def __init__(self, model: Any, spec: dict, preprocess: dict, block: str, *, states: dict[str, dict],
+                 banks: dict[str, Any], s3: S3Config | None = None, device: str = "cpu", precision: str = "float32",
                  knn_backend: str = "auto", threads: int = 8) -> None:
+        dets = restore_detectors(block, states, {k: _resolve(v) for k, v in banks.items()}, device=device,
+                                 knn_backend=knn_backend)
         self.scorer = make_scorer(load_state_bytes(_resolve(model)), ModelSpec.from_dict(spec), block,
-                                  csd_bank=torch.as_tensor(_resolve(csd_bank)),
-                                  knn_bank=torch.as_tensor(_resolve(knn_bank)), k_csd=k_csd, k_knn=k_knn,
-                                  device=device, knn_backend=knn_backend)
+                                  detectors=dets, device=device, precision=precision)
         self.pre, self.s3, self.threads = Preprocess.from_dict(preprocess), s3, threads
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["uri"])
         x, ok, status, error = _decode(batch, self.pre, self.s3, self.threads)
         out: dict[str, np.ndarray] = {"index": np.asarray(batch["index"]), "status": status, "error": error}
-        names = self.scorer.score_names
+        names = [*self.scorer.score_names, *(["csd_view"] if "csd" in self.scorer.score_names else [])]
         for s in names:
             out[s] = np.full(n, np.nan, dtype=np.float64)
         if x is not None:

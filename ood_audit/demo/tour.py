@@ -147,7 +147,7 @@ def _calibrate(id_uri: str, model: str, workers: int, s3: Any) -> str:
 
     cal = calibrate(CalibrateConfig(data=id_uri, model=model, output=f"s3://{BUCKET}/audit", s3=s3,
                                     workers=workers, k_knn=50))
-    log.info("[demo] bundle %s (selected block %s)", cal.bundle_uri, cal.meta["selection"]["selected"])
+    log.info("[demo] bundle %s (selected block %s)", cal.bundle_uri, cal.info.block)
     return cal.bundle_uri
 
 

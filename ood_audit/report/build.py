@@ -22,7 +22,8 @@ from typing import Any
 
 import pyarrow.dataset as pads
 
-from ood_audit.calibration.bundle import load_bundle
+from ood_audit.calibration.bundle import open_bundle
+from ood_audit.calibration.meta import RowTables
 from ood_audit.errors import BundleError, ConfigError, ReportError
 from ood_audit.io.fs import S3Config
 from ood_audit.report.collect import Collected, PrefixStats, collect, prefix_counts, score_edges
@@ -159,10 +160,10 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
     if not run.complete:
         warnings.append("this run did not finish: some listed objects have no row yet, so counts are partial")
     bundle, sources = _bundle(run, s3, warnings)
-    meta = bundle.meta if bundle is not None else {}
-    th = meta.get("thresholds") or {}
-    quantiles = meta.get("heldout_quantiles") or {}
-    flag_on = list(th.get("flag_on") or run.flag_on)
+    info = bundle.info if bundle is not None else None
+    th = RowTables.of(info) if info is not None else RowTables()
+    quantiles = th.quantiles
+    flag_on = list(th.flag_on or run.flag_on)
     inputs = [str(i) for i in run.summary.get("inputs") or []]
 
     names = set(ds.schema.names)
@@ -170,7 +171,7 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
     present = [s for s in dict.fromkeys([*flag_on, *SPEC_SCORES]) if s in names]
     edges = {}
     for s in present:
-        e = score_edges(ds, s, quantiles.get(s), (th.get("per_score") or {}).get(s))
+        e = score_edges(ds, s, quantiles.get(s), th.per_score.get(s))
         if e is not None:
             edges[s] = e
     col = collect(ds, inputs=inputs, depth=opts.prefix_depth, edges=edges, max_failures=opts.max_failures)
@@ -183,7 +184,9 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
     flagged = sum(p.flagged for p in col.prefixes.values())
     prefixes = [PrefixRow(k, v) for k, v in sorted(col.prefixes.items())]
     return ReportData(run=run, options=opts, bundle_id=run.bundle_id, bundle_uri=run.bundle_uri,
-                      training=meta.get("training"), flag_on=flag_on, target_fpr=th.get("target_fpr"),
+                      training=info.training.model_dump() if info is not None and info.training else None,
+                      flag_on=flag_on,
+                      target_fpr=info.thresholds.target_id_flag_rate if info is not None else None,
                       counts=counts, objects=col.rows, flagged=flagged, histograms=histograms, grid=grid,
                       prefixes=prefixes, drift=drift, failures=col.failures, failures_total=col.failures_total,
                       inputs=inputs, warnings=warnings,
@@ -206,7 +209,7 @@ def _bundle(run: RunInfo, s3: S3Config | None, warnings: list[str]) -> tuple[Any
         warnings.append("the run summary names no bundle: no ID distribution, thresholds or neighbours")
         return None, None
     try:
-        bundle = load_bundle(run.bundle_uri, s3=s3, verify=False)
+        bundle = open_bundle(run.bundle_uri, s3=s3, verify=False)
     except BundleError as exc:
         warnings.append(f"the bundle cannot be read ({exc}): no ID distribution, thresholds or neighbours")
         return None, None
@@ -220,10 +223,10 @@ def _bundle(run: RunInfo, s3: S3Config | None, warnings: list[str]) -> tuple[Any
     return bundle, sources
 
 
-def _histograms(col: Collected, quantiles: dict[str, Any], th: dict[str, Any],
+def _histograms(col: Collected, quantiles: dict[str, Any], th: RowTables,
                 flag_on: list[str]) -> list[HistogramView]:
     out = []
-    per_score, flag = th.get("per_score") or {}, th.get("flag") or {}
+    per_score, flag = th.per_score, th.flag
     for s in sorted(col.histograms, key=lambda s: (s not in flag_on, s)):
         h = col.histograms[s]
         if h.n == 0:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ood_audit.calibration.meta import BundleMeta, RowTables
 from ood_audit.calibration.thresholds import flags, percentile
 from ood_audit.sinks.parquet import report_schema, score_columns
 
@@ -52,20 +53,20 @@ class RowBuilder:
     """Turns per-object outcomes and per-image scores into report rows for one run and bundle.
 
     Args:
-        meta: the bundle's ``meta`` (``thresholds`` and ``heldout_quantiles`` are used).
+        meta: the bundle's typed metadata (its thresholds and held-out quantiles are used), or a partial
+            ``meta``-shaped mapping (:class:`~ood_audit.calibration.meta.RowTables`).
         bundle_id, run_id: written into every row.
         score_names: the scorer's score names; see :func:`~ood_audit.sinks.parquet.report_schema`.
     """
 
-    def __init__(self, meta: Mapping[str, Any], bundle_id: str, run_id: str, score_names: Sequence[str]) -> None:
+    def __init__(self, meta: BundleMeta | Mapping[str, Any], bundle_id: str, run_id: str,
+                 score_names: Sequence[str]) -> None:
         self.bundle_id, self.run_id = bundle_id, run_id
         self.scores = score_columns(score_names)
         self.schema = report_schema(score_names)
-        th = meta.get("thresholds") or {}
-        self.per_score = {s: float(t) for s, t in (th.get("per_score") or {}).items()}
-        self.flag = {s: float(t) for s, t in (th.get("flag") or {}).items()}
-        self.flag_on = list(th.get("flag_on") or [])
-        self.pct = {s: PercentileTable(q) for s, q in (meta.get("heldout_quantiles") or {}).items()}
+        tables = RowTables.of(meta if isinstance(meta, BundleMeta) else dict(meta))
+        self.per_score, self.flag, self.flag_on = dict(tables.per_score), dict(tables.flag), list(tables.flag_on)
+        self.pct = {s: PercentileTable(q) for s, q in tables.quantiles.items()}
 
     @property
     def output_schema(self) -> pa.Schema:

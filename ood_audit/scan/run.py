@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ood_audit.calibration.bundle import load_bundle, software_versions
+from ood_audit.calibration.bundle import open_bundle, software_versions
 from ood_audit.errors import ConfigError, OodAuditError
 from ood_audit.io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, STATUSES, Preprocess
 from ood_audit.io.fs import S3Config
@@ -157,8 +157,8 @@ def run_scan(cfg: ScanConfig, *, listing: Iterable[pa.Table] | None = None,
     started_at = datetime.now(timezone.utc)
     inputs = check_inputs(cfg.inputs, cfg.output) if cfg.inputs else []
     run_id = cfg.run_id or new_run_id(started_at)
-    bundle = load_bundle(cfg.bundle, s3=cfg.s3)
-    pre = Preprocess.from_dict(bundle.meta.get("preprocess") or {})
+    bundle = open_bundle(cfg.bundle, s3=cfg.s3)
+    pre = Preprocess.from_dict(dict(bundle.info.preprocess))
     if pre.output_hw is None:
         raise ConfigError(f"--bundle {bundle.uri}: its preprocess has no fixed size; calibrate it again")
 
@@ -369,7 +369,8 @@ def _summary(cfg: ScanConfig, run_id: str, run_date: str, partition: str, bundle
         "reports": partition,
         "complete": len(markers) == len(plan.chunk_rows),
         "bundle": {"id": bundle.id, "uri": bundle.uri,
-                   "flag_on": list((bundle.meta.get("thresholds") or {}).get("flag_on") or [])},
+                   "flag_on": list(bundle.info.thresholds.flag_on),
+                   "precision": bundle.info.precision.activations},
         "inputs": run_doc["identity"]["inputs"],
         "manifest": run_doc["identity"]["manifest"],
         "incremental": cfg.incremental,

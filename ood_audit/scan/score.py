@@ -6,8 +6,9 @@ The actor loads and verifies the bundle once in ``__init__``
 one forward pass per batch gives every score (:class:`~ood_audit.scores.scorer.Scorer`); rows that did not
 decode pass through with null scores.
 
-On CUDA the model runs channels_last under bf16 autocast, with the exact torch kNN backend (SPEC §7: the
-same neighbours on every backend). The class has no Ray dependency and is used in-process by tests.
+The model runs under the bundle's precision policy on every device (:mod:`ood_audit.models.precision`:
+the activations calibration used, so the calibrated ID flag rate holds on CPU and GPU nodes alike); on
+CUDA channels_last, with the exact torch kNN backend (SPEC §7: the same neighbours on every backend). The class has no Ray dependency and is used in-process by tests.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ood_audit.calibration.bundle import load_bundle
+from ood_audit.calibration.bundle import open_bundle
 from ood_audit.calibration.scoring import scorer_from_bundle
 from ood_audit.errors import DataError
 from ood_audit.io.fs import S3Config
@@ -55,14 +56,12 @@ class ScoreActor:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.device = resolve_actor_device(device)
-        bundle = load_bundle(bundle_uri, s3=s3, verify=False)  # each file is verified as it is read below
-        cuda = self.device.startswith("cuda")
-        self.scorer = scorer_from_bundle(bundle, device=self.device, knn_backend=knn_backend,
-                                         autocast_dtype=torch.bfloat16 if cuda else None)
-        self.rows = RowBuilder(bundle.meta, bundle.id, run_id, self.scorer.score_names)
+        bundle = open_bundle(bundle_uri, s3=s3, verify=False)  # each file is verified as it is read below
+        self.scorer = scorer_from_bundle(bundle, device=self.device, knn_backend=knn_backend)
+        self.rows = RowBuilder(bundle.info, bundle.id, run_id, self.scorer.score_names)
         self.worker = f"{_node_id()}:{os.getpid()}"
-        log.info("scoring actor %s ready on %s in %.1f s (bundle %s)", self.worker, self.device,
-                 time.perf_counter() - start, bundle.id)
+        log.info("scoring actor %s ready on %s (%s activations) in %.1f s (bundle %s)", self.worker, self.device,
+                 self.scorer.precision, time.perf_counter() - start, bundle.id)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         start = time.perf_counter()

@@ -1,0 +1,198 @@
+"""The audit bundle's metadata as one typed schema (SPEC §10), parsed and validated once at load.
+
+``bundle.json``'s ``meta`` object is a :class:`BundleMeta`. Its parts: the model and preprocessing,
+the precision policy, the block selection and its evidence, each fitted detector's state
+(``featurenorm2``, ``csd``, ``knn``), the thresholds, the held-out tables, and provenance of the data
+(split, data, training).
+
+Schema versions:
+
+- **2** (this version): ``schema_version`` and ``precision`` are present; the target rate is
+  ``thresholds.target_id_flag_rate``.
+- **1** (bundles written before the schema had a version) is migrated on load: ``precision`` becomes
+  ``float32`` activations (what those bundles were calibrated with) and ``thresholds.target_fpr`` becomes
+  ``target_id_flag_rate``. The file and its id are not changed.
+- Anything newer is refused in one line: it needs a newer ood-audit.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import BundleError
+
+SCHEMA_VERSION = 2
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, protected_namespaces=())
+
+
+class ModelPart(_Part):
+    arch: str
+    num_classes: int
+    small_input: bool = False
+    image_size: int = 224
+    mean: list[float]
+    std: list[float]
+    class_names: list[str] | None = None
+
+    def spec(self) -> Any:
+        """The :class:`~ood_audit.models.ModelSpec` (imports torch)."""
+        from ..models import ModelSpec
+
+        return ModelSpec.from_dict(self.model_dump())
+
+
+class PrecisionPart(_Part):
+    """The precision policy every forward pass of this bundle's model runs under
+    (:mod:`ood_audit.models.precision`); scores themselves are always fp32 or wider."""
+
+    activations: Literal["float32", "bfloat16"] = "float32"
+    scores: Literal["float32"] = "float32"
+
+
+class SelectionPart(_Part):
+    selector: str = "normratio"
+    seed: int = 0
+    grid: int = 3
+    images: int = 0
+    candidates: list[str] = Field(default_factory=list)
+    ratios: dict[str, float]
+    normratio_choice: str | None = None
+    choices: dict[str, str] = Field(default_factory=dict)
+    selected: str
+    forced: bool = False
+    inverted_probes: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    evidence: dict[str, Any] | None = None   # ood_audit.calibration.evidence.probe_evidence
+    outliers: dict[str, Any] | None = None   # ood_audit.calibration.evidence.outlier_evidence
+
+
+class FeatureNorm2Part(_Part):
+    block: str
+    center: float
+    scale: float
+    heldout_images: int = 0
+    formula: str = ""
+
+
+class BankPart(_Part):
+    k: int
+    bank_size: int
+    dim: int
+    dtype: Literal["float16", "float32"] = "float16"
+    index: dict[str, Any] = Field(default_factory=lambda: {"type": "flat", "exact": True})
+    file: str
+    views_per_image: int | None = None    # csd: 6
+    sources: str | None = None            # knn: the bank rows' URIs and thumbnails
+
+
+class ThresholdsPart(_Part):
+    target_id_flag_rate: float
+    heldout_images: int
+    per_score: dict[str, float]
+    flag_on: list[str]
+    flag: dict[str, float]
+    flag_alpha: float = 0.0
+    flag_on_reason: str | None = None     # why flag_on differs from what was asked, if it does
+
+
+class SplitPart(_Part):
+    method: str = ""
+    heldout_fraction: float
+    seed: int = 0
+    bank_images: int
+    heldout_images: int
+
+
+class DataPart(_Part):
+    source: str
+    listed_images: int
+    skipped_non_images: int = 0
+    decode_failures: int = 0
+
+
+class TrainingPart(_Part):
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+    chance_accuracy: float | None = None
+    epochs: int | None = None
+    mode: str | None = None
+    run_name: str | None = None
+    warning: str | None = None
+    val_images: int | None = None
+    val_fraction: float | None = None
+
+
+class BundleMeta(_Part):
+    schema_version: int = SCHEMA_VERSION
+    model: ModelPart
+    preprocess: dict[str, Any]
+    precision: PrecisionPart = PrecisionPart()
+    selection: SelectionPart
+    featurenorm2: FeatureNorm2Part | None = None
+    csd: BankPart | None = None
+    knn: BankPart | None = None
+    thresholds: ThresholdsPart
+    heldout_quantiles: dict[str, list[float]]
+    heldout_stats: dict[str, dict[str, float]] = Field(default_factory=dict)
+    split: SplitPart | None = None
+    data: DataPart | None = None
+    training: TrainingPart | None = None
+
+    @property
+    def block(self) -> str:
+        """The selected block every block-reading detector uses."""
+        return self.selection.selected
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def migrate(meta: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 ``meta`` in schema-2 form (see the module docstring); other versions pass through."""
+    if "schema_version" in meta:
+        return meta
+    out = {**meta, "schema_version": SCHEMA_VERSION, "precision": {"activations": "float32", "scores": "float32"}}
+    th = dict(meta.get("thresholds") or {})
+    if "target_fpr" in th:
+        th["target_id_flag_rate"] = th.pop("target_fpr")
+    out["thresholds"] = th
+    return out
+
+
+def parse_meta(meta: dict[str, Any], where: str) -> BundleMeta:
+    """Validate ``meta`` (migrating schema 1) or raise a one-line :class:`BundleError` naming ``where``."""
+    version = meta.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+        raise BundleError(f"bundle {where} has metadata schema version {version!r}; this ood-audit reads versions "
+                          f"1 to {SCHEMA_VERSION}: upgrade ood-audit, or recalibrate with this version")
+    try:
+        return BundleMeta.model_validate(migrate(meta))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise BundleError(f"bundle {where} metadata field {loc or '(top)'}: {err['msg']}; it was not written by "
+                          "ood-audit calibrate, or it was edited") from None
+
+
+class RowTables(_Part):
+    """What report rows need from a bundle (SPEC §11): thresholds, ``flag_on`` and held-out quantiles."""
+
+    per_score: dict[str, float] = Field(default_factory=dict)
+    flag: dict[str, float] = Field(default_factory=dict)
+    flag_on: list[str] = Field(default_factory=list)
+    quantiles: dict[str, list[float]] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, meta: "BundleMeta | dict[str, Any]") -> "RowTables":
+        """From a bundle's typed metadata, or from a partial ``meta``-shaped mapping (bundle-less callers,
+        tests); missing parts are empty."""
+        if isinstance(meta, BundleMeta):
+            th = meta.thresholds
+            return cls(per_score=th.per_score, flag=th.flag, flag_on=th.flag_on, quantiles=meta.heldout_quantiles)
+        th = dict(meta.get("thresholds") or {})
+        return cls(per_score=th.get("per_score") or {}, flag=th.get("flag") or {}, flag_on=th.get("flag_on") or [],
+                   quantiles=meta.get("heldout_quantiles") or {})

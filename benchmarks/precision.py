@@ -89,6 +89,13 @@ def main(argv: list[str] | None = None) -> None:
     f_m, f_x = _flags(matched, fp32_bundle.info), _flags(mixed, fp32_bundle.info)
     lines.append(f"2. fp32 bundle scanned with bf16 activations: {np.mean(f_m != f_x):.2%} of ID flags change; "
                  f"ID flag rate {f_m.mean():.2%} (matched) vs {f_x.mean():.2%} (mixed)")
+    th = fp32_bundle.info.thresholds
+    for s in th.flag_on:
+        d = np.abs(matched[s] - mixed[s])
+        near = np.mean(np.abs(matched[s] - th.flag[s]) < d.max())
+        lines.append(f"   {s}: bf16 moves scores by median {np.median(d):.2e}, max {d.max():.2e} "
+                     f"({np.median(d / np.abs(matched[s])):.1e} relative); {near:.1%} of ID images lie within "
+                     "that max of the flag threshold")
 
     for precision, scorer in scorers.items():
         info = bundles[precision].info
@@ -97,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                      f"{np.mean(_flags(a, info) != _flags(b, info)):.2%} of flags and "
                      f"{np.mean(a['csd_view'] != b['csd_view']):.2%} of CSD views change; max |d featurenorm| "
                      f"relative {np.max(np.abs(a['featurenorm'] - b['featurenorm']) / np.abs(b['featurenorm'])):.1e}")
+    lines.append(f"ID test flag rate {f_m.mean():.2%} against the target {target}: thresholds are order statistics of "
+                 f"{fp32_bundle.info.thresholds.heldout_images} held-out images")
     print("\n".join(lines))
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..models import ARCHITECTURES, arch_spec, build_model
+from .common import ARCHITECTURES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,6 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..models import arch_spec, build_model
+
     model = build_model(args.arch, num_classes=10, small_input=args.small_input)
     spec = arch_spec(model)
     for name in spec.candidates:

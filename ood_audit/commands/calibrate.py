@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..calibration.selection import DEFAULT_SELECTOR, SELECTORS
-from ..scores.probes import DEFAULT_PROBES
-from .common import add_model_args, add_ray_args, add_s3_args, positive, s3_from_args, spec_from_args, start_ray
+from .common import (DEFAULT_PRECISION, DEFAULT_PROBES, PRECISIONS, DEFAULT_SELECTOR, SELECTORS, add_deprecated_alias, add_model_args, add_ray_args,
+                     add_s3_args, positive, s3_from_args, spec_from_args, start_ray)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,9 +20,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="bundle root; the bundle goes to OUTPUT/bundles/<id>/")
     add_model_args(p)
     p.add_argument("--heldout-fraction", type=float, default=0.1)
-    p.add_argument("--target-fpr", type=float, default=0.05, help="target ID false-flag rate (default 0.05)")
-    p.add_argument("--flag-on", default="featurenorm,csd",
-                   help="scores whose union decides `flagged` (featurenorm2 flags unusually high norms too)")
+    rate = p.add_argument("--id-flag-rate", type=float, default=0.05,
+                          help="target ID false-flag rate: the share of held-out ID images the thresholds flag "
+                               "(not a false positive rate, ID being the positive class; default 0.05)")
+    add_deprecated_alias(p, "--target-fpr", rate)
+    p.add_argument("--flag-on", default=None,
+                   help="scores whose union decides `flagged` (default featurenorm,csd; when FeatureNorm looks "
+                        "inverted at every candidate block, featurenorm2 replaces featurenorm and the bundle "
+                        "records why). featurenorm2 flags unusually high norms too")
+    p.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
+                   help="activations of every forward pass, in calibration and in every scan of the bundle "
+                        f"(recorded in it; default {DEFAULT_PRECISION})")
     p.add_argument("--max-select", type=int, default=None, help="NormRatio on a deterministic subsample")
     p.add_argument("--block", default=None, help="force this block instead of the selector's choice")
     p.add_argument("--selector", default=DEFAULT_SELECTOR, choices=SELECTORS,
@@ -56,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
         positive(name.replace("_", "-"), getattr(args, name))
     s3 = s3_from_args(args)
     cfg = CalibrateConfig(data=args.data, model=args.model, output=args.output, spec=spec_from_args(args),
-                          heldout_fraction=args.heldout_fraction, target_fpr=args.target_fpr,
-                          flag_on=tuple(s for s in args.flag_on.split(",") if s), seed=args.seed,
+                          heldout_fraction=args.heldout_fraction, id_flag_rate=args.id_flag_rate,
+                          flag_on=None if args.flag_on is None else tuple(s for s in args.flag_on.split(",") if s),
+                          precision=args.precision, seed=args.seed,
                           max_select=args.max_select, block=args.block, selector=args.selector,
                           outliers=args.outliers, probes=tuple(p for p in args.probes.split(",") if p),
                           max_probe=args.max_probe, k_csd=args.k_csd, k_knn=args.k_knn,

@@ -1,10 +1,30 @@
-"""Arguments shared by several commands (S3 endpoint, Ray address, model description)."""
+"""Arguments shared by several commands (S3 endpoint, Ray address, model description).
+
+Building the parser must stay light: every ``--help`` answers without importing torch, torchvision, Ray,
+pyarrow, boto3 or matplotlib. The command modules import those inside their ``run`` functions, and the
+vocabularies the options offer are copied here from the modules that own them (each copy is checked
+against its source by ``tests/test_cli_help.py``).
+"""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import ConfigError
-from ..models import ARCHITECTURES
+
+# ood_audit.models.build.ARCHITECTURES
+ARCHITECTURES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "wide_resnet50_2", "vgg11_bn", "vgg16_bn",
+                                  "mobilenet_v2", "mobilenet_v3_large", "densenet121")
+# ood_audit.calibration.selection.SELECTORS and DEFAULT_SELECTOR
+SELECTORS: tuple[str, ...] = ("normratio", "robust", "validated")
+DEFAULT_SELECTOR = "robust"
+# ood_audit.scores.probes.DEFAULT_PROBES
+DEFAULT_PROBES: tuple[str, ...] = ("jigsaw", "pixel_shuffle", "crop_upscale", "blur", "noise", "mix")
+# ood_audit.models.precision.PRECISIONS and DEFAULT_PRECISION
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+DEFAULT_PRECISION = "float32"
+# ood_audit.report.build.DEFAULT_TOP
+DEFAULT_REPORT_TOP = 48
 
 
 def add_s3_args(p: argparse.ArgumentParser) -> None:
@@ -53,3 +73,21 @@ def spec_from_args(args: argparse.Namespace):
 def positive(name: str, value: float | int | None) -> None:
     if value is not None and value <= 0:
         raise ConfigError(f"--{name} must be > 0, got {value}")
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An option's old name: stores into the new option's ``dest`` and prints a one-line warning to stderr."""
+
+    def __init__(self, option_strings, dest, *, new_name: str, **kwargs) -> None:
+        self.new_name = new_name
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.new_name}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(p: argparse.ArgumentParser, old: str, new: argparse.Action) -> None:
+    """Accept ``old`` as a hidden synonym of the option ``new`` (same dest and type; the default is new's)."""
+    p.add_argument(old, dest=new.dest, type=new.type, metavar=new.metavar, action=_DeprecatedAlias,
+                   new_name=new.option_strings[-1], default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -5,9 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..calibration.selection import DEFAULT_SELECTOR, SELECTORS
 from ..errors import ConfigError
-from ..models import ARCHITECTURES
+from .common import ARCHITECTURES, DEFAULT_PRECISION, DEFAULT_SELECTOR, PRECISIONS, SELECTORS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k-csd", type=int, default=10)
     p.add_argument("--k-knn", type=int, default=50)
     p.add_argument("--knn-backend", default="auto", choices=("auto", "faiss", "torch", "faiss-gpu"))
+    p.add_argument("--heldout-fraction", type=float, default=0.1,
+                   help="share of --id-train held out for the thresholds, as in `ood-audit calibrate`")
+    p.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
+                   help=f"activations of every forward pass (default {DEFAULT_PRECISION})")
+    p.add_argument("--bundle-out", default=None, metavar="ROOT",
+                   help="keep the bundle evaluate calibrates under ROOT/bundles/<id>/ (default: a temporary one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--json", dest="json_out", default=None, help="also write the table as JSON to this path")
@@ -52,8 +57,11 @@ def run(args: argparse.Namespace) -> int:
     res = evaluate(ModelSource(args.arch, args.weights, args.small_input), args.id_train, args.id_test, ood,
                    image_size=size, block=args.block, batch_size=args.batch_size, seed=args.seed, k_csd=args.k_csd,
                    k_knn=args.k_knn, knn_backend=args.knn_backend, max_select=args.max_select,
-                   device=resolve_device(args.device), selector=args.selector, outliers=args.outliers)
+                   device=resolve_device(args.device), selector=args.selector, outliers=args.outliers,
+                   heldout_fraction=args.heldout_fraction, precision=args.precision, bundle_root=args.bundle_out)
     print(format_table(res))
+    if res.bundle:
+        print(res.bundle)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(res.to_json(), indent=2))
     return 0

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_s3_args, s3_from_args
+from .common import DEFAULT_REPORT_TOP, add_s3_args, s3_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..report.build import DEFAULT_TOP
-
     p = sub.add_parser(
         "report", help="write a self-contained HTML audit report of a scan run (histograms, top anomalies, drift)",
         description="Read one scan run under REPORT (the scan's --output root) and write one HTML file with "
@@ -20,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the scan's output root (local or s3://), as given to `ood-audit scan --output`")
     p.add_argument("--run-id", default=None, help="the run to report on (default: the latest)")
     p.add_argument("--out", required=True, help="HTML file to write (local or s3://)")
-    p.add_argument("--top", type=int, default=DEFAULT_TOP,
-                   help=f"most anomalous objects to show with thumbnails (default {DEFAULT_TOP})")
+    p.add_argument("--top", type=int, default=DEFAULT_REPORT_TOP,
+                   help=f"most anomalous objects to show with thumbnails (default {DEFAULT_REPORT_TOP})")
     p.add_argument("--prefix-depth", type=int, default=1,
                    help="path components under the scanned input that make a prefix (default 1)")
     p.add_argument("--threads", type=int, default=16, help="parallel thumbnail reads (default 16)")

@@ -9,8 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..models import ARCHITECTURES
-from .common import add_ray_args, add_s3_args, s3_from_args
+from .common import ARCHITECTURES, add_ray_args, add_s3_args, s3_from_args
 
 EXIT_DID_NOT_LEARN = 3
 

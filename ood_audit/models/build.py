@@ -37,8 +37,6 @@ def build_model(name: str, num_classes: int, small_input: bool = False) -> nn.Mo
     model = _BUILDERS[name](weights=None, num_classes=num_classes)
     if small_input:
         _make_small_input(name, model, num_classes)
-    model.arch_name = name  # plain attribute: lets block_candidates() and bundles name the architecture
-    model.small_input = small_input
     return model
 
 

@@ -3,13 +3,25 @@
 :func:`load_image` never raises for a problem with the object itself; it returns a
 :class:`~ood_audit.io.decode.DecodeResult` whose status says what happened. ``missing`` means the object
 vanished since it was listed or could not be fetched (the error says which).
+
+An S3 object costs one request: a GET whose response carries the size (``Content-Length``), so an object
+over ``max_bytes`` is refused from the response headers and its body is never read, and a missing one is
+told by the error code (``NoSuchKey``, ``NoSuchBucket``) in the same response. pyarrow's S3 files always
+send a HEAD before their first GET, and boto3's ``get_object`` costs about three times the client CPU of
+both together, so the GET goes to a URL presigned by the boto3 client (its credential chain and
+addressing style) over one urllib3 connection pool per process.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
+import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
@@ -23,7 +35,11 @@ from ood_audit.io.decode import (
     decode_image,
 )
 from ood_audit.io.fs import S3Config, _resolve_parsed
-from ood_audit.io.uri import parse_uri
+from ood_audit.io.uri import ParsedUri, parse_uri
+
+_PRESIGN_SECONDS = 900  # covers the retries of one GET
+_RETRY_STATUSES = (500, 502, 503, 504)
+_ERROR_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
 
 
 def read_object(
@@ -34,15 +50,18 @@ def read_object(
 ) -> tuple[bytes | None, DecodeResult | None]:
     """``(data, None)``, or ``(None, result)`` with status ``missing`` or ``too_large``.
 
-    An object over ``max_bytes`` is refused after one metadata request, without downloading it.
+    One request per S3 object; an object over ``max_bytes`` is refused from the size in the response,
+    without downloading it.
     """
     try:
         parsed = parse_uri(uri)
+        if parsed.is_s3:
+            return _get_s3(parsed, s3 or S3Config.from_env(), max_bytes)
         fs, path = _resolve_parsed(parsed, s3)
     except ConfigError as exc:
         return None, DecodeResult("missing", f"bad URI: {exc}")
     try:
-        with fs.open_input_file(path) as fh:
+        with fs.open_input_file(path) as fh:  # a local file: open + fstat, no request
             size = fh.size()
             if size > max_bytes:
                 return None, DecodeResult("too_large", f"{size} bytes exceeds max_bytes={max_bytes}")
@@ -55,6 +74,80 @@ def read_object(
         if _is_directory(fs, path):
             return None, DecodeResult("missing", "is a directory, not an object")
         return None, DecodeResult("missing", f"read failed: {_short(exc)}")
+
+
+def _get_s3(parsed: ParsedUri, s3: S3Config, max_bytes: int) -> tuple[bytes | None, DecodeResult | None]:
+    """One GET: the body, or ``too_large`` from ``Content-Length``, or ``missing`` from the error code."""
+    import urllib3
+
+    if not parsed.key:
+        return None, DecodeResult("missing", "is a bucket, not an object")
+    try:
+        url = s3.client().generate_presigned_url(
+            "get_object", Params={"Bucket": parsed.bucket, "Key": parsed.key}, ExpiresIn=_PRESIGN_SECONDS)
+        resp = _http_pool(s3, os.getpid(), _proxy_for(url)).request(
+            "GET", url, preload_content=False, redirect=False, retries=_retries())
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        return None, DecodeResult("missing", f"read failed: {_short(exc)}")
+    except Exception as exc:  # noqa: BLE001 - botocore: no credentials, bad region and the like
+        return None, DecodeResult("missing", f"read failed: {_short(exc)}")
+    try:
+        if resp.status == 200:
+            length = resp.headers.get("Content-Length")
+            if length is not None and int(length) > max_bytes:
+                return None, DecodeResult("too_large", f"{int(length)} bytes exceeds max_bytes={max_bytes}")
+            if length is not None:
+                return resp.read(), None
+            data = bytearray()  # no Content-Length (chunked): stop one chunk past the limit
+            for part in resp.stream(1 << 20):
+                data += part
+                if len(data) > max_bytes:
+                    return None, DecodeResult("too_large", f"more than max_bytes={max_bytes} bytes")
+            return bytes(data), None
+        code = _error_code(resp.read(8192))
+        if code == "NoSuchBucket":
+            return None, DecodeResult("missing", "bucket does not exist")
+        if code == "NoSuchKey" or (resp.status == 404 and code is None):
+            return None, DecodeResult("missing", "object does not exist")
+        return None, DecodeResult("missing", f"read failed: HTTP {resp.status}{f' {code}' if code else ''}")
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        return None, DecodeResult("missing", f"read failed: {_short(exc)}")
+    finally:
+        if resp.length_remaining or (resp.length_remaining is None and not resp.isclosed()):
+            resp.close()  # body left unread (refused, cut short): drop the connection rather than drain it
+        resp.release_conn()
+
+
+def _error_code(body: bytes) -> str | None:
+    match = _ERROR_CODE.search(body)
+    return match.group(1).decode("ascii", "replace") if match else None
+
+
+def _retries() -> Any:
+    import urllib3
+
+    return urllib3.Retry(total=4, backoff_factor=0.2, status_forcelist=_RETRY_STATUSES, raise_on_status=False,
+                         raise_on_redirect=False)
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy the standard ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY`` variables give for ``url``."""
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        return proxy
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def _http_pool(s3: S3Config, pid: int, proxy: str | None) -> Any:
+    # pid is part of the key: connections must not be shared across fork().
+    import urllib3
+    from botocore.httpsession import get_cert_path
+
+    kwargs: dict[str, Any] = {"maxsize": 32, "block": False, "timeout": urllib3.Timeout(connect=10, read=60),
+                              "ca_certs": os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True)}
+    return urllib3.ProxyManager(proxy, **kwargs) if proxy else urllib3.PoolManager(**kwargs)
 
 
 def load_image(

@@ -1,12 +1,12 @@
 """kNN search behind one interface (SPEC §6, §7; STYLE "device and backend are parameters").
 
-    index = make_index("auto", device="cpu")     # or "faiss", "torch", "faiss-gpu", "ivfpq"
+    index = make_index("auto", device="cpu")     # or "faiss", "torch", "faiss-gpu"
     index.add(bank)                              # [M, d]
     dist_sq, idx = index.search(queries, k)      # SQUARED L2, nearest first
     index.describe()                             # record in the bundle
 
-Exact kinds ("faiss", "faiss-gpu", "torch") return the same neighbours up to float rounding;
-"ivfpq" is approximate and is never chosen by "auto".
+Every kind ("faiss", "faiss-gpu", "torch") is exact: they return the same neighbours up to float
+rounding.
 """
 
 from __future__ import annotations
@@ -19,19 +19,17 @@ from ood_audit.errors import KnnError
 from ood_audit.knn.base import ArrayLike, KnnIndex, ensure_finite
 from ood_audit.knn.faiss_backend import (
     FaissFlatIndex,
-    FaissIVFPQIndex,
     faiss_available,
     faiss_gpu_available,
 )
 from ood_audit.knn.torch_backend import TorchFlatIndex
 
-INDEX_KINDS = ("auto", "faiss", "faiss-gpu", "torch", "ivfpq")
+INDEX_KINDS = ("auto", "faiss", "faiss-gpu", "torch")
 
 __all__ = [
     "INDEX_KINDS",
     "ArrayLike",
     "FaissFlatIndex",
-    "FaissIVFPQIndex",
     "KnnIndex",
     "TorchFlatIndex",
     "build_index",
@@ -50,8 +48,6 @@ def make_index(kind: str = "auto", device: str | torch.device = "cpu", **params:
       - "faiss": exact faiss ``IndexFlatL2`` on CPU.
       - "faiss-gpu": exact faiss ``IndexFlatL2`` on ``device`` (a CUDA device; needs faiss-gpu).
       - "torch": exact chunked GEMM + top-k on ``device``; params ``query_chunk``, ``bank_chunk``.
-      - "ivfpq": APPROXIMATE faiss IVF-PQ; params ``nlist``, ``m``, ``nbits``, ``nprobe``,
-        ``train_size``, ``seed``.
     """
     dev = torch.device(device)
     if kind == "auto":
@@ -67,8 +63,6 @@ def make_index(kind: str = "auto", device: str | torch.device = "cpu", **params:
             if dev.type != "cuda":
                 raise KnnError(f"kind='faiss-gpu' needs a CUDA device, got device={str(dev)!r}")
             return FaissFlatIndex(device=dev, **params)
-        if kind == "ivfpq":
-            return FaissIVFPQIndex(device=dev, **params)
     except TypeError as exc:
         raise KnnError(f"bad parameters {sorted(params)} for kind={kind!r}: {exc}") from exc
     raise KnnError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")

@@ -53,7 +53,7 @@ def as_matrix(x: ArrayLike, what: str) -> torch.Tensor:
 
 
 class KnnIndex(ABC):
-    """Exact or approximate k-nearest-neighbour index over squared L2 distance.
+    """Exact k-nearest-neighbour index over squared L2 distance.
 
     Subclasses implement ``_add``, ``_search`` and ``describe``; this class validates arguments so
     every backend fails the same way (`KnnError`) on misuse and `DataError` on non-finite input.
@@ -123,7 +123,7 @@ class KnnIndex(ABC):
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
-        """Parameters to record in the bundle: {"type": "flat"|"ivfpq", "backend": ..., ...}."""
+        """Parameters to record in the bundle: {"type": "flat", "backend": ..., ...}."""
 
     def __repr__(self) -> str:
         params = ", ".join(f"{key}={val!r}" for key, val in self.describe().items())

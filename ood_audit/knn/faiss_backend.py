@@ -1,5 +1,4 @@
-"""faiss backends: exact ``IndexFlatL2`` (CPU, or GPU when faiss has GPU support) and the
-approximate IVF-PQ index that is used only when asked for (SPEC §7).
+"""faiss backend: exact ``IndexFlatL2`` (CPU, or GPU when faiss has GPU support; SPEC §7).
 
 faiss is imported when an index is first built, never when this module is imported.
 """
@@ -79,11 +78,7 @@ class _FaissIndex(KnnIndex):
 
     def _search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         distances, indices = self._index.search(_to_numpy(queries), k)
-        d = torch.from_numpy(distances).clamp_min_(0.0)
-        i = torch.from_numpy(indices)
-        # Approximate indexes report missing neighbours as -1; make their distance unmistakable.
-        d[i < 0] = float("inf")
-        return d, i
+        return torch.from_numpy(distances).clamp_min_(0.0), torch.from_numpy(indices)
 
 
 class FaissFlatIndex(_FaissIndex):
@@ -103,75 +98,4 @@ class FaissFlatIndex(_FaissIndex):
             "metric": "l2sq",
             "dim": self.dim,
             "ntotal": self.ntotal,
-        }
-
-
-class FaissIVFPQIndex(_FaissIndex):
-    """APPROXIMATE squared-L2 search: faiss IVF (``nlist`` cells, ``nprobe`` probed) with PQ codes
-    (``m`` sub-quantizers of ``nbits`` bits). Use only when asked for, and record ``describe()``.
-
-    The coarse and PQ codebooks are trained at the first ``add`` on up to ``train_size`` rows drawn
-    with ``seed``; later ``add`` calls only encode. Queries that find fewer than k neighbours in
-    the probed cells get index -1 and distance inf in the missing slots.
-    """
-
-    def __init__(
-        self,
-        nlist: int = 1024,
-        m: int = 64,
-        nbits: int = 8,
-        nprobe: int = 32,
-        train_size: int = 100_000,
-        seed: int = 1234,
-        device: str | torch.device = "cpu",
-    ) -> None:
-        super().__init__(device)
-        for field, value in (("nlist", nlist), ("m", m), ("nbits", nbits), ("nprobe", nprobe)):
-            if value < 1:
-                raise KnnError(f"{field} must be >= 1, got {value}")
-        self.nlist, self.m, self.nbits = int(nlist), int(m), int(nbits)
-        self.nprobe, self.train_size, self.seed = int(nprobe), int(train_size), int(seed)
-        self._trained_on = 0
-
-    def _build(self, bank: torch.Tensor) -> Any:
-        faiss = import_faiss()
-        rows, dim = int(bank.shape[0]), int(bank.shape[1])
-        if dim % self.m:
-            raise KnnError(f"IVF-PQ needs dim divisible by m; dim={dim}, m={self.m}")
-        n_train = min(self.train_size, rows)
-        needed = max(self.nlist, 2**self.nbits)
-        if n_train < needed:
-            raise KnnError(
-                f"IVF-PQ with nlist={self.nlist}, nbits={self.nbits} needs at least {needed} "
-                f"training rows but got {n_train}; lower nlist/nbits or use an exact kind"
-            )
-        index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, self.nlist, self.m, self.nbits)
-        index.cp.seed = self.seed
-        index.pq.cp.seed = self.seed
-        pick = np.sort(np.random.default_rng(self.seed).choice(rows, n_train, replace=False))
-        index.train(_to_numpy(bank[torch.from_numpy(pick)]))
-        index.nprobe = self.nprobe
-        self._trained_on = n_train
-        return self._place(index)
-
-    def _add(self, bank: torch.Tensor) -> None:
-        if self._index is None:
-            self._index = self._build(bank)
-        self._index.add(_to_numpy(bank))
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "type": "ivfpq",
-            "backend": self.backend,
-            "device": str(self.device),
-            "metric": "l2sq",
-            "dim": self.dim,
-            "ntotal": self.ntotal,
-            "nlist": self.nlist,
-            "m": self.m,
-            "nbits": self.nbits,
-            "nprobe": self.nprobe,
-            "train_size": self.train_size,
-            "trained_on": self._trained_on,
-            "seed": self.seed,
         }

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ood_audit.errors import DataError
-from ood_audit.knn import ArrayLike, KnnIndex, build_index, ensure_finite, make_index
+from ood_audit.knn import ArrayLike, KnnIndex, ensure_finite, make_index
 
 KNN_EPS = 1e-12
 _BANK_BLOCK = 65536
@@ -40,14 +40,12 @@ def knn_index(
     name: str = "knn bank",
     **params: Any,
 ) -> KnnIndex:
-    """Build an index (``make_index(kind, device, **params)``; exact unless ``kind='ivfpq'``)
-    over the L2-normalised bank [M, C]. `DataError` naming ``name`` on NaN/inf."""
+    """Build an exact index (``make_index(kind, device, **params)``) over the L2-normalised bank
+    [M, C]. `DataError` naming ``name`` on NaN/inf."""
     b = torch.as_tensor(bank)
     if b.dim() != 2:
         raise DataError(f"{name}: features must be [N, C], got shape {tuple(b.shape)}")
     ensure_finite(b, name)
-    if kind == "ivfpq":  # trained at the first add, so it must see the whole bank at once
-        return build_index(l2_normalize(b, name), kind=kind, device=device, **params)
     index = make_index(kind, device=device, **params)
     # Normalise block by block so the only bank-sized copy is the one the index keeps.
     for block in b.split(_BANK_BLOCK):

@@ -12,7 +12,6 @@ import torch
 from ood_audit.errors import DataError, KnnError
 from ood_audit.knn import (
     FaissFlatIndex,
-    FaissIVFPQIndex,
     KnnIndex,
     TorchFlatIndex,
     build_index,
@@ -148,35 +147,6 @@ def test_auto_picks_an_exact_backend_and_describe_records_it():
         "query_chunk": 5,
         "bank_chunk": 9,
     }
-
-
-def test_ivfpq_is_approximate_only_when_asked_and_records_its_parameters():
-    rng = np.random.default_rng(1)
-    centres = rng.standard_normal((20, 16)).astype(np.float32) * 5
-    bank = centres[rng.integers(0, 20, 4000)] + rng.standard_normal((4000, 16)).astype(np.float32)
-    index = build_index(bank, "ivfpq", nlist=16, m=4, nbits=8, nprobe=16, train_size=3000, seed=5)
-    assert isinstance(index, FaissIVFPQIndex)
-    info = index.describe()
-    assert info["type"] == "ivfpq" and info["backend"] == "faiss-cpu"
-    assert (info["nlist"], info["m"], info["nbits"], info["nprobe"]) == (16, 4, 8, 16)
-    assert (info["train_size"], info["trained_on"], info["seed"], info["ntotal"]) == (
-        3000,
-        3000,
-        5,
-        4000,
-    )
-    d, i = index.search(bank[:30], 5)
-    assert d.shape == (30, 5) and (i[:, 0] >= 0).all()
-    # Probing every cell, the true nearest neighbour (the query itself) is found most of the time.
-    assert (i[:, 0].numpy() == np.arange(30)).mean() > 0.5
-
-
-def test_ivfpq_rejects_bad_parameters():
-    bank = np.random.default_rng(0).standard_normal((300, 10)).astype(np.float32)
-    with pytest.raises(KnnError, match="dim=10, m=4"):
-        build_index(bank, "ivfpq", nlist=4, m=4)
-    with pytest.raises(KnnError, match="at least 512"):
-        build_index(bank, "ivfpq", nlist=512, m=5)
 
 
 def test_errors_are_typed_and_name_the_problem(data):

@@ -47,21 +47,25 @@ class ScoreActor:
         s3: settings for ``s3://`` bundles.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (decided inside the actor, on its node).
         knn_backend: kNN backend for CSD and kNN (``auto`` = faiss on CPU, torch on CUDA).
-        torch_threads: intra-op threads for CPU inference (None keeps torch's default).
+        torch_threads: intra-op threads for CPU inference; None: the actor's CPU share in Ray (its
+            ``num_cpus`` rounded, at least 1), so actors sharing a node do not oversubscribe its cores;
+            torch's default outside Ray.
     """
 
     def __init__(self, bundle_uri: str, run_id: str, *, s3: S3Config | None = None, device: str = "auto",
                  knn_backend: str = "auto", torch_threads: int | None = None) -> None:
         start = time.perf_counter()
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
+        threads = torch_threads or threads_for_cpus(_assigned_cpus())
+        if threads:
+            torch.set_num_threads(threads)
         self.device = resolve_actor_device(device)
         bundle = open_bundle(bundle_uri, s3=s3, verify=False)  # each file is verified as it is read below
         self.scorer = scorer_from_bundle(bundle, device=self.device, knn_backend=knn_backend)
         self.rows = RowBuilder(bundle.info, bundle.id, run_id, self.scorer.score_names)
         self.worker = f"{_node_id()}:{os.getpid()}"
-        log.info("scoring actor %s ready on %s (%s activations) in %.1f s (bundle %s)", self.worker, self.device,
-                 self.scorer.precision, time.perf_counter() - start, bundle.id)
+        log.info("scoring actor %s ready on %s (%s activations, %d torch threads) in %.1f s (bundle %s)",
+                 self.worker, self.device, self.scorer.precision, torch.get_num_threads(),
+                 time.perf_counter() - start, bundle.id)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         start = time.perf_counter()
@@ -108,6 +112,28 @@ def _mark_failed(batch: dict[str, np.ndarray], ok: np.ndarray, failed: dict[int,
         error[rows[i]] = f"model output not finite: {message}"[:200]
     log.warning("%d image(s) gave non-finite model output and were marked decode_error", len(failed))
     return {**batch, "status": status, "error": error}
+
+
+def threads_for_cpus(cpus: float | None) -> int | None:
+    """Intra-op threads for an actor granted ``cpus`` CPUs: the share rounded, at least 1 (None: no share)."""
+    if cpus is None or cpus <= 0:
+        return None
+    return max(1, int(cpus + 0.5))
+
+
+def _assigned_cpus() -> float | None:
+    """The CPUs Ray granted this actor, or None outside a Ray worker."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        ctx = ray.get_runtime_context()
+        if ctx.worker.mode != ray.WORKER_MODE:
+            return None  # the driver: no grant of its own
+        return float(ctx.get_assigned_resources().get("CPU", 0.0)) or None
+    except Exception:  # noqa: BLE001 - no Ray, or an API this Ray lacks: keep torch's default
+        return None
 
 
 def _node_id() -> str:

@@ -87,13 +87,17 @@ def evidence_html(sel: dict[str, Any]) -> str:
     """An HTML fragment: an inline SVG bar chart (worst probe AUROC per block, inverted blocks in red, NormRatio as
     dots) and the evidence table.
 
-    Every piece of text taken from the bundle (block and probe names, sources, warnings) is escaped.
+    Every piece of text taken from the bundle (block, probe and selector names, choices, warnings) goes through
+    ``html.escape`` (quotes included) and nothing else from it is written but numbers this function formats, so
+    the fragment may be embedded in a page as it is.
     """
-    esc = html.escape
+    def esc(value: Any) -> str:
+        return html.escape(str(value))
+
     ev = sel.get("evidence") or {}
     probes = ev.get("probes", [])
     rows = _rows(sel)
-    w, bar_h, gap, left = 520, 18, 6, 130
+    w, bar_h, gap, left = 660, 18, 6, 130
     h = len(rows) * (bar_h + gap) + 40
     rmax = max([r["ratio"] for r in rows if isinstance(r["ratio"], (int, float))] or [1.0]) or 1.0
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" '
@@ -129,8 +133,8 @@ def evidence_html(sel: dict[str, Any]) -> str:
                     f'<td>{_f(r["min_two"], 0).strip()}</td><td>{_f(r["above"], 0).strip()}'
                     f'{"!" if r["inverted"] else ""}</td><td>{_f(r["fpr95"], 0).strip()}</td><td>{mark}</td></tr>')
     warn = "".join(f'<p class="warning">{esc(x)}</p>' for x in sel.get("warnings") or [])
-    return (f'<section class="block-selection"><h3>Block selection: {esc(str(sel.get("selector")))} chose '
-            f'{esc(str(sel.get("selected")))}</h3>{warn}{"".join(svg)}'
+    return (f'<section class="block-selection"><h3>Block selection: {esc(sel.get("selector"))} chose '
+            f'{esc(sel.get("selected"))}</h3>{warn}{"".join(svg)}'
             f'<table><thead><tr><th>block</th><th>NormRatio</th>{head}<th>worst</th><th>2-sided</th>'
             f'<th>above-med</th><th>outlier FPR95</th><th></th></tr></thead><tbody>{"".join(body)}</tbody></table>'
             f'<p class="legend">{esc(LEGEND.format(level=ev.get("inversion_level", 0.5)))}</p></section>')

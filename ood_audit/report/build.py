@@ -7,12 +7,14 @@ What is read, and why memory stays bounded for a run of any size:
   ``flagged`` and the score columns batch by batch for the prefix table, the histograms and the failures;
 - the grid's rows are chosen by ``most_anomalous``, which keeps only the best ``top`` rows while streaming;
 - the previous run is read once more, for its per-prefix counts only (``uri``, ``status``, ``flagged``);
-- thumbnails are fetched for the ``top`` rows only, in parallel on a bounded pool.
+- thumbnails are fetched for the ``top`` rows only, in parallel on a bounded pool;
+- the block-selection evidence comes from the bundle's metadata alone (no bundle file is read for it).
 
 Nothing the report shows is allowed to fail it once the run itself is readable: a bundle that is gone or
-damaged, an old bundle without bank sources, or objects deleted since the scan each become a visible note
-on the page (``warnings`` or a placeholder thumbnail). A missing run, an unknown run id or an unknown
-report format stay errors (``ReportError``), since there would be nothing to show.
+damaged, an old bundle without bank sources, block-selection evidence that cannot be drawn, or objects
+deleted since the scan each become a visible note on the page (``warnings`` or a placeholder thumbnail). A
+missing run, an unknown run id or an unknown report format stay errors (``ReportError``), since there would
+be nothing to show.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from typing import Any
 import pyarrow.dataset as pads
 
 from ood_audit.calibration.bundle import open_bundle
-from ood_audit.calibration.meta import RowTables
+from ood_audit.calibration.evidence_view import evidence_html
+from ood_audit.calibration.meta import BundleMeta, RowTables
 from ood_audit.errors import BundleError, ConfigError, ReportError
 from ood_audit.io.fs import S3Config
 from ood_audit.report.collect import Collected, PrefixStats, collect, prefix_counts, score_edges
@@ -128,6 +131,9 @@ class ReportData:
     inputs: list[str]
     warnings: list[str] = field(default_factory=list)
     generated_at: str = ""
+    # the bundle's block-selection evidence as an HTML fragment (evidence_html escapes all it takes from the
+    # bundle, so the page embeds it as it is); None without a readable bundle
+    selection_html: str | None = None
 
     @property
     def scored(self) -> int:
@@ -183,6 +189,7 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
         counts = {"ok": sum(p.scored for p in col.prefixes.values())}
     flagged = sum(p.flagged for p in col.prefixes.values())
     prefixes = [PrefixRow(k, v) for k, v in sorted(col.prefixes.items())]
+    selection_html = _selection_html(info, warnings)
     return ReportData(run=run, options=opts, bundle_id=run.bundle_id, bundle_uri=run.bundle_uri,
                       training=info.training.model_dump() if info is not None and info.training else None,
                       flag_on=flag_on,
@@ -190,7 +197,8 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
                       counts=counts, objects=col.rows, flagged=flagged, histograms=histograms, grid=grid,
                       prefixes=prefixes, drift=drift, failures=col.failures, failures_total=col.failures_total,
                       inputs=inputs, warnings=warnings,
-                      generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                      generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      selection_html=selection_html)
 
 
 def _rows(run: RunInfo, s3: S3Config | None) -> Any:
@@ -221,6 +229,16 @@ def _bundle(run: RunInfo, s3: S3Config | None, warnings: list[str]) -> tuple[Any
     if sources is None:
         warnings.append("this bundle predates kNN-bank sources: neighbours are shown by bank row only")
     return bundle, sources
+
+
+def _selection_html(info: BundleMeta | None, warnings: list[str]) -> str | None:
+    if info is None:
+        return None
+    try:
+        return evidence_html(info.selection.model_dump())
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # evidence is free-form: never fail the page
+        warnings.append(f"the bundle's block-selection evidence cannot be drawn ({type(exc).__name__}: {exc})")
+        return None
 
 
 def _histograms(col: Collected, quantiles: dict[str, Any], th: RowTables,

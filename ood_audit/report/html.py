@@ -1,8 +1,9 @@
 """Rendering :class:`~ood_audit.report.build.ReportData` into the one self-contained HTML page.
 
 Jinja2 runs with autoescape on for the whole template, so every key, error string and prefix from the
-data is HTML-escaped, in text and in attributes alike; the only values not from data are the numbers this
-module formats and the ``data:`` URIs of images it encoded itself. Long tables are capped (prefixes,
+data is HTML-escaped, in text and in attributes alike; the only values not escaped here are the numbers this
+module formats, the ``data:`` URIs of images it encoded itself, and the block-selection fragment, which
+:func:`~ood_audit.calibration.evidence_view.evidence_html` escapes as it builds it. Long tables are capped (prefixes,
 drift rows) and say how many rows were left out, so a run with very many prefixes still gives a page a
 browser opens.
 """

@@ -2,7 +2,10 @@
 
 The page is one self-contained file: CSS inline, images as ``data:`` URIs, no script, no web fonts, no
 external reference of any kind, so it opens offline and can be mailed or attached to a ticket. Every value
-taken from data (keys, error strings, prefixes) goes through Jinja2's autoescape; nothing is marked safe.
+taken from data (keys, error strings, prefixes) goes through Jinja2's autoescape. One value is marked safe:
+``d.selection_html``, the block-selection evidence, because
+:func:`~ood_audit.calibration.evidence_view.evidence_html` builds it and escapes every string it takes from
+the bundle itself (its test puts markup in those strings and finds it only as text).
 """
 
 TEMPLATE = r"""<!DOCTYPE html>
@@ -51,6 +54,8 @@ th { background: var(--bg); font-weight: 600; } td.num, th.num { text-align: rig
 .nbr img { width: 48px; height: 48px; object-fit: contain; image-rendering: pixelated; display: block; background: #eee; }
 .nbr .mono { font-size: 10px; display: block; max-height: 3.2em; overflow: hidden; }
 tr.changed td { background: #fff5f5; } .verdict-changed { color: var(--flag); font-weight: 600; }
+.block-selection svg { display: block; margin: 8px 0; } .block-selection tr.selected td { font-weight: 600; }
+.block-selection .warning { color: var(--flag); } .block-selection .legend { color: var(--muted); font-size: 12px; max-width: 70em; }
 footer { color: var(--muted); font-size: 12px; padding: 12px 28px; border-top: 1px solid var(--line); }
 </style>
 </head>
@@ -164,6 +169,17 @@ this run's: rates are shown without a test.</div>{% endif %}
 <td class="verdict-{{ r.verdict | replace(' ', '-') }}">{{ verdict_words[r.verdict] }}</td></tr>{% endfor %}
 </table>
 {% if drift_more %}<p>… and {{ drift_more | thousands }} more prefixes.</p>{% endif %}
+{% endif %}
+
+{% if d.selection_html %}
+<h2 id="block-selection">Why this block</h2>
+<p class="lede">FeatureNorm and the scores built on it read the model's features at one block, chosen at calibration
+from the candidate blocks. For each block the bundle records NormRatio (mean ID-to-jigsaw feature-norm ratio, the
+paper's rule) and, for each pseudo-OOD probe (ID training images transformed: jigsaw, pixel shuffle, crop-upscale,
+blur, noise, mix), how well the block's feature norm tells ID images from that probe (AUROC). A block is
+<b>inverted</b> for a probe when most of the probe's images have a higher norm than the ID median: there, low norm
+would not mean out-of-distribution. The chosen block is in bold.</p>
+{{ d.selection_html | safe }}
 {% endif %}
 
 <h2 id="failures">Objects that could not be scored</h2>

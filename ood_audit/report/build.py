@@ -118,7 +118,7 @@ class ReportData:
     bundle_uri: str
     training: dict[str, Any] | None
     flag_on: list[str]
-    target_fpr: float | None
+    id_flag_rate: float | None  # the bundle's target ID flag rate (thresholds.target_id_flag_rate)
     counts: dict[str, int]
     objects: int
     flagged: int
@@ -193,7 +193,7 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
     return ReportData(run=run, options=opts, bundle_id=run.bundle_id, bundle_uri=run.bundle_uri,
                       training=info.training.model_dump() if info is not None and info.training else None,
                       flag_on=flag_on,
-                      target_fpr=info.thresholds.target_id_flag_rate if info is not None else None,
+                      id_flag_rate=info.thresholds.target_id_flag_rate if info is not None else None,
                       counts=counts, objects=col.rows, flagged=flagged, histograms=histograms, grid=grid,
                       prefixes=prefixes, drift=drift, failures=col.failures, failures_total=col.failures_total,
                       inputs=inputs, warnings=warnings,

@@ -89,7 +89,8 @@ written to <span class="mono">{{ d.run.output }}</span>.</p>
 A <b>percentile</b> is the share of held-out ID images that scored lower: a percentile of 2 means only 2% of
 ID images looked this unusual on that score. An object is <b>flagged</b> when any of
 {% for s in d.flag_on %}<b>{{ s }}</b>{% if not loop.last %}, {% endif %}{% endfor %} falls below its flag threshold,
-{% if d.target_fpr is not none %}set at calibration so that about {{ d.target_fpr | pct }} of ID images would be flagged.{% else %}set at calibration.{% endif %}</p>
+{% if d.id_flag_rate is not none %}set at calibration for a <b>target ID flag rate</b> of {{ d.id_flag_rate | pct }}: about that share of
+ID images would be flagged.{% else %}set at calibration.{% endif %}</p>
 
 <h2 id="histograms">Scores: scanned objects against held-out ID</h2>
 <p class="lede">Orange bars are this run's scores, the blue outline the held-out ID images the thresholds were set on.

@@ -1,5 +1,5 @@
-"""The report's block-selection section: the bundle's evidence drawn on the page, with every name from the
-bundle shown only as text."""
+"""The report's block-selection section (the bundle's evidence drawn on the page, with every name from the
+bundle shown only as text) and the target ID flag rate the thresholds were set at."""
 import html
 from html.parser import HTMLParser
 
@@ -91,3 +91,10 @@ def test_evidence_that_cannot_be_drawn_is_a_note_not_a_failure(tmp_path):
     data, text = _report(tmp_path, selection=_selection(level="half"))
     assert data.selection_html is None and 'id="block-selection"' not in text
     assert any("block-selection evidence cannot be drawn" in w for w in data.warnings)
+
+
+def test_the_target_id_flag_rate_is_named_as_such(tmp_path):
+    data, text = _report(tmp_path)
+    assert data.id_flag_rate == 0.05
+    words = " ".join("".join(Page(text).text).split())
+    assert "for a target ID flag rate of 5.0%" in words and "FPR" not in words.replace("FPR95", "")

@@ -6,8 +6,8 @@ each mode (SPEC §8).
   updated, the classifier head is frozen (it is unused by the loss and keeps the ``--init`` weights).
 - ``joint`` (MODE-T): L = L_SupCon + λ·L_ALPA. SupCon runs on a small MLP projector of the pooled
   penultimate vector (L2-normalised inside :func:`supcon_loss`). The classifier head is trained alongside
-  as a linear probe on the *detached* penultimate vector, so the saved model has usable logits while the
-  backbone sees exactly L.
+  by cross-entropy on the *detached* penultimate vector (``head_ce``), so the saved model has usable logits
+  while the backbone sees exactly L.
 
 Batches of the contrastive modes hold the two views of each image as two rows with the same label.
 Under DDP their losses run over the global batch (:mod:`ood_audit.training.gather`); ``objective`` is
@@ -55,7 +55,7 @@ class TrainNet(nn.Module):
         self.alpa: ALPAHead | None = None
         self.supcon: SupConProjector | None = None
         if mode in ("alpa-finetune", "joint"):
-            channels, dim = self._probe_dims(image_size)
+            channels, dim = self._feature_dims(image_size)
             self.alpa = ALPAHead(channels, chunk_size=alpa_chunk)
             if mode == "joint":
                 self.supcon = SupConProjector(dim, supcon_dim)
@@ -67,7 +67,8 @@ class TrainNet(nn.Module):
     def model(self) -> nn.Module:
         return self._model[0]
 
-    def _probe_dims(self, image_size: int) -> tuple[int, int]:
+    def _feature_dims(self, image_size: int) -> tuple[int, int]:
+        """Channels of the last-stage map and width of the penultimate vector at ``image_size``."""
         was_training = self.taps.training
         self.taps.eval()
         with torch.no_grad():
@@ -110,7 +111,7 @@ class TrainNet(nn.Module):
         assert self.supcon is not None
         sup = supcon_loss(g.gather(self.supcon(out.penultimate)), all_labels, temperature=self.supcon_temperature,
                           anchors=anchors)
-        probe = F.cross_entropy(self.taps.head(out.penultimate.detach()), labels)
+        head_ce = F.cross_entropy(self.taps.head(out.penultimate.detach()), labels)
         objective = sup + self.alpa_weight * alpa
-        return {"loss": objective + probe, "objective": objective.detach(), "supcon": sup.detach(),
-                "alpa": alpa.detach(), "probe_ce": probe.detach()}
+        return {"loss": objective + head_ce, "objective": objective.detach(), "supcon": sup.detach(),
+                "alpa": alpa.detach(), "head_ce": head_ce.detach()}

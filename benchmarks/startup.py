@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 HEAVY = ("torch", "ray", "pyarrow", "boto3", "matplotlib")
 
-_PROBE = r"""
+_HELP_IMPORTS_SCRIPT = r"""
 import contextlib, io, json, sys
 from ood_audit.cli import build_parser
 with contextlib.redirect_stdout(io.StringIO()):
@@ -74,7 +74,7 @@ def median_wall(cmd: list[str], repeat: int) -> float:
 
 
 def heavy_imports(path: tuple[str, ...]) -> list[str]:
-    r = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(list(path)), *HEAVY], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-c", _HELP_IMPORTS_SCRIPT, json.dumps(list(path)), *HEAVY], cwd=ROOT,
                        capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 

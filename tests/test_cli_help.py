@@ -31,7 +31,7 @@ def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> 
 
 COMMANDS = _commands(build_parser())
 
-_PROBE = r"""
+_HELP_SCRIPT = r"""
 import argparse, contextlib, io, json, sys
 from ood_audit.cli import build_parser
 
@@ -60,7 +60,7 @@ def test_commands_found():
 
 
 def test_every_help_renders_without_heavy_imports():
-    r = _run("-c", _PROBE, json.dumps([[], *map(list, COMMANDS)]), *HEAVY)
+    r = _run("-c", _HELP_SCRIPT, json.dumps([[], *map(list, COMMANDS)]), *HEAVY)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["loaded"] == [], f"the help path imported {res['loaded']}"

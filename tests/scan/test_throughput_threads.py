@@ -18,14 +18,14 @@ def test_actor_threads_match_num_cpus(ray_local, bundle_uri) -> None:
     ray = ray_local
 
     @ray.remote
-    class Probe(ScoreActor):
+    class ThreadCountingActor(ScoreActor):
         def threads(self) -> int:
             return torch.get_num_threads()
 
     shares = {0.5: 1, 2: 2}
-    actors = {cpus: Probe.options(num_cpus=cpus).remote(bundle_uri, "r") for cpus in shares}
+    actors = {cpus: ThreadCountingActor.options(num_cpus=cpus).remote(bundle_uri, "r") for cpus in shares}
     got = {cpus: ray.get(a.threads.remote(), timeout=240) for cpus, a in actors.items()}
-    explicit = Probe.options(num_cpus=0.5).remote(bundle_uri, "r", torch_threads=3)
+    explicit = ThreadCountingActor.options(num_cpus=0.5).remote(bundle_uri, "r", torch_threads=3)
     got_explicit = ray.get(explicit.threads.remote(), timeout=240)
     for a in [*actors.values(), explicit]:
         ray.kill(a)

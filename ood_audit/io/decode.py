@@ -273,7 +273,7 @@ def _resize(im: Image.Image, hw: tuple[int, int], pre: Preprocess) -> Image.Imag
         scale = pre.resize_shorter / min(w, h)
     else:
         scale = max(out_h / h, out_w / w)
-    crop_w, crop_h = out_w / scale, out_h / scale
+    crop_w, crop_h = min(float(w), out_w / scale), min(float(h), out_h / scale)  # rounding: never past an edge
     left, top = (w - crop_w) / 2.0, (h - crop_h) / 2.0
     box = (left, top, left + crop_w, top + crop_h)
     if (w, h) == (out_w, out_h) and box == (0.0, 0.0, float(w), float(h)):

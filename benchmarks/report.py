@@ -122,9 +122,15 @@ def write_night(output: str, run_id: str, n: int, day: int, bundle_id: str, bund
 def write_fake_bundle(root: str, rng: np.random.Generator) -> tuple[str, str]:
     """A bundle with thresholds, held-out quantiles and 500 bank sources (no usable model: not needed)."""
     q = np.quantile(rng.normal(size=20_000), np.linspace(0, 1, 1001)).tolist()
-    meta = {"thresholds": {"target_fpr": 0.05, "flag_on": ["featurenorm", "csd"],
+    meta = {"schema_version": 2,
+            "model": {"arch": "resnet18", "num_classes": 10, "small_input": True, "image_size": 32,
+                      "mean": [0.5] * 3, "std": [0.25] * 3},
+            "preprocess": {}, "selection": {"ratios": {"layer3.1": 1.5}, "selected": "layer3.1"},
+            "thresholds": {"target_id_flag_rate": 0.05, "heldout_images": 20_000, "flag_on": ["featurenorm", "csd"],
                            "per_score": {s: q[50] for s in SPEC_SCORES}, "flag": {"featurenorm": q[35], "csd": q[35]}},
-            "heldout_quantiles": {s: q for s in SPEC_SCORES}, "knn": {"bank_size": 500}}
+            "heldout_quantiles": {s: q for s in SPEC_SCORES},
+            "knn": {"k": 50, "bank_size": 500, "dim": 512, "file": "knn_bank.safetensors",
+                    "sources": "knn_sources.parquet"}}
     thumbs = [thumbnail_jpeg(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(500)]
     sources = bank_sources([f"/bench/id/{i}.png" for i in range(500)], thumbs)
     uri = write_bundle(root, meta, files={"model.safetensors": b"not a model", "knn_sources.parquet": sources})

@@ -12,17 +12,17 @@ import numpy as np
 N_QUANTILES = 1001  # 0.0, 0.1, ..., 100.0 percent
 
 
-def threshold_at(scores: np.ndarray, target_fpr: float) -> float:
-    """The threshold t such that the fraction of held-out ID scores strictly below t is ≤ ``target_fpr``.
+def threshold_at(scores: np.ndarray, id_flag_rate: float) -> float:
+    """The threshold t such that the fraction of held-out ID scores strictly below t is ≤ ``id_flag_rate``.
 
     With sorted scores s_(1) ≤ … ≤ s_(n), t = s_(⌊αn⌋+1): exactly ⌊αn⌋ samples lie below it (no ties).
     """
     s = np.sort(np.asarray(scores, dtype=np.float64))
     if s.size == 0:
         raise ValueError("no held-out scores to set a threshold")
-    if not 0.0 < target_fpr < 1.0:
-        raise ValueError(f"target false-flag rate must be in (0, 1), got {target_fpr}")
-    return float(s[min(int(np.floor(target_fpr * s.size)), s.size - 1)])
+    if not 0.0 < id_flag_rate < 1.0:
+        raise ValueError(f"target ID flag rate must be in (0, 1), got {id_flag_rate}")
+    return float(s[min(int(np.floor(id_flag_rate * s.size)), s.size - 1)])
 
 
 def quantile_table(scores: np.ndarray) -> list[float]:
@@ -56,11 +56,11 @@ def flags(scores: Mapping[str, np.ndarray], thresholds: Mapping[str, float],
 
 
 def union_thresholds(scores: Mapping[str, np.ndarray], names: list[str],
-                     target_fpr: float) -> tuple[dict[str, float], float]:
+                     id_flag_rate: float) -> tuple[dict[str, float], float]:
     """Per-score thresholds at a common rate α' ≤ target, chosen so that flagging when *any* of ``names``
-    is below its threshold keeps the held-out ID false-flag rate at or under ``target_fpr``."""
+    is below its threshold keeps the held-out ID false-flag rate at or under ``id_flag_rate``."""
     arrs = {s: np.asarray(scores[s], dtype=np.float64) for s in names}
-    lo, hi = target_fpr / max(len(names), 1) / 2, target_fpr
+    lo, hi = id_flag_rate / max(len(names), 1) / 2, id_flag_rate
     best = lo
 
     def rate(a: float) -> float:
@@ -69,7 +69,7 @@ def union_thresholds(scores: Mapping[str, np.ndarray], names: list[str],
 
     for _ in range(30):
         mid = (lo + hi) / 2
-        if rate(mid) <= target_fpr:
+        if rate(mid) <= id_flag_rate:
             best, lo = mid, mid
         else:
             hi = mid

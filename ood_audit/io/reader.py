@@ -34,7 +34,7 @@ from ood_audit.io.decode import (
     _short,
     decode_image,
 )
-from ood_audit.io.fs import S3Config, _resolve_parsed
+from ood_audit.io.fs import S3Config, _resolve_parsed, storage_error
 from ood_audit.io.uri import ParsedUri, parse_uri
 
 _PRESIGN_SECONDS = 900  # covers the retries of one GET
@@ -71,6 +71,9 @@ def read_object(
     except IsADirectoryError:
         return None, DecodeResult("missing", "is a directory, not an object")
     except OSError as exc:
+        err = storage_error(exc, s3=s3, uri=uri)
+        if err is not None and err.kind != "no_bucket":
+            raise err from None
         if _is_directory(fs, path):
             return None, DecodeResult("missing", "is a directory, not an object")
         return None, DecodeResult("missing", f"read failed: {_short(exc)}")

@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import Sequence
 
-from .errors import OodAuditError
+from .errors import EXIT_STATUSES, OodAuditError
 
 
 class _ConsoleFormatter(logging.Formatter):
@@ -26,7 +26,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .commands import COMMANDS
 
-    p = _Parser(prog="ood-audit", description="Audit image datasets for out-of-distribution samples.")
+    epilog = "exit status:\n" + "\n".join(f"  {code:>3}  {what}" for code, what in sorted(EXIT_STATUSES.items()))
+    p = _Parser(prog="ood-audit", description="Audit image datasets for out-of-distribution samples.",
+                epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for module in COMMANDS:
@@ -44,11 +46,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except OodAuditError as e:
-        print(f"ood-audit: error: {e}", file=sys.stderr)
-        return int(getattr(e, "exit_code", 2))
+        return _fail(e)
+    except OSError as e:  # storage failures that a command did not translate itself: same one line
+        from .io.fs import storage_error
+
+        err = storage_error(e)
+        if err is None:
+            raise
+        return _fail(err)
     except KeyboardInterrupt:
         print("ood-audit: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(e: OodAuditError) -> int:
+    print(f"ood-audit: error: {' '.join(str(e).split())}", file=sys.stderr)
+    return int(getattr(e, "exit_code", 2))
 
 
 if __name__ == "__main__":

@@ -39,3 +39,60 @@ class ExportError(OodAuditError):
 
 class NotFittedError(OodAuditError, RuntimeError):
     """A detector that needs ID statistics (a bank, a center and scale) was used before ``fit``."""
+
+
+# Exit statuses of every command (README "Exit codes / failures"; ``ood-audit --help`` lists them too).
+EXIT_OK = 0
+EXIT_ERROR = 1            # unexpected: a bug (the traceback is printed)
+EXIT_CONFIG = 2           # a bad argument, config, input, bundle or weights file
+EXIT_UNREACHABLE = 3      # object storage did not answer within the retry window
+EXIT_INCOMPLETE = 4       # the scan stopped part-way; committed work is kept, re-run with --run-id
+EXIT_TRIAGE = 5           # nightly: the scan finished, an export or the report failed
+EXIT_CREDENTIALS = 6      # object storage refused the credentials (wrong, expired or revoked)
+EXIT_NO_BUCKET = 7        # a bucket does not exist
+EXIT_DENIED = 8           # access denied: e.g. the output root is not writable
+EXIT_LEASE_HELD = 75      # EX_TEMPFAIL: another live run holds the lease; try again later
+
+
+class StorageError(OodAuditError):
+    """Object storage (or a local output folder) could not be used. ``kind`` says how, and sets the exit status:
+
+    - ``unreachable``: no answer from the endpoint within the retry window (down, wrong host, network);
+    - ``credentials``: the keys were refused (unknown key, bad signature, expired or revoked token);
+    - ``no_bucket``: the bucket does not exist;
+    - ``denied``: the keys are valid but may not do this (e.g. write the output root).
+
+    Messages name the endpoint and the bucket and key (or the local path) at fault. Built in one place,
+    :func:`ood_audit.io.fs.storage_error`, from pyarrow's and boto3's exceptions.
+    """
+
+    EXIT_CODES = {"unreachable": EXIT_UNREACHABLE, "credentials": EXIT_CREDENTIALS, "no_bucket": EXIT_NO_BUCKET,
+                  "denied": EXIT_DENIED}
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        if kind not in self.EXIT_CODES:
+            raise ValueError(f"unknown storage error kind {kind!r}")
+        self.kind = kind
+
+    @property
+    def exit_code(self) -> int:
+        return self.EXIT_CODES[self.kind]
+
+    def __reduce__(self):  # keeps ``kind`` when raised in a Ray worker and re-raised on the driver
+        return type(self), (str(self), self.kind)
+
+
+EXIT_STATUSES: dict[int, str] = {
+    EXIT_OK: "done (whatever the audit found)",
+    EXIT_ERROR: "unexpected error (a bug: the traceback is printed)",
+    EXIT_CONFIG: "bad argument, config, input, bundle or weights (corrupt file, other format version)",
+    EXIT_UNREACHABLE: "object storage unreachable (endpoint down or wrong) before the run started",
+    EXIT_INCOMPLETE: "scan stopped part-way (storage outage past --storage-retry-s, credentials revoked, output "
+                     "refusing writes); committed work kept: re-run with the same --run-id",
+    EXIT_TRIAGE: "nightly: an export or the report failed; re-run to finish them",
+    EXIT_CREDENTIALS: "object storage refused the credentials",
+    EXIT_NO_BUCKET: "a bucket does not exist",
+    EXIT_DENIED: "access denied (e.g. the output root is not writable)",
+    EXIT_LEASE_HELD: "another live run holds the lease (nightly, or a scan with the same --run-id)",
+}

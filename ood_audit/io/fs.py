@@ -10,12 +10,26 @@ Where settings come from, first match wins:
 - credentials: explicit keys, else ``None``, which means the standard AWS chain (environment variables,
   ``~/.aws``, instance metadata) on whichever machine uses the config. Keys found in the environment are
   not copied into the config, so secrets do not travel in task arguments unless you put them there.
+
+**Retries.** ``retry_s`` is the outage a request rides out: pyarrow and boto3 retry a failed request with
+exponential backoff (their own strategies, ``AwsDefaultS3RetryStrategy`` and botocore's ``standard``
+mode) for at least that long before giving up, so an S3 server that restarts within the window costs a
+pause and nothing else. pyarrow's default strategy waits 25 ms·2^i before retry i, so its attempts are the
+fewest whose waits add up to ``retry_s`` (at most twice the window); botocore's jittered waits are capped at
+20 s, so its attempts are sized for a mean wait of 10 s.
+
+**Errors.** :func:`storage_error` is the one place where pyarrow's ``OSError`` texts and botocore's
+exceptions become a :class:`~ood_audit.errors.StorageError` with a kind (unreachable, credentials,
+no_bucket, denied) and a one-line message naming the endpoint, bucket and key. "Not found" is not a
+storage error: it is about one object, and callers decide what it means.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,10 +38,13 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-from ood_audit.errors import ConfigError
+from ood_audit.errors import ConfigError, StorageError
 from ood_audit.io.uri import ParsedUri, parse_uri
 
 DEFAULT_REGION = "us-east-1"
+DEFAULT_RETRY_S = 120.0
+_PYARROW_BASE_DELAY_S = 0.025  # AWS SDK for C++ DefaultRetryStrategy: 25 ms * 2^i before retry i
+_BOTO_MEAN_DELAY_S = 10.0      # botocore standard mode: uniform jitter up to 2^i s, capped at 20 s
 
 
 @dataclass(frozen=True)
@@ -39,8 +56,11 @@ class S3Config:
     access_key: str | None = None
     secret_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
+    retry_s: float = DEFAULT_RETRY_S  # outage window a request rides out (module docstring)
 
     def __post_init__(self) -> None:
+        if not self.retry_s >= 0:
+            raise ConfigError(f"--storage-retry-s must be >= 0, got {self.retry_s}")
         if self.endpoint_url is not None:
             _split_endpoint(self.endpoint_url)  # validate early, with a message naming the field
         if (self.access_key is None) != (self.secret_key is None):
@@ -55,13 +75,19 @@ class S3Config:
         access_key: str | None = None,
         secret_key: str | None = None,
         session_token: str | None = None,
+        retry_s: float = DEFAULT_RETRY_S,
         environ: Mapping[str, str] | None = None,
     ) -> S3Config:
         """Explicit arguments first, then the ``AWS_*`` environment (see the module docstring)."""
         env = os.environ if environ is None else environ
         endpoint = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
         region = region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-        return cls(endpoint, region, access_key, secret_key, session_token)
+        return cls(endpoint, region, access_key, secret_key, session_token, retry_s)
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint as messages name it."""
+        return self.endpoint_url or f"AWS S3 ({self.region})"
 
     def pyarrow_fs(self) -> pafs.S3FileSystem:
         """A pyarrow S3 filesystem for these settings (cached per process)."""
@@ -91,6 +117,19 @@ class S3Config:
         return out
 
 
+def pyarrow_attempts(retry_s: float) -> int:
+    """Attempts (first try included) whose pyarrow backoff waits add up to at least ``retry_s``."""
+    if retry_s <= 0:
+        return 1
+    # waits before retries 1..n-1 sum to 25 ms * (2^n - 2)
+    return max(2, math.ceil(math.log2(retry_s / _PYARROW_BASE_DELAY_S + 2)))
+
+
+def boto_attempts(retry_s: float) -> int:
+    """botocore ``total_max_attempts`` for an outage of ``retry_s`` (mean waits; see the module docstring)."""
+    return 1 + max(1, math.ceil(retry_s / _BOTO_MEAN_DELAY_S) + 4) if retry_s > 0 else 1
+
+
 def _split_endpoint(endpoint_url: str) -> tuple[str, str]:
     """``http://127.0.0.1:9000`` -> (``http``, ``127.0.0.1:9000``), the form pyarrow wants."""
     parts = urlsplit(endpoint_url)
@@ -107,7 +146,8 @@ def _split_endpoint(endpoint_url: str) -> tuple[str, str]:
 @functools.lru_cache(maxsize=16)
 def _pyarrow_s3(config: S3Config, pid: int) -> pafs.S3FileSystem:
     # pid is part of the key: filesystems and clients must not be reused across fork().
-    kwargs: dict[str, Any] = {"region": config.region}
+    kwargs: dict[str, Any] = {"region": config.region,
+                              "retry_strategy": pafs.AwsDefaultS3RetryStrategy(pyarrow_attempts(config.retry_s))}
     if config.endpoint_url:
         scheme, netloc = _split_endpoint(config.endpoint_url)
         kwargs.update(endpoint_override=netloc, scheme=scheme)
@@ -129,7 +169,8 @@ def _make_boto3_client(config: S3Config, config_kwargs: Mapping[str, Any]) -> An
     import boto3
     from botocore.config import Config
 
-    options: dict[str, Any] = {"retries": {"max_attempts": 5, "mode": "standard"}, "max_pool_connections": 32}
+    options: dict[str, Any] = {"retries": {"total_max_attempts": boto_attempts(config.retry_s), "mode": "standard"},
+                               "max_pool_connections": 32}
     if config.endpoint_url:
         # Custom endpoints (SeaweedFS, MinIO, moto) rarely resolve bucket.host names.
         options["s3"] = {"addressing_style": "path"}
@@ -227,3 +268,167 @@ def _exists(fs: pafs.FileSystem, path: str) -> bool:
 def _is_not_found(exc: OSError) -> bool:
     text = str(exc)
     return "NoSuchKey" in text or "NO_SUCH_KEY" in text or "Path does not exist" in text
+
+
+# -- one translation of storage failures ---------------------------------------------------------------
+
+_CODES = (  # (kind, codes as pyarrow's texts or botocore's error codes spell them)
+    ("credentials", ("INVALID_ACCESS_KEY_ID", "InvalidAccessKeyId", "SIGNATURE_DOES_NOT_MATCH",
+                     "SignatureDoesNotMatch", "EXPIRED_TOKEN", "ExpiredToken", "InvalidToken", "InvalidClientTokenId",
+                     "UNRECOGNIZED_CLIENT", "MISSING_AUTHENTICATION_TOKEN")),
+    ("no_bucket", ("NO_SUCH_BUCKET", "NoSuchBucket", "Bucket does not exist", "bucket does not exist")),
+    ("denied", ("ACCESS_DENIED", "AccessDenied", "AllAccessDisabled", "Forbidden", "Permission denied",
+                "Read-only file system")),
+    ("unreachable", ("NETWORK_CONNECTION", "curlCode", "Could not connect", "Connection refused",
+                     "REQUEST_TIMEOUT", "RequestTimeout", "SLOW_DOWN", "SERVICE_UNAVAILABLE", "ServiceUnavailable",
+                     "INTERNAL_FAILURE", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                     "ConnectionClosedError", "Could not resolve host", "Timeout was reached")),
+)
+_UNREACHABLE_TYPES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+                      "ConnectionError", "ProxyConnectionError", "SSLError"}
+_PYARROW_WHERE = re.compile(r"When (?P<op>[\w ]+?) (?:for |under |from )?key '(?P<key>[^']*)' in bucket "
+                            r"'(?P<bucket>[^']*)'")
+_PYARROW_BUCKET = re.compile(r"bucket '(?P<bucket>[^']*)'")
+_HTTP_STATUS = re.compile(r"HTTP response code:? (\d{3})|status code:? (\d{3})", re.IGNORECASE)
+_WHAT = {"unreachable": "cannot reach object storage at {endpoint}",
+         "credentials": "object storage at {endpoint} refused the credentials",
+         "no_bucket": "no such bucket at {endpoint}",
+         "denied": "access denied by {endpoint}"}
+_FIX = {"unreachable": "check --s3-endpoint / AWS_ENDPOINT_URL and that the server is up",
+        "credentials": "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the session token)",
+        "no_bucket": "create it or fix the URI",
+        "denied": "grant these credentials access, or choose another location"}
+
+
+def _chain(exc: BaseException, depth: int = 8) -> list[BaseException]:
+    """``exc`` and its causes (``__cause__``, ``__context__``, Ray's ``cause``), nearest first."""
+    out: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo and len(out) < depth:
+        e = todo.pop(0)
+        if e is None or any(e is seen for seen in out):
+            continue
+        out.append(e)
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return out
+
+
+def _classify(exc: BaseException) -> tuple[str, str] | None:
+    """``(kind, code)`` for a storage failure, None otherwise."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    response = getattr(exc, "response", None)
+    if isinstance(response, Mapping):
+        code = str((response.get("Error") or {}).get("Code") or "")
+        for kind, codes in _CODES:
+            if code in codes:
+                return kind, code
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        if code in ("403",) or status == 403:
+            return "denied", code or "403"
+        if code in ("404", "NoSuchKey", "NotFound"):
+            return None
+    if names & _UNREACHABLE_TYPES and "ClientError" not in names:
+        return "unreachable", type(exc).__name__
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return None
+    if isinstance(exc, PermissionError):
+        return "denied", "Permission denied"
+    if not isinstance(exc, OSError) and "RayTaskError" not in names and "UserCodeException" not in names:
+        return None
+    text = str(exc)
+    for kind, codes in _CODES:
+        for code in codes:
+            if code in text:
+                return kind, code
+    return None
+
+
+def storage_error(exc: BaseException, *, s3: S3Config | None = None,
+                  uri: str | os.PathLike[str] | None = None) -> StorageError | None:
+    """The :class:`StorageError` that ``exc`` (or one of its causes) means, or None when it is not a failure of
+    the store itself (an object not found, any other error).
+
+    ``uri`` names the object when the exception text does not; ``s3`` names the endpoint.
+    """
+    for e in _chain(exc):
+        if isinstance(e, StorageError):
+            return e
+    for e in _chain(exc):
+        found = _classify(e)
+        if found is not None:
+            return StorageError(_message(e, found[0], found[1], s3, uri), found[0])
+    return None
+
+
+def _message(exc: BaseException, kind: str, code: str, s3: S3Config | None, uri: str | os.PathLike[str] | None) -> str:
+    text = " ".join(str(exc).split())
+    where = None
+    m = _PYARROW_WHERE.search(text)
+    response = getattr(exc, "response", None)
+    if m:
+        where = f"s3://{m['bucket']}/{m['key']}" if m["key"] else f"s3://{m['bucket']}"
+        what = m["op"]
+    elif isinstance(response, Mapping) and (response.get("Error") or {}).get("BucketName"):
+        err = response["Error"]
+        where = f"s3://{err['BucketName']}/{err.get('Key', '')}".rstrip("/")
+        what = getattr(exc, "operation_name", "") or ""
+    else:
+        b = _PYARROW_BUCKET.search(text)
+        where = f"s3://{b['bucket']}" if b else None
+        what = getattr(exc, "operation_name", "") or ""
+    if uri is not None and (where is None or not str(uri).startswith(where)):
+        where = str(parse_uri(uri)) if where is None else where
+        if not parse_uri(uri).is_s3:
+            return f"{kind.replace('_', ' ')}: {uri} ({code}); {_FIX[kind]}"
+    endpoint = (s3 or S3Config.from_env()).endpoint if (where or "s3://").startswith("s3://") else "local disk"
+    detail = code if code in ("Permission denied", "Read-only file system") else _short_detail(text, code)
+    head = _WHAT[kind].format(endpoint=endpoint)
+    target = f": {what} {where}".replace(":  ", ": ") if where else ""
+    return f"{head}{target} ({detail}); {_FIX[kind]}"
+
+
+def _short_detail(text: str, code: str) -> str:
+    # pyarrow: "...: AWS Error CODE during Op operation: message" -> "CODE during Op operation: message"
+    i = text.find("AWS Error ")
+    detail = text[i + len("AWS Error "):] if i >= 0 else text
+    if "Traceback" in detail:
+        detail = code
+    return detail[:200]
+
+
+def check_writable(root: str | os.PathLike[str], *, s3: S3Config | None = None) -> None:
+    """Write and delete a small object under ``root``; a :class:`StorageError` naming it when that fails.
+
+    For S3 the bucket is checked first (some servers create a missing bucket on the first write).
+    """
+    parsed = parse_uri(root)
+    probe = f"{str(parsed).rstrip('/')}/.ood-audit-write-probe-{secrets.token_hex(4)}"
+    try:
+        if parsed.is_s3:
+            client = (s3 or S3Config.from_env()).client()
+            try:
+                client.head_bucket(Bucket=parsed.bucket)
+            except Exception as exc:  # noqa: BLE001 - translated below
+                status = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
+                if status in ("404", "NoSuchBucket", "NotFound"):
+                    raise StorageError(f"no such bucket at {(s3 or S3Config.from_env()).endpoint}: s3://{parsed.bucket}"
+                                       f" (the output root {root}); create it or fix --output", "no_bucket") from None
+                raise
+        write_bytes(probe, b"ood-audit write probe\n", s3=s3)
+        fs, path = resolve(probe, s3)
+        fs.delete_file(path)
+    except StorageError:
+        raise
+    except OSError as exc:
+        if not parsed.is_s3:
+            raise StorageError(f"output root {root} is not writable ({exc.strerror or exc}); choose another "
+                               "--output or fix its permissions", "denied") from None
+        err = storage_error(exc, s3=s3, uri=probe)
+        if err is None:
+            raise
+        raise StorageError(f"output root {root} is not usable: {err}", err.kind) from None
+    except Exception as exc:  # noqa: BLE001 - only storage failures are translated; the rest pass through
+        err = storage_error(exc, s3=s3, uri=probe)
+        if err is None:
+            raise
+        raise StorageError(f"output root {root} is not usable: {err}", err.kind) from None

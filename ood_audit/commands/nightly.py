@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run one nightly audit from a YAML config: an incremental scan of the configured prefixes "
                     "with the configured bundle, then each export, then the HTML report with drift against the "
                     "previous run. A lease under the output root keeps two runs from overlapping. Exit status: "
-                    "0 done (whatever was found), 2 bad configuration or input, 4 scan incomplete (the next "
+                    "0 done (whatever was found), 2 bad configuration or input, 3/6/7/8 storage unreachable, "
+                    "credentials refused, no bucket, access denied, 4 scan incomplete (the next "
                     "run scans the rest), 5 an export or the report failed (re-run to finish them), 75 another "
                     "run holds the lease, 1 unexpected error.")
     p.add_argument("--config", required=True, help="the job's YAML file (see the README for an example)")

@@ -23,18 +23,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ood_audit.errors import BundleError, ConfigError, OodAuditError
+from ood_audit.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_OK, EXIT_TRIAGE, BundleError, ConfigError, \
+    OodAuditError, StorageError
 from ood_audit.io.fs import S3Config
 from ood_audit.nightly.config import Export, LabelStudioExport, NightlyConfig, SqsExport
 from ood_audit.nightly.lease import EXIT_LEASE_HELD, Lease
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_ERROR = 1          # unexpected: a bug or an environment problem (the traceback is logged)
-EXIT_CONFIG = 2         # a bad config field, flag, bundle, input or credential (one line names it)
-EXIT_SCAN = 4           # the scan did not finish; what it committed is kept, the next night does the rest
-EXIT_TRIAGE = 5         # the scan finished, but an export or the report failed; re-run to finish them
+# The statuses are every command's (ood_audit.errors); a storage failure before the scan starts (endpoint
+# down, credentials refused, no bucket, output not writable) keeps its own status.
+EXIT_SCAN = EXIT_INCOMPLETE  # the scan did not finish; what it committed is kept, the next night does the rest
 EXIT_STATUSES = {EXIT_OK: "done", EXIT_ERROR: "unexpected error", EXIT_CONFIG: "bad configuration or input",
                  EXIT_SCAN: "scan incomplete", EXIT_TRIAGE: "an export or the report failed",
                  EXIT_LEASE_HELD: "another run holds the lease"}
@@ -80,7 +79,7 @@ def run_nightly(cfg: NightlyConfig, *, run_id: str | None = None,
         log.info("nightly run %s: lease %s taken", run_id, lease.uri)
         # A bad bundle, input or credential is a configuration error (exit 2), not an incomplete scan.
         if not _stage(res, "scan", lambda: _scan(cfg, run_id, s3, start_ray, res), EXIT_SCAN,
-                      reraise=(ConfigError, BundleError)):
+                      reraise=(ConfigError, BundleError, StorageError)):
             return res
         for i, e in enumerate(cfg.exports):
             lease.check()

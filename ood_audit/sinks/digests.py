@@ -30,6 +30,9 @@ Why adding is exactly-once, in the way the scan's chunk ledger is (:mod:`ood_aud
 - *A batch that failed half way* (some partitions written) writes only the partitions still missing
   on retry, with the same content, so the same names.
 - The plan never changes within a run, so a re-run adds the same (digest, URI, order) triples.
+
+Each add writes one file per partition it touches, so :meth:`DigestIndex.compact` merges every partition
+into one file after a run; lookups give the same answers before, during and after it.
 """
 
 from __future__ import annotations
@@ -156,16 +159,49 @@ class DigestIndex:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
 
+    def compact(self) -> int:
+        """Merge each partition's files into one holding only each digest's winning entry; returns the
+        files removed. Lookups are unchanged throughout: the merged file is written before the files it
+        replaces are deleted, and a file added meanwhile is not among them. Run it after a scan."""
+        fs, root = resolve(self.root, self.s3)
+        removed = 0
+        for info in fs.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True)):
+            if info.type != pafs.FileType.Directory or not info.base_name.startswith("p="):
+                continue
+            files = self._files(fs, info.base_name[2:])
+            if len(files) < 2:
+                continue
+            best: dict[str, DigestEntry] = {}
+            for f in files:  # one partition at a time: about 1/16^prefix_chars of the index
+                table = pq.read_table(f, filesystem=fs, columns=SCHEMA.names)
+                for sha, uri, run, order in zip(*(table.column(c).to_pylist() for c in SCHEMA.names)):
+                    entry = DigestEntry(run, int(order), uri)
+                    if sha not in best or entry < best[sha]:
+                        best[sha] = entry
+            rows = [(sha, e.first_uri, e.run_id, e.order) for sha, e in sorted(best.items())]
+            kept = self._write_rows(info.base_name[2:], "compact", rows)
+            for f in files:
+                if f.rsplit("/", 1)[-1] != kept:
+                    fs.delete_file(f)
+                    removed += 1
+        return removed
+
     def _write(self, run_id: str, prefix: str, rows: list[tuple[str, str, int]]) -> None:
-        h = hashlib.sha256(run_id.encode())
-        for sha, uri, order in rows:
-            h.update(f"\n{sha}\t{order}\t{uri}".encode())
+        self._write_rows(prefix, run_id, [(sha, uri, run_id, order) for sha, uri, order in rows])
+
+    def _write_rows(self, prefix: str, stem: str, rows: list[tuple[str, str, str, int]]) -> str:
+        """Write sorted (sha256, uri, run_id, order) rows as ``<stem>-<digest of the rows>.parquet``;
+        returns the file name."""
+        h = hashlib.sha256(stem.encode())
+        for sha, uri, run, order in rows:
+            h.update(f"\n{sha}\t{run}\t{order}\t{uri}".encode())
         table = pa.table({"sha256": [r[0] for r in rows], "first_uri": [r[1] for r in rows],
-                          "run_id": [run_id] * len(rows), "order": [r[2] for r in rows]}, schema=SCHEMA)
+                          "run_id": [r[2] for r in rows], "order": [r[3] for r in rows]}, schema=SCHEMA)
         buf = io.BytesIO()
         pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS, write_statistics=["sha256"])
-        write_bytes(join_uri(self.partition_uri(prefix), f"{run_id}-{h.hexdigest()[:24]}.parquet"), buf.getvalue(),
-                    s3=self.s3)
+        name = f"{stem}-{h.hexdigest()[:24]}.parquet"
+        write_bytes(join_uri(self.partition_uri(prefix), name), buf.getvalue(), s3=self.s3)
+        return name
 
 
 def _read_matches(fs: pafs.FileSystem, path: str, digests: list[str]) -> tuple[pa.Table, int]:

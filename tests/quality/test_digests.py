@@ -121,6 +121,31 @@ def test_lookup_opens_only_the_partitions_and_row_groups_it_needs(tmp_path, dist
     assert index.last.row_groups <= len(probe)  # files that cannot hold a probe are skipped by statistics
 
 
+def test_compaction_keeps_every_answer_and_leaves_one_file_per_partition(tmp_path, distinct):
+    root = tmp_path / "out"
+    index = DigestIndex(str(root), prefix_chars=1)
+    one = [(content_sha256(b), f"/n1/{i}.jpg", 1000 - i) for i, b in enumerate(distinct[:150])]
+    for k in range(0, 150, 30):
+        index.add("n1", one[k:k + 30])
+    index.add("n1", [(t[0], t[1].replace("n1", "n1b"), 0) for t in one[:10]])  # lower orders win
+    two = [(content_sha256(b), f"/n2/{i}.jpg", i) for i, b in enumerate(distinct[100:])]
+    index.add("n2", two)
+    probe = [t[0] for t in one + two]
+    before = index.lookup(probe)
+    n_files = len(_files(root))
+    removed = index.compact()
+    parts = sorted(os.listdir(root / "digests"))
+    assert len(_files(root)) == len(parts) and removed >= n_files - len(parts) > 0
+    assert all(len(os.listdir(root / "digests" / p)) == 1 for p in parts)
+    assert index.lookup(probe) == before
+    assert before[:10] == [f"/n1b/{i}.jpg" for i in range(10)]
+    assert _rows(root) == len(set(probe))
+    assert index.compact() == 0                       # already compact
+    assert index.add("n2", two) == 0                  # still idempotent after compaction
+    new = content_sha256(b"new object")
+    assert index.add("n3", [(new, "/n3/x.jpg", 0)]) == 1 and index.lookup([new]) == ["/n3/x.jpg"]
+
+
 def test_bad_digests_and_orders_are_refused(tmp_path):
     index = DigestIndex(str(tmp_path / "out"))
     with pytest.raises(DataError):
@@ -138,6 +163,7 @@ def test_on_s3_across_runs(s3_bucket, s3_config, distinct):
     two = [(content_sha256(distinct[i]), f"s3://{s3_bucket}/in2/{i}.jpg", i) for i in range(20, 40)]
     assert index.add("n2", two) == 10
     assert index.add("n2", two) == 0
+    assert index.compact() > 0
     got = DigestIndex(root, s3=s3_config).lookup([t[0] for t in two])
     assert got == [f"s3://{s3_bucket}/in/{i}.jpg" for i in range(20, 30)] + \
         [f"s3://{s3_bucket}/in2/{i}.jpg" for i in range(30, 40)]

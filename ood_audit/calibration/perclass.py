@@ -53,7 +53,7 @@ def check_min_images(min_images: int) -> int:
 
 
 def per_class_thresholds(scores: Mapping[str, np.ndarray], pred_class: np.ndarray, flag_on: Sequence[str],
-                         target: float, *, min_images: int = DEFAULT_MIN_CLASS_IMAGES,
+                         id_flag_rate: float, *, min_images: int = DEFAULT_MIN_CLASS_IMAGES,
                          num_classes: int | None = None) -> PerClassThresholds:
     """Thresholds per predicted class from held-out ID ``scores`` (one array per score, aligned with
     ``pred_class``). Classes under ``min_images``, and with ``num_classes`` those never predicted, fall back."""
@@ -73,14 +73,14 @@ def per_class_thresholds(scores: Mapping[str, np.ndarray], pred_class: np.ndarra
             fallback[c] = n
             continue
         mine = {s: a[pred == c] for s, a in arrs.items()}
-        flag, alpha = union_thresholds(mine, list(flag_on), target)
-        classes[c] = ClassThresholds(images=n, per_score={s: threshold_at(v, target) for s, v in mine.items()},
+        flag, alpha = union_thresholds(mine, list(flag_on), id_flag_rate)
+        classes[c] = ClassThresholds(images=n, per_score={s: threshold_at(v, id_flag_rate) for s, v in mine.items()},
                                      flag=flag, flag_alpha=alpha)
     if num_classes is not None:
         for c in range(num_classes):
             if c not in classes:
                 fallback.setdefault(c, 0)
-    return PerClassThresholds(target_id_flag_rate=target, min_images=min_images, flag_on=list(flag_on),
+    return PerClassThresholds(target_id_flag_rate=id_flag_rate, min_images=min_images, flag_on=list(flag_on),
                               classes=classes, fallback=dict(sorted(fallback.items())))
 
 

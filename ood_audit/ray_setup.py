@@ -1,8 +1,10 @@
 """Starting or joining Ray the same way from every command, test and job."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     """Join ``address`` (or ``RAY_ADDRESS``) if given, else start a local Ray; no-op when connected.
 
     Local Ray starts without the dashboard; ``runtime_env`` env_vars (e.g. S3 credentials) reach every
-    worker. Ray's own output stays in its log folder (see :mod:`ood_audit.console`), unless
+    worker (through the environment Ray's local processes inherit; a cluster gets them as the job's
+    runtime_env). Ray's own output stays in its log folder (see :mod:`ood_audit.console`), unless
     ``OOD_AUDIT_RAY_CONSOLE=1`` asks for it on the console.
     """
     global _LOG_TO_DRIVER, _LOG_DIR
@@ -59,8 +62,15 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     else:
         if object_store_memory is None and os.environ.get("OOD_AUDIT_OBJECT_STORE_MB"):
             object_store_memory = int(os.environ["OOD_AUDIT_OBJECT_STORE_MB"]) * 2**20
-        ctx = ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory, include_dashboard=False,
-                       logging_level=logging.WARNING, log_to_driver=to_console, **kwargs)
+        # A local Ray's processes inherit this process's environment: env_vars given to them that way,
+        # rather than as the job's runtime_env, keep the workers Ray prestarts usable (a job runtime_env
+        # makes every task and actor wait for workers started for it) and skip the runtime-env agent.
+        local_env = dict((runtime_env or {}).get("env_vars") or {})
+        rest = {k: v for k, v in (runtime_env or {}).items() if k != "env_vars"}
+        with _environment(local_env):
+            ctx = ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory, include_dashboard=False,
+                           logging_level=logging.WARNING, log_to_driver=to_console,
+                           **({"runtime_env": rest} if rest else {}))
     _LOG_TO_DRIVER = to_console
     session = (getattr(ctx, "address_info", None) or {}).get("session_dir")
     _LOG_DIR = os.path.join(session, "logs") if session else None
@@ -68,6 +78,21 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
         _quiet_ray_data()
         where = _LOG_DIR or "the Ray head node's session folder (/tmp/ray/session_latest/logs)"
         log.info("Ray's own logs: %s", where)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` while the block runs (Ray's processes start inside it), then restored."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _quiet_ray_data() -> None:

@@ -8,8 +8,9 @@
 
 Per-object failures never raise; they become statuses (SPEC §11):
 
-- ``too_large``: the listed size or the fetched size is over ``max_bytes`` (nothing downloaded), or the
-  header claims more than ``max_pixels`` pixels (refused before decoding: decompression bombs);
+- ``too_large``: the listed size is over ``max_bytes`` (no request), or the size in the GET's response is
+  (the body is not read; one GET per object, no HEAD: :mod:`ood_audit.io.reader`), or the header claims
+  more than ``max_pixels`` pixels (refused before decoding: decompression bombs);
 - ``missing``: deleted (or unreadable) between listing and reading;
 - ``decode_error`` / ``unsupported``: see :mod:`ood_audit.io.decode`.
 """

@@ -5,7 +5,7 @@ import argparse
 import json
 
 from ..errors import ConfigError
-from .common import add_ray_args, add_s3_args, s3_from_args, start_ray
+from .common import add_ray_args, add_s3_args, start_ray
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-size", type=int, default=10_000, help="objects per resumable unit (default 10000)")
     p.add_argument("--read-threads", type=int, default=16, help="requests in flight per read task (default 16)")
     p.add_argument("--max-attempts", type=int, default=3, help="pipeline attempts before giving up (default 3)")
+    p.add_argument("--storage-retry-s", type=float, default=120.0, metavar="SECONDS",
+                   help="ride out a storage outage this long: every S3 request is retried with backoff (default "
+                        "120); a longer outage stops the run resumable (exit 4): re-run with the same --run-id")
     add_s3_args(p)
     add_ray_args(p)
     p.set_defaults(func=run)
@@ -41,11 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+    from ..io.fs import S3Config
     from ..scan.run import ScanConfig, run_scan
 
     if args.input and args.manifest:
         raise ConfigError("--input and --manifest are mutually exclusive")
-    s3 = s3_from_args(args)
+    if args.storage_retry_s < 0:
+        raise ConfigError(f"--storage-retry-s must be >= 0, got {args.storage_retry_s}")
+    s3 = S3Config.from_env(args.s3_endpoint, retry_s=args.storage_retry_s)
     cfg = ScanConfig(
         bundle=args.bundle, output=args.output, inputs=tuple(args.input), manifest=args.manifest,
         run_id=args.run_id, incremental=args.incremental,

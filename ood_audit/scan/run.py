@@ -34,6 +34,21 @@ Why exactly one row per listed object, whatever fails:
   sweep at the end of the run.
 - The plan never changes after it is written, so a resumed run covers the same objects.
 
+When storage itself fails (``ood_audit.errors.StorageError``):
+
+- *Before anything is written* the run refuses to start, in one line naming the endpoint, bucket and key:
+  the bundle is read first, then a write probe (put and delete a small object) checks the output root,
+  so a read-only or missing output fails before the listing, not after an hour of scoring.
+- *An outage* (the server restarts) is ridden out by pyarrow's and boto3's own retries, with backoff, for
+  ``S3Config.retry_s`` (``--storage-retry-s``). Reads of a down store never become ``missing`` rows.
+- *Longer than that, or credentials revoked, or the output refusing writes* mid-run: the pass fails, no
+  further pass is tried (it would fail the same way), nothing more is committed, and the run ends with
+  :class:`ScanIncomplete` (exit 4). Committed chunks are kept; re-running with the same ``--run-id`` scans
+  the rest exactly once, as after any failed pass.
+- *Two drivers on one run id* would race on the ledger: a lease (:mod:`ood_audit.io.lease`) at
+  ``runs/<run_id>/lease.json`` lets only one run; the second stops with ``LeaseHeld`` (exit 75). A lease
+  whose holder is dead (its process gone on this host, or not renewed for its TTL) is taken over.
+
 Ray Data's own checkpointing (``DataContext.checkpoint_config``, beta in 2.60) was not used: it filters
 rows only at ``read_*`` datasources by an id column whose values it loads into memory and broadcasts to
 every read task, and it does not cover incremental scans across runs. The chunk ledger needs neither.
@@ -52,9 +67,10 @@ import numpy as np
 import pyarrow as pa
 
 from ood_audit.calibration.bundle import open_bundle, software_versions
-from ood_audit.errors import ConfigError, OodAuditError
+from ood_audit.errors import EXIT_INCOMPLETE, ConfigError, OodAuditError, StorageError
 from ood_audit.io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, STATUSES, Preprocess
-from ood_audit.io.fs import S3Config
+from ood_audit.io.fs import S3Config, check_writable, storage_error
+from ood_audit.io.lease import Lease
 from ood_audit.scan.ledger import ChunkTracker, Ledger, Plan, RunLayout, check_run_id, new_run_id
 from ood_audit.scan.listing import DoneSet, Skipped, check_inputs, listing_pages, rechunk, skip_done
 from ood_audit.sinks.parquet import count_rows, partition_uri
@@ -64,6 +80,11 @@ log = logging.getLogger(__name__)
 
 class ScanIncomplete(OodAuditError):
     """A run stopped before every chunk was committed; re-running with its ``--run-id`` finishes it."""
+
+    exit_code = EXIT_INCOMPLETE
+
+
+LEASE_NAME = "lease.json"
 
 
 @dataclass
@@ -92,6 +113,7 @@ class ScanConfig:
     write_cpus: float = 0.25
     torch_threads: int | None = None
     progress_bars: bool = False
+    lease_ttl_s: float = 60.0       # the run's lease (one driver per run id); renewed every third of it
     s3: S3Config | None = None
 
     def validate(self, *, need_source: bool = True) -> None:
@@ -129,6 +151,7 @@ class _Execution:
     started: float = field(default_factory=time.perf_counter)
     started_epoch: float = field(default_factory=time.time)
     first_scored: float | None = None  # epoch seconds of the first scoring batch
+    first_feed: float | None = None    # perf_counter when the driver saw the first written part file
     rows: int = 0
     scored: list[tuple[float, int]] = field(default_factory=list)  # (epoch s of a file's last scoring, its rows)
     committed: int = 0
@@ -154,15 +177,52 @@ def run_scan(cfg: ScanConfig, *, listing: Iterable[pa.Table] | None = None,
     unless one is already connected.
     """
     cfg.validate(need_source=listing is None)
+    phases: dict[str, float] = {}
     started_at = datetime.now(timezone.utc)
     inputs = check_inputs(cfg.inputs, cfg.output) if cfg.inputs else []
     run_id = cfg.run_id or new_run_id(started_at)
-    bundle = open_bundle(cfg.bundle, s3=cfg.s3)
+    s3 = cfg.s3 or S3Config.from_env()
+    try:
+        t = time.perf_counter()
+        bundle = open_bundle(cfg.bundle, s3=cfg.s3)
+        phases["bundle_load"] = time.perf_counter() - t
+        check_writable(cfg.output, s3=cfg.s3)  # before listing: a read-only output fails now, not after scoring
+    except OSError as exc:
+        raise storage_error(exc, s3=s3, uri=cfg.bundle) or exc
     pre = Preprocess.from_dict(dict(bundle.info.preprocess))
     if pre.output_hw is None:
         raise ConfigError(f"--bundle {bundle.uri}: its preprocess has no fixed size; calibrate it again")
 
-    ledger = Ledger(RunLayout(cfg.output, run_id), cfg.s3)
+    layout = RunLayout(cfg.output, run_id)
+    lease = Lease(layout.file(LEASE_NAME), cfg.lease_ttl_s, run=run_id, s3=cfg.s3, dead_holder_is_stale=True)
+    try:
+        lease.acquire()
+    except OodAuditError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - boto3's errors are not OSErrors
+        raise storage_error(exc, s3=s3, uri=lease.uri) or exc
+    try:
+        return _run_leased(cfg, listing, start_ray, layout, lease, bundle, pre, inputs, started_at, phases)
+    except Exception as exc:  # noqa: BLE001 - only storage failures are translated
+        err = storage_error(exc, s3=s3) if not isinstance(exc, OodAuditError) or isinstance(exc, StorageError) else None
+        if err is None:
+            raise
+        raise ScanIncomplete(f"run {run_id} stopped: {err}; the chunks committed so far are kept; once storage "
+                             f"works again, re-run with --run-id {run_id} to finish it") from None
+    finally:
+        try:
+            lease.release()
+        except Exception as exc:  # noqa: BLE001 - storage may be down; the lease then goes stale by itself
+            log.warning("could not release the lease %s (%s); it becomes stale on its own",
+                        lease.uri, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+
+
+def _run_leased(cfg: ScanConfig, listing: Iterable[pa.Table] | None, start_ray: Callable[[], None] | None,
+                layout: RunLayout, lease: Lease, bundle: Any, pre: Preprocess, inputs: list[str],
+                started_at: datetime, phases: dict[str, float]) -> ScanResult:
+    run_id = layout.run_id
+    t = time.perf_counter()
+    ledger = Ledger(layout, cfg.s3)
     identity = {"bundle_id": bundle.id, "inputs": inputs, "manifest": cfg.manifest, "incremental": cfg.incremental,
                 "max_bytes": cfg.max_bytes, "max_pixels": cfg.max_pixels}
     run_doc = ledger.open(identity, now=started_at)
@@ -178,15 +238,23 @@ def run_scan(cfg: ScanConfig, *, listing: Iterable[pa.Table] | None = None,
 
     markers = ledger.markers()
     ledger.drop_broken(run_date, markers)
+    phases["planning"] = time.perf_counter() - t
     executions: list[_Execution] = []
     if len(markers) < len(plan.chunk_rows):
+        t = time.perf_counter()
         (start_ray or _start_local_ray)()
-        executions = _scan_until_done(cfg, ledger, plan, markers, bundle.uri, run_id, run_date, pre, run_doc)
+        phases["ray_start"] = time.perf_counter() - t
+        executions = _scan_until_done(cfg, ledger, plan, markers, bundle.uri, run_id, run_date, pre, run_doc, lease)
 
     ledger.sweep(run_date, markers)
     ledger.check_parts(run_date, markers)
     done = len(markers) == len(plan.chunk_rows)
+    startup = _startup(phases, executions)
+    if startup:
+        log.info("start-up: %s", ", ".join(f"{k.replace('_', ' ')} {v:.1f} s"
+                                           for k, v in startup.items() if v is not None))
     summary = _summary(cfg, run_id, run_date, partition, bundle, plan, markers, executions, run_doc, started_at)
+    summary["startup_s"] = startup
     uri = ledger.write_summary(summary)
     if not done:
         last = next((e.error for e in reversed(executions) if e.error), "chunks left unfinished")
@@ -194,6 +262,20 @@ def run_scan(cfg: ScanConfig, *, listing: Iterable[pa.Table] | None = None,
             f"run {run_id}: {len(plan.chunk_rows) - len(markers)} of {len(plan.chunk_rows)} chunks unfinished after "
             f"{len(executions)} attempt(s) ({last}); re-run with --run-id {run_id} to finish it")
     return ScanResult(run_id, summary, uri, partition, [e.progress() for e in executions])
+
+
+def _startup(phases: dict[str, float], executions: list[_Execution]) -> dict[str, float | None]:
+    """Seconds per start-up phase: the driver's bundle load, planning (ledger, listing, plan) and Ray start, then
+    for the first pass the actors' start (pool up and bundle loaded, until the first batch is scored) and the
+    first batch (until its part file is written and reported to the driver)."""
+    first = executions[0] if executions else None
+    out: dict[str, float | None] = {k: round(phases[k], 3) if k in phases else None
+                                    for k in ("bundle_load", "planning", "ray_start")}
+    out["actor_start"] = (round(first.first_scored - first.started_epoch, 3)
+                          if first is not None and first.first_scored is not None else None)
+    out["first_batch"] = (round(first.first_feed - first.started, 3)
+                          if first is not None and first.first_feed is not None else None)
+    return out
 
 
 def _make_plan(cfg: ScanConfig, ledger: Ledger, bundle_id: str, run_id: str,
@@ -229,7 +311,7 @@ def _start_local_ray() -> None:
 
 
 def _scan_until_done(cfg: ScanConfig, ledger: Ledger, plan: Plan, markers: dict[int, dict], bundle_uri: str,
-                     run_id: str, run_date: str, pre: Preprocess, run_doc: dict) -> list[_Execution]:
+                     run_id: str, run_date: str, pre: Preprocess, run_doc: dict, lease: Lease) -> list[_Execution]:
     executions: list[_Execution] = []
     resources, device, workers = _actor_resources(cfg)
     for _ in range(cfg.max_attempts):
@@ -247,10 +329,14 @@ def _scan_until_done(cfg: ScanConfig, ledger: Ledger, plan: Plan, markers: dict[
         try:
             ds = _pipeline(cfg, ledger, plan, todo, bundle_uri, run_id, run_date, pre, attempt, resources, device,
                            workers)
-            _consume(ds, tracker, ledger, markers, ex, plan)
+            _consume(ds, tracker, ledger, markers, ex, plan, lease)
         except OodAuditError:
             raise
         except Exception as exc:  # noqa: BLE001 - any Ray failure: keep committed chunks, try the rest again
+            err = storage_error(exc, s3=cfg.s3)
+            if err is not None:  # retried for the outage window already: another pass would fail the same way
+                ex.seconds = time.perf_counter() - ex.started
+                raise err from None
             ex.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             log.warning("pipeline pass %d failed after %d committed chunk(s): %s", attempt, ex.committed, ex.error)
         else:
@@ -318,15 +404,17 @@ def _pipeline(cfg: ScanConfig, ledger: Ledger, plan: Plan, todo: list[int], bund
 
 
 def _consume(ds: Any, tracker: ChunkTracker, ledger: Ledger, markers: dict[int, dict], ex: _Execution,
-             plan: Plan) -> None:
+             plan: Plan, lease: Lease) -> None:
     last_log = time.perf_counter()
     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for feed in block.to_pylist():
             ex.rows += int(feed["rows"])
+            ex.first_feed = ex.first_feed or time.perf_counter()
             ex.first_scored = min(ex.first_scored or feed["scanned_min"], feed["scanned_min"])
             ex.scored.append((feed["scanned_max"], int(feed["rows"])))
             marker = tracker.add(feed)
             if marker is not None:
+                lease.check()  # taken over (this driver was presumed dead): commit nothing more
                 ledger.commit(marker)
                 markers[marker["chunk"]] = marker
                 ex.committed += 1

@@ -7,6 +7,11 @@ pipeline pass and a digest of the chunk positions it holds, and returns one *fee
 
 The name is a function of the rows, so a Ray retry of the same task (after a node loss, say) rewrites the
 same file instead of adding a second copy.
+
+A write that fails because the store is down, refuses the credentials or denies the write is not retried
+here: pyarrow has already retried it for the configured outage window (``S3Config.retry_s``). It raises
+:class:`~ood_audit.errors.StorageError`, the pass fails, and the run stops resumable with its committed
+chunks kept. Other write failures are retried a few times.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ood_audit.io.decode import STATUSES
-from ood_audit.io.fs import S3Config
+from ood_audit.io.fs import S3Config, storage_error
 from ood_audit.io.uri import join_uri
 from ood_audit.scan.rows import CHUNK, INTERNAL_COLUMNS, READ_S, SCORE_S, SEQ, WORKER
 from ood_audit.sinks.parquet import part_name, write_part
@@ -92,6 +97,9 @@ def _write_with_retries(table: pa.Table, uri: str, s3: S3Config | None, attempts
             write_part(table, uri, s3=s3)
             return
         except OSError as exc:
+            err = storage_error(exc, s3=s3, uri=uri)
+            if err is not None:
+                raise err from None
             if i == attempts - 1:
                 raise
             log.warning("writing %s failed (%s); retrying", uri, exc)

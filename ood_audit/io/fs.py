@@ -16,7 +16,7 @@ exponential backoff (their own strategies, ``AwsDefaultS3RetryStrategy`` and bot
 mode) for at least that long before giving up, so an S3 server that restarts within the window costs a
 pause and nothing else. pyarrow's default strategy waits 25 ms·2^i before retry i, so its attempts are the
 fewest whose waits add up to ``retry_s`` (at most twice the window); botocore's jittered waits are capped at
-20 s, so its attempts are sized for a mean wait of 10 s.
+20 s, so its attempts are sized by their mean waits.
 
 **Errors.** :func:`storage_error` is the one place where pyarrow's ``OSError`` texts and botocore's
 exceptions become a :class:`~ood_audit.errors.StorageError` with a kind (unreachable, credentials,
@@ -44,7 +44,6 @@ from ood_audit.io.uri import ParsedUri, parse_uri
 DEFAULT_REGION = "us-east-1"
 DEFAULT_RETRY_S = 120.0
 _PYARROW_BASE_DELAY_S = 0.025  # AWS SDK for C++ DefaultRetryStrategy: 25 ms * 2^i before retry i
-_BOTO_MEAN_DELAY_S = 10.0      # botocore standard mode: uniform jitter up to 2^i s, capped at 20 s
 
 
 @dataclass(frozen=True)
@@ -126,8 +125,12 @@ def pyarrow_attempts(retry_s: float) -> int:
 
 
 def boto_attempts(retry_s: float) -> int:
-    """botocore ``total_max_attempts`` for an outage of ``retry_s`` (mean waits; see the module docstring)."""
-    return 1 + max(1, math.ceil(retry_s / _BOTO_MEAN_DELAY_S) + 4) if retry_s > 0 else 1
+    """botocore ``total_max_attempts`` whose mean waits (half of ``min(2^(i-1), 20)`` s) add up to ``retry_s``."""
+    total, retries = 0.0, 0
+    while total < retry_s:
+        retries += 1
+        total += min(2.0 ** (retries - 1), 20.0) / 2
+    return retries + 1
 
 
 def _split_endpoint(endpoint_url: str) -> tuple[str, str]:
@@ -297,7 +300,7 @@ _WHAT = {"unreachable": "cannot reach object storage at {endpoint}",
 _FIX = {"unreachable": "check --s3-endpoint / AWS_ENDPOINT_URL and that the server is up",
         "credentials": "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the session token)",
         "no_bucket": "create it or fix the URI",
-        "denied": "grant these credentials access, or choose another location"}
+        "denied": "check the credentials, grant them access, or choose another location"}
 
 
 def _chain(exc: BaseException, depth: int = 8) -> list[BaseException]:
@@ -406,8 +409,8 @@ def check_writable(root: str | os.PathLike[str], *, s3: S3Config | None = None) 
     try:
         if parsed.is_s3:
             client = (s3 or S3Config.from_env()).client()
-            try:
-                client.head_bucket(Bucket=parsed.bucket)
+            try:  # a GET, not a HEAD: its error body says why (unknown key, bad signature, no bucket)
+                client.list_objects_v2(Bucket=parsed.bucket, Prefix=parsed.key, MaxKeys=1)
             except Exception as exc:  # noqa: BLE001 - translated below
                 status = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
                 if status in ("404", "NoSuchBucket", "NotFound"):

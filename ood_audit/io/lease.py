@@ -15,7 +15,8 @@ Used by the nightly job (:mod:`ood_audit.nightly.lease`, one night at a time per
 - **Stale** means both: not renewed for ``ttl_s`` (so its holder is dead, or hung beyond recovery), and,
   when the holder ran on this host, its process is gone. With ``dead_holder_is_stale`` a holder on this
   host whose process is gone is stale at once, whatever its age (a scan driver killed and started again by
-  hand resumes at once; from another host it waits for the TTL). A stale lease is taken over by a conditional
+  hand resumes at once; from another host it waits for the TTL). So is a lease of this very process that
+  it no longer holds (its release failed, e.g. while storage was down). A stale lease is taken over by a conditional
   write on the ETag that was read, so of two runs taking over, exactly one wins.
 - **Lost**: if a renewal finds another holder (this run was presumed dead, e.g. frozen past its TTL), the
   run is told at its next stage boundary (:meth:`Lease.check`) and stops instead of racing the new holder.
@@ -52,6 +53,9 @@ class LeaseHeld(OodAuditError):
 
 class LeaseLost(OodAuditError):
     """This run's lease was taken over while it ran (it was presumed dead)."""
+
+
+_LIVE: set[str] = set()  # tokens of the leases this process holds now
 
 
 class _Conflict(Exception):
@@ -92,11 +96,13 @@ class Lease:
             except _Conflict:
                 raise LeaseHeld(f"lease {self.uri} was just taken over by another run; not starting") from None
             log.warning("took over a stale lease of run %s on %s (%s)", current.get("run"), current.get("host"), why)
+        _LIVE.add(self.token)
         self._thread = threading.Thread(target=self._renew_loop, name="lease-renew", daemon=True)
         self._thread.start()
         return self
 
     def release(self) -> None:
+        _LIVE.discard(self.token)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -155,6 +161,8 @@ class Lease:
         same_host = doc.get("host") == socket.gethostname()
         if self.dead_holder_is_stale and same_host and not _pid_alive(doc.get("pid")):
             return f"its process {doc.get('pid')} on this host is gone"
+        if self.dead_holder_is_stale and same_host and doc.get("pid") == os.getpid() and doc.get("holder") not in _LIVE:
+            return "its holder in this process has ended (it could not be released)"
         if age <= ttl:
             return None
         if same_host and _pid_alive(doc.get("pid")):

@@ -1,0 +1,174 @@
+"""Storage faults in the middle of a real scan (real SeaweedFS, real Ray): the server restarts, stays down
+past the retry window, comes back with the old keys revoked, or comes back refusing writes.
+
+Each test has its own SeaweedFS, crashed (SIGKILL) once a few chunks are committed and resumed on the same
+ports and data. The scan runs in a thread so that the server is crashed and resumed from the main thread
+(the server is tied to the thread that started it). Every test ends with exactly one row per object.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pyarrow.compute as pc
+import pytest
+
+from ood_audit.embedded_s3 import EmbeddedS3
+from ood_audit.errors import EXIT_INCOMPLETE
+from ood_audit.io.fs import S3Config
+from ood_audit.scan.run import ScanConfig, ScanIncomplete, run_scan
+from ood_audit.sinks.parquet import open_reports
+
+from tests.datagen import labelled_images, upload
+
+pytestmark = [pytest.mark.slow]
+
+N_PER_CLASS = 120  # 240 tiny images in 12 chunks
+CHUNK = 20
+SMALL = {"chunk_size": CHUNK, "slice_rows": 10, "batch_size": 8, "workers": 2, "read_threads": 4}
+
+
+@pytest.fixture
+def server():
+    s = EmbeddedS3()
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def scan_input(server):
+    client = server.client()
+    client.create_bucket(Bucket="faults")
+    files = labelled_images(N_PER_CLASS, seed=21)
+    prefix = upload(client, "faults", "imgs", files)
+    return {"prefix": prefix, "uris": sorted(f"{prefix}/{k}" for k in files), "output": "s3://faults/audit"}
+
+
+class _Scan(threading.Thread):
+    def __init__(self, cfg: ScanConfig) -> None:
+        super().__init__(daemon=True)
+        self.cfg, self.result, self.error = cfg, None, None
+
+    def run(self) -> None:
+        try:
+            self.result = run_scan(self.cfg)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            self.error = exc
+
+
+def _committed(server: EmbeddedS3, run_id: str) -> int:
+    client = server.client(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1})
+    try:
+        page = client.list_objects_v2(Bucket="faults", Prefix=f"audit/runs/{run_id}/chunks/")
+    except Exception:  # noqa: BLE001 - not answering yet
+        return 0
+    return int(page.get("KeyCount", 0))
+
+
+def _crash_after(server: EmbeddedS3, scan: _Scan, run_id: str, chunks: int = 2) -> int:
+    """Crash the server once ``chunks`` chunks are committed; returns how many were when it went down."""
+    deadline = time.monotonic() + 150
+    while _committed(server, run_id) < chunks:
+        assert scan.is_alive(), f"the scan ended before the fault: {scan.error!r}"
+        assert time.monotonic() < deadline, "the scan committed nothing in time"
+        time.sleep(0.05)
+    done = _committed(server, run_id)
+    server.crash()
+    return done
+
+
+def _assert_exactly_once(server: EmbeddedS3, output: str, run_id: str, uris: list[str]) -> None:
+    table = open_reports(output, s3=server.s3_config()).to_table()
+    table = table.filter(pc.field("run_id") == run_id)
+    got = table.column("uri").to_pylist()
+    assert len(got) == len(set(got)), "duplicate rows"
+    assert sorted(got) == uris
+    assert set(table.column("status").to_pylist()) == {"ok"}, "an outage must never show as a row status"
+
+
+def _config(server: EmbeddedS3, scan_input: dict, run_id: str, retry_s: float) -> ScanConfig:
+    s3 = S3Config(server.endpoint_url, access_key=server.access_key, secret_key=server.secret_key, retry_s=retry_s)
+    return ScanConfig(bundle=scan_input["bundle"], output=scan_input["output"], inputs=(scan_input["prefix"],),
+                      run_id=run_id, s3=s3, **SMALL)
+
+
+@pytest.fixture
+def with_bundle(scan_input, bundle_uri):
+    scan_input["bundle"] = bundle_uri  # a local bundle: the faults are on the scanned store and the output
+    return scan_input
+
+
+@pytest.mark.timeout(240)
+def test_restart_within_the_window_finishes_exactly_once(ray_local, server, with_bundle):
+    cfg = _config(server, with_bundle, "restart", retry_s=60)
+    scan = _Scan(cfg)
+    scan.start()
+    before = _crash_after(server, scan, "restart")
+    time.sleep(2.0)  # down for a while, well inside the window
+    server.resume()
+    scan.join(200)
+    assert not scan.is_alive() and scan.error is None, repr(scan.error)
+    summary = scan.result.summary
+    assert summary["complete"] and before < summary["chunks"]["total"]
+    assert summary["rows_in_files"] == summary["rows_committed"] == len(with_bundle["uris"]) == summary["objects"]
+    assert [e["error"] for e in summary["executions"]] == [None]  # ridden out by retries: one pass
+    _assert_exactly_once(server, with_bundle["output"], "restart", with_bundle["uris"])
+
+
+def _stopped_resumable(scan: _Scan, run_id: str) -> ScanIncomplete:
+    scan.join(200)
+    assert not scan.is_alive()
+    assert isinstance(scan.error, ScanIncomplete), repr(scan.error)
+    message = str(scan.error)
+    assert "\n" not in message and f"--run-id {run_id}" in message, message
+    assert scan.error.exit_code == EXIT_INCOMPLETE
+    return scan.error
+
+
+def _finish(server: EmbeddedS3, cfg: ScanConfig, run_id: str, uris: list[str]) -> None:
+    res = run_scan(cfg)
+    assert res.summary["complete"] and res.summary["attempts"] == 2
+    assert res.summary["rows_in_files"] == res.summary["rows_committed"] == len(uris)
+    _assert_exactly_once(server, cfg.output, run_id, uris)
+
+
+@pytest.mark.timeout(300)
+def test_outage_past_the_window_stops_resumable_then_rerun_finishes(ray_local, server, with_bundle):
+    cfg = _config(server, with_bundle, "outage", retry_s=1.0)
+    scan = _Scan(cfg)
+    scan.start()
+    _crash_after(server, scan, "outage")
+    error = _stopped_resumable(scan, "outage")  # while the server is still down
+    assert "cannot reach object storage at " + server.endpoint_url in str(error)
+    server.resume()
+    _finish(server, cfg, "outage", with_bundle["uris"])
+
+
+@pytest.mark.timeout(300)
+def test_credentials_revoked_mid_run_stop_it_resumable_and_lose_nothing(ray_local, server, with_bundle):
+    cfg = _config(server, with_bundle, "revoked", retry_s=30)
+    scan = _Scan(cfg)
+    scan.start()
+    _crash_after(server, scan, "revoked")
+    server.resume(access_key="rotated" + server.access_key[-8:], secret_key=server.secret_key[::-1])  # old keys gone
+    error = _stopped_resumable(scan, "revoked")
+    assert server.endpoint_url in str(error) and ("credentials" in str(error) or "access denied" in str(error))
+    rotated = S3Config(server.endpoint_url, access_key=server.access_key, secret_key=server.secret_key, retry_s=30)
+    cfg.s3 = rotated
+    _finish(server, cfg, "revoked", with_bundle["uris"])
+
+
+@pytest.mark.timeout(300)
+def test_output_refusing_writes_mid_run_stops_it_resumable_and_loses_nothing(ray_local, server, with_bundle):
+    cfg = _config(server, with_bundle, "readonly", retry_s=30)
+    scan = _Scan(cfg)
+    scan.start()
+    _crash_after(server, scan, "readonly")
+    server.resume(read_only=True)  # reads still work, every write is refused
+    error = _stopped_resumable(scan, "readonly")
+    assert "access denied by " + server.endpoint_url in str(error)
+    server.resume()
+    _finish(server, cfg, "readonly", with_bundle["uris"])

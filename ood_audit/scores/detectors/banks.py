@@ -3,9 +3,13 @@
 Banks are built only by :func:`~ood_audit.scores.csd.csd_bank` and :func:`~ood_audit.scores.knn.knn_index`,
 stored in ``bank_dtype`` (float16 by default: half the bundle, and the search runs in fp32 on the
 up-cast bank), and searched exactly.
+
+``coreset`` (a fit-time option, off by default) keeps only a fraction of the bank's rows, chosen by
+greedy k-center (:func:`k_center_greedy`), so that big ID sets give banks a CPU can search.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import numpy as np
@@ -20,14 +24,40 @@ NEAREST_NEIGHBOURS = 3  # kNN-bank rows recorded per image for explanations (SPE
 BANK_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
+def k_center_greedy(x: torch.Tensor, m: int) -> torch.Tensor:
+    """Indices of ``m`` rows of ``x`` [n, d] chosen by greedy k-center (farthest-point) selection.
+
+    Starting from row 0, each step adds the row farthest from the rows chosen so far:
+    c_{t+1} = argmax_i min_{j ≤ t} ‖x_i − x_{c_j}‖₂, which keeps the covering radius
+    max_i min_j ‖x_i − x_{c_j}‖₂ within twice the optimum (Gonzalez, TCS 1985; used as a "core-set" by
+    Sener & Savarese, ICLR 2018, and as PatchCore's memory-bank reduction, Roth et al., CVPR 2022).
+    O(n·m·d) time, O(n) extra memory; deterministic.
+    """
+    n = int(x.shape[0])
+    m = min(int(m), n)
+    xf = x.float()
+    chosen = torch.empty(m, dtype=torch.long)
+    if m == 0:
+        return chosen
+    chosen[0] = 0
+    dist = (xf - xf[0]).pow(2).sum(1)
+    for t in range(1, m):
+        j = int(torch.argmax(dist))
+        chosen[t] = j
+        dist = torch.minimum(dist, (xf - xf[j]).pow(2).sum(1))
+    return chosen
+
+
 class _BankDetector(Detector):
     stateful = True
     file: str
 
     def __init__(self, k: int, *, bank_dtype: str = "float16", device: str | torch.device = "cpu",
-                 knn_backend: str = "auto") -> None:
+                 knn_backend: str = "auto", coreset: float | None = None) -> None:
         super().__init__()
-        self.k, self.bank_dtype = int(k), bank_dtype
+        if coreset is not None and not 0.0 < coreset <= 1.0:
+            raise ValueError(f"coreset must be a fraction in (0, 1], got {coreset!r}")
+        self.k, self.bank_dtype, self.coreset = int(k), bank_dtype, coreset
         self.device, self.knn_backend = torch.device(device), knn_backend
         self.bank: torch.Tensor | None = None
         self._index: KnnIndex | None = None
@@ -41,6 +71,13 @@ class _BankDetector(Detector):
 
     def _build_index(self, bank: torch.Tensor) -> KnnIndex:
         raise NotImplementedError
+
+    def _reduce(self, bank: torch.Tensor) -> torch.Tensor:
+        """The fitted bank, or its k-center coreset of ``ceil(coreset · rows)`` rows (at least ``k``)."""
+        if self.coreset is None or self.coreset >= 1.0:
+            return bank
+        m = max(self.k, math.ceil(self.coreset * bank.shape[0]))
+        return bank[k_center_greedy(bank, m)]
 
     def _set_bank(self, bank: torch.Tensor) -> "_BankDetector":
         self.bank = bank.to(BANK_DTYPES[self.bank_dtype]).contiguous()
@@ -79,7 +116,7 @@ class CSD(_BankDetector):
         """``rows``: an array or iterable of [n, 6·C] (from :meth:`fit_rows`) or [n, 6, C] view batches."""
         parts = [rows] if isinstance(rows, (np.ndarray, torch.Tensor)) else list(rows)
         views = (torch.as_tensor(p).float().reshape(len(p), 6, -1) for p in parts if len(p))
-        return self._set_bank(csd_bank(views))  # type: ignore[return-value]
+        return self._set_bank(self._reduce(csd_bank(views)))  # type: ignore[return-value]
 
     def _build_index(self, bank: torch.Tensor) -> KnnIndex:
         return build_index(bank, kind=self.knn_backend, device=self.device)
@@ -104,7 +141,7 @@ class KNN(_BankDetector):
     def fit(self, rows: Any) -> "KNN":
         parts: Iterable[Any] = [rows] if isinstance(rows, (np.ndarray, torch.Tensor)) else rows
         bank = torch.cat([l2_normalize(torch.as_tensor(p), "knn bank") for p in parts if len(p)])
-        return self._set_bank(bank)  # type: ignore[return-value]
+        return self._set_bank(self._reduce(bank))  # type: ignore[return-value]
 
     def _build_index(self, bank: torch.Tensor) -> KnnIndex:
         return knn_index(bank, kind=self.knn_backend, device=self.device)

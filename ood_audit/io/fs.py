@@ -90,7 +90,7 @@ class S3Config:
 
     def pyarrow_fs(self) -> pafs.S3FileSystem:
         """A pyarrow S3 filesystem for these settings (cached per process)."""
-        return _pyarrow_s3(self, os.getpid())
+        return _pyarrow_s3(self, os.getpid(), _env_credentials(self))
 
     def client(self, **config_kwargs: Any) -> Any:
         """A boto3 S3 client (used for listings with ETags and presigned URLs).
@@ -99,7 +99,7 @@ class S3Config:
         ``config_kwargs`` go to ``botocore.config.Config`` and give a fresh client.
         """
         if not config_kwargs:
-            return _boto3_client(self, os.getpid())
+            return _boto3_client(self, os.getpid(), _env_credentials(self))
         return _make_boto3_client(self, config_kwargs)
 
     def env(self) -> dict[str, str]:
@@ -146,8 +146,16 @@ def _split_endpoint(endpoint_url: str) -> tuple[str, str]:
     return parts.scheme, parts.netloc
 
 
+def _env_credentials(config: S3Config) -> tuple[str | None, ...]:
+    """The environment's keys when the config has none: part of the cache key, so rotated keys take effect."""
+    if config.access_key is not None:
+        return ()
+    return tuple(os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                                             "AWS_PROFILE"))
+
+
 @functools.lru_cache(maxsize=16)
-def _pyarrow_s3(config: S3Config, pid: int) -> pafs.S3FileSystem:
+def _pyarrow_s3(config: S3Config, pid: int, env_keys: tuple[str | None, ...] = ()) -> pafs.S3FileSystem:
     # pid is part of the key: filesystems and clients must not be reused across fork().
     kwargs: dict[str, Any] = {"region": config.region,
                               "retry_strategy": pafs.AwsDefaultS3RetryStrategy(pyarrow_attempts(config.retry_s))}
@@ -164,7 +172,7 @@ def _pyarrow_s3(config: S3Config, pid: int) -> pafs.S3FileSystem:
 
 
 @functools.lru_cache(maxsize=16)
-def _boto3_client(config: S3Config, pid: int) -> Any:
+def _boto3_client(config: S3Config, pid: int, env_keys: tuple[str | None, ...] = ()) -> Any:
     return _make_boto3_client(config, {})
 
 

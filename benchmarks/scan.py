@@ -465,6 +465,8 @@ def main() -> None:
                 results[name] = {
                     "images": n, "ceiling_images": len(blobs), "ceiling_repeats": repeats,
                     "ceiling_img_s": {f"{th}_thread_{st}_stream": round(v[0], 1) for (th, st), v in ceil.items()},
+                    "ceiling_cpu_ms_per_img": {f"{th}_thread_{st}_stream": round(v[1] * 1e3, 2)
+                                               for (th, st), v in ceil.items()},
                     "ceiling_with_s3_fetch_img_s": round(ceil_fetch, 1),
                     "scan_steady_img_s": round(steady, 1), "scan_e2e_img_s": round(e2e, 1),
                     "startup_s": summ["throughput"]["startup_s"], "startup_phases_s": startup,
@@ -478,7 +480,8 @@ def main() -> None:
                     "stage_busy_s": summ["timings_s"]["stage_busy"], "setup_s": round(setup_s, 1), "load": loadavg()}
                 if isinstance(summ.get("startup_s"), dict):  # the scan's own start-up phases, where it has them
                     results[name]["summary_startup_s"] = summ["startup_s"]
-                arr_text = ", ".join(f"{v[0]:.1f} ({th} torch thread(s) x {st} stream(s))" for (th, st), v in ceil.items())
+                arr_text = ", ".join(f"{v[0]:.1f} ({th} torch thread(s) x {st} stream(s), {v[1] * 1e3:.1f} CPU ms/img)"
+                                     for (th, st), v in ceil.items())
                 print(f"{name}: {n} images; in-process ceiling, best of {repeats} runs: {arr_text}; {ceil_fetch:.1f} "
                       f"when it also fetches from S3; scan steady {steady:.1f} img/s (50-90% of rows), end-to-end "
                       f"{e2e:.1f} img/s")

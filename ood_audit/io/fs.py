@@ -361,14 +361,24 @@ def storage_error(exc: BaseException, *, s3: S3Config | None = None,
 
     ``uri`` names the object when the exception text does not; ``s3`` names the endpoint.
     """
-    for e in _chain(exc):
-        if isinstance(e, StorageError):
+    chain = _chain(exc)
+    for e in chain:
+        if type(e) is StorageError:
             return e
+    for e in chain:  # Ray's wrapper of a StorageError raised in a worker: its text is a traceback
+        if isinstance(e, StorageError):
+            return StorageError(_last_line(str(e)), e.kind)
     for e in _chain(exc):
         found = _classify(e)
         if found is not None:
             return StorageError(_message(e, found[0], found[1], s3, uri), found[0])
     return None
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    last = lines[-1] if lines else text
+    return last.split("StorageError: ", 1)[-1]
 
 
 def _message(exc: BaseException, kind: str, code: str, s3: S3Config | None, uri: str | os.PathLike[str] | None) -> str:

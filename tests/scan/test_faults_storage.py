@@ -23,9 +23,9 @@ from tests.datagen import labelled_images, upload
 
 pytestmark = [pytest.mark.slow]
 
-N_PER_CLASS = 120  # 240 tiny images in 12 chunks
-CHUNK = 20
-SMALL = {"chunk_size": CHUNK, "slice_rows": 10, "batch_size": 8, "workers": 2, "read_threads": 4}
+N_PER_CLASS = 80  # 160 tiny images in 10 chunks
+CHUNK = 16
+SMALL = {"chunk_size": CHUNK, "slice_rows": 8, "batch_size": 8, "workers": 1, "read_threads": 4}
 
 
 @pytest.fixture
@@ -115,6 +115,9 @@ def test_restart_within_the_window_finishes_exactly_once(ray_local, server, with
     assert summary["complete"] and before < summary["chunks"]["total"]
     assert summary["rows_in_files"] == summary["rows_committed"] == len(with_bundle["uris"]) == summary["objects"]
     assert [e["error"] for e in summary["executions"]] == [None]  # ridden out by retries: one pass
+    phases = summary["startup_s"]  # the start-up breakdown is recorded for every phase that ran
+    assert set(phases) == {"bundle_load", "planning", "ray_start", "actor_start", "first_batch"}
+    assert all(isinstance(v, float) and v >= 0 for v in phases.values()), phases
     _assert_exactly_once(server, with_bundle["output"], "restart", with_bundle["uris"])
 
 

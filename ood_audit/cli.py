@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except OodAuditError as e:
         return _fail(e)
-    except OSError as e:  # storage failures that a command did not translate itself: same one line
+    except Exception as e:  # noqa: BLE001 - storage failures a command did not translate: same one line
         from .io.fs import storage_error
 
         err = storage_error(e)

@@ -207,6 +207,8 @@ def run_scan(cfg: ScanConfig, *, listing: Iterable[pa.Table] | None = None,
         err = storage_error(exc, s3=s3) if not isinstance(exc, OodAuditError) or isinstance(exc, StorageError) else None
         if err is None:
             raise
+        if "planning" not in phases:  # nothing scanned yet (e.g. the listing failed): the failure's own status
+            raise err from None
         raise ScanIncomplete(f"run {run_id} stopped: {err}; the chunks committed so far are kept; once storage "
                              f"works again, re-run with --run-id {run_id} to finish it") from None
     finally:

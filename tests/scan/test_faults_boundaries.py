@@ -94,3 +94,11 @@ def test_corrupt_weights_file_is_one_line(tmp_path):
     with pytest.raises(CheckpointError) as err:
         read_state(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unreachable_during_listing_keeps_its_own_status(capsys, monkeypatch, tmp_path, bundle_uri):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    # A local output passes the write probe; the S3 input is unreachable: nothing was scanned, so exit 3, not 4.
+    rc, err = _scan(capsys, bundle_uri, str(tmp_path / "out"), "--s3-endpoint", DEAD, "--storage-retry-s", "0")
+    assert rc == EXIT_UNREACHABLE and DEAD in err

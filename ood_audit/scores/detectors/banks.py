@@ -73,10 +73,16 @@ class _BankDetector(Detector):
         raise NotImplementedError
 
     def _reduce(self, bank: torch.Tensor) -> torch.Tensor:
-        """The fitted bank, or its k-center coreset of ``ceil(coreset · rows)`` rows (at least ``k``)."""
+        """The fitted bank, or its k-center coreset of ``ceil(coreset · rows)`` rows.
+
+        ``k`` shrinks with the bank (``round(k · kept / rows)``, at least 1): the k-th neighbour in the
+        full bank lies about as far as the (k·f)-th in a bank thinned to a fraction f.
+        """
         if self.coreset is None or self.coreset >= 1.0:
             return bank
-        m = max(self.k, math.ceil(self.coreset * bank.shape[0]))
+        n = int(bank.shape[0])
+        m = min(n, math.ceil(self.coreset * n))
+        self.k = max(1, round(self.k * m / n))
         return bank[k_center_greedy(bank, m)]
 
     def _set_bank(self, bank: torch.Tensor) -> "_BankDetector":

@@ -22,6 +22,7 @@ from ood_audit.sinks.parquet import report_schema, score_columns
 
 CHUNK, SEQ, READ_S, SCORE_S, WORKER = "_chunk", "_seq", "_read_s", "_score_s", "_worker"
 PIXELS = "pixels"  # the read stage's uint8 N×H×W×3 column; consumed by the scoring actor
+DIGEST, QUALITY = "content_sha256", "quality_issues"  # the read stage's per-object findings (SPEC §14)
 INTERNAL_COLUMNS = (CHUNK, SEQ, READ_S, SCORE_S, WORKER)
 INTERNAL_SCHEMA = pa.schema([
     (CHUNK, pa.int32()), (SEQ, pa.int32()), (READ_S, pa.float32()), (SCORE_S, pa.float32()),
@@ -88,7 +89,8 @@ class RowBuilder:
         """Rows for one batch.
 
         ``batch`` holds the read stage's columns (``uri``, ``etag``, ``size``, ``status``, ``error``,
-        ``width``, ``height`` and the internal ``_chunk``, ``_seq``, ``_read_s``); ``scores`` holds one
+        ``width``, ``height``, ``content_sha256`` and ``quality_issues`` when the read stage sent them,
+        and the internal ``_chunk``, ``_seq``, ``_read_s``); ``scores`` holds one
         array per score (plus ``csd_view``, ``pred_class``) for the rows with status ``ok``, in order.
         """
         n = len(batch["uri"])
@@ -122,6 +124,8 @@ class RowBuilder:
         columns["flag_reasons"] = _scatter_lists(ok, reasons)
         when = scanned_at or datetime.now(timezone.utc)
         columns["scanned_at"] = pa.array([when] * n, pa.timestamp("us", tz="UTC"))
+        columns["content_sha256"] = _strings(batch[DIGEST]) if DIGEST in batch else pa.nulls(n, pa.string())
+        columns["quality_issues"] = _issue_lists(ok, batch.get(QUALITY))
         columns[CHUNK] = pa.array(np.asarray(batch[CHUNK], dtype=np.int32))
         columns[SEQ] = pa.array(np.asarray(batch[SEQ], dtype=np.int32))
         columns[READ_S] = pa.array(np.asarray(batch[READ_S], dtype=np.float32))
@@ -176,6 +180,16 @@ def _scatter_matrix(ok: np.ndarray, values: np.ndarray | None, type_: pa.DataTyp
         return pa.nulls(ok.size, pa.list_(type_))
     it = iter(np.asarray(values).tolist())
     return pa.array([next(it) if flag else None for flag in ok.tolist()], pa.list_(type_))
+
+
+def _issue_lists(ok: np.ndarray, issues: Any) -> pa.Array:
+    """The read stage's issues (one comma-joined string per row: a plain string column survives Ray's
+    batch conversions whatever the lists' lengths) as lists for ``ok`` rows, null elsewhere."""
+    if issues is None:
+        return pa.nulls(ok.size, pa.list_(pa.string()))
+    text = _strings(issues).to_pylist()
+    return pa.array([(t.split(",") if t else []) if flag and t is not None else None
+                     for flag, t in zip(ok.tolist(), text)], pa.list_(pa.string()))
 
 
 def _scatter_lists(ok: np.ndarray, reasons: list | None) -> pa.Array:

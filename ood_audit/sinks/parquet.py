@@ -31,6 +31,8 @@ column                type                      meaning
 ``flagged``           bool                      any ``flag_on`` score below its union threshold
 ``flag_reasons``      list<string>              every score below its own per-score threshold
 ``scanned_at``        timestamp[us, UTC]        when the row was produced
+``content_sha256``    string                    SHA-256 of the object's bytes (hex), when fetched
+``quality_issues``    list<string>              SPEC §14 findings (never a status or a flag); null unless ok
 ====================  ========================  ===================================================
 
 The score columns are :data:`SPEC_SCORES` (always present, null when a bundle lacks one) followed by any
@@ -55,9 +57,10 @@ import pyarrow.parquet as pq
 from ood_audit.io.fs import S3Config, resolve
 from ood_audit.io.uri import join_uri, parse_uri
 
-REPORT_FORMAT_VERSION = "2"
-# "1" lacks the kNN neighbour columns; readers fill them with nulls.
-SUPPORTED_REPORT_FORMATS: tuple[str, ...] = ("1", "2")
+REPORT_FORMAT_VERSION = "3"
+# "1" lacks the kNN neighbour columns, "1" and "2" lack content_sha256 and quality_issues; readers treat
+# absent columns as null.
+SUPPORTED_REPORT_FORMATS: tuple[str, ...] = ("1", "2", "3")
 REPORTS_DIR = "reports"
 PARTITION_KEY = "run_date"
 SPEC_SCORES: tuple[str, ...] = ("featurenorm", "csd", "msp", "energy", "maxlogit", "knn")
@@ -95,6 +98,8 @@ def report_schema(score_names: Sequence[str] = ()) -> pa.Schema:
         pa.field("flagged", pa.bool_()),
         pa.field("flag_reasons", pa.list_(pa.string())),
         pa.field("scanned_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("content_sha256", pa.string()),
+        pa.field("quality_issues", pa.list_(pa.string())),
     ]
     return pa.schema(fields, metadata={"ood_audit.report_format": REPORT_FORMAT_VERSION})
 

@@ -1,0 +1,41 @@
+"""The report carries ``content_sha256`` and ``quality_issues`` (format 3); runs written before them
+(formats 1 and 2) still read."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+
+from ood_audit.scan.rows import CHUNK, DIGEST, QUALITY, READ_S, SEQ, RowBuilder
+from ood_audit.sinks.parquet import part_name, partition_uri, report_schema, write_part
+from ood_audit.sinks.runs import RunInfo, check_format, run_dataset
+
+
+def test_all_null_findings_from_ray_stay_null():
+    builder = RowBuilder({}, "bid", "run1", ["featurenorm"])
+    batch = {"uri": np.array(["a", "b"], dtype=object), "etag": np.array(["e", "e"], dtype=object),
+             "size": np.ones(2, np.int64), "status": np.array(["missing", "missing"], dtype=object),
+             "error": np.array(["x", "x"], dtype=object), "width": np.full(2, -1, np.int32),
+             "height": np.full(2, -1, np.int32), CHUNK: np.zeros(2, np.int32), SEQ: np.arange(2, dtype=np.int32),
+             READ_S: np.zeros(2, np.float32),
+             DIGEST: np.full(2, np.nan, np.float32), QUALITY: np.full(2, np.nan, np.float32)}  # Ray's all-null
+    table = builder.build(batch, None)
+    assert table.column("content_sha256").null_count == 2 and table.column("quality_issues").null_count == 2
+
+
+def test_reports_of_format_2_still_read(tmp_path):
+    old = report_schema(["featurenorm"])
+    old = pa.schema([f for f in old if f.name not in ("content_sha256", "quality_issues")],
+                    metadata={"ood_audit.report_format": "2"})
+    row = {f.name: None for f in old}
+    row.update(run_id="r0", bundle_id="b", uri="/x.png", status="ok", scanned_at=datetime.now(timezone.utc))
+    table = pa.Table.from_pylist([row], schema=old)
+    run = RunInfo(output=str(tmp_path), run_id="r0", run_date="2026-12-01", bundle_id="b", bundle_uri="",
+                  complete=True, started_at="", summary={"objects": 1})
+    write_part(table, f"{partition_uri(str(tmp_path), run.run_date)}/{part_name('r0', 0, 1, '0' * 16)}")
+    ds = run_dataset(run)
+    assert check_format(ds.schema, "old") == "2"
+    got = ds.to_table()
+    assert got.num_rows == 1 and "quality_issues" not in got.schema.names
+    assert check_format(report_schema(), "new") == "3"

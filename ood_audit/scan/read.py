@@ -13,6 +13,11 @@ Per-object failures never raise; they become statuses (SPEC §11):
   more than ``max_pixels`` pixels (refused before decoding: decompression bombs);
 - ``missing``: deleted (or unreadable) between listing and reading;
 - ``decode_error`` / ``unsupported``: see :mod:`ood_audit.io.decode`.
+
+In the same task, every fetched object gets its ``content_sha256`` (the digest index's key,
+:mod:`ood_audit.sinks.digests`) and every decoded one its SPEC §14 quality issues
+(:mod:`ood_audit.io.quality`, on the decoded array, with the original size for ``tiny`` and
+``odd_aspect_ratio``): findings only, they never change a status.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ import pyarrow.parquet as pq
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from ood_audit.io.decode import DecodeResult, Preprocess
+from ood_audit.io.decode import DecodeResult, Preprocess, decode_image
 from ood_audit.io.fs import S3Config, resolve
-from ood_audit.io.reader import load_image
-from ood_audit.scan.rows import CHUNK, PIXELS, READ_S, SEQ
+from ood_audit.io.quality import QualityConfig, quality_issues
+from ood_audit.io.reader import read_object
+from ood_audit.scan.rows import CHUNK, DIGEST, PIXELS, QUALITY, READ_S, SEQ
+from ood_audit.sinks.digests import content_sha256
 
 _ROW_BYTES_ESTIMATE = 160  # uri + etag + size, for Ray Data's memory planning
 
@@ -102,32 +109,56 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         return pool
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """One object's outcome, its content digest (when fetched) and its quality issues (when decoded)."""
+
+    result: DecodeResult
+    sha256: str | None = None
+    issues: tuple[str, ...] | None = None
+
+
 def load_one(uri: str, listed_size: int, pre: Preprocess, s3: S3Config | None,
-             max_bytes: int, max_pixels: int) -> DecodeResult:
+             max_bytes: int, max_pixels: int, quality: QualityConfig | None = None) -> Loaded:
     """One object's outcome; a listed size over ``max_bytes`` is refused without a request."""
     if listed_size > max_bytes:
-        return DecodeResult("too_large", f"{listed_size} bytes exceeds max_bytes={max_bytes}")
-    return load_image(uri, size=pre, s3=s3, max_bytes=max_bytes, max_pixels=max_pixels)
+        return Loaded(DecodeResult("too_large", f"{listed_size} bytes exceeds max_bytes={max_bytes}"))
+    data, failed = read_object(uri, s3=s3, max_bytes=max_bytes)
+    if failed is not None:
+        return Loaded(failed)
+    assert data is not None
+    result = decode_image(data, size=pre, max_bytes=max_bytes, max_pixels=max_pixels)
+    issues = None
+    if result.ok and result.array is not None:
+        original = (result.width, result.height) if result.width and result.height else None
+        issues = tuple(quality_issues(result.array, original, quality or QualityConfig()))
+    return Loaded(result, content_sha256(data), issues)
 
 
 def fetch_decode(batch: dict[str, np.ndarray], *, preprocess: dict[str, Any], s3: S3Config | None,
-                 max_bytes: int, max_pixels: int, threads: int) -> dict[str, np.ndarray]:
-    """Fetch and decode one batch: adds ``status``, ``error``, ``width``, ``height``, ``pixels``, ``_read_s``.
+                 max_bytes: int, max_pixels: int, threads: int,
+                 quality: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Fetch and decode one batch: adds ``status``, ``error``, ``width``, ``height``, ``content_sha256``,
+    ``quality_issues``, ``pixels``, ``_read_s``.
 
     ``pixels`` is uint8 ``N×H×W×3``; rows that did not decode hold zeros there (and a status saying why).
-    ``width``/``height`` are -1 when unknown.
+    ``width``/``height`` are -1 when unknown. ``content_sha256`` is None where nothing was fetched;
+    ``quality_issues`` is the comma-joined issue names ("" for none), None where nothing decoded.
+    ``quality`` holds :class:`~ood_audit.io.quality.QualityConfig` fields (SPEC §14 defaults when None).
     """
     start = time.perf_counter()
     pre = Preprocess.from_dict(preprocess)
+    qc = QualityConfig.model_validate(quality or {})
     h, w = pre.output_hw  # the run checks that the bundle fixes a size
     uris = [str(u) for u in batch["uri"]]
     sizes = np.asarray(batch["size"], dtype=np.int64).tolist()
     n = len(uris)
     if threads > 1 and n > 1:
-        results = list(_pool(threads).map(
-            lambda args: load_one(args[0], args[1], pre, s3, max_bytes, max_pixels), zip(uris, sizes)))
+        loaded = list(_pool(threads).map(
+            lambda args: load_one(args[0], args[1], pre, s3, max_bytes, max_pixels, qc), zip(uris, sizes)))
     else:
-        results = [load_one(u, s, pre, s3, max_bytes, max_pixels) for u, s in zip(uris, sizes)]
+        loaded = [load_one(u, s, pre, s3, max_bytes, max_pixels, qc) for u, s in zip(uris, sizes)]
+    results = [x.result for x in loaded]
     pixels = np.zeros((n, h, w, 3), dtype=np.uint8)
     for i, r in enumerate(results):
         if r.ok:
@@ -139,6 +170,8 @@ def fetch_decode(batch: dict[str, np.ndarray], *, preprocess: dict[str, Any], s3
         width=np.array([-1 if r.width is None else r.width for r in results], dtype=np.int32),
         height=np.array([-1 if r.height is None else r.height for r in results], dtype=np.int32),
     )
+    out[DIGEST] = np.array([x.sha256 for x in loaded], dtype=object)
+    out[QUALITY] = np.array([None if x.issues is None else ",".join(x.issues) for x in loaded], dtype=object)
     out[PIXELS] = pixels
     out[READ_S] = np.full(n, (time.perf_counter() - start) / max(n, 1), dtype=np.float32)
     return out

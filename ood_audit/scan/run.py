@@ -69,6 +69,7 @@ import pyarrow as pa
 from ood_audit.calibration.bundle import open_bundle, software_versions
 from ood_audit.errors import EXIT_INCOMPLETE, ConfigError, OodAuditError, StorageError
 from ood_audit.io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, STATUSES, Preprocess
+from ood_audit.io.quality import QualityConfig
 from ood_audit.io.fs import S3Config, check_writable, storage_error
 from ood_audit.io.lease import Lease
 from ood_audit.scan.ledger import ChunkTracker, Ledger, Plan, RunLayout, check_run_id, new_run_id
@@ -392,7 +393,8 @@ def _pipeline(cfg: ScanConfig, ledger: Ledger, plan: Plan, todo: list[int], bund
         fetch_decode, batch_size=None, batch_format="numpy",  # a whole slice per call: slice_rows in flight
         num_cpus=read_cpus,
         fn_kwargs={"preprocess": pre.to_dict(), "s3": cfg.s3, "max_bytes": cfg.max_bytes,
-                   "max_pixels": cfg.max_pixels, "threads": cfg.read_threads})
+                   "max_pixels": cfg.max_pixels, "threads": cfg.read_threads,
+                   "quality": QualityConfig().model_dump()})  # SPEC §14 defaults; blurry until calibrated: none
     ds = ds.map_batches(
         ScoreActor, batch_size=cfg.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(slices)))), **resources,
@@ -484,6 +486,7 @@ def _summary(cfg: ScanConfig, run_id: str, run_date: str, partition: str, bundle
                       "stage_busy": {"read": busy["read_s"], "score": busy["score_s"], "write": busy["write_s"]}},
         "workers": {"scoring_actors": len(workers), "nodes": len({w.split(":")[0] for w in workers})},
         "config": {k: getattr(cfg, k) for k in _REPORTED_CONFIG},
+        "quality_thresholds": QualityConfig().model_dump(),  # SPEC §14: every threshold the read task used
         "software": {**software_versions(), "ray": ray.__version__},
         "created_at": run_doc.get("created_at"),
         "started_at": started_at.isoformat(timespec="seconds"),

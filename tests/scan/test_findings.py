@@ -20,7 +20,10 @@ def test_scan_reports_digests_and_quality_issues(ray_local, bundle_uri, s3_clien
     prefix = upload(s3_client, s3_bucket, "imgs", files)
     cfg = ScanConfig(bundle=bundle_uri, output=str(tmp_path / "out"), inputs=(prefix,), run_id="findings",
                      s3=s3_config, chunk_size=8, slice_rows=4, batch_size=8, workers=2, read_threads=4)
-    run_scan(cfg)
+    res = run_scan(cfg)
+    assert res.summary["quality_thresholds"] == {"working_size": 256, "dark": 20.0, "light": 235.0, "blurry": None,
+                                                 "low_information": 2.0, "grayscale_tolerance": 2,
+                                                 "grayscale_fraction": 0.999, "odd_aspect_ratio": 4.0, "tiny": 32}
     rows = {r["uri"]: r for r in open_reports(cfg.output).to_table().to_pylist()}
     assert len(rows) == len(files)
     for key, data in files.items():

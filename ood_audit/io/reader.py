@@ -10,11 +10,18 @@ told by the error code (``NoSuchKey``, ``NoSuchBucket``) in the same response. p
 send a HEAD before their first GET, and boto3's ``get_object`` costs about three times the client CPU of
 both together, so the GET goes to a URL presigned by the boto3 client (its credential chain and
 addressing style) over one urllib3 connection pool per process.
+
+A failure of the store itself is never a row status: it raises :class:`~ood_audit.errors.StorageError`
+(through :func:`~ood_audit.io.fs.storage_error`, the one translation), so the scan stops resumable instead
+of writing ``missing`` rows for objects that exist. urllib3's own retry strategy rides out an outage of
+``S3Config.retry_s`` seconds (connection failures and 5xx answers, exponential backoff) first. The
+presigned URL never appears in a message: it is a bearer credential until it expires.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import urllib.request
@@ -25,7 +32,7 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-from ood_audit.errors import ConfigError
+from ood_audit.errors import ConfigError, StorageError
 from ood_audit.io.decode import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -37,8 +44,11 @@ from ood_audit.io.decode import (
 from ood_audit.io.fs import S3Config, _resolve_parsed, storage_error
 from ood_audit.io.uri import ParsedUri, parse_uri
 
-_PRESIGN_SECONDS = 900  # covers the retries of one GET
+_PRESIGN_SECONDS = 900  # at least; a longer retry window gets a URL that outlives it
 _RETRY_STATUSES = (500, 502, 503, 504)
+_BACKOFF_S, _BACKOFF_MAX_S = 0.25, 10.0
+_CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                     "TokenRefreshRequired", "AuthorizationHeaderMalformed")
 _ERROR_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
 
 
@@ -85,15 +95,22 @@ def _get_s3(parsed: ParsedUri, s3: S3Config, max_bytes: int) -> tuple[bytes | No
 
     if not parsed.key:
         return None, DecodeResult("missing", "is a bucket, not an object")
+    uri = str(parsed)
     try:
         url = s3.client().generate_presigned_url(
-            "get_object", Params={"Bucket": parsed.bucket, "Key": parsed.key}, ExpiresIn=_PRESIGN_SECONDS)
-        resp = _http_pool(s3, os.getpid(), _proxy_for(url)).request(
-            "GET", url, preload_content=False, redirect=False, retries=_retries())
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        return None, DecodeResult("missing", f"read failed: {_short(exc)}")
+            "get_object", Params={"Bucket": parsed.bucket, "Key": parsed.key},
+            ExpiresIn=int(max(_PRESIGN_SECONDS, 2 * s3.retry_s + 60)))
     except Exception as exc:  # noqa: BLE001 - botocore: no credentials, bad region and the like
-        return None, DecodeResult("missing", f"read failed: {_short(exc)}")
+        err = storage_error(exc, s3=s3, uri=uri)
+        if err is not None:
+            raise err from None
+        raise StorageError(f"cannot sign a request for {uri}: {_short(exc)}; check the AWS_* credentials",
+                           "credentials") from None
+    try:
+        resp = _http_pool(s3, os.getpid(), _proxy_for(url)).request(
+            "GET", url, preload_content=False, redirect=False, retries=_retries(s3.retry_s))
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise _unreachable(exc, s3, uri) from None
     try:
         if resp.status == 200:
             length = resp.headers.get("Content-Length")
@@ -112,13 +129,26 @@ def _get_s3(parsed: ParsedUri, s3: S3Config, max_bytes: int) -> tuple[bytes | No
             return None, DecodeResult("missing", "bucket does not exist")
         if code == "NoSuchKey" or (resp.status == 404 and code is None):
             return None, DecodeResult("missing", "object does not exist")
-        return None, DecodeResult("missing", f"read failed: HTTP {resp.status}{f' {code}' if code else ''}")
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        return None, DecodeResult("missing", f"read failed: {_short(exc)}")
+        raise _refused(resp.status, code, parsed, s3)
+    except (urllib3.exceptions.HTTPError, OSError) as exc:  # cut off mid-body, after the retries
+        raise _unreachable(exc, s3, uri) from None
     finally:
         if resp.length_remaining or (resp.length_remaining is None and not resp.isclosed()):
             resp.close()  # body left unread (refused, cut short): drop the connection rather than drain it
         resp.release_conn()
+
+
+class _RedactSignedUrls(logging.Filter):
+    """urllib3 logs each retry with the request's URL: keep the path, drop the signed query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "?" in str(record.msg) or any("?" in str(a) for a in (record.args or ())):
+            record.msg, record.args = _SIGNED_QUERY.sub(r"\1?<signed>", record.getMessage()), None
+        return True
+
+
+_SIGNED_QUERY = re.compile(r"(/[^\s?'\"]*)\?[^\s'\"]*(?:Signature|X-Amz-)[^\s'\"]*")
+logging.getLogger("urllib3.connectionpool").addFilter(_RedactSignedUrls())
 
 
 def _error_code(body: bytes) -> str | None:
@@ -126,11 +156,42 @@ def _error_code(body: bytes) -> str | None:
     return match.group(1).decode("ascii", "replace") if match else None
 
 
-def _retries() -> Any:
+def _refused(status: int, code: str | None, parsed: ParsedUri, s3: S3Config) -> StorageError:
+    """The store's refusal of a GET (an S3 error response other than not-found) as a StorageError."""
+    from botocore.exceptions import ClientError
+
+    if code in _CREDENTIAL_CODES:
+        kind_code = "InvalidAccessKeyId"  # what storage_error files under refused credentials
+    elif status >= 500:
+        kind_code = "ServiceUnavailable"
+    else:
+        kind_code = code or str(status)
+    response = {"Error": {"Code": kind_code, "Message": code or f"HTTP {status}", "BucketName": parsed.bucket,
+                          "Key": parsed.key}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    err = storage_error(ClientError(response, "GetObject"), s3=s3, uri=str(parsed))
+    return err or StorageError(f"object storage at {s3.endpoint} refused GET {parsed} (HTTP {status} {code}); "
+                               "check the credentials and the bucket policy", "denied")
+
+
+def _unreachable(exc: BaseException, s3: S3Config, uri: str) -> StorageError:
+    """A connection failure after urllib3's retries; the text names the error type only (no signed URL)."""
+    reason = getattr(exc, "reason", None) or exc
+    err = storage_error(ConnectionError(type(reason).__name__), s3=s3, uri=uri)
+    assert err is not None
+    return err
+
+
+def _retries(retry_s: float) -> Any:
+    """urllib3's retry strategy for one GET: exponential backoff whose waits add up to ``retry_s``."""
     import urllib3
 
-    return urllib3.Retry(total=4, backoff_factor=0.2, status_forcelist=_RETRY_STATUSES, raise_on_status=False,
-                         raise_on_redirect=False)
+    attempts, waited = 0, 0.0
+    while waited < retry_s:
+        attempts += 1
+        waited += min(_BACKOFF_S * 2 ** attempts, _BACKOFF_MAX_S)
+    return urllib3.Retry(total=attempts, connect=attempts, read=attempts, status=attempts, other=0,
+                         backoff_factor=_BACKOFF_S, backoff_max=_BACKOFF_MAX_S, status_forcelist=_RETRY_STATUSES,
+                         allowed_methods=("GET",), raise_on_status=False, raise_on_redirect=False)
 
 
 def _proxy_for(url: str) -> str | None:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from ood_audit.errors import StorageError
 from ood_audit.io.fs import S3Config
 from ood_audit.io.reader import read_object
 
@@ -95,7 +96,10 @@ def test_one_get_per_object(counting: tuple[_Counting, S3Config], s3_bucket: str
     assert failed is not None and failed.status == "missing" and server.methods == Counter({"GET": 1})
 
 
-def test_unreachable_endpoint_is_missing(s3_config: S3Config) -> None:
-    s3 = dataclasses.replace(s3_config, endpoint_url="http://127.0.0.1:9")  # the discard port: refused
-    _, failed = read_object("s3://b/x.bin", s3=s3)
-    assert failed is not None and failed.status == "missing" and "read failed" in (failed.error or "")
+def test_unreachable_endpoint_is_a_storage_error_not_a_row(s3_config: S3Config) -> None:
+    """An endpoint that refuses connections is a failure of the store, not of the object: the scan must stop
+    resumable rather than write a ``missing`` row for an object that exists."""
+    s3 = dataclasses.replace(s3_config, endpoint_url="http://127.0.0.1:9", retry_s=0.5)  # the discard port
+    with pytest.raises(StorageError) as e:
+        read_object("s3://b/x.bin", s3=s3)
+    assert e.value.kind == "unreachable" and "s3://b/x.bin" in str(e.value) and "Signature" not in str(e.value)

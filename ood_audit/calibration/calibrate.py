@@ -6,7 +6,10 @@ Two distributed phases over Ray Data actor pools (or in-process with ``workers=0
    pseudo-OOD probe (the selection evidence); with known outliers (``outliers``), a small extra pass
    gives FN at every block for them and for held-out ID images;
 2. held-out part: every score through the fitted detectors -> the ``featurenorm2`` fit (median/MAD of
-   held-out log FN), thresholds and percentile tables.
+   held-out log FN), thresholds and percentile tables; from the same pass, the SPEC §14 ``blurry``
+   threshold (Laplacian variances of the decoded held-out images), the near-duplicate τ (their nearest
+   kNN-bank distances, :mod:`.neardup`) and, with ``per_class_thresholds``, thresholds per predicted class
+   (:mod:`.perclass`). Each is an optional typed part of the bundle.
 
 The bundle is a typed :class:`~ood_audit.calibration.meta.BundleMeta`. ``evaluate`` runs this same
 function in-process (``workers=0``).
@@ -24,6 +27,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..io.decode import Preprocess
+from ..io.quality import BLURRY_PERCENTILE, blurry_threshold
 from ..io.fs import S3Config, exists, read_bytes
 from ..io.uri import join_uri, parent_uri
 from ..models import ModelSpec
@@ -33,8 +37,10 @@ from ..scores.probes import DEFAULT_PROBES, check_probes
 from ..vocab import SCORE_NAMES
 from .bundle import BANK_SOURCES, bank_sources, write_bundle
 from .evidence import outlier_evidence, probe_evidence
-from .meta import BundleMeta
+from .meta import BundleMeta, QualityPart
+from .neardup import near_duplicate_threshold
 from .normratio import ratios_from_sums
+from .perclass import DEFAULT_MIN_CLASS_IMAGES, check_min_images, per_class_thresholds
 from .phases import run_phase, score_images
 from .scoring import load_state_bytes
 from .selection import DEFAULT_SELECTOR, MIN_OUTLIERS, SELECTORS, choose_block, resolve_flag_on, selection_meta
@@ -75,6 +81,8 @@ class CalibrateConfig:
     knn_backend: str = "auto"
     s3: S3Config | None = None
     min_heldout: int = 20
+    per_class_thresholds: bool = False # also thresholds per predicted class (calibration.perclass)
+    per_class_min_images: int = DEFAULT_MIN_CLASS_IMAGES  # held-out images a class needs for its own
 
     def validate(self) -> None:
         if not 0.0 < self.heldout_fraction < 1.0:
@@ -96,6 +104,7 @@ class CalibrateConfig:
             raise ConfigError(f"selector {self.selector!r} is unknown; choose one of {', '.join(SELECTORS)}")
         if self.selector == "validated" and not self.outliers:
             raise ConfigError("selector 'validated' needs known outliers: set outliers (--outliers URI)")
+        check_min_images(self.per_class_min_images)
         if self.max_probe < 10:
             raise ConfigError(f"max_probe must be >= 10, got {self.max_probe}")
         try:
@@ -263,7 +272,10 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
                                               device=cfg.device)
     failed = {u for u, _, _ in held_failures}
     heldout = {"uri": np.array([u for u in held_uris if u not in failed], dtype=object),
-               "csd_view": held_scores.pop("csd_view", np.zeros(0)).astype(np.int64)}
+               "csd_view": held_scores.pop("csd_view", np.zeros(0)).astype(np.int64),
+               "pred_class": held_scores.pop("pred_class", np.zeros(0)).astype(np.int64),
+               "nn_dist": held_scores.pop("nn_dist", np.zeros(0)),
+               "laplacian_var": held_scores.pop("laplacian_var", np.zeros(0))}
     failures += held_failures
     t_held = time.perf_counter() - t2
     n_held = len(held_scores.get("featurenorm", ()))
@@ -277,6 +289,14 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     asked = cfg.flag_on if cfg.flag_on is not None else DEFAULT_FLAG_ON
     flag_on, reason = resolve_flag_on([s for s in asked if s in held_scores], evidence, cfg.flag_on is not None)
     flag_th, alpha = union_thresholds(held_scores, flag_on, cfg.id_flag_rate)
+    lap = heldout["laplacian_var"][np.isfinite(heldout["laplacian_var"])]
+    quality = (QualityPart(blurry=blurry_threshold(lap, BLURRY_PERCENTILE), blurry_percentile=BLURRY_PERCENTILE,
+                           heldout_images=int(lap.size)) if lap.size else None)
+    nn = heldout["nn_dist"][np.isfinite(heldout["nn_dist"])]
+    near_dup = near_duplicate_threshold(nn) if nn.size else None
+    per_class = (per_class_thresholds(held_scores, heldout["pred_class"], flag_on, cfg.id_flag_rate,
+                                      min_images=cfg.per_class_min_images, num_classes=spec.num_classes)
+                 if cfg.per_class_thresholds else None)
     selection = selection_meta(selector=cfg.selector, selected=block, forced=cfg.block is not None, ratios=nr.ratios,
                                images=bank["count"], seed=cfg.seed, grid=3, evidence=evidence, outliers=outliers)
     if reason:
@@ -294,13 +314,17 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
         split={"method": "blake2b(seed, uri) < fraction", "heldout_fraction": cfg.heldout_fraction,
                "seed": cfg.seed, "bank_images": n_bank, "heldout_images": n_held},
         data={"source": cfg.data, "listed_images": len(uris), "skipped_non_images": skipped_ext,
-              "decode_failures": len(failures)})
+              "decode_failures": len(failures)},
+        quality=quality, near_duplicates=near_dup, per_class=per_class)
     meta = info.to_json()
     uri = write_bundle(cfg.output, meta, s3=cfg.s3, files={"model.safetensors": model_bytes, BANK_SOURCES: sources},
                        tensors={csd_state["file"]: csd_tensors, knn_state["file"]: knn_tensors})
     total = time.perf_counter() - t0
     summary = {"bundle": uri, "images": len(uris), "selector": cfg.selector, "selected_block": block,
                "selection_warnings": selection["warnings"], "flag_on": flag_on, "failures": failures[:20],
+               "blurry_threshold": quality.blurry if quality else None,
+               "near_duplicate_threshold": near_dup.threshold if near_dup else None,
+               "per_class_fallback": dict(per_class.fallback) if per_class else None,
                "failure_count": len(failures),
                "seconds": {"total": round(total, 2), "bank_phase": round(bank["seconds"], 2),
                            "heldout_phase": round(t_held, 2)},

@@ -13,6 +13,12 @@ Schema versions:
   ``float32`` activations (what those bundles were calibrated with) and ``thresholds.target_fpr`` becomes
   ``target_id_flag_rate``. The file and its id are not changed.
 - Anything newer is refused in one line: it needs a newer ood-audit.
+
+Optional parts added within schema 2 (absent from bundles written before them, which load unchanged and
+simply lack the finding; older ood-audit ignores them): ``quality`` (the calibrated SPEC §14 ``blurry``
+threshold), ``near_duplicates`` (τ of :mod:`ood_audit.calibration.neardup`) and ``per_class``
+(:mod:`ood_audit.calibration.perclass`). Their models live here, with the rest of the schema, so reading
+a bundle needs neither numpy nor torch; the formulas that fill them live in those modules.
 """
 from __future__ import annotations
 
@@ -99,6 +105,55 @@ class ThresholdsPart(_Part):
     flag_on_reason: str | None = None     # why flag_on differs from what was asked, if it does
 
 
+class QualityPart(_Part):
+    """The SPEC §14 thresholds set at calibration: ``blurry`` = the ``blurry_percentile`` of the held-out ID
+    images' Laplacian variances (:func:`ood_audit.io.quality.blurry_threshold`), measured on the images as
+    calibration decodes them (the bundle's preprocess, the array the scan measures too)."""
+
+    blurry: float
+    blurry_percentile: float = 1.0
+    heldout_images: int
+    working_size: int = 256
+    measured_on: str = "decoded held-out ID images at the bundle's preprocess size"
+
+    def config(self) -> Any:
+        """The scan's :class:`~ood_audit.io.quality.QualityConfig`: SPEC §14 defaults with this ``blurry``."""
+        from ..io.quality import QualityConfig
+
+        return QualityConfig(working_size=self.working_size, blurry=self.blurry)
+
+
+NEARDUP_FORMULA = ("near-duplicate iff ||z/|z| - NN_1(z/|z|)||_2 < tau; tau = order statistic floor(rate*n)+1 "
+                   "of held-out NN_1")
+
+
+class NearDupPart(_Part):
+    """What the bundle records for the near-duplicate check (:mod:`ood_audit.calibration.neardup`)."""
+
+    threshold: float
+    rate: float = 0.01
+    heldout_images: int
+    formula: str = NEARDUP_FORMULA
+
+
+class ClassThresholds(_Part):
+    images: int
+    per_score: dict[str, float]
+    flag: dict[str, float]
+    flag_alpha: float
+
+
+class PerClassThresholds(_Part):
+    """Per predicted class thresholds (:mod:`ood_audit.calibration.perclass`): the classes with their own
+    and, in ``fallback`` (class -> held-out images), those under ``min_images`` that use the global ones."""
+
+    target_id_flag_rate: float
+    min_images: int
+    flag_on: list[str]
+    classes: dict[int, ClassThresholds]
+    fallback: dict[int, int]
+
+
 class SplitPart(_Part):
     method: str = ""
     heldout_fraction: float
@@ -141,6 +196,9 @@ class BundleMeta(_Part):
     split: SplitPart | None = None
     data: DataPart | None = None
     training: TrainingPart | None = None
+    quality: QualityPart | None = None
+    near_duplicates: NearDupPart | None = None
+    per_class: PerClassThresholds | None = None
 
     @property
     def block(self) -> str:
@@ -179,12 +237,15 @@ def parse_meta(meta: dict[str, Any], where: str) -> BundleMeta:
 
 
 class RowTables(_Part):
-    """What report rows need from a bundle (SPEC §11): thresholds, ``flag_on`` and held-out quantiles."""
+    """What report rows need from a bundle (SPEC §11): thresholds, ``flag_on`` and held-out quantiles, and
+    the optional near-duplicate τ and per-class thresholds."""
 
     per_score: dict[str, float] = Field(default_factory=dict)
     flag: dict[str, float] = Field(default_factory=dict)
     flag_on: list[str] = Field(default_factory=list)
     quantiles: dict[str, list[float]] = Field(default_factory=dict)
+    near_duplicates: NearDupPart | None = None
+    per_class: PerClassThresholds | None = None
 
     @classmethod
     def of(cls, meta: "BundleMeta | dict[str, Any]") -> "RowTables":
@@ -192,7 +253,9 @@ class RowTables(_Part):
         tests); missing parts are empty."""
         if isinstance(meta, BundleMeta):
             th = meta.thresholds
-            return cls(per_score=th.per_score, flag=th.flag, flag_on=th.flag_on, quantiles=meta.heldout_quantiles)
+            return cls(per_score=th.per_score, flag=th.flag, flag_on=th.flag_on, quantiles=meta.heldout_quantiles,
+                       near_duplicates=meta.near_duplicates, per_class=meta.per_class)
         th = dict(meta.get("thresholds") or {})
         return cls(per_score=th.get("per_score") or {}, flag=th.get("flag") or {}, flag_on=th.get("flag_on") or [],
-                   quantiles=meta.get("heldout_quantiles") or {})
+                   quantiles=meta.get("heldout_quantiles") or {}, near_duplicates=meta.get("near_duplicates"),
+                   per_class=meta.get("per_class"))

@@ -17,28 +17,23 @@ where no held-out split exists.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from pydantic import BaseModel, ConfigDict
 
 from ..errors import ConfigError, DataError
-from ..knn import ArrayLike, KnnIndex
-from ..scores.knn import knn_score_and_neighbours
+from .meta import NEARDUP_FORMULA as FORMULA
+from .meta import NearDupPart
 from .thresholds import threshold_at
 
+if TYPE_CHECKING:  # torch only where distances are computed: the bundle part and τ need numpy alone
+    import torch
+
+    from ..knn import ArrayLike, KnnIndex
+
 DEFAULT_RATE = 0.01
-FORMULA = "near-duplicate iff ||z/|z| - NN_1(z/|z|)||_2 < tau; tau = order statistic floor(rate*n)+1 of held-out NN_1"
-
-
-class NearDupPart(BaseModel):
-    """What the bundle records for the near-duplicate check."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    threshold: float
-    rate: float = DEFAULT_RATE
-    heldout_images: int
-    formula: str = FORMULA
+__all__ = ["DEFAULT_RATE", "FORMULA", "NearDupPart", "near_duplicate_rows", "near_duplicate_threshold",
+           "nearest_distances"]
 
 
 def nearest_distances(feats: ArrayLike, bank: ArrayLike | KnnIndex, *, exclude_self: bool = False,
@@ -48,6 +43,8 @@ def nearest_distances(feats: ArrayLike, bank: ArrayLike | KnnIndex, *, exclude_s
     With ``exclude_self`` the queries are the bank's own rows in order, and row i's own entry is skipped
     (its nearest *other* bank image; a bank of one row is refused).
     """
+    from ..scores.knn import knn_score_and_neighbours
+
     k = 2 if exclude_self else 1
     if exclude_self and len(bank) < 2:
         raise DataError("near-duplicate distances within the bank need at least 2 bank images")
@@ -69,7 +66,7 @@ def near_duplicate_threshold(heldout_distances: np.ndarray, rate: float = DEFAUL
     return NearDupPart(threshold=threshold_at(d, rate), rate=rate, heldout_images=int(d.size))
 
 
-def near_duplicate_rows(distances: np.ndarray | torch.Tensor, rows: np.ndarray | torch.Tensor,
+def near_duplicate_rows(distances: "np.ndarray | torch.Tensor", rows: "np.ndarray | torch.Tensor",
                         threshold: float) -> np.ndarray:
     """The nearest bank row where its distance is under ``threshold``, else −1 (int64 [N])."""
     d = np.asarray(distances, dtype=np.float64)

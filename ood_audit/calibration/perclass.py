@@ -16,34 +16,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
-
 from ..errors import ConfigError, DataError
+from .meta import ClassThresholds, PerClassThresholds
 from .thresholds import threshold_at, union_thresholds
 
 MIN_CLASS_IMAGES_FLOOR = 50   # below this a class's 1 − α quantile is too noisy to be worth its own threshold
 DEFAULT_MIN_CLASS_IMAGES = 100
 
-
-class _Part(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True, protected_namespaces=())
-
-
-class ClassThresholds(_Part):
-    images: int
-    per_score: dict[str, float]
-    flag: dict[str, float]
-    flag_alpha: float
-
-
-class PerClassThresholds(_Part):
-    """What the bundle records: the classes with their own thresholds and those that fell back."""
-
-    target_id_flag_rate: float
-    min_images: int
-    flag_on: list[str]
-    classes: dict[int, ClassThresholds]
-    fallback: dict[int, int]           # class -> held-out images, when under min_images (global thresholds)
+__all__ = ["ClassThresholds", "PerClassThresholds", "check_min_images", "per_class_flags",
+           "per_class_thresholds", "row_thresholds"]
 
 
 def check_min_images(min_images: int) -> int:

@@ -12,6 +12,7 @@ import torch
 
 from ..io.decode import Preprocess
 from ..io.fs import S3Config
+from ..io.quality import measure
 from ..io.reader import load_images
 from ..io.thumbs import thumbnail_jpeg
 from ..models import ModelSpec, TapModel, block_candidates
@@ -130,7 +131,12 @@ class NormWorker:
 class ScoreWorker:
     """Held-out phase (and ``evaluate``'s test sets): every score of every image through the fitted
     detectors, restored from their ``state`` (``states``: name -> JSON config; ``banks``: name -> bank
-    array or object ref)."""
+    array or object ref).
+
+    Besides the scores: ``pred_class``; ``nn_dist``, the L2 distance to the nearest kNN-bank vector (with a
+    kNN detector; :mod:`~ood_audit.calibration.neardup`); and ``laplacian_var``, the SPEC §14 Laplacian
+    variance (:func:`~ood_audit.io.quality.measure`) of the decoded image, i.e. of the uint8 array at the
+    bundle's preprocess size that the scan's read task measures too."""
 
     def __init__(self, model: Any, spec: dict, preprocess: dict, block: str, *, states: dict[str, dict],
                  banks: dict[str, Any], s3: S3Config | None = None, device: str = "cpu", precision: str = "float32",
@@ -146,10 +152,14 @@ class ScoreWorker:
         x, ok, status, error = _decode(batch, self.pre, self.s3, self.threads)
         out: dict[str, np.ndarray] = {"index": np.asarray(batch["index"]), "status": status, "error": error}
         names = [*self.scorer.score_names, *(["csd_view"] if "csd" in self.scorer.score_names else [])]
-        for s in names:
+        for s in [*names, "pred_class", "nn_dist", "laplacian_var"]:
             out[s] = np.full(n, np.nan, dtype=np.float64)
         if x is not None:
             scores = self.scorer(x)
-            for s in names:
+            for s in [*names, "pred_class"]:
                 out[s][ok] = scores[s]
+            if "knn_nn_dist" in scores:
+                out["nn_dist"][ok] = np.asarray(scores["knn_nn_dist"])[:, 0]
+            pixels = x.mul(255).round().byte().permute(0, 2, 3, 1).numpy()  # exactly the decoded uint8 array
+            out["laplacian_var"][ok] = [measure(a).laplacian_var for a in pixels]
         return out

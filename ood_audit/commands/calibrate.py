@@ -46,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k-csd", type=int, default=10)
     p.add_argument("--k-knn", type=int, default=50)
     p.add_argument("--bank-dtype", default="float16", choices=("float16", "float32"))
+    p.add_argument("--per-class-thresholds", action="store_true",
+                   help="also set thresholds per predicted class on its held-out images; a row is then flagged "
+                        "against its predicted class's thresholds (classes with too few held-out images use the "
+                        "global ones, and the bundle records which did)")
+    p.add_argument("--per-class-min-images", type=int, default=100, metavar="N",
+                   help="held-out images a class needs for its own thresholds (>= 50; default 100)")
     p.add_argument("--workers", type=int, default=2, help="Ray Data actors (0 = in-process, no Ray)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
@@ -70,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
                           outliers=args.outliers, probes=tuple(p for p in args.probes.split(",") if p),
                           max_probe=args.max_probe, k_csd=args.k_csd, k_knn=args.k_knn,
                           bank_dtype=args.bank_dtype, workers=args.workers, batch_size=args.batch_size,
-                          device=resolve_device(args.device), s3=s3)
+                          device=resolve_device(args.device), s3=s3,
+                          per_class_thresholds=args.per_class_thresholds,
+                          per_class_min_images=args.per_class_min_images)
     cfg.validate()
     if cfg.workers > 0:
         start_ray(args, s3)

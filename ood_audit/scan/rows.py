@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from ood_audit.calibration.meta import BundleMeta, RowTables
+from ood_audit.calibration.neardup import near_duplicate_rows
+from ood_audit.calibration.perclass import per_class_flags
 from ood_audit.calibration.thresholds import flags, percentile
 from ood_audit.sinks.parquet import report_schema, score_columns
 
@@ -58,16 +60,27 @@ class RowBuilder:
             ``meta``-shaped mapping (:class:`~ood_audit.calibration.meta.RowTables`).
         bundle_id, run_id: written into every row.
         score_names: the scorer's score names; see :func:`~ood_audit.sinks.parquet.report_schema`.
+        bank_uris: the kNN-bank rows' source URIs, in bank order (the bundle's ``knn_sources.parquet``,
+            :meth:`~ood_audit.calibration.bundle.Bundle.bank_sources`). With the bundle's near-duplicate τ,
+            ``near_duplicate_of_id`` is the nearest bank row's URI where its distance is under τ; without
+            either, it is null.
+
+    ``flagged`` and ``flag_reasons`` use the row's predicted class's thresholds where the bundle has
+    per-class thresholds for it (:func:`~ood_audit.calibration.perclass.per_class_flags`), the global ones
+    otherwise.
     """
 
     def __init__(self, meta: BundleMeta | Mapping[str, Any], bundle_id: str, run_id: str,
-                 score_names: Sequence[str]) -> None:
+                 score_names: Sequence[str], *, bank_uris: Sequence[str] | None = None) -> None:
         self.bundle_id, self.run_id = bundle_id, run_id
         self.scores = score_columns(score_names)
         self.schema = report_schema(score_names)
         tables = RowTables.of(meta if isinstance(meta, BundleMeta) else dict(meta))
         self.per_score, self.flag, self.flag_on = dict(tables.per_score), dict(tables.flag), list(tables.flag_on)
         self.pct = {s: PercentileTable(q) for s, q in tables.quantiles.items()}
+        self.per_class = tables.per_class
+        self.near_dup = tables.near_duplicates.threshold if tables.near_duplicates is not None else None
+        self.bank_uris = np.asarray(list(bank_uris), dtype=object) if bank_uris is not None else None
 
     @property
     def output_schema(self) -> pa.Schema:
@@ -119,13 +132,14 @@ class RowBuilder:
         for s in self.scores:
             values = self.pct[s](ok_scores[s]) if s in ok_scores and s in self.pct else None
             columns[f"pct_{s}"] = _scatter(ok, values, pa.float32())
-        flagged, reasons = self._flags(ok_scores, n_ok)
+        flagged, reasons = self._flags(ok_scores, scores.get("pred_class"), n_ok)
         columns["flagged"] = _scatter(ok, flagged, pa.bool_())
         columns["flag_reasons"] = _scatter_lists(ok, reasons)
         when = scanned_at or datetime.now(timezone.utc)
         columns["scanned_at"] = pa.array([when] * n, pa.timestamp("us", tz="UTC"))
         columns["content_sha256"] = _strings(batch[DIGEST]) if DIGEST in batch else pa.nulls(n, pa.string())
         columns["quality_issues"] = _issue_lists(ok, batch.get(QUALITY))
+        columns["near_duplicate_of_id"] = self._near_duplicates(ok, scores if n_ok else {})
         columns[CHUNK] = pa.array(np.asarray(batch[CHUNK], dtype=np.int32))
         columns[SEQ] = pa.array(np.asarray(batch[SEQ], dtype=np.int32))
         columns[READ_S] = pa.array(np.asarray(batch[READ_S], dtype=np.float32))
@@ -136,12 +150,26 @@ class RowBuilder:
     def empty(self) -> pa.Table:
         return self.output_schema.empty_table()
 
-    def _flags(self, ok_scores: Mapping[str, np.ndarray], n_ok: int) -> tuple[np.ndarray | None, list | None]:
+    def _flags(self, ok_scores: Mapping[str, np.ndarray], pred_class: Any,
+               n_ok: int) -> tuple[np.ndarray | None, list | None]:
         if n_ok == 0:
             return None, None
+        if self.per_class is not None and pred_class is not None:
+            return per_class_flags(ok_scores, np.asarray(pred_class), self.per_class, self.per_score, self.flag)
         flagged, _ = flags(ok_scores, self.flag, self.flag_on)
         _, reasons = flags(ok_scores, self.per_score, [])
         return flagged, reasons
+
+
+    def _near_duplicates(self, ok: np.ndarray, scores: Mapping[str, np.ndarray]) -> pa.Array:
+        nn, dist = scores.get("knn_nn"), scores.get("knn_nn_dist")
+        if self.near_dup is None or self.bank_uris is None or nn is None or dist is None:
+            return pa.nulls(ok.size, pa.string())
+        rows = near_duplicate_rows(np.asarray(dist)[:, 0], np.asarray(nn)[:, 0], self.near_dup)
+        uris = np.full(ok.size, None, dtype=object)
+        hit = rows >= 0
+        uris[np.flatnonzero(ok)[hit]] = self.bank_uris[rows[hit]]
+        return pa.array(uris.tolist(), pa.string())
 
 
 def _strings(values: Any) -> pa.Array:

@@ -247,7 +247,8 @@ def _run_leased(cfg: ScanConfig, listing: Iterable[pa.Table] | None, start_ray: 
         t = time.perf_counter()
         (start_ray or _start_local_ray)()
         phases["ray_start"] = time.perf_counter() - t
-        executions = _scan_until_done(cfg, ledger, plan, markers, bundle.uri, run_id, run_date, pre, run_doc, lease)
+        executions = _scan_until_done(cfg, ledger, plan, markers, bundle.uri, run_id, run_date, pre, run_doc, lease,
+                                      quality_config(bundle))
 
     ledger.sweep(run_date, markers)
     ledger.check_parts(run_date, markers)
@@ -313,8 +314,16 @@ def _start_local_ray() -> None:
         init_ray()
 
 
+def quality_config(bundle: Any) -> QualityConfig:
+    """The SPEC §14 thresholds of a scan with ``bundle``: the bundle's calibrated ones (``blurry``) when it
+    has them, else the defaults, where ``blurry`` is never reported."""
+    part = bundle.info.quality
+    return part.config() if part is not None else QualityConfig()
+
+
 def _scan_until_done(cfg: ScanConfig, ledger: Ledger, plan: Plan, markers: dict[int, dict], bundle_uri: str,
-                     run_id: str, run_date: str, pre: Preprocess, run_doc: dict, lease: Lease) -> list[_Execution]:
+                     run_id: str, run_date: str, pre: Preprocess, run_doc: dict, lease: Lease,
+                     quality: QualityConfig) -> list[_Execution]:
     executions: list[_Execution] = []
     resources, device, workers = _actor_resources(cfg)
     for _ in range(cfg.max_attempts):
@@ -331,7 +340,7 @@ def _scan_until_done(cfg: ScanConfig, ledger: Ledger, plan: Plan, markers: dict[
         tracker = ChunkTracker(plan, attempt)
         try:
             ds = _pipeline(cfg, ledger, plan, todo, bundle_uri, run_id, run_date, pre, attempt, resources, device,
-                           workers)
+                           workers, quality)
             _consume(ds, tracker, ledger, markers, ex, plan, lease)
         except OodAuditError:
             raise
@@ -373,7 +382,7 @@ def _actor_resources(cfg: ScanConfig) -> tuple[dict[str, float], str, int]:
 
 def _pipeline(cfg: ScanConfig, ledger: Ledger, plan: Plan, todo: list[int], bundle_uri: str, run_id: str,
               run_date: str, pre: Preprocess, attempt: int, resources: dict[str, float], device: str,
-              workers: int) -> Any:
+              workers: int, quality: QualityConfig) -> Any:
     import ray
 
     from ood_audit.scan.read import PlanDatasource, fetch_decode
@@ -394,7 +403,7 @@ def _pipeline(cfg: ScanConfig, ledger: Ledger, plan: Plan, todo: list[int], bund
         num_cpus=read_cpus,
         fn_kwargs={"preprocess": pre.to_dict(), "s3": cfg.s3, "max_bytes": cfg.max_bytes,
                    "max_pixels": cfg.max_pixels, "threads": cfg.read_threads,
-                   "quality": QualityConfig().model_dump()})  # SPEC §14 defaults; blurry until calibrated: none
+                   "quality": quality.model_dump()})
     ds = ds.map_batches(
         ScoreActor, batch_size=cfg.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(slices)))), **resources,
@@ -486,7 +495,7 @@ def _summary(cfg: ScanConfig, run_id: str, run_date: str, partition: str, bundle
                       "stage_busy": {"read": busy["read_s"], "score": busy["score_s"], "write": busy["write_s"]}},
         "workers": {"scoring_actors": len(workers), "nodes": len({w.split(":")[0] for w in workers})},
         "config": {k: getattr(cfg, k) for k in _REPORTED_CONFIG},
-        "quality_thresholds": QualityConfig().model_dump(),  # SPEC §14: every threshold the read task used
+        "quality_thresholds": quality_config(bundle).model_dump(),  # SPEC §14: every threshold the read task used
         "software": {**software_versions(), "ray": ray.__version__},
         "created_at": run_doc.get("created_at"),
         "started_at": started_at.isoformat(timespec="seconds"),

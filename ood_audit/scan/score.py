@@ -61,7 +61,9 @@ class ScoreActor:
         self.device = resolve_actor_device(device)
         bundle = open_bundle(bundle_uri, s3=s3, verify=False)  # each file is verified as it is read below
         self.scorer = scorer_from_bundle(bundle, device=self.device, knn_backend=knn_backend)
-        self.rows = RowBuilder(bundle.info, bundle.id, run_id, self.scorer.score_names)
+        sources = bundle.bank_sources() if bundle.info.near_duplicates is not None else None
+        self.rows = RowBuilder(bundle.info, bundle.id, run_id, self.scorer.score_names,
+                               bank_uris=sources.column("uri").to_pylist() if sources is not None else None)
         self.worker = f"{_node_id()}:{os.getpid()}"
         log.info("scoring actor %s ready on %s (%s activations, %d torch threads) in %.1f s (bundle %s)",
                  self.worker, self.device, self.scorer.precision, torch.get_num_threads(),

@@ -11,29 +11,31 @@ keeps for itself (plan, commit markers, summary) lives beside it under ``<output
 
 Schema (:func:`report_schema`), one row per listed object, in this order:
 
-====================  ========================  ===================================================
-column                type                      meaning
-====================  ========================  ===================================================
-``run_id``            string, not null          the scan run
-``bundle_id``         string, not null          the audit bundle that scored it
-``uri``               string, not null          ``s3://bucket/key`` or an absolute local path
-``etag``              string                    as listed (null when a manifest gives none)
-``size_bytes``        int64                     as listed (null when a manifest gives none)
-``status``            string, not null          ``ok | decode_error | missing | too_large | unsupported``
-``error``             string                    why, when ``status`` is not ``ok``
-``width``/``height``  int32                     stored size from the image header, when readable
-``featurenorm`` …     float64                   scores, higher = more in-distribution; null unless ok
-``csd_view``          int8                      the CSD view that decided (0–3 quadrants, 4 global, 5 centre)
-``pred_class``        int32                     the classifier's argmax
-``knn_nn``            list<int32>               the nearest kNN-bank rows (SPEC §13), closest first
-``knn_nn_dist``       list<float32>             their L2 distances (the ``knn`` score's units)
-``pct_<score>``       float32                   percent of held-out ID scoring below (0–100)
-``flagged``           bool                      any ``flag_on`` score below its union threshold
-``flag_reasons``      list<string>              every score below its own per-score threshold
-``scanned_at``        timestamp[us, UTC]        when the row was produced
-``content_sha256``    string                    SHA-256 of the object's bytes (hex), when fetched
-``quality_issues``    list<string>              SPEC §14 findings (never a status or a flag); null unless ok
-====================  ========================  ===================================================
+========================  ========================  ===================================================
+column                    type                      meaning
+========================  ========================  ===================================================
+``run_id``                string, not null          the scan run
+``bundle_id``             string, not null          the audit bundle that scored it
+``uri``                   string, not null          ``s3://bucket/key`` or an absolute local path
+``etag``                  string                    as listed (null when a manifest gives none)
+``size_bytes``            int64                     as listed (null when a manifest gives none)
+``status``                string, not null          ``ok | decode_error | missing | too_large | unsupported``
+``error``                 string                    why, when ``status`` is not ``ok``
+``width``/``height``      int32                     stored size from the image header, when readable
+``featurenorm`` …         float64                   scores, higher = more in-distribution; null unless ok
+``csd_view``              int8                      the CSD view that decided (0–3 quadrants, 4 global, 5 centre)
+``pred_class``            int32                     the classifier's argmax
+``knn_nn``                list<int32>               the nearest kNN-bank rows (SPEC §13), closest first
+``knn_nn_dist``           list<float32>             their L2 distances (the ``knn`` score's units)
+``pct_<score>``           float32                   percent of held-out ID scoring below (0–100)
+``flagged``               bool                      any ``flag_on`` score below its union threshold
+``flag_reasons``          list<string>              every score below its own per-score threshold
+``scanned_at``            timestamp[us, UTC]        when the row was produced
+``content_sha256``        string                    SHA-256 of the object's bytes (hex), when fetched
+``quality_issues``        list<string>              SPEC §14 findings (never a status or a flag); null unless ok
+``near_duplicate_of_id``  string                    the nearest kNN-bank image's URI when its distance is
+                                                    under the bundle's τ (:mod:`ood_audit.calibration.neardup`), else null
+========================  ========================  ===================================================
 
 The score columns are :data:`SPEC_SCORES` (always present, null when a bundle lacks one) followed by any
 further score the bundle's scorer produces (e.g. ``msp+fn``, ``energy+fn``), so a score added later flows
@@ -57,10 +59,10 @@ import pyarrow.parquet as pq
 from ood_audit.io.fs import S3Config, resolve
 from ood_audit.io.uri import join_uri, parse_uri
 
-REPORT_FORMAT_VERSION = "3"
-# "1" lacks the kNN neighbour columns, "1" and "2" lack content_sha256 and quality_issues; readers treat
-# absent columns as null.
-SUPPORTED_REPORT_FORMATS: tuple[str, ...] = ("1", "2", "3")
+REPORT_FORMAT_VERSION = "4"
+# "1" lacks the kNN neighbour columns, "1" and "2" lack content_sha256 and quality_issues, "1" to "3" lack
+# near_duplicate_of_id; readers treat absent columns as null.
+SUPPORTED_REPORT_FORMATS: tuple[str, ...] = ("1", "2", "3", "4")
 REPORTS_DIR = "reports"
 PARTITION_KEY = "run_date"
 SPEC_SCORES: tuple[str, ...] = ("featurenorm", "csd", "msp", "energy", "maxlogit", "knn")
@@ -100,6 +102,7 @@ def report_schema(score_names: Sequence[str] = ()) -> pa.Schema:
         pa.field("scanned_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("content_sha256", pa.string()),
         pa.field("quality_issues", pa.list_(pa.string())),
+        pa.field("near_duplicate_of_id", pa.string()),
     ]
     return pa.schema(fields, metadata={"ood_audit.report_format": REPORT_FORMAT_VERSION})
 

@@ -39,7 +39,9 @@ def _tolerance(p: float, n_cal: int, n_test: int, floor_bias: float, z: float = 
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
-    """Real digits: 1000 to calibrate (half bank, half held-out), the next 500 as fresh ID test images."""
+    """Real digits: 1000 to calibrate (half bank, half held-out), the next 500 as fresh ID test images.
+    The split hashes the URIs, so it (and every figure below) changes with the temporary directory: the
+    assertions are tolerances derived from the sample sizes, not values."""
     root = tmp_path_factory.mktemp("findings")
     write_digit_folders(root / "all", 1797, seed=0)
     for p in sorted((root / "all").rglob("*.png")):
@@ -83,7 +85,9 @@ def _linear_probe(folder) -> torch.nn.Module:
     y = torch.nn.functional.one_hot(torch.tensor([int(u.split("digit_")[1].split("/")[0]) for u in uris]), 10)
     mu = f.mean(0)
     fc = f - mu
-    w = torch.linalg.solve(fc.T @ fc + 1e-2 * fc.shape[0] * torch.eye(f.shape[1], dtype=f.dtype), fc.T @ y.double())
+    gram = fc.T @ fc
+    lam = 0.1 * torch.trace(gram) / gram.shape[0]  # well conditioned: the fit does not hinge on float rounding
+    w = torch.linalg.solve(gram + lam * torch.eye(f.shape[1], dtype=f.dtype), fc.T @ y.double())
     with torch.no_grad():
         model.fc.weight.copy_(w.T.float())
         model.fc.bias.copy_((y.double().mean(0) - mu @ w).float())
@@ -154,7 +158,7 @@ def test_per_class_thresholds_keep_the_overall_rate_and_record_fallbacks(calibra
                                                               if n >= MIN_IMAGES}
     assert pc.fallback == {c: int(n) for c, n in enumerate(counts) if n < MIN_IMAGES}
     assert res.summary["per_class_fallback"] == pc.fallback
-    assert pc.classes and pc.fallback  # both kinds occur with these data
+    assert pc.classes  # ~50 held-out images a class: some have their own, most runs some fall back too
     pre = Preprocess.from_dict(dict(bundle.info.preprocess))
     # held-out: each class with its own thresholds at or under the target, so overall too
     table, scores = _scan(scorer, rows, pre, list(held["uri"]))

@@ -160,7 +160,6 @@ class RowBuilder:
         _, reasons = flags(ok_scores, self.per_score, [])
         return flagged, reasons
 
-
     def _near_duplicates(self, ok: np.ndarray, scores: Mapping[str, np.ndarray]) -> pa.Array:
         nn, dist = scores.get("knn_nn"), scores.get("knn_nn_dist")
         if self.near_dup is None or self.bank_uris is None or nn is None or dist is None:

@@ -6,7 +6,7 @@ Used by the nightly job (:mod:`ood_audit.nightly.lease`, one night at a time per
     {"holder": <random token>, "host", "pid", "run", "acquired_at", "renewed_at", "ttl_s"}
 
 - **Acquire** writes it with a conditional write that fails when the object exists (S3 ``If-None-Match:
-  *``; locally ``O_CREAT|O_EXCL``). Of two starters, exactly one wins.
+  *``; locally a complete file linked into place). Of two starters, exactly one wins.
 - **Held** by another run: the second run stops with :class:`LeaseHeld` (its own exit status), naming the
   holder and when the lease would become stale. It touches nothing else.
 - **Renew**: while it runs, the holder rewrites the lease every ``ttl_s / 3`` with a conditional write on
@@ -236,7 +236,7 @@ class _S3Store:
 
 
 class _LocalStore:
-    """The same protocol on a local path: ``O_EXCL`` create, ``flock``-guarded compare-and-replace."""
+    """The same protocol on a local path: create by linking a complete file, ``flock``-guarded compare-and-replace."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -244,12 +244,18 @@ class _LocalStore:
     def create(self, doc: dict[str, Any]) -> str:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         data = _encode(doc)
+        # Written in full under a private name, then linked into place: link() fails if the lease exists, and
+        # a reader never sees a half-written lease (an O_EXCL create would show an empty file for a moment,
+        # which a concurrent starter could take for a stale lease and replace).
+        tmp = f"{self.path}.{secrets.token_hex(4)}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(tmp, self.path)
         except FileExistsError:
             raise _Conflict() from None
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        finally:
+            os.remove(tmp)
         return _digest(data)
 
     def replace(self, doc: dict[str, Any], etag: str | None) -> str:

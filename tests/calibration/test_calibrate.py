@@ -33,7 +33,8 @@ def test_distributed_calibration_on_s3_matches_single_process(ray_local, s3_clie
     s3_client.put_object(Bucket=s3_bucket, Key="id/class0/broken.png", Body=b"\x89PNG garbage")
     model = _model_files(tmp_path / "m")
     cfg = CalibrateConfig(data=data, model=model, output=f"s3://{s3_bucket}/audit", heldout_fraction=0.2,
-                          workers=2, batch_size=16, s3=s3_config, k_knn=10, selector="normratio")
+                          workers=2, batch_size=16, s3=s3_config, k_knn=10, selector="normratio",
+                          min_heldout=5)  # the bucket's name is random, so the hashed split's size varies
     res = calibrate(cfg)
     assert res.summary["bank_workers"] == 2  # both actors did work
     assert res.bundle_uri.startswith(f"s3://{s3_bucket}/audit/bundles/")

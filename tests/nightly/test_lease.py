@@ -107,3 +107,24 @@ def test_renewal_keeps_a_long_run_alive_and_detects_takeover(root):
         lease.release()
     # not ours any more: release left the new holder's lease in place
     assert json.loads(read_bytes(f"{output}/nightly/lease.json", s3=s3))["run"] == "crashed"
+
+
+def test_concurrent_local_starters_never_see_a_half_written_lease(tmp_path):
+    """Many rounds of the race on local disk: a starter that reads the lease while its creator is still
+    writing it must not take the empty file for a stale lease (two winners)."""
+    for round_ in range(30):
+        output = str(tmp_path / f"round{round_}")
+        results, barrier = [], threading.Barrier(6)
+
+        def start(i, output=output, results=results, barrier=barrier):
+            barrier.wait()
+            try:
+                results.append(("won", Lease(output, 3600, run=f"r{i}").acquire()))
+            except LeaseHeld:
+                results.append(("held", None))
+
+        threads = [threading.Thread(target=start, args=(i,)) for i in range(6)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert sorted(r for r, _ in results) == ["held"] * 5 + ["won"], f"round {round_}"
+        next(lease for r, lease in results if r == "won").release()

@@ -73,7 +73,7 @@ class LocalCluster:
         code = (
             "import json, sys, time, ray\n"
             f"ray.init(address={self.address!r}, logging_level='ERROR')\n"
-            f"deadline = time.time() + {timeout}\n"
+            f"deadline = time.time() + {min(timeout, 45.0)}\n"
             "while True:\n"
             "    alive = [n for n in ray.nodes() if n['Alive']]\n"
             f"    if len(alive) >= {count} or time.time() > deadline: break\n"
@@ -84,10 +84,16 @@ class LocalCluster:
             "             and not k.startswith('node:')]\n"
             "    out[names[0] if names else 'head'] = n['NodeID']\n"
             "print(json.dumps(out))\n")
-        deadline = time.time() + timeout
+        deadline, hung = time.time() + timeout, False
         while True:  # the head may still be starting its GCS
-            res = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True,
-                                 timeout=timeout + 30)
+            try:
+                res = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True,
+                                     timeout=75)
+            except subprocess.TimeoutExpired:  # a connect that hung on a head still starting: one more try
+                if hung:
+                    raise
+                hung, deadline = True, time.time() + timeout
+                continue
             if res.returncode == 0:
                 nodes = json.loads(res.stdout.strip().splitlines()[-1])
                 if len(nodes) >= count:

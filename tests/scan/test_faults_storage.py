@@ -138,12 +138,20 @@ def _finish(server: EmbeddedS3, cfg: ScanConfig, run_id: str, uris: list[str]) -
     _assert_exactly_once(server, cfg.output, run_id, uris)
 
 
-@pytest.mark.timeout(300)
-def test_outage_past_the_window_stops_resumable_then_rerun_finishes(ray_local, server, with_bundle):
-    cfg = _config(server, with_bundle, "outage", retry_s=1.0)
+def _scan_until_crashed(server: EmbeddedS3, scan_input: dict, run_id: str,
+                        retry_s: float) -> tuple[ScanConfig, _Scan]:
+    """Start a scan in a thread and crash the server once a few chunks are committed; returns its config
+    and the running scan."""
+    cfg = _config(server, scan_input, run_id, retry_s=retry_s)
     scan = _Scan(cfg)
     scan.start()
-    _crash_after(server, scan, "outage")
+    _crash_after(server, scan, run_id)
+    return cfg, scan
+
+
+@pytest.mark.timeout(300)
+def test_outage_past_the_window_stops_resumable_then_rerun_finishes(ray_local, server, with_bundle):
+    cfg, scan = _scan_until_crashed(server, with_bundle, "outage", retry_s=1.0)
     error = _stopped_resumable(scan, "outage")  # while the server is still down
     assert "cannot reach object storage at " + server.endpoint_url in str(error)
     server.resume()
@@ -152,10 +160,7 @@ def test_outage_past_the_window_stops_resumable_then_rerun_finishes(ray_local, s
 
 @pytest.mark.timeout(300)
 def test_credentials_revoked_mid_run_stop_it_resumable_and_lose_nothing(ray_local, server, with_bundle):
-    cfg = _config(server, with_bundle, "revoked", retry_s=30)
-    scan = _Scan(cfg)
-    scan.start()
-    _crash_after(server, scan, "revoked")
+    cfg, scan = _scan_until_crashed(server, with_bundle, "revoked", retry_s=30)
     server.resume(access_key="rotated" + server.access_key[-8:], secret_key=server.secret_key[::-1])  # old keys gone
     error = _stopped_resumable(scan, "revoked")
     assert server.endpoint_url in str(error) and ("credentials" in str(error) or "access denied" in str(error))
@@ -166,10 +171,7 @@ def test_credentials_revoked_mid_run_stop_it_resumable_and_lose_nothing(ray_loca
 
 @pytest.mark.timeout(300)
 def test_output_refusing_writes_mid_run_stops_it_resumable_and_loses_nothing(ray_local, server, with_bundle):
-    cfg = _config(server, with_bundle, "readonly", retry_s=30)
-    scan = _Scan(cfg)
-    scan.start()
-    _crash_after(server, scan, "readonly")
+    cfg, scan = _scan_until_crashed(server, with_bundle, "readonly", retry_s=30)
     server.resume(read_only=True)  # reads still work, every write is refused
     error = _stopped_resumable(scan, "readonly")
     assert "access denied by " + server.endpoint_url in str(error)

@@ -25,6 +25,10 @@ PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 DEFAULT_PRECISION = "float32"
 # ood_audit.report.build.DEFAULT_TOP
 DEFAULT_REPORT_TOP = 48
+# ood_audit.io.quality.ISSUES (SPEC §14) and ood_audit.sinks.select.ANY_ISSUE
+QUALITY_ISSUES: tuple[str, ...] = ("dark", "light", "blurry", "low_information", "grayscale", "odd_aspect_ratio",
+                                   "tiny")
+ANY_QUALITY_ISSUE = "any"
 
 
 def add_s3_args(p: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ import json
 import os
 
 from ..errors import ConfigError
-from .common import add_s3_args, s3_from_args
+from .common import ANY_QUALITY_ISSUE, QUALITY_ISSUES, add_s3_args, s3_from_args
 
 SINKS = ("label-studio", "sqs", "jsonl")
 
@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help="send a run's selected rows to Label Studio, SQS or a JSONL manifest (deduplicated)",
         description="Select rows of a scan run (the bundle's flags, the top-k most anomalous, or the rows "
-                    "FeatureNorm and CSD disagree on) and send them to a labeling queue. A ledger under "
+                    "FeatureNorm and CSD disagree on), optionally only those with (or without) given data-quality "
+                    "issues, and send them to a labeling queue. A ledger under "
                     "REPORT/exports/ records what each destination already has, keyed by (uri, etag, bundle), "
                     "so later nights send only new or changed objects; a failed export re-run sends the rest.")
     p.add_argument("--report", required=True, help="the scan's output root (local or s3://)")
@@ -29,6 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--per-class", action="store_true",
                    help="split --budget across predicted classes: equal shares, the remainder to the classes "
                         "with the most candidates, shares a class cannot fill passed to the others")
+    issues = ", ".join(QUALITY_ISSUES)
+    g.add_argument("--quality", default=None, metavar="ISSUES",
+                   help=f"only rows with at least one of these data-quality issues, comma-separated ({issues}; "
+                        f"{ANY_QUALITY_ISSUE}: any issue); applied before --budget, with any --policy")
+    g.add_argument("--exclude-quality", default=None, metavar="ISSUES",
+                   help=f"leave out rows with any of these issues (same names; {ANY_QUALITY_ISSUE}: every row "
+                        "with an issue)")
     ls = p.add_argument_group("label-studio")
     ls.add_argument("--tasks-file", default=None, help="write this run's new tasks (import format) to this JSON file; "
                                                             "{run_id} in the name gives each run its own file")
@@ -88,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     for name in ("botocore", "boto3", "urllib3"):  # their INFO lines ("Found credentials ...") are not progress
         logging.getLogger(name).setLevel(logging.WARNING)
 
-    selection = Selection(policy=args.policy, budget=args.budget, per_class=args.per_class)
+    selection = Selection(policy=args.policy, budget=args.budget, per_class=args.per_class,
+                          quality=args.quality, exclude_quality=args.exclude_quality)
     s3 = s3_from_args(args)
     summary = export(args.report, build_sink(args, s3), selection, run_id=args.run_id, s3=s3)
     if args.json:

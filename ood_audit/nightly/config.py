@@ -45,10 +45,28 @@ class ScanSettings(_Strict):
     max_pixels: Positive | None = None
 
 
+def _issues(value: Any) -> list[str]:
+    """SPEC §14 issue names (a list, or one comma-separated string), checked against ``io.quality.ISSUES``."""
+    from ood_audit.sinks.select import issue_names  # the same check and message as the export flags
+
+    if value is None or value == []:
+        return []
+    if not isinstance(value, (str, list)):
+        raise ValueError("expected a list of quality issue names")
+    return list(issue_names(value))
+
+
 class _Export(_Strict):
+    """A selection, as ``ood-audit export``'s flags: ``quality`` keeps only rows with one of these SPEC §14
+    issues, ``exclude_quality`` drops rows with any of them (``any``: any issue)."""
+
     policy: Literal["threshold", "top-k", "disagreement"] = "threshold"
     budget: Positive | None = None
     per_class: bool = False
+    quality: list[str] = []
+    exclude_quality: list[str] = []
+
+    _check_issues = field_validator("quality", "exclude_quality", mode="before")(_issues)
 
     @model_validator(mode="after")
     def _budget(self) -> _Export:
@@ -56,6 +74,9 @@ class _Export(_Strict):
             raise ValueError("policy top-k needs a budget (a positive integer)")
         if self.per_class and self.budget is None:
             raise ValueError("per_class needs a budget to split")
+        both = set(self.quality) & set(self.exclude_quality)
+        if both or (self.quality and "any" in self.exclude_quality):
+            raise ValueError("quality and exclude_quality leave no row to select")
         return self
 
 

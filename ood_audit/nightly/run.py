@@ -147,8 +147,9 @@ def _export(cfg: NightlyConfig, e: Export, run_id: str, s3: S3Config, res: Night
         from ood_audit.sinks.manifest import ManifestSink
 
         sink = ManifestSink(e.prefix, s3=s3)
-    summary = export(cfg.output, sink, Selection(policy=e.policy, budget=e.budget, per_class=e.per_class),
-                     run_id=run_id, s3=s3)
+    selection = Selection(policy=e.policy, budget=e.budget, per_class=e.per_class, quality=tuple(e.quality),
+                          exclude_quality=tuple(e.exclude_quality))
+    summary = export(cfg.output, sink, selection, run_id=run_id, s3=s3)
     res.exports.append(summary.to_dict())
 
 

@@ -2,7 +2,8 @@
 
 Order of work, chosen so that nothing is marked sent that was not, and a bad flag or endpoint costs nothing:
 
-1. **Select** (:mod:`~ood_audit.sinks.select`): read the run, apply the policy and budget. Pure; no network.
+1. **Select** (:mod:`~ood_audit.sinks.select`): read the run, apply the policy, the quality filters (SPEC §14)
+   and the budget. Pure; no network.
 2. **Open** the sink: resolve the queue, check the token, create or find the project. An unreachable endpoint
    or a rejected credential stops here with one line, before any send and with the ledger untouched.
 3. **Dedupe** against the destination's ledger (:mod:`~ood_audit.sinks.ledger`): keys of
@@ -57,12 +58,16 @@ class ExportSummary:
     sent_now: int = 0
     batches: int = 0
     files: list[str] = field(default_factory=list)
+    quality: list[str] = field(default_factory=list)          # --quality: rows with any of these issues
+    exclude_quality: list[str] = field(default_factory=list)  # --exclude-quality: rows without them
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def lines(self) -> list[str]:
-        return [f"run {self.run_id} (bundle {self.bundle_id[:12]}), policy {self.policy} -> queue {self.queue}",
+        quality = (f", with quality issue {' or '.join(self.quality)}" if self.quality else "") + \
+                  (f", without quality issue {' or '.join(self.exclude_quality)}" if self.exclude_quality else "")
+        return [f"run {self.run_id} (bundle {self.bundle_id[:12]}), policy {self.policy}{quality} -> queue {self.queue}",
                 f"  {self.sink} {self.destination}",
                 f"  selected {self.selected}, already sent {self.already_sent}, sent now {self.sent_now} "
                 f"in {self.batches} batch(es)",
@@ -73,10 +78,9 @@ def export(output: str, sink: Sink, selection: Selection, *, run_id: str | None 
            s3: S3Config | None = None) -> ExportSummary:
     """Export one run (the latest when ``run_id`` is None) under ``output`` to ``sink`` (module docstring)."""
     run = find_run(output, run_id, s3=s3)
-    table = select_rows(run_dataset(run, s3=s3), run.flag_on, selection)
+    table = select_rows(run_dataset(run, s3=s3), run.flag_on, selection, where=f"run {run.run_id}")
     items = list(items_from_table(table, selection.policy))
-    log.info("run %s: %d rows selected by %s%s", run.run_id, len(items), selection.policy,
-             f" (budget {selection.budget}{', per class' if selection.per_class else ''})" if selection.budget else "")
+    log.info("run %s: %d rows selected by %s", run.run_id, len(items), selection.describe())
     try:
         sink.open()
         ledger = Ledger(output, sink.kind, sink.destination, selection.queue, s3=s3)
@@ -84,7 +88,8 @@ def export(output: str, sink: Sink, selection: Selection, *, run_id: str | None 
         pending = [i for i in items if i.key not in sent]
         summary = ExportSummary(run_id=run.run_id, bundle_id=run.bundle_id, policy=selection.policy,
                                 queue=selection.queue, sink=sink.kind, destination=sink.destination,
-                                ledger=ledger.root, selected=len(items), already_sent=len(items) - len(pending))
+                                ledger=ledger.root, selected=len(items), already_sent=len(items) - len(pending),
+                                quality=list(selection.quality), exclude_quality=list(selection.exclude_quality))
         log.info("%s %s: %d already sent, %d to send", sink.kind, sink.destination, summary.already_sent,
                  len(pending))
         sink.begin(run.run_id, pending)

@@ -10,6 +10,18 @@ Policies (only ``status == "ok"`` rows are ever candidates; nothing was judged f
   evidence (feature magnitude vs. cross-scale consistency), so a split vote is where a human must decide:
   these rows go to their own queue, ``disagreement``, with its own ledger, whatever the destination.
 
+Quality filters (SPEC §14's ``quality_issues``; findings, never flags) narrow any policy, before ranking and
+the budget, so a budget counts only rows that pass them:
+
+- ``quality``: keep only rows with at least one of these issues (``any``: at least one issue of any kind);
+- ``exclude_quality``: drop rows with any of these issues (``any``: drop every row with an issue).
+
+A row whose ``quality_issues`` is null (nothing known) never matches ``quality`` and is never dropped by
+``exclude_quality``. Runs written before the column (report formats 1 and 2) are refused when a quality
+filter is given, rather than read as "no issues". Both filters are scanner expressions (the list joined
+with ``,`` and matched by a regular expression over the validated names), so they are pushed down with
+the ``status`` filter and top-k keeps streaming in bounded memory.
+
 Ranking is always anomaly descending, then ``uri`` ascending, so a selection is a pure function of the run.
 
 ``budget`` caps how many rows go out; ``per_class`` splits it across ``pred_class`` (:func:`split_budget`):
@@ -34,7 +46,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from ood_audit.errors import ConfigError
+from ood_audit.errors import ConfigError, ReportError
+from ood_audit.io.quality import ISSUES
 from ood_audit.sinks.runs import anomaly, iter_batches, most_anomalous
 
 Policy = Literal["threshold", "top-k", "disagreement"]
@@ -42,6 +55,26 @@ POLICIES: tuple[str, ...] = ("threshold", "top-k", "disagreement")
 DISAGREEMENT_SCORES = ("featurenorm", "csd")
 BASE_COLUMNS = ("uri", "etag", "run_id", "bundle_id", "pred_class", "csd_view", "flagged", "flag_reasons")
 NO_CLASS = -1  # pred_class is never null on ok rows; this only keeps a malformed row in one group
+ANY_ISSUE = "any"
+QUALITY_COLUMN = "quality_issues"
+
+
+def issue_names(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Validated SPEC §14 issue names from ``"blurry,dark"`` or a list of names (``any`` allowed), in
+    :data:`~ood_audit.io.quality.ISSUES` order; ``ConfigError`` naming the first unknown one."""
+    if value is None:
+        return ()
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(p).strip() for p in parts]
+    names = [n for n in names if n]
+    if not names:
+        raise ConfigError("no quality issue named (give one or more of " + ", ".join((*ISSUES, ANY_ISSUE)) + ")")
+    for n in names:
+        if n not in ISSUES and n != ANY_ISSUE:
+            raise ConfigError(f"{n!r} is not a quality issue (one of {', '.join(ISSUES)}, or {ANY_ISSUE})")
+    if ANY_ISSUE in names:
+        return (ANY_ISSUE,)  # every other name is implied
+    return tuple(i for i in ISSUES if i in names)
 
 
 def queue_of(policy: str) -> str:
@@ -56,8 +89,25 @@ class Selection:
     policy: str = "threshold"
     budget: int | None = None
     per_class: bool = False
+    # SPEC §14 issue names, or one comma-separated string of them (as the flags give them); normalised to a
+    # tuple in ISSUES order. quality: keep rows with any of them; exclude_quality: drop those rows.
+    quality: tuple[str, ...] | str = ()
+    exclude_quality: tuple[str, ...] | str = ()
 
     def __post_init__(self) -> None:
+        for name in ("quality", "exclude_quality"):
+            value = getattr(self, name)
+            if value in ((), None):
+                object.__setattr__(self, name, ())
+                continue
+            try:
+                object.__setattr__(self, name, issue_names(value))  # frozen: normalised once, here
+            except ConfigError as exc:
+                raise ConfigError(f"--{name.replace('_', '-')}: {exc}") from None
+        both = set(self.quality) & set(self.exclude_quality)
+        if both or (self.quality and ANY_ISSUE in self.exclude_quality):
+            raise ConfigError(f"--quality {','.join(self.quality)} with --exclude-quality "
+                              f"{','.join(self.exclude_quality)} leaves no row to select")
         if self.policy not in POLICIES:
             raise ConfigError(f"--policy {self.policy!r} is not one of {', '.join(POLICIES)}")
         if self.budget is not None and self.budget <= 0:
@@ -70,6 +120,47 @@ class Selection:
     @property
     def queue(self) -> str:
         return queue_of(self.policy)
+
+    @property
+    def filters_quality(self) -> bool:
+        return bool(self.quality or self.exclude_quality)
+
+    def describe(self) -> str:
+        """The selection in words, for logs and the export summary."""
+        parts = [f"policy {self.policy}"]
+        if self.budget is not None:
+            parts.append(f"budget {self.budget}{' per class' if self.per_class else ''}")
+        if self.quality:
+            parts.append("with quality issue " + " or ".join(self.quality))
+        if self.exclude_quality:
+            parts.append("without quality issue " + " or ".join(self.exclude_quality))
+        return ", ".join(parts)
+
+
+def quality_filter(selection: Selection, schema: pa.Schema, where: str = "this run") -> Any:
+    """The scanner expression of ``selection``'s quality filters (None without any); ``ReportError`` when
+    the report has no ``quality_issues`` column (module docstring)."""
+    if not selection.filters_quality:
+        return None
+    if QUALITY_COLUMN not in schema.names:
+        raise ReportError(f"{where} was written before the {QUALITY_COLUMN} column (report format 1 or 2): "
+                          "--quality/--exclude-quality need a run scanned by this version")
+    out = None
+    if selection.quality:
+        out = _has_issue(selection.quality)
+    if selection.exclude_quality:
+        keep = pc.invert(pc.coalesce(_has_issue(selection.exclude_quality), pa.scalar(False)))
+        out = keep if out is None else out & keep
+    return out
+
+
+def _has_issue(names: Sequence[str]) -> Any:
+    """True where ``quality_issues`` holds one of ``names`` (``any``: is non-empty); null where it is null."""
+    field = pc.field(QUALITY_COLUMN)
+    if ANY_ISSUE in names:
+        return pc.list_value_length(field) > 0
+    # the names are from ISSUES ([a-z_]+): no escaping needed, and "," never occurs inside one
+    return pc.match_substring_regex(pc.binary_join(field, ","), f"(^|,)({'|'.join(names)})(,|$)")
 
 
 def split_budget(counts: Mapping[int, int], budget: int) -> dict[int, int]:
@@ -106,10 +197,15 @@ def payload_columns(schema: pa.Schema, flag_on: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(cols))
 
 
-def select_rows(ds: pads.Dataset, flag_on: Sequence[str], selection: Selection) -> pa.Table:
-    """The rows ``selection`` exports from one run's dataset, ranked, with an ``anomaly`` column."""
+def select_rows(ds: pads.Dataset, flag_on: Sequence[str], selection: Selection, *,
+                where: str = "this run") -> pa.Table:
+    """The rows ``selection`` exports from one run's dataset, ranked, with an ``anomaly`` column
+    (``where`` names the run in errors)."""
     columns = payload_columns(ds.schema, flag_on)
     ok = pc.field("status") == "ok"
+    quality = quality_filter(selection, ds.schema, where)
+    if quality is not None:  # candidates are ok rows that pass the quality filters, whatever the policy
+        ok = ok & quality
     if selection.policy == "top-k":
         assert selection.budget is not None
         if not selection.per_class:
@@ -211,5 +307,5 @@ def _concat(parts: list[pa.Table], schema: pa.Schema, columns: list[str]) -> pa.
     return pa.schema(fields).empty_table()
 
 
-__all__ = ["POLICIES", "Selection", "apply_budget", "disagreement_mask", "flagged_by", "payload_columns", "queue_of",
-           "rank", "select_rows", "split_budget"]
+__all__ = ["ANY_ISSUE", "POLICIES", "Selection", "apply_budget", "disagreement_mask", "flagged_by", "issue_names",
+           "payload_columns", "quality_filter", "queue_of", "rank", "select_rows", "split_budget"]

@@ -138,6 +138,7 @@ class RowBuilder:
         when = scanned_at or datetime.now(timezone.utc)
         columns["scanned_at"] = pa.array([when] * n, pa.timestamp("us", tz="UTC"))
         columns["content_sha256"] = _strings(batch[DIGEST]) if DIGEST in batch else pa.nulls(n, pa.string())
+        columns["duplicate_of"] = pa.nulls(n, pa.string())  # set once the run is committed (scan.duplicates)
         columns["quality_issues"] = _issue_lists(ok, batch.get(QUALITY))
         columns["near_duplicate_of_id"] = self._near_duplicates(ok, scores if n_ok else {})
         columns[CHUNK] = pa.array(np.asarray(batch[CHUNK], dtype=np.int32))

@@ -18,6 +18,7 @@ Data path (one Ray Data pipeline per attempt)::
    chunk done by writing ``runs/<run_id>/chunks/c<n>.json`` once the positions of its files cover
    ``[0, n)`` exactly once. Summary counts come from the markers.
 4. **Finish.** Part files no marker names are deleted, the row count is checked against the footers,
+   ``duplicate_of`` is set from the committed run's content digests (:mod:`ood_audit.scan.duplicates`),
    and ``runs/<run_id>/summary.json`` is written.
 
 Why exactly one row per listed object, whatever fails:
@@ -72,6 +73,7 @@ from ood_audit.io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, STATUSES,
 from ood_audit.io.quality import QualityConfig
 from ood_audit.io.fs import S3Config, check_writable, storage_error
 from ood_audit.io.lease import Lease
+from ood_audit.scan.duplicates import STAGING_DIR, prefix_chars_for, resolve_duplicates
 from ood_audit.scan.ledger import ChunkTracker, Ledger, Plan, RunLayout, check_run_id, new_run_id
 from ood_audit.scan.listing import DoneSet, Skipped, check_inputs, listing_pages, rechunk, skip_done
 from ood_audit.sinks.parquet import count_rows, partition_uri
@@ -253,12 +255,21 @@ def _run_leased(cfg: ScanConfig, listing: Iterable[pa.Table] | None, start_ray: 
     ledger.sweep(run_date, markers)
     ledger.check_parts(run_date, markers)
     done = len(markers) == len(plan.chunk_rows)
+    duplicates = None
+    if done:  # duplicate_of is a function of the whole committed run (scan.duplicates)
+        lease.check()
+        duplicates = resolve_duplicates(cfg.output, run_id, layout.run_dir, partition,
+                                        sorted(f for m in markers.values() for f in m["files"]),
+                                        prefix_chars=prefix_chars_for(plan.objects), s3=cfg.s3)
+        log.info("exact duplicates: %d row(s), %d of this run's objects and %d of earlier runs' (%.1f s)",
+                 duplicates.rows, duplicates.within_run, duplicates.earlier_runs, duplicates.seconds)
     startup = _startup(phases, executions)
     if startup:
         log.info("start-up: %s", ", ".join(f"{k.replace('_', ' ')} {v:.1f} s"
                                            for k, v in startup.items() if v is not None))
     summary = _summary(cfg, run_id, run_date, partition, bundle, plan, markers, executions, run_doc, started_at)
     summary["startup_s"] = startup
+    summary["duplicates"] = duplicates.as_dict() if duplicates is not None else None
     uri = ledger.write_summary(summary)
     if not done:
         last = next((e.error for e in reversed(executions) if e.error), "chunks left unfinished")
@@ -413,6 +424,7 @@ def _pipeline(cfg: ScanConfig, ledger: Ledger, plan: Plan, todo: list[int], bund
         write_parts, batch_size=min(cfg.rows_per_file, max(plan.chunk_rows)), batch_format="pyarrow",
         num_cpus=cfg.write_cpus,
         fn_kwargs={"partition": partition_uri(cfg.output, run_date), "run_id": run_id, "attempt": attempt,
+                   "staging": ledger.layout.file(STAGING_DIR), "prefix_chars": prefix_chars_for(plan.objects),
                    "s3": cfg.s3})
 
 

@@ -6,7 +6,9 @@ pipeline pass and a digest of the chunk positions it holds, and returns one *fee
 (:data:`FEED_SCHEMA`). The driver consumes the feed to commit chunks (:mod:`ood_audit.scan.ledger`).
 
 The name is a function of the rows, so a Ray retry of the same task (after a node loss, say) rewrites the
-same file instead of adding a second copy.
+same file instead of adding a second copy. Beside each part file, the task stages its rows' content digests
+under the same stem (:func:`~ood_audit.scan.duplicates.stage_digests`), for ``duplicate_of`` once the run is
+committed.
 
 A write that fails because the store is down, refuses the credentials or denies the write is not retried
 here: pyarrow has already retried it for the configured outage window (``S3Config.retry_s``). It raises
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +30,8 @@ import pyarrow.compute as pc
 from ood_audit.io.decode import STATUSES
 from ood_audit.io.fs import S3Config, storage_error
 from ood_audit.io.uri import join_uri
-from ood_audit.scan.rows import CHUNK, INTERNAL_COLUMNS, READ_S, SCORE_S, SEQ, WORKER
+from ood_audit.scan.duplicates import plan_order, stage_digests, staging_uri
+from ood_audit.scan.rows import CHUNK, DIGEST, INTERNAL_COLUMNS, READ_S, SCORE_S, SEQ, WORKER
 from ood_audit.sinks.parquet import part_name, write_part
 
 log = logging.getLogger(__name__)
@@ -55,9 +59,12 @@ def seq_digest(seqs: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(seqs, dtype="<i4").tobytes(), digest_size=8).hexdigest()
 
 
-def write_parts(batch: pa.Table, *, partition: str, run_id: str, attempt: int,
-                s3: S3Config | None = None) -> pa.Table:
-    """Write ``batch`` (report columns + internal columns) as one file per chunk; return the feed rows."""
+def write_parts(batch: pa.Table, *, partition: str, run_id: str, attempt: int, staging: str | None = None,
+                prefix_chars: int = 1, s3: S3Config | None = None) -> pa.Table:
+    """Write ``batch`` (report columns + internal columns) as one file per chunk; return the feed rows.
+
+    With ``staging`` (the run's digest staging directory), each part's digests are staged there after the
+    part is written, so a committed part always has its staging file."""
     feed: list[dict] = []
     if batch.num_rows == 0:
         return FEED_SCHEMA.empty_table()
@@ -69,7 +76,13 @@ def write_parts(batch: pa.Table, *, partition: str, run_id: str, attempt: int,
         name = part_name(run_id, int(chunk), attempt, seq_digest(seqs))
         report = part.drop_columns(list(INTERNAL_COLUMNS))
         start = time.perf_counter()
-        _write_with_retries(report, join_uri(partition, name), s3)
+        uri = join_uri(partition, name)
+        _write_with_retries(lambda: write_part(report, uri, s3=s3), uri, s3)
+        if staging is not None:
+            target = staging_uri(staging, name)
+            order = plan_order(part.column(CHUNK).to_numpy(), seqs)
+            _write_with_retries(lambda: stage_digests(part.column(DIGEST), part.column("uri"), order, target,
+                                                      prefix_chars=prefix_chars, s3=s3), target, s3)
         write_s = time.perf_counter() - start
         status = report.column("status").to_numpy(zero_copy_only=False)
         flagged = report.column("flagged").fill_null(False)
@@ -91,10 +104,11 @@ def write_parts(batch: pa.Table, *, partition: str, run_id: str, attempt: int,
     return pa.Table.from_pylist(feed, schema=FEED_SCHEMA)
 
 
-def _write_with_retries(table: pa.Table, uri: str, s3: S3Config | None, attempts: int = _WRITE_ATTEMPTS) -> None:
+def _write_with_retries(write: Callable[[], None], uri: str, s3: S3Config | None,
+                        attempts: int = _WRITE_ATTEMPTS) -> None:
     for i in range(attempts):
         try:
-            write_part(table, uri, s3=s3)
+            write()
             return
         except OSError as exc:
             err = storage_error(exc, s3=s3, uri=uri)

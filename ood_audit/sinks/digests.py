@@ -159,17 +159,21 @@ class DigestIndex:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
 
-    def compact(self) -> int:
-        """Merge each partition's files into one holding only each digest's winning entry; returns the
-        files removed. Lookups are unchanged throughout: the merged file is written before the files it
-        replaces are deleted, and a file added meanwhile is not among them. Run it after a scan."""
+    def compact(self, min_files: int = 2) -> int:
+        """Merge each partition that holds at least ``min_files`` files into one holding only each digest's
+        winning entry; returns the files removed. Lookups are unchanged throughout: the merged file is
+        written before the files it replaces are deleted, and a file added meanwhile is not among them.
+
+        Run it after a scan. A ``min_files`` above 2 bounds the files a lookup opens per partition while
+        rewriting a partition only every few runs, not on every run (the index grows by one file per
+        partition a run touches)."""
         fs, root = resolve(self.root, self.s3)
         removed = 0
         for info in fs.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True)):
             if info.type != pafs.FileType.Directory or not info.base_name.startswith("p="):
                 continue
             files = self._files(fs, info.base_name[2:])
-            if len(files) < 2:
+            if len(files) < max(2, min_files):
                 continue
             best: dict[str, DigestEntry] = {}
             for f in files:  # one partition at a time: about 1/16^prefix_chars of the index

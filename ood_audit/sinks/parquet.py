@@ -32,6 +32,9 @@ column                    type                      meaning
 ``flag_reasons``          list<string>              every score below its own per-score threshold
 ``scanned_at``            timestamp[us, UTC]        when the row was produced
 ``content_sha256``        string                    SHA-256 of the object's bytes (hex), when fetched
+``duplicate_of``          string                    the first URI with the same ``content_sha256`` in this run or an
+                                                    earlier run under the output root (:mod:`ood_audit.scan.duplicates`);
+                                                    null for that first one; final once the run's summary is complete
 ``quality_issues``        list<string>              SPEC §14 findings (never a status or a flag); null unless ok
 ``near_duplicate_of_id``  string                    the nearest kNN-bank image's URI when its distance is
                                                     under the bundle's τ (:mod:`ood_audit.calibration.neardup`), else null
@@ -59,10 +62,10 @@ import pyarrow.parquet as pq
 from ood_audit.io.fs import S3Config, resolve
 from ood_audit.io.uri import join_uri, parse_uri
 
-REPORT_FORMAT_VERSION = "4"
+REPORT_FORMAT_VERSION = "5"
 # "1" lacks the kNN neighbour columns, "1" and "2" lack content_sha256 and quality_issues, "1" to "3" lack
-# near_duplicate_of_id; readers treat absent columns as null.
-SUPPORTED_REPORT_FORMATS: tuple[str, ...] = ("1", "2", "3", "4")
+# near_duplicate_of_id, "1" to "4" lack duplicate_of; readers treat absent columns as null.
+SUPPORTED_REPORT_FORMATS: tuple[str, ...] = ("1", "2", "3", "4", "5")
 REPORTS_DIR = "reports"
 PARTITION_KEY = "run_date"
 SPEC_SCORES: tuple[str, ...] = ("featurenorm", "csd", "msp", "energy", "maxlogit", "knn")
@@ -101,6 +104,7 @@ def report_schema(score_names: Sequence[str] = ()) -> pa.Schema:
         pa.field("flag_reasons", pa.list_(pa.string())),
         pa.field("scanned_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("content_sha256", pa.string()),
+        pa.field("duplicate_of", pa.string()),
         pa.field("quality_issues", pa.list_(pa.string())),
         pa.field("near_duplicate_of_id", pa.string()),
     ]

@@ -1,5 +1,5 @@
-"""The report carries ``content_sha256`` and ``quality_issues`` (format 3); runs written before them
-(formats 1 and 2) still read."""
+"""The report carries ``content_sha256`` and ``quality_issues`` (format 3), ``near_duplicate_of_id`` (4) and
+``duplicate_of`` (5); runs written before them still read."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -38,7 +38,7 @@ def test_reports_of_format_2_still_read(tmp_path):
     assert check_format(ds.schema, "old") == "2"
     got = ds.to_table()
     assert got.num_rows == 1 and "quality_issues" not in got.schema.names
-    assert check_format(report_schema(), "new") == "4"
+    assert check_format(report_schema(), "new") == "5"
 
 
 def test_reports_of_format_3_still_read(tmp_path):
@@ -56,3 +56,21 @@ def test_reports_of_format_3_still_read(tmp_path):
     assert check_format(ds.schema, "old") == "3"
     got = ds.to_table()
     assert got.column("quality_issues").to_pylist() == [["dark"]] and "near_duplicate_of_id" not in got.schema.names
+
+
+def test_reports_of_format_4_still_read(tmp_path):
+    """Format 4 (before ``duplicate_of``) reads; the column is absent, not an error."""
+    old = report_schema(["featurenorm"])
+    old = pa.schema([f for f in old if f.name != "duplicate_of"], metadata={"ood_audit.report_format": "4"})
+    row = {f.name: None for f in old}
+    row.update(run_id="r0", bundle_id="b", uri="/x.png", status="ok", scanned_at=datetime.now(timezone.utc),
+               near_duplicate_of_id="s3://id/a.png")
+    run = RunInfo(output=str(tmp_path), run_id="r0", run_date="2026-12-01", bundle_id="b", bundle_uri="",
+                  complete=True, started_at="", summary={"objects": 1})
+    write_part(pa.Table.from_pylist([row], schema=old),
+               f"{partition_uri(str(tmp_path), run.run_date)}/{part_name('r0', 0, 1, '0' * 16)}")
+    ds = run_dataset(run)
+    assert check_format(ds.schema, "old") == "4"
+    got = ds.to_table()
+    assert got.column("near_duplicate_of_id").to_pylist() == ["s3://id/a.png"]
+    assert "duplicate_of" not in got.schema.names

@@ -37,3 +37,35 @@ def test_scan_reports_digests_and_quality_issues(ray_local, bundle_uri, s3_clien
     assert rows[f"{prefix}/broken/0.png"]["status"] != "ok"
     assert rows[f"{prefix}/broken/0.png"]["quality_issues"] is None
     assert all(isinstance(rows[f"{prefix}/{k}"]["quality_issues"], list) for k in files if not k.startswith("broken"))
+
+
+@pytest.mark.timeout(240)
+def test_duplicate_of_within_a_run_and_across_nights(ray_local, bundle_uri, s3_client, s3_bucket, s3_config, tmp_path):
+    """Copies name the first URI of their bytes: in this run by plan (listing) order, else an earlier night's."""
+    files = labelled_images(4, seed=9)
+    originals = sorted(files)
+    files["a-copy/x.png"] = files[originals[-1]]  # sorts before every original: it is the first of its bytes
+    files["zz/copy1.png"] = files["zz/copy2.png"] = files[originals[0]]
+    prefix = upload(s3_client, s3_bucket, "dups", files)
+    out = str(tmp_path / "out")
+    cfg = ScanConfig(bundle=bundle_uri, output=out, inputs=(prefix,), run_id="night1", s3=s3_config, chunk_size=3,
+                     slice_rows=2, batch_size=4, workers=2, read_threads=4)
+    res = run_scan(cfg)
+    first_of = {}  # expected, from the bytes and S3's lexicographic listing order
+    for key in sorted(files):
+        first_of.setdefault(hashlib.sha256(files[key]).hexdigest(), f"{prefix}/{key}")
+    rows = {r["uri"]: r for r in open_reports(out).to_table().to_pylist()}
+    for key, data in files.items():
+        first = first_of[hashlib.sha256(data).hexdigest()]
+        assert rows[f"{prefix}/{key}"]["duplicate_of"] == (None if first == f"{prefix}/{key}" else first), key
+    assert rows[f"{prefix}/{originals[-1]}"]["duplicate_of"] == f"{prefix}/a-copy/x.png"
+    assert sum(r["duplicate_of"] is not None for r in rows.values()) == 3
+    assert res.summary["duplicates"]["rows"] == 3 and res.summary["duplicates"]["within_run"] == 3
+
+    night2 = upload(s3_client, s3_bucket, "dups2", {"reupload.png": files[originals[1]],
+                                                   "new.png": png_bytes(np.full((40, 40, 3), 90, np.uint8))})
+    res2 = run_scan(ScanConfig(bundle=bundle_uri, output=out, inputs=(night2,), run_id="night2", s3=s3_config,
+                               chunk_size=3, slice_rows=2, batch_size=4, workers=2, read_threads=4))
+    rows2 = {r["uri"]: r["duplicate_of"] for r in open_reports(out).to_table().to_pylist() if r["run_id"] == "night2"}
+    assert rows2 == {f"{night2}/reupload.png": f"{prefix}/{originals[1]}", f"{night2}/new.png": None}
+    assert res2.summary["duplicates"]["earlier_runs"] == 1

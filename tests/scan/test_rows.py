@@ -36,8 +36,8 @@ def test_spec_columns_always_present_in_order():
     assert names[9:15] == list(SPEC_SCORES)
     assert names[15:19] == ["csd_view", "pred_class", "knn_nn", "knn_nn_dist"]
     assert names[19:25] == [f"pct_{s}" for s in SPEC_SCORES]
-    assert names[25:] == ["flagged", "flag_reasons", "scanned_at", "content_sha256", "quality_issues",
-                          "near_duplicate_of_id"]
+    assert names[25:] == ["flagged", "flag_reasons", "scanned_at", "content_sha256", "duplicate_of",
+                          "quality_issues", "near_duplicate_of_id"]
     extra = report_schema(["msp", "msp+fn"]).names
     assert extra[extra.index("knn") + 1] == "msp+fn" and "pct_msp+fn" in extra
 

@@ -120,6 +120,9 @@ def resolve_duplicates(output: str, run_id: str, run_dir: str, partition: str, p
     fs, staging_path = resolve(staging, s3)
     present = {i.base_name for i in fs.get_file_info(pafs.FileSelector(staging_path, allow_not_found=True))}
     staged = [p for p in parts if staging_uri(staging, p).rsplit("/", 1)[-1] in present]
+    stray = present - {staging_uri(staging, p).rsplit("/", 1)[-1] for p in staged}
+    for name in sorted(stray):  # staging of parts that were never committed (a failed pass): never read
+        fs.delete_file(f"{staging_path}/{name}")
     stats.unstaged_files = len(parts) - len(staged)
     if stats.unstaged_files:
         log.warning("%d committed part file(s) of run %s have no digest staging (written by an older version); "

@@ -107,3 +107,5 @@ def test_parts_never_committed_are_ignored(tmp_path):
     stats = _resolve(out, layout, part, committed)
     assert _dups(part, committed) == {"s3://b/b.png": None} and stats.digests_added == 1
     assert DigestIndex(out).lookup([_sha("A")]) == ["s3://b/b.png"]
+    assert sorted(p.name for p in (tmp_path / "runs" / "night1" / STAGING_DIR).iterdir()) == [
+        committed[0]]  # staged under its part's name; the uncommitted part's staging is removed

@@ -12,7 +12,7 @@ import torch
 
 from ..io.decode import Preprocess
 from ..io.fs import S3Config
-from ..io.quality import measure
+from ..io.quality import DEFAULT_WORKING_SIZE, QualityConfig, measure
 from ..io.reader import load_images
 from ..io.thumbs import thumbnail_jpeg
 from ..models import ModelSpec, TapModel, block_candidates
@@ -35,14 +35,20 @@ def _resolve(obj: Any) -> Any:
     return obj
 
 
-def _decode(batch: dict[str, np.ndarray], pre: Preprocess, s3: S3Config | None, threads: int):
-    results = load_images([str(u) for u in batch["uri"]], size=pre, s3=s3, threads=threads)
+def _decode(batch: dict[str, np.ndarray], pre: Preprocess, s3: S3Config | None, threads: int,
+            working_size: int | None = None):
+    """(model input or None, ok, status, error, the ok rows' SPEC §14 working copies when ``working_size``).
+
+    The model input does not depend on ``working_size`` (:mod:`ood_audit.io.decode`), so every phase, and
+    the scan, feed the model the same pixels."""
+    results = load_images([str(u) for u in batch["uri"]], size=pre, s3=s3, threads=threads,
+                          working_size=working_size)
     ok = np.array([r.ok for r in results], dtype=bool)
     status = np.array([r.status for r in results], dtype=object)
     error = np.array([r.error or "" for r in results], dtype=object)
     arrays = [r.array for r in results if r.ok]
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0) if arrays else None
-    return x, ok, status, error
+    return x, ok, status, error, [r.working for r in results if r.ok]
 
 
 def _tap(model: Any, spec: dict, device: str, precision: str) -> TapModel:
@@ -71,7 +77,7 @@ class BankWorker:
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n, nb = len(batch["uri"]), len(self.blocks)
-        x, ok, status, error = _decode(batch, self.pre, self.s3, self.threads)
+        x, ok, status, error, _ = _decode(batch, self.pre, self.s3, self.threads)
         ratios = np.full((n, nb), np.nan, dtype=np.float64)
         fn_id = np.full((n, nb), np.nan, dtype=np.float64)
         fn_probe = np.full((n, len(self.probes) * nb), np.nan, dtype=np.float64)
@@ -121,7 +127,7 @@ class NormWorker:
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["uri"])
-        x, ok, status, error = _decode(batch, self.pre, self.s3, self.threads)
+        x, ok, status, error, _ = _decode(batch, self.pre, self.s3, self.threads)
         norms = np.full((n, len(self.blocks)), np.nan, dtype=np.float64)
         if x is not None:
             norms[ok] = block_norms(self.tap(x.to(self.device)).blocks, self.blocks).double().cpu().numpy()
@@ -135,21 +141,23 @@ class ScoreWorker:
 
     Besides the scores: ``pred_class``; ``nn_dist``, the L2 distance to the nearest kNN-bank vector (with a
     kNN detector; :mod:`~ood_audit.calibration.neardup`); and ``laplacian_var``, the SPEC §14 Laplacian
-    variance (:func:`~ood_audit.io.quality.measure`) of the decoded image, i.e. of the uint8 array at the
-    bundle's preprocess size that the scan's read task measures too."""
+    variance (:func:`~ood_audit.io.quality.measure`) of the decoder's working copy of the whole image
+    (``working_size``, 256 px by default), the copy the scan's read task measures too: not of the model's
+    crop, whose size depends on the bundle."""
 
     def __init__(self, model: Any, spec: dict, preprocess: dict, block: str, *, states: dict[str, dict],
                  banks: dict[str, Any], s3: S3Config | None = None, device: str = "cpu", precision: str = "float32",
-                 knn_backend: str = "auto", threads: int = 8) -> None:
+                 knn_backend: str = "auto", threads: int = 8, working_size: int = DEFAULT_WORKING_SIZE) -> None:
         dets = restore_detectors(block, states, {k: _resolve(v) for k, v in banks.items()}, device=device,
                                  knn_backend=knn_backend)
         self.scorer = make_scorer(load_state_bytes(_resolve(model)), ModelSpec.from_dict(spec), block,
                                   detectors=dets, device=device, precision=precision)
         self.pre, self.s3, self.threads = Preprocess.from_dict(preprocess), s3, threads
+        self.working_size = working_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["uri"])
-        x, ok, status, error = _decode(batch, self.pre, self.s3, self.threads)
+        x, ok, status, error, working = _decode(batch, self.pre, self.s3, self.threads, self.working_size)
         out: dict[str, np.ndarray] = {"index": np.asarray(batch["index"]), "status": status, "error": error}
         names = [*self.scorer.score_names, *(["csd_view"] if "csd" in self.scorer.score_names else [])]
         for s in [*names, "pred_class", "nn_dist", "laplacian_var"]:
@@ -160,6 +168,6 @@ class ScoreWorker:
                 out[s][ok] = scores[s]
             if "knn_nn_dist" in scores:
                 out["nn_dist"][ok] = np.asarray(scores["knn_nn_dist"])[:, 0]
-            pixels = x.mul(255).round().byte().permute(0, 2, 3, 1).numpy()  # exactly the decoded uint8 array
-            out["laplacian_var"][ok] = [measure(a).laplacian_var for a in pixels]
+            cfg = QualityConfig(working_size=self.working_size)
+            out["laplacian_var"][ok] = [measure(a, config=cfg).laplacian_var for a in working]
         return out

@@ -2,7 +2,8 @@
 
 Statuses:
 
-- ``ok``: decoded; ``array`` holds the preprocessed image.
+- ``ok``: decoded; ``array`` holds the preprocessed image (and ``working``, when asked for, the working copy
+  below).
 - ``too_large``: more than ``max_bytes`` bytes (not decoded at all), or a header that claims more than
   ``max_pixels`` pixels (refused before any pixel is decoded: decompression bombs).
 - ``unsupported``: not an image we can read: text, PDF, archives, HEIC/AVIF/JPEG XL, ...
@@ -25,6 +26,28 @@ Resizing follows :class:`Preprocess`. JPEGs much larger than the target are deco
 scale by libjpeg first (``Image.draft``), which is several times faster on photos; the result is still
 at least the target size before the final bilinear resize.
 
+Working copy (SPEC §14). With ``working_size``, the result also holds ``working``: the whole frame (after
+EXIF rotation and the RGB conversion, before the model's crop or resize) reduced by
+:func:`ood_audit.io.quality.working_factor` (box average, longer side ≤ ``working_size``), made from the
+same decoded image: one decode per object. The quality checks measure it, not the model's array, because
+a crop drops the image's borders and a small model size (32 px) leaves too few pixels to tell blur or
+entropy. Why the draft rule is what it is:
+
+- The draft is sized for the model, so a 32 px bundle would draft a 640×480 JPEG to 80×60 and the working
+  copy would be 80×60 too. :attr:`Preprocess.jpeg_draft_longer` (256, the SPEC working size) makes the draft
+  also keep the longer side ≥ 256, so the working copy's longer side is in (128, 256] as it is for a full
+  decode. The cost is a larger draft only where the model size alone allowed a smaller one: nearly never
+  at 224 px (both sides ≥ 224 and the longer < 256 after the reduction), often at 32 px (see
+  ``benchmarks/quality.py``).
+- The draft changes the model's pixels, so the rule depends on :class:`Preprocess` alone, never on whether
+  a working copy is asked for: ``array`` is the same with or without ``working_size``, so calibration,
+  training, evaluation and the scan feed the model identical pixels whatever each of them measures. The
+  field is stored with the bundle's preprocess; a bundle written before it has none and decodes with
+  ``jpeg_draft_longer=0`` (the model size alone), exactly as it was calibrated.
+- A drafted JPEG's working copy is the reduction of the drafted frame, so it is not bit-identical to a full
+  decode's; calibration and the scan decode alike, so the calibrated ``blurry`` threshold and the scan's
+  measures are on the same scale.
+
 Pillow's ``DecompressionBombWarning`` is silenced process-wide on import (see below): our own
 ``max_pixels`` check is the limit. Images over Pillow's hard limit report no width/height.
 
@@ -43,6 +66,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ood_audit.errors import ConfigError
+from ood_audit.io.quality import DEFAULT_WORKING_SIZE, working_factor
 
 Status = Literal["ok", "decode_error", "missing", "too_large", "unsupported"]
 STATUSES: tuple[str, ...] = ("ok", "decode_error", "missing", "too_large", "unsupported")
@@ -74,12 +98,16 @@ class Preprocess:
             ``size`` (torchvision's ``Resize(256) + CenterCrop(224)``). Must be ≥ the output sides.
         jpeg_draft: let libjpeg decode big JPEGs at a reduced scale first (faster, slightly different
             pixels; keep the same setting for calibration and scanning).
+        jpeg_draft_longer: with ``jpeg_draft``, the draft also keeps the longer side at least this many px
+            (the SPEC §14 working size), so the quality checks' working copy is drafted no smaller than the
+            checks use (module docstring). 0: the model size alone, as bundles written before this field.
     """
 
     size: int | tuple[int, int] | None = None
     mode: ResizeMode = "crop"
     resize_shorter: int | None = None
     jpeg_draft: bool = True
+    jpeg_draft_longer: int = DEFAULT_WORKING_SIZE
 
     def __post_init__(self) -> None:
         if self.mode not in ("crop", "resize"):
@@ -87,6 +115,8 @@ class Preprocess:
         hw = self.output_hw
         if hw is not None and (hw[0] < 1 or hw[1] < 1):
             raise ConfigError(f"Preprocess.size must be positive, got {self.size!r}")
+        if self.jpeg_draft_longer < 0:
+            raise ConfigError(f"Preprocess.jpeg_draft_longer must be ≥ 0, got {self.jpeg_draft_longer!r}")
         if self.resize_shorter is not None:
             if self.mode != "crop" or hw is None:
                 raise ConfigError("Preprocess.resize_shorter needs mode='crop' and a size")
@@ -112,6 +142,7 @@ class Preprocess:
             "mode": self.mode,
             "resize_shorter": self.resize_shorter,
             "jpeg_draft": self.jpeg_draft,
+            "jpeg_draft_longer": self.jpeg_draft_longer,
         }
 
     @classmethod
@@ -122,18 +153,22 @@ class Preprocess:
             mode=data.get("mode", "crop"),  # type: ignore[arg-type]
             resize_shorter=data.get("resize_shorter"),  # type: ignore[arg-type]
             jpeg_draft=bool(data.get("jpeg_draft", True)),
+            # Absent in bundles written before the field: they were calibrated with the model size alone.
+            jpeg_draft_longer=int(data.get("jpeg_draft_longer", 0)),  # type: ignore[call-overload]
         )
 
 
 @dataclass(frozen=True)
 class DecodeResult:
-    """One object's outcome. ``array`` is uint8 ``H×W×3`` RGB when ``status == "ok"``, else None."""
+    """One object's outcome. ``array`` is uint8 ``H×W×3`` RGB when ``status == "ok"``, else None;
+    ``working`` is the SPEC §14 working copy (uint8 RGB, the whole frame) when it was asked for and ok."""
 
     status: Status
     error: str | None = None
     width: int | None = None
     height: int | None = None
     array: np.ndarray | None = None
+    working: np.ndarray | None = None
 
     @property
     def ok(self) -> bool:
@@ -150,9 +185,12 @@ def decode_image(
     size: Preprocess | int | tuple[int, int] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    working_size: int | None = None,
 ) -> DecodeResult:
     """Decode ``data`` into an RGB uint8 array sized by ``size`` (see :class:`Preprocess`).
 
+    With ``working_size``, also the SPEC §14 working copy (``DecodeResult.working``: the whole frame, longer
+    side ≤ ``working_size``) from the same decode; ``array`` is the same either way (module docstring).
     Never raises for bad data: every problem becomes a status (module docstring). Raises
     ``ConfigError`` only for bad arguments or when ``ImageFile.LOAD_TRUNCATED_IMAGES`` is True.
     """
@@ -162,6 +200,8 @@ def decode_image(
             "decode as grey instead of failing; set it back to False"
         )
     pre = as_preprocess(size)
+    if working_size is not None and working_size < 1:
+        raise ConfigError(f"working_size must be positive, got {working_size}")
     n = len(data)
     if n > max_bytes:
         return DecodeResult("too_large", f"{n} bytes exceeds max_bytes={max_bytes}")
@@ -188,12 +228,12 @@ def decode_image(
                 height,
             )
         try:
-            array = _decode_loaded(im, pre)
+            array, working = _decode_loaded(im, pre, working_size)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             return DecodeResult("too_large", _short(exc), width, height)
         except Exception as exc:  # noqa: BLE001 - truncated/corrupt data raises many types
             return DecodeResult("decode_error", _short(exc), width, height)
-    return DecodeResult("ok", None, width, height, array)
+    return DecodeResult("ok", None, width, height, array, working)
 
 
 def decode_file(
@@ -202,6 +242,7 @@ def decode_file(
     size: Preprocess | int | tuple[int, int] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    working_size: int | None = None,
 ) -> DecodeResult:
     """:func:`decode_image` for a local file; a vanished or unreadable file gives ``missing``."""
     import os
@@ -216,24 +257,46 @@ def decode_file(
         return DecodeResult("missing", f"{path} does not exist")
     except OSError as exc:
         return DecodeResult("missing", f"read failed: {_short(exc)}")
-    return decode_image(data, size=size, max_bytes=max_bytes, max_pixels=max_pixels)
+    return decode_image(data, size=size, max_bytes=max_bytes, max_pixels=max_pixels, working_size=working_size)
 
 
-def _decode_loaded(im: Image.Image, pre: Preprocess) -> np.ndarray:
+def draft_request(stored: tuple[int, int], pre: Preprocess) -> tuple[int, int] | None:
+    """The size asked of libjpeg's draft for a JPEG stored ``(width, height)``, or None for no draft.
+
+    Pillow drafts by the largest of 8, 4, 2, 1 that divides neither side below the request, so: both sides
+    stay ≥ the model need (a square: enough whichever way EXIF rotates the image), and the longer side
+    stays ≥ ``pre.jpeg_draft_longer`` (rotation does not change which side is longer). Depends on
+    ``pre`` only, never on whether a working copy is wanted (module docstring).
+    """
     hw = pre.output_hw
-    if pre.jpeg_draft and hw is not None and im.format == "JPEG":
-        # Request a square so the draft is large enough whichever way EXIF rotates it afterwards.
-        need = pre.resize_shorter or max(hw)
-        im.draft(None, (need, need))
+    if not pre.jpeg_draft or hw is None:
+        return None
+    need = pre.resize_shorter or max(hw)
+    longer = max(need, pre.jpeg_draft_longer)
+    w, h = stored
+    return (longer, need) if w >= h else (need, longer)
+
+
+def _decode_loaded(im: Image.Image, pre: Preprocess,
+                   working_size: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    hw = pre.output_hw
+    if im.format == "JPEG":
+        request = draft_request(im.size, pre)
+        if request is not None:
+            im.draft(None, request)
     im.load()
     try:
         ImageOps.exif_transpose(im, in_place=True)
     except Exception:  # noqa: BLE001 - a broken EXIF block should not fail an otherwise good image
         pass
     rgb = _to_rgb(im)
-    if hw is None:
-        return np.asarray(rgb, dtype=np.uint8)
-    return np.asarray(_resize(rgb, hw, pre), dtype=np.uint8)
+    array = np.asarray(rgb if hw is None else _resize(rgb, hw, pre), dtype=np.uint8)
+    if working_size is None:
+        return array, None
+    factor = working_factor(rgb.width, rgb.height, working_size)
+    if factor == 1:
+        return array, (array if hw is None else np.asarray(rgb, dtype=np.uint8))
+    return array, np.asarray(rgb.reduce(factor), dtype=np.uint8)
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -1,7 +1,11 @@
 """Image-quality findings on a decoded image (SPEC §14).
 
-On the decoded uint8 RGB image, reduced to a *working size* whose longer side is at most 256 px (a box
-average by an integer factor, so a 224 px image is used as it is):
+On the decoded uint8 RGB image, the whole frame (not the model's crop), reduced to a *working size* whose
+longer side is at most 256 px: a box average by the smallest integer factor that gets there
+(:func:`working_factor`, the one definition of that rule; a 224 px image is used as it is). The scan and
+calibration measure the copy that :func:`~ood_audit.io.decode.decode_image` makes with ``working_size``
+(``DecodeResult.working``), from the same decode as the model input; :func:`measure` reduces any larger
+array it is given by the same rule.
 
 - ``dark`` / ``light``: mean grey level g = (19595·R + 38470·G + 7471·B + 2¹⁵) >> 16 (ITU-R 601 luma, the
   integer form Pillow's ``convert("L")`` uses) below 20 / above 235;
@@ -34,6 +38,7 @@ from ood_audit.errors import ConfigError, DataError
 
 ISSUES: tuple[str, ...] = ("dark", "light", "blurry", "low_information", "grayscale", "odd_aspect_ratio", "tiny")
 BLURRY_PERCENTILE = 1.0
+DEFAULT_WORKING_SIZE = 256  # SPEC §14: the working image's longer side is at most this
 
 
 class QualityConfig(BaseModel):
@@ -41,7 +46,7 @@ class QualityConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    working_size: int = Field(256, ge=8, description="longer side of the working image, px")
+    working_size: int = Field(DEFAULT_WORKING_SIZE, ge=8, description="longer side of the working image, px")
     dark: float = Field(20.0, ge=0, le=255, description="mean grey below this is dark")
     light: float = Field(235.0, ge=0, le=255, description="mean grey above this is light")
     blurry: float | None = Field(None, ge=0, description="Laplacian variance below this is blurry")
@@ -83,10 +88,20 @@ class QualityMeasures:
 _DEFAULT = QualityConfig()
 
 
-def working_image(image: np.ndarray, working_size: int = 256) -> np.ndarray:
-    """``image`` box-averaged by the smallest integer factor that brings its longer side to ≤ working_size."""
+def working_factor(width: int, height: int, working_size: int = DEFAULT_WORKING_SIZE) -> int:
+    """The SPEC §14 working-size rule: the smallest integer factor that brings the longer side to ≤ working_size.
+
+    The reduction itself is Pillow's ``Image.reduce`` by this factor (a box average; the last row and column
+    average what is left), in :func:`working_image` and in the decoder alike."""
+    if working_size < 1:
+        raise ConfigError(f"working_size must be positive, got {working_size}")
+    return max(1, math.ceil(max(width, height) / working_size))
+
+
+def working_image(image: np.ndarray, working_size: int = DEFAULT_WORKING_SIZE) -> np.ndarray:
+    """``image`` reduced by :func:`working_factor` (returned as it is when that is 1)."""
     _check_rgb(image)
-    factor = math.ceil(max(image.shape[:2]) / working_size)
+    factor = working_factor(image.shape[1], image.shape[0], working_size)
     if factor <= 1:
         return image
     return np.asarray(Image.fromarray(image).reduce(factor))
@@ -94,7 +109,8 @@ def working_image(image: np.ndarray, working_size: int = 256) -> np.ndarray:
 
 def measure(image: np.ndarray, original_size: tuple[int, int] | None = None,
             config: QualityConfig = _DEFAULT) -> QualityMeasures:
-    """The SPEC §14 measures of a decoded uint8 RGB ``image`` (H×W×3).
+    """The SPEC §14 measures of a decoded uint8 RGB ``image`` (H×W×3): the full frame, or its working copy
+    (``DecodeResult.working``, which this leaves as it is), never the model's crop.
 
     ``original_size`` is (width, height) of the stored image; None takes the array's own size.
     """

@@ -221,13 +221,15 @@ def load_image(
     s3: S3Config | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    working_size: int | None = None,
 ) -> DecodeResult:
-    """Read ``uri`` and decode it with :func:`~ood_audit.io.decode.decode_image`."""
+    """Read ``uri`` and decode it with :func:`~ood_audit.io.decode.decode_image` (``working_size``: also the
+    SPEC §14 working copy)."""
     data, failed = read_object(uri, s3=s3, max_bytes=max_bytes)
     if failed is not None:
         return failed
     assert data is not None
-    return decode_image(data, size=size, max_bytes=max_bytes, max_pixels=max_pixels)
+    return decode_image(data, size=size, max_bytes=max_bytes, max_pixels=max_pixels, working_size=working_size)
 
 
 def load_images(
@@ -238,20 +240,20 @@ def load_images(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     threads: int = 8,
+    working_size: int | None = None,
 ) -> list[DecodeResult]:
     """:func:`load_image` for many URIs, in order, on a thread pool.
 
     Fetching is I/O-bound and Pillow releases the GIL while decoding, so threads help even on few cores.
     """
+    def one(u: str) -> DecodeResult:
+        return load_image(u, size=size, s3=s3, max_bytes=max_bytes, max_pixels=max_pixels,
+                          working_size=working_size)
+
     if threads <= 1 or len(uris) <= 1:
-        return [load_image(u, size=size, s3=s3, max_bytes=max_bytes, max_pixels=max_pixels) for u in uris]
+        return [one(u) for u in uris]
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(
-            pool.map(
-                lambda u: load_image(u, size=size, s3=s3, max_bytes=max_bytes, max_pixels=max_pixels),
-                uris,
-            )
-        )
+        return list(pool.map(one, uris))
 
 
 def _is_directory(fs: pafs.FileSystem, path: str) -> bool:

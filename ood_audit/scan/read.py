@@ -16,8 +16,11 @@ Per-object failures never raise; they become statuses (SPEC §11):
 
 In the same task, every fetched object gets its ``content_sha256`` (the digest index's key,
 :mod:`ood_audit.sinks.digests`) and every decoded one its SPEC §14 quality issues
-(:mod:`ood_audit.io.quality`, on the decoded array, with the original size for ``tiny`` and
-``odd_aspect_ratio``): findings only, they never change a status.
+(:mod:`ood_audit.io.quality`, on the decoder's working copy of the whole frame, at most 256 px on the
+longer side whatever the model size, with the original size for ``tiny`` and ``odd_aspect_ratio``):
+findings only, they never change a status. Calibration measures its held-out images the same way
+(:class:`~ood_audit.calibration.workers.ScoreWorker`), so the calibrated ``blurry`` threshold is on the
+scale the scan measures.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -120,24 +123,29 @@ class Loaded:
 
 def load_one(uri: str, listed_size: int, pre: Preprocess, s3: S3Config | None,
              max_bytes: int, max_pixels: int, quality: QualityConfig | None = None) -> Loaded:
-    """One object's outcome; a listed size over ``max_bytes`` is refused without a request."""
+    """One object's outcome; a listed size over ``max_bytes`` is refused without a request.
+
+    ``quality``: the SPEC §14 thresholds; None skips the checks (and the working copy), which the model's
+    pixels do not depend on (:mod:`ood_audit.io.decode`)."""
     if listed_size > max_bytes:
         return Loaded(DecodeResult("too_large", f"{listed_size} bytes exceeds max_bytes={max_bytes}"))
     data, failed = read_object(uri, s3=s3, max_bytes=max_bytes)
     if failed is not None:
         return Loaded(failed)
     assert data is not None
-    result = decode_image(data, size=pre, max_bytes=max_bytes, max_pixels=max_pixels)
+    result = decode_image(data, size=pre, max_bytes=max_bytes, max_pixels=max_pixels,
+                          working_size=None if quality is None else quality.working_size)
     issues = None
-    if result.ok and result.array is not None:
+    if quality is not None and result.ok and result.working is not None:
         original = (result.width, result.height) if result.width and result.height else None
-        issues = tuple(quality_issues(result.array, original, quality or QualityConfig()))
+        issues = tuple(quality_issues(result.working, original, quality))
+        result = replace(result, working=None)  # measured; only the model's array travels on
     return Loaded(result, content_sha256(data), issues)
 
 
 def fetch_decode(batch: dict[str, np.ndarray], *, preprocess: dict[str, Any], s3: S3Config | None,
                  max_bytes: int, max_pixels: int, threads: int,
-                 quality: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+                 quality: dict[str, Any] | None = None, checks: bool = True) -> dict[str, np.ndarray]:
     """Fetch and decode one batch: adds ``status``, ``error``, ``width``, ``height``, ``content_sha256``,
     ``quality_issues``, ``pixels``, ``_read_s``.
 
@@ -145,10 +153,12 @@ def fetch_decode(batch: dict[str, np.ndarray], *, preprocess: dict[str, Any], s3
     ``width``/``height`` are -1 when unknown. ``content_sha256`` is None where nothing was fetched;
     ``quality_issues`` is the comma-joined issue names ("" for none), None where nothing decoded.
     ``quality`` holds :class:`~ood_audit.io.quality.QualityConfig` fields (SPEC §14 defaults when None).
+    ``checks=False`` skips the quality checks (``quality_issues`` is then None everywhere; the pixels are
+    the same): for ``benchmarks/scan.py``, which measures their cost with them on and off.
     """
     start = time.perf_counter()
     pre = Preprocess.from_dict(preprocess)
-    qc = QualityConfig.model_validate(quality or {})
+    qc = QualityConfig.model_validate(quality or {}) if checks else None
     h, w = pre.output_hw  # the run checks that the bundle fixes a size
     uris = [str(u) for u in batch["uri"]]
     sizes = np.asarray(batch["size"], dtype=np.int64).tolist()

@@ -12,8 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Read one scan run under REPORT (the scan's --output root) and write one HTML file with "
                     "everything inlined: the run's counts and timings, per-score histograms against held-out "
                     "ID, the most anomalous objects with their CSD deciding view and nearest ID neighbours, "
-                    "a per-prefix table, drift of the flagged rate since the previous run, and the objects "
-                    "that failed. It opens offline.")
+                    "a per-prefix table, drift of the flagged rate since the previous run, the data-quality "
+                    "findings per issue (with a filter on the objects shown), and the objects that failed. It "
+                    "opens offline.")
     p.add_argument("--report", required=True, metavar="URI",
                    help="the scan's output root (local or s3://), as given to `ood-audit scan --output`")
     p.add_argument("--run-id", default=None, help="the run to report on (default: the latest)")
@@ -35,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     data = write_report(args.report, args.out, args.run_id, s3=s3_from_args(args), options=opts)
     rate = f"{100 * data.flag_rate:.1f}%" if data.flag_rate is not None else "n/a"
     changed = sum(r.significant for r in data.drift.rows)
-    print(f"wrote {args.out}: run {data.run.run_id}, {data.objects:,} objects, {data.flagged:,} flagged ({rate}), "
+    quality = f", {data.quality.with_issue:,} with a data-quality finding" if data.quality.present else ""
+    print(f"wrote {args.out}: run {data.run.run_id}, {data.objects:,} objects, {data.flagged:,} flagged ({rate}){quality}, "
           f"{len(data.grid)} thumbnails, {changed} prefixes with a significant change")
     return 0

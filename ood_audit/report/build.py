@@ -8,6 +8,8 @@ What is read, and why memory stays bounded for a run of any size:
 - the grid's rows are chosen by ``most_anomalous``, which keeps only the best ``top`` rows while streaming;
 - the previous run is read once more, for its per-prefix counts only (``uri``, ``status``, ``flagged``);
 - thumbnails are fetched for the ``top`` rows only, in parallel on a bounded pool;
+- the data-quality counts (SPEC §14) come from the same streaming pass (:mod:`ood_audit.report.quality`),
+  and the grid's cards carry each row's issues, which the page's filter reads;
 - the block-selection evidence comes from the bundle's metadata alone (no bundle file is read for it).
 
 Nothing the report shows is allowed to fail it once the run itself is readable: a bundle that is gone or
@@ -34,13 +36,14 @@ from ood_audit.report.drift import DriftRow, Rate, drift_rows
 from ood_audit.report.explain import (CsdBox, Neighbour, STATUS_WORDS, csd_box, data_uri, neighbours,
                                       reason_words)
 from ood_audit.report.plots import histogram_png
+from ood_audit.report.quality import QUALITY_COLUMN, QualityView, issue_class, quality_view
 from ood_audit.report.thumbs import Thumb, object_thumbs
 from ood_audit.sinks.parquet import SPEC_SCORES, report_schema
 from ood_audit.sinks.runs import RunInfo, find_run, list_runs, most_anomalous, previous_run, run_dataset
 
 DEFAULT_TOP = 48
 GRID_COLUMNS = ("uri", "status", "width", "height", "csd_view", "pred_class", "knn_nn", "knn_nn_dist",
-                "flagged", "flag_reasons")
+                "flagged", "flag_reasons", QUALITY_COLUMN)
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,16 @@ class GridItem:
     thumb: Thumb
     box: CsdBox | None
     neighbours: list[Neighbour]
+    quality: list[str] | None = None  # SPEC §14 findings; None: not decoded, or a report before the column
+
+    @property
+    def quality_classes(self) -> str:
+        """The card's filter classes: ``q-<issue>`` per SPEC §14 issue, ``q-any`` or ``q-none`` (decoded, no
+        issue); nothing when unknown, so no quality filter shows the card."""
+        if self.quality is None:
+            return ""
+        names = [c for c in (issue_class(i) for i in self.quality) if c]
+        return " ".join([*dict.fromkeys(names), "q-any" if self.quality else "q-none"])
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,18 @@ class ReportData:
     # the bundle's block-selection evidence as an HTML fragment (evidence_html escapes all it takes from the
     # bundle, so the page embeds it as it is); None without a readable bundle
     selection_html: str | None = None
+    quality: QualityView = field(default_factory=lambda: QualityView(present=False))
+
+    @property
+    def grid_quality_counts(self) -> dict[str, int]:
+        """Cards per filter of the grid's quality filter: every SPEC §14 issue, ``any`` and ``none``."""
+        out = {r.issue: 0 for r in self.quality.rows if issue_class(r.issue)}
+        out.update(any=0, none=0)
+        for it in self.grid:
+            for c in it.quality_classes.split():
+                name = c.removeprefix("q-")
+                out[name] = out.get(name, 0) + 1
+        return out
 
     @property
     def scored(self) -> int:
@@ -190,6 +215,8 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
     flagged = sum(p.flagged for p in col.prefixes.values())
     prefixes = [PrefixRow(k, v) for k, v in sorted(col.prefixes.items())]
     selection_html = _selection_html(info, warnings)
+    quality = quality_view(col.quality, run.summary,
+                           info.quality.blurry_percentile if info is not None and info.quality else None)
     return ReportData(run=run, options=opts, bundle_id=run.bundle_id, bundle_uri=run.bundle_uri,
                       training=info.training.model_dump() if info is not None and info.training else None,
                       flag_on=flag_on,
@@ -198,7 +225,7 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
                       prefixes=prefixes, drift=drift, failures=col.failures, failures_total=col.failures_total,
                       inputs=inputs, warnings=warnings,
                       generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      selection_html=selection_html)
+                      selection_html=selection_html, quality=quality)
 
 
 def _rows(run: RunInfo, s3: S3Config | None) -> Any:
@@ -276,7 +303,8 @@ def _grid(ds: Any, flag_on: list[str], scores: list[str], sources: Any, opts: Re
                               also_low=[s for s in r.get("flag_reasons") or [] if s not in flag_on],
                               scores=cells, pred_class=r.get("pred_class"), thumb=thumbs[r["uri"]],
                               box=csd_box(r.get("csd_view")),
-                              neighbours=neighbours(r.get("knn_nn"), r.get("knn_nn_dist"), sources)))
+                              neighbours=neighbours(r.get("knn_nn"), r.get("knn_nn_dist"), sources),
+                              quality=None if r.get(QUALITY_COLUMN) is None else list(r[QUALITY_COLUMN])))
     return items
 
 

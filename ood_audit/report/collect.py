@@ -8,7 +8,9 @@ each batch is folded into fixed-size state and dropped:
 - one histogram per score over **fixed bins chosen before the pass** (:func:`score_edges`), from the
   held-out ID quantiles and the Parquet footers' min/max statistics, so bins never depend on batch order;
   values beyond the bins are counted as below/above rather than widening the axis without bound;
-- the first ``max_failures`` failed rows (status not ``ok``) and the total count of them.
+- the first ``max_failures`` failed rows (status not ``ok``) and the total count of them;
+- SPEC §14's ``quality_issues``: rows per issue, decoded rows and rows with any issue
+  (:class:`~ood_audit.report.quality.QualityCounts`); None for reports written before the column.
 
 Batches come from :func:`ood_audit.sinks.runs.iter_batches`, one file at a time with minimal read-ahead: the
 dataset scanner's default read-ahead runs ahead of a slower consumer and its peak memory grew with the
@@ -31,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from ood_audit.report.quality import QUALITY_COLUMN, QualityCounts
 from ood_audit.sinks.runs import iter_batches
 
 N_BINS = 60
@@ -67,6 +70,7 @@ class Collected:
     failures: list[dict[str, Any]] = field(default_factory=list)
     failures_total: int = 0
     rows: int = 0
+    quality: QualityCounts | None = None
 
 
 def prefix_keys(uris: pa.Array | pa.ChunkedArray, inputs: Sequence[str], depth: int = 1) -> pa.Array:
@@ -133,14 +137,15 @@ def _footer_range(ds: pads.Dataset, column: str) -> tuple[float | None, float | 
 
 def collect(ds: pads.Dataset, *, inputs: Sequence[str], depth: int = 1,
             edges: Mapping[str, np.ndarray] | None = None, max_failures: int = MAX_FAILURES,
-            batch_size: int = 65_536) -> Collected:
+            batch_size: int = 65_536, quality: bool = True) -> Collected:
     """Fold the whole run into :class:`Collected` in one pass of record batches (see the module docstring)."""
     edges = dict(edges or {})
     names = set(ds.schema.names)
     scores = [s for s in edges if s in names]
-    cols = ["uri", "status", "error", "flagged", *scores]
+    quality = quality and QUALITY_COLUMN in names
+    cols = ["uri", "status", "error", "flagged", *scores, *([QUALITY_COLUMN] if quality else [])]
     out = Collected(histograms={s: Histogram(s, e, np.zeros(len(e) - 1, np.int64)) for s, e in edges.items()
-                                if s in names})
+                                if s in names}, quality=QualityCounts() if quality else None)
     for batch in iter_batches(ds, columns=cols, batch_size=batch_size):
         if batch.num_rows == 0:
             continue
@@ -166,6 +171,8 @@ def collect(ds: pads.Dataset, *, inputs: Sequence[str], depth: int = 1,
             h.below += int((v < h.edges[0]).sum())
             h.above += int((v > h.edges[-1]).sum())
             h.counts += np.histogram(v, bins=h.edges)[0]
+        if out.quality is not None:
+            out.quality.add(batch.column(QUALITY_COLUMN))
         failed = batch.filter(pc.invert(ok))
         out.failures_total += failed.num_rows
         room = max_failures - len(out.failures)
@@ -177,4 +184,4 @@ def collect(ds: pads.Dataset, *, inputs: Sequence[str], depth: int = 1,
 
 def prefix_counts(ds: pads.Dataset, *, inputs: Sequence[str], depth: int = 1) -> dict[str, PrefixStats]:
     """Only the per-prefix counts (for the previous run, in drift)."""
-    return collect(ds, inputs=inputs, depth=depth, max_failures=0).prefixes
+    return collect(ds, inputs=inputs, depth=depth, max_failures=0, quality=False).prefixes

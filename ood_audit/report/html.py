@@ -15,6 +15,7 @@ from importlib import metadata
 import jinja2
 
 from ood_audit.report.build import ReportData
+from ood_audit.io.quality import ISSUES
 from ood_audit.report.explain import STATUS_WORDS, reason_words
 from ood_audit.report.template import TEMPLATE
 
@@ -22,6 +23,9 @@ MAX_TABLE_ROWS = 500
 VERDICT_WORDS = {"changed": "changed (adjusted p < 0.01)", "no change": "no significant change",
                  "too few": "no verdict: under 30 scored", "new": "new prefix", "gone": "not in this run",
                  "other bundle": "rates only (other bundle)"}
+# the grid's quality filter, in bar order: the SPEC §14 issues between "all" and "any"/"none"
+QUALITY_FILTERS: tuple[str, ...] = ("all", *ISSUES, "any", "none")
+FILTER_WORDS = {"all": "all", "any": "any finding", "none": "no finding"}
 
 
 def _num(value: float | int | None, digits: int = 2) -> str:
@@ -66,4 +70,5 @@ def render_html(data: ReportData) -> str:
         d=data, tp=s.get("throughput") or {}, tm=timings, busy=timings.get("stage_busy") or {},
         prefixes=data.prefixes[:MAX_TABLE_ROWS], prefixes_more=max(0, len(data.prefixes) - MAX_TABLE_ROWS),
         drift_rows=drift, drift_more=len(data.drift.rows) - len(drift), status_words=STATUS_WORDS,
-        words=reason_words, verdict_words=VERDICT_WORDS, version=version)
+        words=reason_words, verdict_words=VERDICT_WORDS, version=version, quality_filters=QUALITY_FILTERS,
+        filter_words=FILTER_WORDS)

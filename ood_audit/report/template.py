@@ -1,7 +1,12 @@
 """The report page's Jinja2 template, kept in a module so that it ships inside the package like code.
 
 The page is one self-contained file: CSS inline, images as ``data:`` URIs, no script, no web fonts, no
-external reference of any kind, so it opens offline and can be mailed or attached to a ticket. Every value
+external reference of any kind, so it opens offline and can be mailed or attached to a ticket. The grid's
+data-quality filter is CSS alone, so it keeps that property and works where scripts are blocked (mail
+clients, strict content policies): hidden radio inputs precede the filter bar and the grid, and for each
+filter one rule hides the cards that lack its class (``#qf-dark:checked ~ .grid .card:not(.q-dark)``). The
+classes come from :data:`ood_audit.io.quality.ISSUES` only (:func:`~ood_audit.report.quality.issue_class`),
+never from data. Every value
 taken from data (keys, error strings, prefixes) goes through Jinja2's autoescape. One value is marked safe:
 ``d.selection_html``, the block-selection evidence, because
 :func:`~ood_audit.calibration.evidence_view.evidence_html` builds it and escapes every string it takes from
@@ -56,6 +61,15 @@ th { background: var(--bg); font-weight: 600; } td.num, th.num { text-align: rig
 tr.changed td { background: #fff5f5; } .verdict-changed { color: var(--flag); font-weight: 600; }
 .block-selection svg { display: block; margin: 8px 0; } .block-selection tr.selected td { font-weight: 600; }
 .block-selection .warning { color: var(--flag); } .block-selection .legend { color: var(--muted); font-size: 12px; max-width: 70em; }
+.quality { font-size: 12px; margin-top: 4px; } .quality .badge { background: #e8590c; margin-right: 3px; }
+.qf { position: absolute; opacity: 0; width: 1px; height: 1px; margin: 0; }
+.qfilter { margin: 8px 0 10px; font-size: 12px; color: var(--muted); }
+.qfilter label { display: inline-block; border: 1px solid var(--line); border-radius: 12px; padding: 1px 10px;
+                 margin: 2px 4px 2px 0; cursor: pointer; color: var(--ink); background: #fff; }
+{% for f in quality_filters %}#qf-{{ f }}:checked ~ .qfilter label[for="qf-{{ f }}"] { background: var(--ink); color: #fff; }
+#qf-{{ f }}:focus-visible ~ .qfilter label[for="qf-{{ f }}"] { outline: 2px solid #1c7ed6; }
+{% if f != "all" %}#qf-{{ f }}:checked ~ .grid .card:not(.q-{{ f }}) { display: none; }
+{% endif %}{% endfor %}
 footer { color: var(--muted); font-size: 12px; padding: 12px 28px; border-top: 1px solid var(--line); }
 </style>
 </head>
@@ -103,13 +117,40 @@ flagging scores the solid line is the flag threshold, left of which objects are 
 {% else %}<p>No scored objects.</p>{% endfor %}
 </div>
 
+<h2 id="quality">Data-quality findings</h2>
+{% if not d.quality.present %}
+<p class="lede">This run's report was written before data-quality findings existed (it has no
+<span class="mono">quality_issues</span> column), so there is nothing to show here; a scan with this version records them.</p>
+{% else %}
+<p class="lede">Checks on every decoded image for problems a person would want to know about before trusting a
+score or a label. They are findings only: they never flag an object and never change its scores.
+{{ d.quality.with_issue | thousands }} of {{ d.quality.decoded | thousands }} decoded objects
+({{ d.quality.share_with_issue | pct }}) have at least one; an object can have several. Shares are of decoded
+objects (objects that could not be read or decoded were not checked).</p>
+{% if d.quality.note %}<div class="warn">{{ d.quality.note }}</div>{% endif %}
+<table id="quality-table"><tr><th>finding</th><th class="num">objects</th><th class="num">share of decoded</th>
+<th>what it means</th></tr>
+{% for q in d.quality.rows %}<tr data-issue="{{ q.issue }}"><td class="mono">{{ q.issue }}</td>
+<td class="num">{{ q.count | thousands }}</td><td class="num">{{ q.share | pct }}</td><td>{{ q.words }}</td></tr>{% endfor %}
+</table>
+{% endif %}
+
 <h2 id="anomalous">The {{ d.grid | length }} most anomalous objects</h2>
 <p class="lede">Ranked by anomaly, 1 − (lowest flagging percentile)/100. The orange box is the part of the image whose
 CSD view decided its CSD score (the view least like any training image); below each are its three nearest
 training images in the kNN feature space, with their distances.</p>
+<div class="quality-scope">
+{% if d.quality.present and d.grid %}
+{% set qc = d.grid_quality_counts %}
+{% for f in quality_filters %}<input type="radio" name="quality-filter" id="qf-{{ f }}" class="qf"{% if f == "all" %} checked{% endif %}>
+{% endfor %}
+<div class="qfilter" role="radiogroup" aria-label="show objects by data-quality finding">Show:
+{% for f in quality_filters %}<label for="qf-{{ f }}">{{ filter_words.get(f, f) }} ({{ d.grid | length if f == "all" else qc.get(f, 0) }})</label>
+{% endfor %}</div>
+{% endif %}
 <div class="grid">
 {% for it in d.grid %}
-<figure class="card{% if it.flagged %} flagged{% endif %}" data-uri="{{ it.uri }}">
+<figure class="card{% if it.flagged %} flagged{% endif %}{% if it.quality_classes %} {{ it.quality_classes }}{% endif %}" data-uri="{{ it.uri }}"{% if it.quality is not none %} data-quality="{{ it.quality | join(' ') }}"{% endif %}>
  <div class="card-top">
   <div class="thumb" style="width:{{ it.thumb.width }}px;height:{{ it.thumb.height }}px">
    <img src="{{ it.thumb.src }}" width="{{ it.thumb.width }}" height="{{ it.thumb.height }}" alt="thumbnail of {{ it.uri }}">
@@ -125,6 +166,7 @@ training images in the kNN feature space, with their distances.</p>
      <td class="num">{{ c.value | num(3) }}</td><td class="num">{{ c.pct | num(1) }}</td></tr>{% endfor %}
    </table>
    {% if it.pred_class is not none %}<div style="font-size:12px">predicted class {{ it.pred_class }}{% if it.box %}; CSD view: {{ it.box.words }}{% endif %}</div>{% endif %}
+   {% if d.quality.present %}<div class="quality">data quality: {% if it.quality is none %}not checked{% elif it.quality %}{% for q in it.quality %}<span class="badge">{{ q }}</span>{% endfor %}{% else %}no finding{% endif %}</div>{% endif %}
   </div>
  </div>
  <div class="mono" style="margin-top:6px">{{ it.uri }}</div>
@@ -135,6 +177,7 @@ training images in the kNN feature space, with their distances.</p>
    d = {{ n.distance | num(3) }}<span class="mono" title="{{ n.uri }}">{{ n.uri }}</span></div>{% endfor %}</div>{% endif %}
 </figure>
 {% else %}<p>No scored objects.</p>{% endfor %}
+</div>
 </div>
 
 <h2 id="prefixes">By prefix</h2>

@@ -2,7 +2,8 @@
 
 ``collect`` folds a run's rows in one streaming pass, ``drift`` holds the pure statistics, ``explain``
 the CSD view box and the nearest ID neighbours, ``thumbs`` the object thumbnails, ``plots`` the
-histograms, ``quality`` the data-quality findings (SPEC §14), ``build`` puts them together and ``html`` renders the page.
+histograms, ``quality`` the data-quality findings (SPEC §14), ``build`` puts them together and ``html``
+renders the page.
 """
 from __future__ import annotations
 

@@ -67,7 +67,8 @@ class ExportSummary:
     def lines(self) -> list[str]:
         quality = (f", with quality issue {' or '.join(self.quality)}" if self.quality else "") + \
                   (f", without quality issue {' or '.join(self.exclude_quality)}" if self.exclude_quality else "")
-        return [f"run {self.run_id} (bundle {self.bundle_id[:12]}), policy {self.policy}{quality} -> queue {self.queue}",
+        return [f"run {self.run_id} (bundle {self.bundle_id[:12]}), policy {self.policy}{quality} "
+                f"-> queue {self.queue}",
                 f"  {self.sink} {self.destination}",
                 f"  selected {self.selected}, already sent {self.already_sent}, sent now {self.sent_now} "
                 f"in {self.batches} batch(es)",

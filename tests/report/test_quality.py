@@ -138,7 +138,8 @@ def test_hostile_issue_names_are_text_only(report):
     assert not any(k.startswith("on") for _, a in page.tags for k in a)
     assert HOSTILE in "".join(page.text)  # in the table and on the cards, as text
     allowed = {"card", "flagged", "q-any", "q-none", *(f"q-{i}" for i in ISSUES)}
-    for a in [a for a in page.find("figure") if "data-uri" in a]:  # never a class token: the page's CSS only ever sees SPEC names
+    cards = [a for a in page.find("figure") if "data-uri" in a]
+    for a in cards:  # never a class token: the page's CSS only ever sees SPEC names
         assert set(a["class"].split()) <= allowed
     assert not any("img" in a.get("class", "") or "alert" in a.get("class", "") for _, a in page.tags)
     assert sum(a.get("data-quality") == HOSTILE for _, a in page.tags) == 2  # cards 07 and 15, escaped round trip

@@ -89,7 +89,8 @@ def test_fallback_classes_with_their_names_are_listed(bundle):
     _, b = bundle
     meta = dict(b.meta)
     pc = dict(meta["per_class"])
-    template = next(iter(pc["classes"].values()), None) or {"images": 60, "per_score": {}, "flag": {}, "flag_alpha": 0.0}
+    template = next(iter(pc["classes"].values()), None) or {"images": 60, "per_score": {}, "flag": {},
+                                                           "flag_alpha": 0.0}
     pc["classes"] = {"0": {**template, "images": 61}}
     pc["fallback"] = {"1": 19}
     meta["per_class"] = pc

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from ..errors import ConfigError
 from .common import add_ray_args, add_s3_args, start_ray
@@ -37,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage-retry-s", type=float, default=120.0, metavar="SECONDS",
                    help="ride out a storage outage this long: every S3 request is retried with backoff (default "
                         "120); a longer outage stops the run resumable (exit 4): re-run with the same --run-id")
+    p.add_argument("--json", action="store_true",
+                   help="print the run's summary.json on stdout instead of the summary lines")
     add_s3_args(p)
     add_ray_args(p)
     p.set_defaults(func=run)
@@ -61,6 +64,36 @@ def run(args: argparse.Namespace) -> int:
         read_threads=args.read_threads, max_attempts=args.max_attempts, s3=s3)
     cfg.validate()
     res = run_scan(cfg, start_ray=lambda: start_ray(args, s3))
-    print(json.dumps(res.summary, indent=2))
-    print(res.reports)
+    if args.json:
+        print(json.dumps(res.summary, indent=2))
+    else:
+        print("\n".join(summary_lines(res.summary, res.summary_uri)))
     return 0
+
+
+def summary_lines(summary: dict[str, Any], summary_uri: str) -> list[str]:
+    """The run's summary for people: what was scanned, what it found, and where the rows are."""
+    counts = summary.get("counts") or {}
+    scored = int(counts.get("ok", 0))
+    other = ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "ok" and v)
+    thr = summary.get("throughput") or {}
+    wall = (summary.get("timings_s") or {}).get("scan_wall")
+    flagged = int(summary.get("flagged") or 0)
+    flag_on = " or ".join((summary.get("bundle") or {}).get("flag_on") or [])
+    lines = [
+        f"scan run {summary.get('run_id')}: {'complete' if summary.get('complete') else 'INCOMPLETE'}, "
+        f"{int(summary.get('objects') or 0):,} object(s)"
+        + (f" in {wall:.0f} s ({thr['objects_per_s']:.1f} objects/s)" if wall and thr.get("objects_per_s") else ""),
+        f"  scored {scored:,}" + (f"; not scored: {other}" if other else "; every object decoded"),
+        f"  flagged {flagged:,}" + (f" ({flagged / scored:.1%} of scored)" if scored else "")
+        + (f", low {flag_on}" if flag_on else ""),
+    ]
+    dup = summary.get("duplicates")
+    if dup:
+        lines.append(f"  exact duplicates: {dup['rows']:,} ({dup['within_run']:,} of objects in this run, "
+                     f"{dup['earlier_runs']:,} of earlier runs' objects)")
+    listing = summary.get("listing") or {}
+    if listing.get("skipped_done"):
+        lines.append(f"  skipped {listing['skipped_done']:,} object(s) already scanned with this bundle")
+    lines += [f"  reports: {summary.get('reports')}", f"  summary: {summary_uri}"]
+    return lines

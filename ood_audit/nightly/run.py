@@ -57,6 +57,10 @@ class NightlyResult:
             out.append(f"  scan: {s.get('objects', 0)} object(s) scanned, "
                        f"{(s.get('listing') or {}).get('skipped_done', 0)} unchanged skipped; "
                        f"{s.get('flagged', 0)} flagged; {counts or 'nothing new'}")
+            if (s.get("duplicates") or {}).get("rows"):
+                d = s["duplicates"]
+                out.append(f"  exact duplicates: {d['rows']} ({d['within_run']} of objects in this run, "
+                           f"{d['earlier_runs']} of earlier runs' objects)")
         for e in self.exports:
             out.append(f"  export {e['sink']} ({e['policy']}): selected {e['selected']}, already sent "
                        f"{e['already_sent']}, sent now {e['sent_now']}")

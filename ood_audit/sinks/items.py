@@ -1,6 +1,9 @@
 """The unit every labeling sink sends (SPEC §12): one selected report row as a typed item, its dedupe key,
 and the three payload shapes (Label Studio task, SQS body, JSONL manifest line).
 
+Besides the scores, every payload carries the row's data-quality findings (``quality_issues``) and its
+duplicate links (``duplicate_of``, ``near_duplicate_of_id``), so a labeler sees why else a sample looks odd.
+
 The dedupe key is a digest of ``(uri, etag, bundle_id)``: a sample goes out again only when its object
 changed (a new etag) or a new bundle judged it. The same digest is the FIFO ``MessageDeduplicationId``.
 """
@@ -56,6 +59,9 @@ class ExportItem:
     csd_view: int | None
     scores: dict[str, float | None] = field(default_factory=dict)
     percentiles: dict[str, float | None] = field(default_factory=dict)
+    quality_issues: tuple[str, ...] | None = None  # SPEC §14 findings; None where not decoded (or not recorded)
+    duplicate_of: str | None = None
+    near_duplicate_of_id: str | None = None
 
     @property
     def queue(self) -> str:
@@ -72,6 +78,8 @@ class ExportItem:
                 "policy": self.policy, "queue": self.queue, "anomaly": _num(self.anomaly),
                 "flagged": self.flagged, "flag_reasons": list(self.flag_reasons), "flagged_by": self.flagged_by,
                 "pred_class": self.pred_class, "csd_view": self.csd_view,
+                "quality_issues": None if self.quality_issues is None else list(self.quality_issues),
+                "duplicate_of": self.duplicate_of, "near_duplicate_of_id": self.near_duplicate_of_id,
                 **{s: _num(v) for s, v in self.scores.items()},
                 **{f"pct_{s}": _num(v) for s, v in self.percentiles.items()}}
 
@@ -87,6 +95,8 @@ def items_from_table(table: pa.Table, policy: str) -> Iterator[ExportItem]:
             run_id=r["run_id"], bundle_id=r["bundle_id"], policy=policy, anomaly=_num(r.get("anomaly")),
             flagged=bool(r.get("flagged")), flag_reasons=tuple(r.get("flag_reasons") or ()), flagged_by=by[i],
             pred_class=r.get("pred_class"), csd_view=r.get("csd_view"),
+            quality_issues=None if r.get("quality_issues") is None else tuple(r["quality_issues"]),
+            duplicate_of=r.get("duplicate_of"), near_duplicate_of_id=r.get("near_duplicate_of_id"),
             scores={s: _num(r.get(s)) for s in scores}, percentiles={s: _num(r.get(f"pct_{s}")) for s in scores})
 
 

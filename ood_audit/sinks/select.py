@@ -53,7 +53,8 @@ from ood_audit.sinks.runs import anomaly, iter_batches, most_anomalous
 Policy = Literal["threshold", "top-k", "disagreement"]
 POLICIES: tuple[str, ...] = ("threshold", "top-k", "disagreement")
 DISAGREEMENT_SCORES = ("featurenorm", "csd")
-BASE_COLUMNS = ("uri", "etag", "run_id", "bundle_id", "pred_class", "csd_view", "flagged", "flag_reasons")
+BASE_COLUMNS = ("uri", "etag", "run_id", "bundle_id", "pred_class", "csd_view", "flagged", "flag_reasons",
+                "quality_issues", "duplicate_of", "near_duplicate_of_id")  # the last three: absent before formats 3-5
 NO_CLASS = -1  # pred_class is never null on ok rows; this only keeps a malformed row in one group
 ANY_ISSUE = "any"
 QUALITY_COLUMN = "quality_issues"

@@ -53,6 +53,29 @@ def test_items_from_a_selection_table():
     (it,) = items_from_table(t, "threshold")
     assert it.key == item_key("s3://b/a.png", "e", "bb") and it.flagged_by == "featurenorm"
     assert it.scores == {"featurenorm": -3.0} and it.percentiles == {"featurenorm": 0.5}
+    assert it.fields()["quality_issues"] is None and it.fields()["duplicate_of"] is None  # older formats
+
+
+def test_payloads_carry_findings_and_duplicate_links(tmp_path):
+    """Read through the export's own selection: a row's quality issues and duplicate links reach every shape."""
+    from ood_audit.sinks.runs import find_run, run_dataset
+    from ood_audit.sinks.select import Selection, select_rows
+
+    rows = [row("s3://b/a.png", pct=1.0, quality_issues=["dark", "low_information"], duplicate_of="s3://b/first.png",
+                near_duplicate_of_id="s3://id/train/7.png", content_sha256="0" * 64),
+            row("s3://b/b.png", pct=2.0, quality_issues=[])]
+    write_run(str(tmp_path), "r1", rows)
+    run = find_run(str(tmp_path), "r1")
+    table = select_rows(run_dataset(run), ["featurenorm", "csd"], Selection(policy="threshold"))
+    items = {it.uri: it for it in items_from_table(table, "threshold")}
+    for shape in (label_studio_task, sqs_body, manifest_line):
+        a = shape(items["s3://b/a.png"])
+        a = a.get("data", a)
+        assert a["quality_issues"] == ["dark", "low_information"] and a["duplicate_of"] == "s3://b/first.png"
+        assert a["near_duplicate_of_id"] == "s3://id/train/7.png"
+        b = shape(items["s3://b/b.png"])
+        b = b.get("data", b)
+        assert b["quality_issues"] == [] and b["duplicate_of"] is None and b["near_duplicate_of_id"] is None
 
 
 def test_token_forms():

@@ -43,7 +43,7 @@ from ood_audit.sinks.runs import RunInfo, find_run, list_runs, most_anomalous, p
 
 DEFAULT_TOP = 48
 GRID_COLUMNS = ("uri", "status", "width", "height", "csd_view", "pred_class", "knn_nn", "knn_nn_dist",
-                "flagged", "flag_reasons", QUALITY_COLUMN)
+                "flagged", "flag_reasons", QUALITY_COLUMN, "duplicate_of", "near_duplicate_of_id")
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,8 @@ class GridItem:
     box: CsdBox | None
     neighbours: list[Neighbour]
     quality: list[str] | None = None  # SPEC §14 findings; None: not decoded, or a report before the column
+    duplicate_of: str | None = None          # the first URI with the same bytes (scan.duplicates)
+    near_duplicate_of_id: str | None = None  # the calibration image it nearly duplicates
 
     @property
     def quality_classes(self) -> str:
@@ -304,7 +306,8 @@ def _grid(ds: Any, flag_on: list[str], scores: list[str], sources: Any, opts: Re
                               scores=cells, pred_class=r.get("pred_class"), thumb=thumbs[r["uri"]],
                               box=csd_box(r.get("csd_view")),
                               neighbours=neighbours(r.get("knn_nn"), r.get("knn_nn_dist"), sources),
-                              quality=None if r.get(QUALITY_COLUMN) is None else list(r[QUALITY_COLUMN])))
+                              quality=None if r.get(QUALITY_COLUMN) is None else list(r[QUALITY_COLUMN]),
+                              duplicate_of=r.get("duplicate_of"), near_duplicate_of_id=r.get("near_duplicate_of_id")))
     return items
 
 

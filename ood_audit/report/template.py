@@ -172,6 +172,8 @@ training images in the kNN feature space, with their distances.</p>
  <div class="mono" style="margin-top:6px">{{ it.uri }}</div>
  {% if it.reasons %}<ul class="reasons">{% for r in it.reasons %}<li>{{ r }}</li>{% endfor %}</ul>{% endif %}
  {% if it.also_low %}<div class="also">also below their own thresholds: {{ it.also_low | join(", ") }}</div>{% endif %}
+ {% if it.duplicate_of %}<div class="also dup">exact copy (same bytes) of <span class="mono">{{ it.duplicate_of }}</span></div>{% endif %}
+ {% if it.near_duplicate_of_id %}<div class="also dup">near-duplicate of calibration image <span class="mono">{{ it.near_duplicate_of_id }}</span>: closer to it than the bundle's near-duplicate distance</div>{% endif %}
  {% if it.neighbours %}<div class="nbrs">{% for n in it.neighbours %}<div class="nbr">
    {% if n.thumb %}<img src="{{ n.thumb }}" alt="nearest ID image {{ loop.index }}">{% endif %}
    d = {{ n.distance | num(3) }}<span class="mono" title="{{ n.uri }}">{{ n.uri }}</span></div>{% endfor %}</div>{% endif %}

@@ -149,7 +149,7 @@ def test_a_report_without_the_column_still_renders(tmp_path):
     out = str(tmp_path / "out")
     write_run(out, "n1", _rows(), inputs=["/in"])
     for f in (tmp_path / "out" / "reports").rglob("*.parquet"):
-        t = pq.read_table(f).drop_columns(["content_sha256", "quality_issues", "near_duplicate_of_id"])
+        t = pq.read_table(f).drop_columns(["content_sha256", "duplicate_of", "quality_issues", "near_duplicate_of_id"])
         pq.write_table(t.replace_schema_metadata({"ood_audit.report_format": "2"}), f)
     data = build_report(out, options=ReportOptions(top=8))
     assert not data.quality.present and len(data.grid) == 8

@@ -42,7 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(_ConsoleFormatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    # Libraries' INFO lines (botocore's "Found credentials in environment variables", faiss' loader) are
+    # not progress for people; -v shows them.
+    if not args.verbose:
+        for name in ("faiss.loader", "botocore", "boto3", "urllib3"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except OodAuditError as e:

@@ -88,13 +88,9 @@ def build_sink(args: argparse.Namespace, s3):
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
     from ..sinks.export import export
     from ..sinks.select import Selection
 
-    for name in ("botocore", "boto3", "urllib3"):  # their INFO lines ("Found credentials ...") are not progress
-        logging.getLogger(name).setLevel(logging.WARNING)
 
     selection = Selection(policy=args.policy, budget=args.budget, per_class=args.per_class,
                           quality=args.quality, exclude_quality=args.exclude_quality)

@@ -26,8 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
     from ..io.fs import S3Config
     from ..nightly.config import load_config
     from ..nightly.run import run_nightly
@@ -36,8 +34,6 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         print(json.dumps(cfg.model_dump(), indent=2))
         return 0
-    for name in ("botocore", "boto3", "urllib3"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     res = run_nightly(cfg, run_id=args.run_id,
                       start_ray=lambda: start_ray(args, S3Config.from_env(cfg.s3.endpoint_url)))
     if args.json:

@@ -130,25 +130,32 @@ def resolve_duplicates(output: str, run_id: str, run_dir: str, partition: str, p
     index = DigestIndex(output, s3=s3, prefix_chars=2, threads=4)
     prefixes = [f"{i:0{prefix_chars}x}" for i in range(16 ** prefix_chars)]
 
-    def one(prefix: str) -> tuple[dict[str, int], set[str]]:
+    def one(prefix: str) -> tuple[dict[str, int], set[str], set[str]]:
         return _resolve_partition(prefix, staged, staging, patches, index, run_id, s3)
 
     touched: set[str] = set()
+    with_patches: list[str] = []
+    added: set[str] = set()
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for counts, parts_hit in pool.map(one, prefixes):
+        for prefix, (counts, parts_hit, index_prefixes) in zip(prefixes, pool.map(one, prefixes)):
             for key, value in counts.items():
                 setattr(stats, key, getattr(stats, key) + value)
             touched |= parts_hit
+            added |= index_prefixes
+            if parts_hit:
+                with_patches.append(prefix)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        stats.files_rewritten = sum(pool.map(lambda p: _patch_part(partition, p, patches, prefixes, s3),
+        stats.files_rewritten = sum(pool.map(lambda p: _patch_part(partition, p, patches, with_patches, s3),
                                              sorted(touched)))
-    index.compact(min_files=COMPACT_MIN_FILES)
+    index.compact(min_files=COMPACT_MIN_FILES, prefixes=added)  # only the partitions this run added to
     stats.seconds = time.perf_counter() - start
     return stats
 
 
 def _resolve_partition(prefix: str, parts: Sequence[str], staging: str, patches: str, index: DigestIndex,
-                       run_id: str, s3: S3Config | None) -> tuple[dict[str, int], set[str]]:
+                       run_id: str, s3: S3Config | None) -> tuple[dict[str, int], set[str], set[str]]:
+    """One digest partition: its counts, the parts that have copies, and the index partitions added to.
+    Its patch file is written only when it has rows (the patch step reads only the partitions that do)."""
     fs, _ = resolve(staging, s3)
     tables = []
     for part in parts:
@@ -162,7 +169,8 @@ def _resolve_partition(prefix: str, parts: Sequence[str], staging: str, patches:
         t = t.take(pc.sort_indices(t, sort_keys=[("sha256", "ascending"), ("order", "ascending"),
                                                  ("uri", "ascending")]))
         sha, uri, order, part = (t.column(c).to_pylist() for c in ("sha256", "uri", "order", "part"))
-        known = {d: e for d, e in index.entries(sorted(set(sha))).items() if e.run_id != run_id}
+        found = index.entries(sorted(set(sha)))
+        known = {d: e for d, e in found.items() if e.run_id != run_id}
         new: list[tuple[str, str, int]] = []
         first = None
         for i, d in enumerate(sha):
@@ -175,14 +183,18 @@ def _resolve_partition(prefix: str, parts: Sequence[str], staging: str, patches:
                 rows.append((part[i], uri[i], first))
                 counts["earlier_runs" if earlier else "within_run"] += 1
         counts["rows"] = len(rows)
-        counts["digests_added"] = index.add(run_id, new) if new else 0
-    rows.sort()
-    table = pa.table({"part": [r[0] for r in rows], "uri": [r[1] for r in rows],
-                      "duplicate_of": [r[2] for r in rows]}, schema=_PATCH)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=4096, write_statistics=["part"])
-    write_bytes(join_uri(patches, f"p={prefix}.parquet"), buf.getvalue(), s3=s3)
-    return counts, {r[0] for r in rows}
+        counts["digests_added"] = index.add(run_id, new, known=found) if new else 0
+        added = {d[: index.prefix_chars] for d, _, _ in new} if counts["digests_added"] else set()
+    else:
+        added = set()
+    if rows:
+        rows.sort()
+        table = pa.table({"part": [r[0] for r in rows], "uri": [r[1] for r in rows],
+                          "duplicate_of": [r[2] for r in rows]}, schema=_PATCH)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, row_group_size=4096, write_statistics=["part"])
+        write_bytes(join_uri(patches, f"p={prefix}.parquet"), buf.getvalue(), s3=s3)
+    return counts, {r[0] for r in rows}, added
 
 
 def _read_prefix(fs: pafs.FileSystem, path: str, prefix: str) -> pa.Table:

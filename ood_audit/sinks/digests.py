@@ -127,11 +127,14 @@ class DigestIndex:
                         best[sha] = entry
         return best
 
-    def add(self, run_id: str, entries: Iterable[tuple[str, str, int]]) -> int:
+    def add(self, run_id: str, entries: Iterable[tuple[str, str, int]],
+            known: dict[str, DigestEntry] | None = None) -> int:
         """Record (sha256, uri, order) triples of run ``run_id``; returns the rows written.
 
         Idempotent: adding what the index already implies writes nothing, and a retry of a batch
         rewrites the same files (module docstring). Within the batch, a digest keeps its lowest order.
+        ``known`` is :meth:`entries` of these digests when the caller has just looked them up (one
+        lookup instead of two).
         """
         if not run_id or "/" in run_id:
             raise ConfigError(f"digest index run_id must be a non-empty name without '/', got {run_id!r}")
@@ -142,7 +145,7 @@ class DigestIndex:
                 raise DataError(f"digest index order must be >= 0, got {order} for {uri}")
             if sha not in mine or (order, uri) < mine[sha]:
                 mine[sha] = (order, uri)
-        known = self.entries(mine)
+        known = self.entries(mine) if known is None else known
         todo: dict[str, list[tuple[str, str, int]]] = {}
         for sha, (order, uri) in mine.items():
             have = known.get(sha)
@@ -159,20 +162,22 @@ class DigestIndex:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
 
-    def compact(self, min_files: int = 2) -> int:
+    def compact(self, min_files: int = 2, prefixes: Iterable[str] | None = None) -> int:
         """Merge each partition that holds at least ``min_files`` files into one holding only each digest's
         winning entry; returns the files removed. Lookups are unchanged throughout: the merged file is
         written before the files it replaces are deleted, and a file added meanwhile is not among them.
 
         Run it after a scan. A ``min_files`` above 2 bounds the files a lookup opens per partition while
         rewriting a partition only every few runs, not on every run (the index grows by one file per
-        partition a run touches)."""
+        partition a run touches). ``prefixes`` limits it to those partitions (the ones a run added to)."""
         fs, root = resolve(self.root, self.s3)
         removed = 0
-        for info in fs.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True)):
-            if info.type != pafs.FileType.Directory or not info.base_name.startswith("p="):
-                continue
-            files = self._files(fs, info.base_name[2:])
+        if prefixes is None:
+            infos = fs.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True))
+            prefixes = [i.base_name[2:] for i in infos
+                        if i.type == pafs.FileType.Directory and i.base_name.startswith("p=")]
+        for prefix in sorted(set(prefixes)):
+            files = self._files(fs, prefix)
             if len(files) < max(2, min_files):
                 continue
             best: dict[str, DigestEntry] = {}
@@ -183,7 +188,7 @@ class DigestIndex:
                     if sha not in best or entry < best[sha]:
                         best[sha] = entry
             rows = [(sha, e.first_uri, e.run_id, e.order) for sha, e in sorted(best.items())]
-            kept = self._write_rows(info.base_name[2:], "compact", rows)
+            kept = self._write_rows(prefix, "compact", rows)
             for f in files:
                 if f.rsplit("/", 1)[-1] != kept:
                     fs.delete_file(f)

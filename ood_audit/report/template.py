@@ -130,7 +130,7 @@ objects (objects that could not be read or decoded were not checked).</p>
 {% if d.quality.note %}<div class="warn">{{ d.quality.note }}</div>{% endif %}
 <table id="quality-table"><tr><th>finding</th><th class="num">objects</th><th class="num">share of decoded</th>
 <th>what it means</th></tr>
-{% for q in d.quality.rows %}<tr data-issue="{{ q.issue }}"><td class="mono">{{ q.issue }}</td>
+{% for q in d.quality.rows %}<tr data-issue="{{ q.issue }}"><td class="mono" style="word-break:normal;white-space:nowrap">{{ q.issue }}</td>
 <td class="num">{{ q.count | thousands }}</td><td class="num">{{ q.share | pct }}</td><td>{{ q.words }}</td></tr>{% endfor %}
 </table>
 {% endif %}

@@ -4,7 +4,7 @@
 - **Incoming** (night 1), one folder per kind: unseen digits (held out of training), and outliers of five
   kinds: letters (rendered glyphs), photo crops (scikit-learn's and scikit-image's photographs), textures
   (scikit-image's brick, grass and gravel), faces (scikit-image's ``lfw_subset``) and noise; plus broken
-  files (truncated, empty, not an image, a key with markup).
+  files (truncated, empty, not an image, a key with markup), and copies (:func:`demo_files`).
 - **Night 2** adds new objects under ``digits/``: more unseen digits, and faces that a careless upstream
   job dropped into the digits folder. The digits prefix's flagged rate jumps, which the report's drift
   section must catch.
@@ -130,15 +130,26 @@ def _faces(n: int, offset: int = 0) -> list[np.ndarray]:
             for i in range(n)]
 
 
+REUPLOADS = "reuploads"  # training images uploaded again: seen by the model, so not "unseen digits"
+
+
 def kind_of(key: str) -> str:
-    """The truth for an incoming key: its kind folder, except faces planted under ``digits/``."""
+    """The truth for an incoming key: its kind folder, except faces planted under ``digits/`` and training
+    images uploaded again there."""
     top, _, name = key.partition("/")
-    return "faces" if top == "digits" and name.startswith("face-") else top
+    if top == "digits" and name.startswith("face-"):
+        return "faces"
+    return REUPLOADS if top == "digits" and name.startswith("reupload-") else top
 
 
-def demo_files(seed: int = 0, n_incoming_digits: int = 150, per_kind: int = 40,
-               night2_digits: int = 0, night2_faces: int = 0) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, bytes]]:
-    """(ID training files by class folder, night 1's incoming files by kind folder, night 2's new files)."""
+def demo_files(seed: int = 0, n_incoming_digits: int = 150, per_kind: int = 40, night2_digits: int = 0,
+               night2_faces: int = 0, copies: int = 0) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, bytes]]:
+    """(ID training files by class folder, night 1's incoming files by kind folder, night 2's new files).
+
+    ``copies`` plants that many of each kind of copy, under their kind's folder: training images uploaded
+    again (``digits/reupload-*``: near-duplicates of the calibration set), faces copied within night 1
+    (``faces/copy-*``: exact duplicates) and night-1 digits uploaded again on night 2 (``digits/again-*``:
+    exact duplicates of an earlier night's objects)."""
     rng = np.random.default_rng(seed)
     images, labels = _digits()
     order = rng.permutation(len(images))
@@ -157,4 +168,10 @@ def demo_files(seed: int = 0, n_incoming_digits: int = 150, per_kind: int = 40,
                      "broken/notes.txt": b"not an image", "broken/<script>alert(1)</script>.png": b"\x00garbage"})
     night2 = {f"digits/n2-{i:04d}.png": _png(images[i]) for i in extra}
     night2.update({f"digits/face-{j:03d}.png": _png(a) for j, a in enumerate(_faces(night2_faces, offset=per_kind))})
+    train_keys, face_keys, digit_keys = sorted(id_files), sorted(k for k in incoming if k.startswith("faces/")), \
+        [f"digits/{i:04d}.png" for i in held[1:]]
+    for j in range(copies):
+        incoming[f"digits/reupload-{j:03d}.png"] = id_files[train_keys[j * 97 % len(train_keys)]]
+        incoming[f"faces/copy-{j:03d}.png"] = incoming[face_keys[j % len(face_keys)]]
+        night2[f"digits/again-{j:03d}.png"] = incoming[digit_keys[j % len(digit_keys)]]
     return id_files, incoming, night2

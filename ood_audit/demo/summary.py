@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..metrics import ood_metrics
-from .data import OUTLIER_KINDS, kind_of
+from .data import OUTLIER_KINDS, REUPLOADS, kind_of
 
 SCORES = ("featurenorm", "csd", "knn")
 ID_KIND = "digits"
@@ -28,7 +28,7 @@ def per_kind(rows: list[Mapping[str, Any]], prefix: str) -> dict[str, dict[str, 
         d: dict[str, Any] = {"objects": len(rs), "scored": len(ok), "bad_input": len(rs) - len(ok),
                              "flagged": sum(bool(r["flagged"]) for r in ok),
                              "flag_rate": (sum(bool(r["flagged"]) for r in ok) / len(ok)) if ok else None}
-        if kind != ID_KIND and ok and len(id_ok) >= 2:
+        if kind not in (ID_KIND, REUPLOADS) and ok and len(id_ok) >= 2:
             for s in SCORES:
                 i = np.array([r[s] for r in id_ok if r[s] is not None], dtype=np.float64)
                 o = np.array([r[s] for r in ok if r[s] is not None], dtype=np.float64)
@@ -62,7 +62,7 @@ def format_kinds(kinds: Mapping[str, Mapping[str, Any]]) -> list[str]:
         for s in SCORES:
             m = d.get(s)
             cells.append(f"{'':>12}" + (f"{m['fpr95']:.2f} / {m['auroc']:.3f}" if m else f"{'-':>10}"))
-        role = "  (ID)" if kind == ID_KIND else ("  (bad input)" if kind == "broken" else "")
+        role = {ID_KIND: "  (ID)", "broken": "  (bad input)", REUPLOADS: "  (training images uploaded again)"}.get(kind, "")
         lines.append(f"  {kind:<10} {d['objects']:>7} {d['scored']:>6} {d['flagged']:>7} {rate:>5}   "
                      + "   ".join(f"{c:>22}" for c in cells) + role)
     return lines
@@ -81,6 +81,12 @@ def format_summary(s: Mapping[str, Any]) -> str:
     lines += format_kinds(s["kinds"])
     lines += ["", f"Quality target: every outlier kind flagged >= {TARGET_OUTLIER_RATE:.2f}, unseen digits "
                   f"<= {TARGET_ID_RATE:.2f}: {'MET' if ok else 'MISSED (' + '; '.join(misses) + ')'}"]
+    if s.get("duplicates"):
+        d = s["duplicates"]
+        lines += ["", f"Duplicates: night 1 has {d['exact_night1']} exact copies of its own objects and "
+                      f"{d['near_id']} of {d['reuploads']} re-uploaded training images marked as near-duplicates "
+                      f"of the calibration set (and {d['near_other']} other objects); night 2 has "
+                      f"{d['exact_earlier']} exact copies of night 1's objects."]
     if s.get("night2"):
         n2 = s["night2"]
         lines += ["", f"Night 2 (incremental): {n2['objects']} new object(s) scanned, {n2['skipped']} already "

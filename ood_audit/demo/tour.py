@@ -28,6 +28,7 @@ from .summary import format_summary, per_kind
 
 log = logging.getLogger(__name__)
 BUCKET = "ood-demo"
+COPIES = 3  # of each kind of copy planted in the incoming data (demo.data.demo_files)
 
 
 class _Stages:
@@ -68,7 +69,7 @@ def run_demo(workdir: str | None = None, *, epochs: int = 10, finetune_epochs: i
         os.environ.update(server.env())
         s3, client = server.s3_config(), server.client()
         client.create_bucket(Bucket=BUCKET)
-        id_files, night1, night2 = demo_files(night2_digits=40, night2_faces=30)
+        id_files, night1, night2 = demo_files(night2_digits=40, night2_faces=30, copies=COPIES)
         id_uri = _upload(client, "id", id_files)
         in_uri = _upload(client, "incoming", night1)
         log.info("[demo] S3 at %s: %d ID images -> %s, %d incoming objects -> %s", server.endpoint_url,
@@ -100,6 +101,13 @@ def run_demo(workdir: str | None = None, *, epochs: int = 10, finetune_epochs: i
                    "night2": {"objects": scan2.summary["objects"], "skipped": scan2.summary["listing"].get("skipped_done", 0),
                               "flagged": scan2.summary["flagged"], "drift": drift},
                    "night1": {"objects": scan1.summary["objects"], "flagged": scan1.summary["flagged"]},
+                   "duplicates": {"exact_night1": (scan1.summary.get("duplicates") or {}).get("rows", 0),
+                                  "near_id": sum(r["near_duplicate_of_id"] is not None for r in rows
+                                                 if "/digits/reupload-" in r["uri"]),
+                                  "near_other": sum(r["near_duplicate_of_id"] is not None for r in rows
+                                                    if "/digits/reupload-" not in r["uri"]),
+                                  "reuploads": COPIES,
+                                  "exact_earlier": (scan2.summary.get("duplicates") or {}).get("earlier_runs", 0)},
                    "exports": exports, "stages": stages.seconds, "seconds": time.perf_counter() - t0}
         print(format_summary(summary), flush=True)
         if keep_server:
@@ -161,8 +169,8 @@ def _scan(bundle: str, output: str, in_uri: str, run_id: str, s3: Any) -> Any:
 def _rows(output: str, run_id: str, s3: Any) -> list[dict[str, Any]]:
     from ..sinks.runs import load_report
 
-    return load_report(output, run_id, s3=s3, columns=["uri", "status", "flagged", "featurenorm", "csd", "knn"]
-                       ).to_pylist()
+    return load_report(output, run_id, s3=s3, columns=["uri", "status", "flagged", "featurenorm", "csd", "knn",
+                                                       "near_duplicate_of_id"]).to_pylist()
 
 
 def _export(output: str, run_id: str, root: Path, s3: Any) -> list[str]:

@@ -46,3 +46,12 @@ def test_demo_data_is_real_and_night_two_plants_faces_in_digits():
     assert not set(id_files) & set(night1) and not set(night1) & set(night2)
     assert sum(kind_of(k) == "faces" for k in night2) == 4 and all(k.startswith("digits/") for k in night2)
     assert len(id_files) == 1797 - 20 - 6
+    _, with_copies, night2_copies = demo_files(n_incoming_digits=20, per_kind=5, night2_digits=6, night2_faces=4,
+                                               copies=3)
+    reuploads = [k for k in with_copies if kind_of(k) == "reuploads"]
+    assert len(reuploads) == 3 and all(with_copies[k] in id_files.values() for k in reuploads)
+    copies = [k for k in with_copies if k.startswith("faces/copy-")]
+    assert len(copies) == 3 and all(with_copies[k] in {v for j, v in night1.items() if j.startswith("faces/")}
+                                    for k in copies)
+    again = [k for k in night2_copies if k.startswith("digits/again-")]
+    assert len(again) == 3 and all(night2_copies[k] in night1.values() for k in again)

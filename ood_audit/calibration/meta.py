@@ -105,22 +105,33 @@ class ThresholdsPart(_Part):
     flag_on_reason: str | None = None     # why flag_on differs from what was asked, if it does
 
 
+MEASURED_ON_WORKING_COPY = "working copies of the held-out ID images (whole frame, longer side <= working_size)"
+MEASURED_ON_MODEL_INPUT = "decoded held-out ID images at the bundle's preprocess size"  # bundles before the copy
+
+
 class QualityPart(_Part):
     """The SPEC §14 thresholds set at calibration: ``blurry`` = the ``blurry_percentile`` of the held-out ID
-    images' Laplacian variances (:func:`ood_audit.io.quality.blurry_threshold`), measured on the images as
-    calibration decodes them (the bundle's preprocess, the array the scan measures too)."""
+    images' Laplacian variances (:func:`ood_audit.io.quality.blurry_threshold`), measured on their working
+    copies (the whole decoded frame reduced to ``working_size``), as the scan measures every object."""
 
     blurry: float
     blurry_percentile: float = 1.0
     heldout_images: int
     working_size: int = 256
-    measured_on: str = "decoded held-out ID images at the bundle's preprocess size"
+    measured_on: str = MEASURED_ON_WORKING_COPY
+
+    @property
+    def comparable(self) -> bool:
+        """Whether ``blurry`` was measured the way the scan measures now. Bundles calibrated before the
+        working copy measured the model's input (a crop, at the model's size): another scale."""
+        return self.measured_on == MEASURED_ON_WORKING_COPY
 
     def config(self) -> Any:
-        """The scan's :class:`~ood_audit.io.quality.QualityConfig`: SPEC §14 defaults with this ``blurry``."""
+        """The scan's :class:`~ood_audit.io.quality.QualityConfig`: SPEC §14 defaults with this ``blurry``
+        (none for a bundle whose threshold is not :attr:`comparable`: blur is then not checked)."""
         from ..io.quality import QualityConfig
 
-        return QualityConfig(working_size=self.working_size, blurry=self.blurry)
+        return QualityConfig(working_size=self.working_size, blurry=self.blurry if self.comparable else None)
 
 
 NEARDUP_FORMULA = ("near-duplicate iff ||z/|z| - NN_1(z/|z|)||_2 < tau; tau = order statistic floor(rate*n)+1 "

@@ -46,6 +46,9 @@ def findings_lines(info: Any) -> list[str]:
     else:
         lines.append(f"  quality: blurry below Laplacian variance {q.blurry:.6g}, percentile {q.blurry_percentile:g} "
                      f"of {q.heldout_images} held-out ID images (working size {q.working_size} px)")
+        if not q.comparable:
+            lines.append(f"    measured on {q.measured_on} by an older version: scans do not check blur with it; "
+                         "calibrate again")
     nd = info.near_duplicates
     if nd is None:
         lines.append("  near-duplicates: no tau (near_duplicate_of_id stays null)")

@@ -329,6 +329,9 @@ def quality_config(bundle: Any) -> QualityConfig:
     """The SPEC §14 thresholds of a scan with ``bundle``: the bundle's calibrated ones (``blurry``) when it
     has them, else the defaults, where ``blurry`` is never reported."""
     part = bundle.info.quality
+    if part is not None and not part.comparable:
+        log.warning("bundle %s set its blurry threshold on %s, not on the working copies the scan measures; "
+                    "blur is not checked (calibrate again to check it)", bundle.id, part.measured_on)
     return part.config() if part is not None else QualityConfig()
 
 

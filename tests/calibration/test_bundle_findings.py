@@ -14,7 +14,7 @@ import torch
 from ood_audit import build_model, save_weights
 from ood_audit.calibration.bundle import open_bundle
 from ood_audit.calibration.calibrate import CalibrateConfig, calibrate, list_id_images
-from ood_audit.calibration.meta import parse_meta
+from ood_audit.calibration.meta import MEASURED_ON_MODEL_INPUT, parse_meta
 from ood_audit.calibration.perclass import per_class_flags
 from ood_audit.calibration.scoring import scorer_from_bundle
 from ood_audit.calibration.thresholds import flags
@@ -112,11 +112,13 @@ def test_blurry_threshold_is_the_heldout_first_percentile_of_the_decoded_images(
     _, res, bundle, _, _ = calibrated
     q = bundle.info.quality
     pre = Preprocess.from_dict(dict(bundle.info.preprocess))
-    lap = [measure(decode_image(open(u.removeprefix("file://"), "rb").read(), size=pre).array).laplacian_var
-           for u in res.heldout["uri"]]
+    lap = [measure(decode_image(open(u.removeprefix("file://"), "rb").read(), size=pre,  # SPEC §14's working copy
+                                working_size=q.working_size).working).laplacian_var for u in res.heldout["uri"]]
     assert q is not None and q.heldout_images == len(lap) and q.blurry_percentile == 1.0
     assert q.blurry == pytest.approx(blurry_threshold(np.array(lap)), rel=1e-12)
-    assert q.config().blurry == q.blurry and res.summary["blurry_threshold"] == q.blurry
+    assert q.config().blurry == q.blurry and res.summary["blurry_threshold"] == q.blurry and q.comparable
+    before = q.model_copy(update={"measured_on": MEASURED_ON_MODEL_INPUT})  # a bundle from before the working copy
+    assert not before.comparable and before.config().blurry is None  # another scale: blur is not checked
     old = {k: v for k, v in bundle.meta.items() if k not in ("quality", "near_duplicates", "per_class")}
     info = parse_meta(old, "before the optional parts")  # bundles written before them still load
     assert info.quality is None and info.near_duplicates is None and info.per_class is None

@@ -85,7 +85,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
         d = s["duplicates"]
         lines += ["", f"Duplicates: night 1 has {d['exact_night1']} exact copies of its own objects and "
                       f"{d['near_id']} of {d['reuploads']} re-uploaded training images marked as near-duplicates "
-                      f"of the calibration set (and {d['near_other']} other objects); night 2 has "
+                      f"of the calibration set (and {d['near_other']} other object(s)); night 2 has "
                       f"{d['exact_earlier']} exact copies of night 1's objects."]
     if s.get("night2"):
         n2 = s["night2"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,16 +10,9 @@ from ood_audit.errors import ConfigError
 from ood_audit.io.decode import Preprocess, decode_file, decode_image, draft_request
 from ood_audit.io.quality import working_factor, working_image
 
-
-def encode(im: Image.Image, fmt: str, **kwargs: object) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kwargs)
-    return buf.getvalue()
+from tests.io.test_decode import encode, noise  # noise(h, w)
 
 
-def noise(w: int, h: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
 
 
 @pytest.mark.parametrize(("w", "h", "shape"), [
@@ -32,7 +23,7 @@ def noise(w: int, h: int, seed: int = 0) -> Image.Image:
     (20, 30, (30, 20, 3)),        # small images are not enlarged
 ])
 def test_working_copy_size_follows_the_rule(w: int, h: int, shape: tuple[int, int, int]) -> None:
-    r = decode_image(encode(noise(w, h), "PNG"), size=32, working_size=256)
+    r = decode_image(encode(noise(h, w), "PNG"), size=32, working_size=256)
     assert r.ok and r.array is not None and r.array.shape == (32, 32, 3)
     assert r.working is not None and r.working.dtype == np.uint8 and r.working.shape == shape
     assert max(shape[:2]) <= 256
@@ -40,7 +31,7 @@ def test_working_copy_size_follows_the_rule(w: int, h: int, shape: tuple[int, in
 
 
 def test_working_copy_is_the_quality_rule_applied_to_the_full_frame() -> None:
-    data = encode(noise(700, 300), "PNG")  # lossless: no draft, so the copy is exactly the rule's
+    data = encode(noise(300, 700), "PNG")  # lossless: no draft, so the copy is exactly the rule's
     full = decode_image(data).array
     assert full is not None and full.shape == (300, 700, 3)
     got = decode_image(data, size=Preprocess(32), working_size=256).working
@@ -74,7 +65,7 @@ def test_exif_rotation_applies_to_the_working_copy() -> None:
 
 
 def test_without_working_size_nothing_changes() -> None:
-    data = encode(noise(640, 480), "JPEG", quality=90)
+    data = encode(noise(480, 640), "JPEG", quality=90)
     for pre in (Preprocess(32), Preprocess(224), Preprocess(224, resize_shorter=256), Preprocess((24, 40)),
                 Preprocess(32, mode="resize"), Preprocess(32, jpeg_draft=False), Preprocess(32, jpeg_draft_longer=0)):
         plain = decode_image(data, size=pre)
@@ -95,7 +86,7 @@ def test_draft_keeps_the_longer_side_at_the_working_size() -> None:
     assert draft_request((600, 400), Preprocess(32, jpeg_draft_longer=0)) == (32, 32)  # the model size alone
     assert draft_request((600, 400), Preprocess(32, jpeg_draft=False)) is None
     assert draft_request((600, 400), Preprocess(None)) is None
-    data = encode(noise(640, 480), "JPEG", quality=90)
+    data = encode(noise(480, 640), "JPEG", quality=90)
     # 32 px model: libjpeg drafts 640×480 to 320×240 (longer ≥ 256), so the copy is 160×120 ...
     assert decode_image(data, size=Preprocess(32), working_size=256).working.shape == (120, 160, 3)
     # ... where the model size alone would draft to 1/8 and leave an 80×60 copy.
@@ -115,6 +106,6 @@ def test_bundles_written_before_the_field_decode_as_they_were_calibrated() -> No
 
 def test_decode_file_passes_the_working_size(tmp_path) -> None:
     path = tmp_path / "a.png"
-    path.write_bytes(encode(noise(600, 400), "PNG"))
+    path.write_bytes(encode(noise(400, 600), "PNG"))
     assert decode_file(str(path), size=32, working_size=256).working.shape == (134, 200, 3)
     assert decode_file(str(path), size=32).working is None

@@ -24,53 +24,35 @@ def test_all_null_findings_from_ray_stay_null():
     assert table.column("content_sha256").null_count == 2 and table.column("quality_issues").null_count == 2
 
 
-def test_reports_of_format_2_still_read(tmp_path):
+def _old_run(tmp_path, version: str, absent: tuple[str, ...], **values):
+    """One row written in an older report format: ``absent`` columns left out, ``values`` set."""
     old = report_schema(["featurenorm"])
-    old = pa.schema([f for f in old if f.name not in ("content_sha256", "quality_issues")],
-                    metadata={"ood_audit.report_format": "2"})
+    old = pa.schema([f for f in old if f.name not in absent], metadata={"ood_audit.report_format": version})
     row = {f.name: None for f in old}
-    row.update(run_id="r0", bundle_id="b", uri="/x.png", status="ok", scanned_at=datetime.now(timezone.utc))
-    table = pa.Table.from_pylist([row], schema=old)
+    row.update(run_id="r0", bundle_id="b", uri="/x.png", status="ok", scanned_at=datetime.now(timezone.utc), **values)
     run = RunInfo(output=str(tmp_path), run_id="r0", run_date="2026-12-01", bundle_id="b", bundle_uri="",
                   complete=True, started_at="", summary={"objects": 1})
-    write_part(table, f"{partition_uri(str(tmp_path), run.run_date)}/{part_name('r0', 0, 1, '0' * 16)}")
+    write_part(pa.Table.from_pylist([row], schema=old),
+               f"{partition_uri(str(tmp_path), run.run_date)}/{part_name('r0', 0, 1, '0' * 16)}")
     ds = run_dataset(run)
-    assert check_format(ds.schema, "old") == "2"
-    got = ds.to_table()
+    assert check_format(ds.schema, "old") == version
+    return ds.to_table()
+
+
+def test_reports_of_format_2_still_read(tmp_path):
+    got = _old_run(tmp_path, "2", ("content_sha256", "quality_issues"))
     assert got.num_rows == 1 and "quality_issues" not in got.schema.names
     assert check_format(report_schema(), "new") == "5"
 
 
 def test_reports_of_format_3_still_read(tmp_path):
     """Format 3 (before ``near_duplicate_of_id``) reads; the column is absent, not an error."""
-    old = report_schema(["featurenorm"])
-    old = pa.schema([f for f in old if f.name != "near_duplicate_of_id"], metadata={"ood_audit.report_format": "3"})
-    row = {f.name: None for f in old}
-    row.update(run_id="r0", bundle_id="b", uri="/x.png", status="ok", scanned_at=datetime.now(timezone.utc),
-               quality_issues=["dark"])
-    run = RunInfo(output=str(tmp_path), run_id="r0", run_date="2026-12-01", bundle_id="b", bundle_uri="",
-                  complete=True, started_at="", summary={"objects": 1})
-    write_part(pa.Table.from_pylist([row], schema=old),
-               f"{partition_uri(str(tmp_path), run.run_date)}/{part_name('r0', 0, 1, '0' * 16)}")
-    ds = run_dataset(run)
-    assert check_format(ds.schema, "old") == "3"
-    got = ds.to_table()
+    got = _old_run(tmp_path, "3", ("near_duplicate_of_id",), quality_issues=["dark"])
     assert got.column("quality_issues").to_pylist() == [["dark"]] and "near_duplicate_of_id" not in got.schema.names
 
 
 def test_reports_of_format_4_still_read(tmp_path):
     """Format 4 (before ``duplicate_of``) reads; the column is absent, not an error."""
-    old = report_schema(["featurenorm"])
-    old = pa.schema([f for f in old if f.name != "duplicate_of"], metadata={"ood_audit.report_format": "4"})
-    row = {f.name: None for f in old}
-    row.update(run_id="r0", bundle_id="b", uri="/x.png", status="ok", scanned_at=datetime.now(timezone.utc),
-               near_duplicate_of_id="s3://id/a.png")
-    run = RunInfo(output=str(tmp_path), run_id="r0", run_date="2026-12-01", bundle_id="b", bundle_uri="",
-                  complete=True, started_at="", summary={"objects": 1})
-    write_part(pa.Table.from_pylist([row], schema=old),
-               f"{partition_uri(str(tmp_path), run.run_date)}/{part_name('r0', 0, 1, '0' * 16)}")
-    ds = run_dataset(run)
-    assert check_format(ds.schema, "old") == "4"
-    got = ds.to_table()
+    got = _old_run(tmp_path, "4", ("duplicate_of",), near_duplicate_of_id="s3://id/a.png")
     assert got.column("near_duplicate_of_id").to_pylist() == ["s3://id/a.png"]
     assert "duplicate_of" not in got.schema.names

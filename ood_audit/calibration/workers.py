@@ -153,7 +153,7 @@ class ScoreWorker:
         self.scorer = make_scorer(load_state_bytes(_resolve(model)), ModelSpec.from_dict(spec), block,
                                   detectors=dets, device=device, precision=precision)
         self.pre, self.s3, self.threads = Preprocess.from_dict(preprocess), s3, threads
-        self.working_size = working_size
+        self.working_size, self.quality = working_size, QualityConfig(working_size=working_size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["uri"])
@@ -168,6 +168,5 @@ class ScoreWorker:
                 out[s][ok] = scores[s]
             if "knn_nn_dist" in scores:
                 out["nn_dist"][ok] = np.asarray(scores["knn_nn_dist"])[:, 0]
-            cfg = QualityConfig(working_size=self.working_size)
-            out["laplacian_var"][ok] = [measure(a, config=cfg).laplacian_var for a in working]
+            out["laplacian_var"][ok] = [measure(a, config=self.quality).laplacian_var for a in working]
         return out

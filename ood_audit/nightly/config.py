@@ -74,8 +74,9 @@ class _Export(_Strict):
             raise ValueError("policy top-k needs a budget (a positive integer)")
         if self.per_class and self.budget is None:
             raise ValueError("per_class needs a budget to split")
-        both = set(self.quality) & set(self.exclude_quality)
-        if both or (self.quality and "any" in self.exclude_quality):
+        from ood_audit.sinks.select import quality_conflict
+
+        if quality_conflict(self.quality, self.exclude_quality):
             raise ValueError("quality and exclude_quality leave no row to select")
         return self
 

@@ -20,8 +20,7 @@ import pyarrow.compute as pc
 from pydantic import ValidationError
 
 from ood_audit.io.quality import ISSUES, QualityConfig
-
-QUALITY_COLUMN = "quality_issues"
+from ood_audit.sinks.parquet import QUALITY_COLUMN
 
 
 @dataclass

@@ -12,7 +12,7 @@ pipeline in no fixed order, so when a row is written, the object that comes firs
 been read yet. Writing the value later keeps it a function of the plan, not of the timing.
 
 1. **Staging** (write tasks, :func:`stage_digests`): beside each part file, ``runs/<run_id>/digests/`` gets
-   a file of the same stem holding its fetched rows' (``sha256``, ``uri``, ``order``), sorted by digest, one
+   a file of the same name holding its fetched rows' (``sha256``, ``uri``, ``order``), sorted by digest, one
    row group per digest partition (the leading ``prefix_chars`` hex digits). It has its part's name, so a
    retried task overwrites it, and a staging file whose part was never committed is ignored.
 2. **Resolve** (driver, one digest partition at a time on a thread pool): the committed staging files' row
@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 from ood_audit.io.fs import S3Config, resolve, write_bytes
 from ood_audit.io.uri import join_uri
 from ood_audit.sinks.digests import DigestIndex
-from ood_audit.sinks.parquet import PART_SUFFIX, write_part
+from ood_audit.sinks.parquet import write_part
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ def plan_order(chunk: np.ndarray, seq: np.ndarray) -> np.ndarray:
 
 
 def staging_uri(staging: str, part: str) -> str:
-    return join_uri(staging, part[: -len(PART_SUFFIX)] + ".parquet")
+    """A part file's staging file: the same name, in the run's staging directory."""
+    return join_uri(staging, part)
 
 
 def stage_digests(sha256: pa.Array, uri: pa.Array, order: np.ndarray, target: str, *, prefix_chars: int,
@@ -119,8 +120,8 @@ def resolve_duplicates(output: str, run_id: str, run_dir: str, partition: str, p
     staging, patches = join_uri(run_dir, STAGING_DIR), join_uri(run_dir, PATCH_DIR)
     fs, staging_path = resolve(staging, s3)
     present = {i.base_name for i in fs.get_file_info(pafs.FileSelector(staging_path, allow_not_found=True))}
-    staged = [p for p in parts if staging_uri(staging, p).rsplit("/", 1)[-1] in present]
-    stray = present - {staging_uri(staging, p).rsplit("/", 1)[-1] for p in staged}
+    staged = [p for p in parts if p in present]
+    stray = present - set(staged)
     for name in sorted(stray):  # staging of parts that were never committed (a failed pass): never read
         fs.delete_file(f"{staging_path}/{name}")
     stats.unstaged_files = len(parts) - len(staged)

@@ -20,11 +20,11 @@ from ood_audit.calibration.meta import BundleMeta, RowTables
 from ood_audit.calibration.neardup import near_duplicate_rows
 from ood_audit.calibration.perclass import per_class_flags
 from ood_audit.calibration.thresholds import flags, percentile
-from ood_audit.sinks.parquet import report_schema, score_columns
+from ood_audit.sinks.parquet import QUALITY_COLUMN, report_schema, score_columns
 
 CHUNK, SEQ, READ_S, SCORE_S, WORKER = "_chunk", "_seq", "_read_s", "_score_s", "_worker"
 PIXELS = "pixels"  # the read stage's uint8 N×H×W×3 column; consumed by the scoring actor
-DIGEST, QUALITY = "content_sha256", "quality_issues"  # the read stage's per-object findings (SPEC §14)
+DIGEST, QUALITY = "content_sha256", QUALITY_COLUMN  # the read stage's per-object findings (SPEC §14)
 INTERNAL_COLUMNS = (CHUNK, SEQ, READ_S, SCORE_S, WORKER)
 INTERNAL_SCHEMA = pa.schema([
     (CHUNK, pa.int32()), (SEQ, pa.int32()), (READ_S, pa.float32()), (SCORE_S, pa.float32()),
@@ -139,7 +139,7 @@ class RowBuilder:
         columns["scanned_at"] = pa.array([when] * n, pa.timestamp("us", tz="UTC"))
         columns["content_sha256"] = _strings(batch[DIGEST]) if DIGEST in batch else pa.nulls(n, pa.string())
         columns["duplicate_of"] = pa.nulls(n, pa.string())  # set once the run is committed (scan.duplicates)
-        columns["quality_issues"] = _issue_lists(ok, batch.get(QUALITY))
+        columns[QUALITY] = _issue_lists(ok, batch.get(QUALITY))
         columns["near_duplicate_of_id"] = self._near_duplicates(ok, scores if n_ok else {})
         columns[CHUNK] = pa.array(np.asarray(batch[CHUNK], dtype=np.int32))
         columns[SEQ] = pa.array(np.asarray(batch[SEQ], dtype=np.int32))

@@ -7,7 +7,7 @@ pipeline pass and a digest of the chunk positions it holds, and returns one *fee
 
 The name is a function of the rows, so a Ray retry of the same task (after a node loss, say) rewrites the
 same file instead of adding a second copy. Beside each part file, the task stages its rows' content digests
-under the same stem (:func:`~ood_audit.scan.duplicates.stage_digests`), for ``duplicate_of`` once the run is
+under the same name (:func:`~ood_audit.scan.duplicates.stage_digests`), for ``duplicate_of`` once the run is
 committed.
 
 A write that fails because the store is down, refuses the credentials or denies the write is not retried

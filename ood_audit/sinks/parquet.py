@@ -69,6 +69,7 @@ SUPPORTED_REPORT_FORMATS: tuple[str, ...] = ("1", "2", "3", "4", "5")
 REPORTS_DIR = "reports"
 PARTITION_KEY = "run_date"
 SPEC_SCORES: tuple[str, ...] = ("featurenorm", "csd", "msp", "energy", "maxlogit", "knn")
+QUALITY_COLUMN = "quality_issues"  # SPEC §14 findings, a list<string> column
 PART_SUFFIX = ".parquet"
 
 _IDENTITY: tuple[pa.Field, ...] = (
@@ -105,7 +106,7 @@ def report_schema(score_names: Sequence[str] = ()) -> pa.Schema:
         pa.field("scanned_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("content_sha256", pa.string()),
         pa.field("duplicate_of", pa.string()),
-        pa.field("quality_issues", pa.list_(pa.string())),
+        pa.field(QUALITY_COLUMN, pa.list_(pa.string())),
         pa.field("near_duplicate_of_id", pa.string()),
     ]
     return pa.schema(fields, metadata={"ood_audit.report_format": REPORT_FORMAT_VERSION})

@@ -48,6 +48,7 @@ import pyarrow.dataset as pads
 
 from ood_audit.errors import ConfigError, ReportError
 from ood_audit.io.quality import ISSUES
+from ood_audit.sinks.parquet import QUALITY_COLUMN
 from ood_audit.sinks.runs import anomaly, iter_batches, most_anomalous
 
 Policy = Literal["threshold", "top-k", "disagreement"]
@@ -57,7 +58,6 @@ BASE_COLUMNS = ("uri", "etag", "run_id", "bundle_id", "pred_class", "csd_view", 
                 "quality_issues", "duplicate_of", "near_duplicate_of_id")  # the last three: absent before formats 3-5
 NO_CLASS = -1  # pred_class is never null on ok rows; this only keeps a malformed row in one group
 ANY_ISSUE = "any"
-QUALITY_COLUMN = "quality_issues"
 
 
 def issue_names(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -76,6 +76,11 @@ def issue_names(value: str | Sequence[str] | None) -> tuple[str, ...]:
     if ANY_ISSUE in names:
         return (ANY_ISSUE,)  # every other name is implied
     return tuple(i for i in ISSUES if i in names)
+
+
+def quality_conflict(quality: Sequence[str], exclude_quality: Sequence[str]) -> bool:
+    """Whether keeping rows with ``quality`` while dropping rows with ``exclude_quality`` leaves none."""
+    return bool(set(quality) & set(exclude_quality)) or bool(quality and ANY_ISSUE in exclude_quality)
 
 
 def queue_of(policy: str) -> str:
@@ -105,8 +110,7 @@ class Selection:
                 object.__setattr__(self, name, issue_names(value))  # frozen: normalised once, here
             except ConfigError as exc:
                 raise ConfigError(f"--{name.replace('_', '-')}: {exc}") from None
-        both = set(self.quality) & set(self.exclude_quality)
-        if both or (self.quality and ANY_ISSUE in self.exclude_quality):
+        if quality_conflict(self.quality, self.exclude_quality):
             raise ConfigError(f"--quality {','.join(self.quality)} with --exclude-quality "
                               f"{','.join(self.exclude_quality)} leaves no row to select")
         if self.policy not in POLICIES:

@@ -91,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
     from ..sinks.export import export
     from ..sinks.select import Selection
 
-
     selection = Selection(policy=args.policy, budget=args.budget, per_class=args.per_class,
                           quality=args.quality, exclude_quality=args.exclude_quality)
     s3 = s3_from_args(args)

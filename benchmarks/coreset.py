@@ -41,9 +41,9 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-    from ood_audit.calibration.bundle import open_bundle
+    from ood_audit.bundle.files import open_bundle
     from ood_audit.calibration.calibrate import CalibrateConfig, calibrate
-    from ood_audit.calibration.scoring import scorer_from_bundle
+    from ood_audit.bundle.scorer import scorer_from_bundle
     from ood_audit.metrics import fpr_at_tpr
 
     with tempfile.TemporaryDirectory(prefix="ood-audit-coreset-") as tmp:

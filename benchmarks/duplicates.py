@@ -43,10 +43,10 @@ def _digests(tag: str, n: int) -> list[str]:
 def write_run(out: str, run_id: str, digests: list[str]) -> tuple[list[str], float]:
     """Write one run's parts (plan order = list order); returns the part names and the seconds it took."""
     from ood_audit.scan.duplicates import STAGING_DIR, prefix_chars_for
-    from ood_audit.scan.ledger import RunLayout
+    from ood_audit.store.run_ledger import RunLayout
     from ood_audit.scan.rows import CHUNK, DIGEST, READ_S, SEQ, RowBuilder
     from ood_audit.scan.write import write_parts
-    from ood_audit.sinks.parquet import partition_uri
+    from ood_audit.store.schema import partition_uri
 
     layout, partition = RunLayout(out, run_id), partition_uri(out, DATE)
     builder = RowBuilder({}, "bid", run_id, ["featurenorm"])
@@ -69,8 +69,8 @@ def write_run(out: str, run_id: str, digests: list[str]) -> tuple[list[str], flo
 
 def one(work: Path, index_size: int, run_size: int) -> dict[str, float]:
     from ood_audit.scan.duplicates import prefix_chars_for, resolve_duplicates
-    from ood_audit.scan.ledger import RunLayout
-    from ood_audit.sinks.parquet import partition_uri
+    from ood_audit.store.run_ledger import RunLayout
+    from ood_audit.store.schema import partition_uri
 
     out = str(work / f"out-{index_size}-{run_size}")
     earlier = _digests("earlier", index_size)

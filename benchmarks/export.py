@@ -38,8 +38,8 @@ def make_run(output: str, rows: int, per_file: int = 100_000) -> None:
     import pyarrow as pa
 
     from ood_audit.io.fs import write_bytes
-    from ood_audit.sinks.parquet import SPEC_SCORES, part_name, partition_uri, report_schema, write_part
-    from ood_audit.sinks.runs import SUMMARY_JSON, run_dir
+    from ood_audit.store.schema import SPEC_SCORES, part_name, partition_uri, report_schema, write_part
+    from ood_audit.store.runs import SUMMARY_JSON, run_dir
 
     rng = np.random.default_rng(0)
     schema = report_schema()
@@ -67,7 +67,7 @@ def child(variant: str, output: str, k: int) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from ood_audit.sinks.runs import anomaly, find_run, run_dataset
+    from ood_audit.store.runs import anomaly, find_run, run_dataset
     from ood_audit.sinks.select import Selection, payload_columns, select_rows
 
     run = find_run(output)

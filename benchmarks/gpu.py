@@ -37,7 +37,7 @@ def timed(fn, repeat: int = 3) -> float:
 
 
 def score_stage(arch: str, small: bool, size: int, batch: int, n_bank: int, dim: int, rows: list) -> None:
-    from ood_audit.calibration.scoring import make_scorer
+    from ood_audit.bundle.scorer import make_scorer
     from ood_audit.models import ModelSpec, build_model
 
     spec = ModelSpec(arch, 10, small, size)

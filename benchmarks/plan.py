@@ -67,8 +67,8 @@ def make_manifest(root: Path, n: int) -> Path:
 def child(manifest: str, output: str, chunk_size: int, slice_rows: int) -> dict:
     """One N, in this (fresh) process: plan, then the read stage; returns timings and peak RSS."""
     from ood_audit.ray_setup import init_ray
-    from ood_audit.scan.ledger import Ledger, RunLayout
-    from ood_audit.scan.listing import Skipped, listing_pages, rechunk, skip_done
+    from ood_audit.store.run_ledger import RunLedger, RunLayout
+    from ood_audit.scan.plan import Skipped, listing_pages, rechunk, skip_done
     from ood_audit.scan.read import PlanDatasource
 
     def peak_mib() -> float:
@@ -76,7 +76,7 @@ def child(manifest: str, output: str, chunk_size: int, slice_rows: int) -> dict:
 
     rss_start = peak_mib()
     t = time.perf_counter()
-    ledger = Ledger(RunLayout(output, "bench"))
+    ledger = RunLedger(RunLayout(output, "bench"))
     ledger.open({"manifest": manifest})
     counter = Skipped()
     pages = skip_done(listing_pages((), manifest), None, counter)

@@ -37,7 +37,7 @@ def _timed(fn, repeats: int = 3) -> float:
 
 
 def _flags(scores: dict, info) -> np.ndarray:
-    from ood_audit.calibration.thresholds import flags
+    from ood_audit.flagging.thresholds import flags
 
     th = info.thresholds
     return flags({s: scores[s] for s in th.flag}, th.flag, th.flag_on)[0]
@@ -50,9 +50,9 @@ def _score(scorer, x: torch.Tensor, batch: int) -> dict[str, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> None:
     from benchmarks.selection import build_id_set, trained_model, write_pngs
-    from ood_audit.calibration.bundle import open_bundle
+    from ood_audit.bundle.files import open_bundle
     from ood_audit.calibration.calibrate import CalibrateConfig, calibrate
-    from ood_audit.calibration.scoring import scorer_from_bundle
+    from ood_audit.bundle.scorer import scorer_from_bundle
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=6)

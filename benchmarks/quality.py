@@ -52,7 +52,7 @@ def main() -> None:
 
     from ood_audit.io.decode import Preprocess, decode_image
     from ood_audit.io.quality import QualityConfig, quality_issues
-    from ood_audit.sinks.digests import content_sha256
+    from ood_audit.store.digests import content_sha256
     from tests.quality.photos import jpeg, photos
 
     cfg = QualityConfig(blurry=100.0)  # every check runs, as with a calibrated bundle

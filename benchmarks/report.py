@@ -32,12 +32,12 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ood_audit.calibration.bundle import bank_sources, write_bundle  # noqa: E402
+from ood_audit.bundle.files import bank_sources, write_bundle  # noqa: E402
 from ood_audit.io.fs import write_bytes  # noqa: E402
 from ood_audit.io.thumbs import thumbnail_jpeg  # noqa: E402
 from ood_audit.io.uri import join_uri  # noqa: E402
-from ood_audit.sinks.parquet import SPEC_SCORES, part_name, partition_uri, report_schema, write_part  # noqa: E402
-from ood_audit.sinks.runs import SUMMARY_JSON, run_dir  # noqa: E402
+from ood_audit.store.schema import SPEC_SCORES, part_name, partition_uri, report_schema, write_part  # noqa: E402
+from ood_audit.store.runs import SUMMARY_JSON, run_dir  # noqa: E402
 
 PREFIXES = 20
 PART_ROWS = 100_000
@@ -55,7 +55,7 @@ if mode == "streaming":
 else:
     import numpy as np, pandas as pd
     import pyarrow.dataset as pads
-    from ood_audit.sinks.runs import find_run, previous_run, run_dataset
+    from ood_audit.store.runs import find_run, previous_run, run_dataset
     run = find_run(output, run_id)
     df = run_dataset(run).to_table().to_pandas()
     df["anomaly"] = 1 - df[["pct_featurenorm", "pct_csd"]].min(axis=1) / 100

@@ -60,9 +60,9 @@ import torch
 from PIL import Image
 
 from ood_audit import build_model, save_weights
-from ood_audit.calibration.bundle import open_bundle
+from ood_audit.bundle.files import open_bundle
 from ood_audit.calibration.calibrate import CalibrateConfig, calibrate
-from ood_audit.embedded_s3 import EmbeddedS3
+from ood_audit.embedded.s3 import EmbeddedS3
 from ood_audit.io.decode import Preprocess, decode_image
 from ood_audit.io.listing import iter_listing_pages
 from ood_audit.io.reader import read_object
@@ -70,8 +70,8 @@ from ood_audit.models import ModelSpec
 from ood_audit.scan.rows import CHUNK, READ_S, SEQ, RowBuilder
 from ood_audit.scan import read as scan_read
 from ood_audit.scan.run import ScanConfig, run_scan, steady_rate
-from ood_audit.sinks.runs import load_report
-from ood_audit.calibration.scoring import scorer_from_bundle
+from ood_audit.store.runs import load_report
+from ood_audit.bundle.scorer import scorer_from_bundle
 
 log = logging.getLogger("bench")
 CEILING_IMAGES = 2000  # the in-process ceiling is measured on at most this many of the images

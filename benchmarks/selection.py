@@ -208,7 +208,7 @@ def decode(uris: list[str]) -> torch.Tensor:
 
 def run_id_set(name: str, work: Path, args: argparse.Namespace) -> dict:
     """Data (split by ``args.seed``), model, calibrate, then FPR95 of every block and each selector's choice."""
-    from ood_audit.calibration.bundle import open_bundle
+    from ood_audit.bundle.files import open_bundle
     from ood_audit.calibration.calibrate import CalibrateConfig, calibrate, list_id_images
     from ood_audit.calibration.evidence import outlier_evidence
     from ood_audit.calibration.selection import choose_block

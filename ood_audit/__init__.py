@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import BundleError, CheckpointError, ConfigError, DataError, KnnError, OodAuditError, ReportError
+from ood_audit.errors import BundleError, CheckpointError, ConfigError, DataError, KnnError, OodAuditError, ReportError
 
 __version__ = "0.1.0"
 
@@ -38,12 +38,12 @@ _LAZY = {
     "make_index": "ood_audit.knn",
     "build_index": "ood_audit.knn",
     "KnnIndex": "ood_audit.knn",
-    "load_report": "ood_audit.sinks.runs",
+    "load_report": "ood_audit.store.runs",
     "DETECTORS": "ood_audit.scores.detectors",
     "make_detectors": "ood_audit.scores.detectors",
     "Scorer": "ood_audit.scores.scorer",
-    "open_bundle": "ood_audit.calibration.bundle",
-    "BundleMeta": "ood_audit.calibration.meta",
+    "open_bundle": "ood_audit.bundle.files",
+    "BundleMeta": "ood_audit.bundle.schema",
 }
 
 __all__ = ["BundleError", "CheckpointError", "ConfigError", "DataError", "KnnError", "OodAuditError", "ReportError",

@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import Sequence
 
-from .errors import EXIT_STATUSES, OodAuditError
+from ood_audit.errors import EXIT_STATUSES, OodAuditError
 
 
 class _ConsoleFormatter(logging.Formatter):
@@ -24,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .commands import COMMANDS
+    from ood_audit.commands import COMMANDS
 
     epilog = "exit status:\n" + "\n".join(f"  {code:>3}  {what}" for code, what in sorted(EXIT_STATUSES.items()))
     p = _Parser(prog="ood-audit", description="Audit image datasets for out-of-distribution samples.",
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OodAuditError as e:
         return _fail(e)
     except Exception as e:  # noqa: BLE001 - storage failures a command did not translate: same one line
-        from .io.fs import storage_error
+        from ood_audit.io.fs import storage_error
 
         err = storage_error(e)
         if err is None:

@@ -50,7 +50,7 @@ class LogRelay:
     """
 
     def __init__(self) -> None:
-        from .ray_setup import ray_logs_to_driver
+        from ood_audit.ray_setup import ray_logs_to_driver
 
         self.queue: Any | None = None
         self._stop = threading.Event()

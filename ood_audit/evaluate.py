@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .calibration.selection import DEFAULT_SELECTOR
-from .errors import ConfigError, DataError
-from .metrics import CONVENTION, ood_metrics
-from .models import IMAGENET_MEAN, IMAGENET_STD
-from .models.precision import DEFAULT_PRECISION
-from .scores.probes import DEFAULT_PROBES
-from .vocab import SCORE_NAMES
+from ood_audit.calibration.selection import DEFAULT_SELECTOR
+from ood_audit.errors import ConfigError, DataError
+from ood_audit.metrics import CONVENTION, ood_metrics
+from ood_audit.models import IMAGENET_MEAN, IMAGENET_STD
+from ood_audit.models.precision import DEFAULT_PRECISION
+from ood_audit.scores.probes import DEFAULT_PROBES
+from ood_audit.vocab import SCORE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,9 @@ class ModelSource:
 
     def spec(self, image_size: int) -> Any:
         """The :class:`~ood_audit.models.ModelSpec`, with the class count read from the weights' head."""
-        from .calibration.scoring import load_state_bytes
-        from .io.fs import exists, read_bytes
-        from .models import ModelSpec, build_model, infer_num_classes
+        from ood_audit.bundle.scorer import load_state_bytes
+        from ood_audit.io.fs import exists, read_bytes
+        from ood_audit.models import ModelSpec, build_model, infer_num_classes
 
         n = self.num_classes
         if n is None:
@@ -74,7 +74,7 @@ class EvalResult:
 def evaluate_config(source: ModelSource, id_train: str, output: str, *, image_size: int, **options: Any) -> Any:
     """The :class:`~ood_audit.calibration.calibrate.CalibrateConfig` that ``evaluate`` calibrates with:
     ``ood-audit calibrate`` defaults, in-process, with the given options."""
-    from .calibration.calibrate import CalibrateConfig
+    from ood_audit.calibration.calibrate import CalibrateConfig
 
     options.setdefault("min_heldout", EVAL_MIN_HELDOUT)
     return CalibrateConfig(data=id_train, model=source.weights, output=output, spec=source.spec(image_size),
@@ -89,10 +89,10 @@ def evaluate(source: ModelSource, id_train: str, id_test: str, ood_sets: dict[st
              precision: str = DEFAULT_PRECISION, bundle_root: str | None = None) -> EvalResult:
     """Calibrate on ``id_train`` (a bundle under ``bundle_root``, a temporary directory by default), then
     score ``id_test`` and every OOD set through it and compute FPR95/AUROC/AUPR per (set, score)."""
-    from .calibration.bundle import open_bundle
-    from .calibration.calibrate import calibrate, list_id_images
-    from .calibration.phases import score_images
-    from .calibration.scoring import score_worker_kwargs
+    from ood_audit.bundle.files import open_bundle
+    from ood_audit.calibration.calibrate import calibrate, list_id_images
+    from ood_audit.calibration.phases import score_images
+    from ood_audit.bundle.scorer import score_worker_kwargs
 
     t0 = time.perf_counter()
     if not ood_sets:

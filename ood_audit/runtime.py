@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError
+from ood_audit.errors import ConfigError
 
 
 def resolve_device(name: str = "auto") -> str:

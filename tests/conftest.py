@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ood_audit.embedded_s3 import EmbeddedS3, EmbeddedS3Error
+from ood_audit.embedded.s3 import EmbeddedS3, EmbeddedS3Error
 from ood_audit.io.fs import S3Config
 
 _S3_FIXTURES = {"s3_server", "s3_config", "s3_client", "s3_bucket", "s3_env", "real_scan"}

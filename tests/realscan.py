@@ -47,7 +47,7 @@ def make_real_scan(s3: S3Config, client: Any, bucket: str, env: dict[str, str]) 
 
     from ood_audit.ray_setup import init_ray
     from ood_audit.scan.run import ScanConfig, run_scan
-    from ood_audit.sinks.runs import find_run, most_anomalous, run_dataset
+    from ood_audit.store.runs import find_run, most_anomalous, run_dataset
 
     root = Path(tempfile.mkdtemp(prefix="ood-audit-realscan-"))
     id_files, incoming, _ = demo_files(seed=3, n_incoming_digits=80, per_kind=20)

@@ -11,8 +11,8 @@ import pyarrow as pa
 
 from ood_audit.io.fs import S3Config, write_bytes
 from ood_audit.io.uri import join_uri
-from ood_audit.sinks.parquet import SPEC_SCORES, part_name, partition_uri, report_schema, write_part
-from ood_audit.sinks.runs import SUMMARY_JSON, run_dir
+from ood_audit.store.schema import SPEC_SCORES, part_name, partition_uri, report_schema, write_part
+from ood_audit.store.runs import SUMMARY_JSON, run_dir
 
 BASE_TIME = datetime(2026, 11, 1, 2, 0, tzinfo=timezone.utc)
 FORMATS = {"featurenorm", "csd"}

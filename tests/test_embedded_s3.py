@@ -14,8 +14,8 @@ from typing import Any
 import boto3
 import pytest
 
-import ood_audit.embedded_s3 as embedded
-from ood_audit.embedded_s3 import EmbeddedS3, EmbeddedS3Error, find_port_base, find_weed
+import ood_audit.embedded.s3 as embedded
+from ood_audit.embedded.s3 import EmbeddedS3, EmbeddedS3Error, find_port_base, find_weed
 
 
 def test_missing_weed_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -67,7 +67,7 @@ def test_foreground_command_prints_env_and_stops_on_ctrl_c() -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ood_audit.embedded_s3", "--bucket", "demo-images"],
+        [sys.executable, "-m", "ood_audit.embedded.s3", "--bucket", "demo-images"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     lines: list[str] = []

@@ -11,7 +11,7 @@ Two distributed phases over Ray Data actor pools (or in-process with ``workers=0
    kNN-bank distances, :mod:`.neardup`) and, with ``per_class_thresholds``, thresholds per predicted class
    (:mod:`.perclass`). Each is an optional typed part of the bundle.
 
-The bundle is a typed :class:`~ood_audit.calibration.meta.BundleMeta`. ``evaluate`` runs this same
+The bundle is a typed :class:`~ood_audit.bundle.schema.BundleMeta`. ``evaluate`` runs this same
 function in-process (``workers=0``).
 """
 from __future__ import annotations
@@ -25,28 +25,28 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..errors import ConfigError, DataError
-from ..io.decode import Preprocess
-from ..io.quality import BLURRY_PERCENTILE, blurry_threshold
-from ..io.fs import S3Config, exists, read_bytes
-from ..io.uri import join_uri, parent_uri
-from ..models import ModelSpec
-from ..models.precision import DEFAULT_PRECISION, check_precision
-from ..scores.detectors import DETECTORS, make_detectors
-from ..scores.probes import DEFAULT_PROBES, check_probes
-from ..vocab import SCORE_NAMES
-from .bundle import BANK_SOURCES, bank_sources, write_bundle
-from .evidence import outlier_evidence, probe_evidence
-from .meta import BundleMeta, QualityPart
-from .neardup import near_duplicate_threshold
-from .normratio import ratios_from_sums
-from .perclass import DEFAULT_MIN_CLASS_IMAGES, check_min_images, per_class_thresholds
-from .phases import run_phase, score_images
-from .scoring import load_state_bytes
-from .selection import DEFAULT_SELECTOR, MIN_OUTLIERS, SELECTORS, choose_block, resolve_flag_on, selection_meta
-from .split import heldout_mask, subsample_mask
-from .thresholds import quantile_table, score_stats, threshold_at, union_thresholds
-from .workers import BankWorker, NormWorker
+from ood_audit.errors import ConfigError, DataError
+from ood_audit.io.decode import Preprocess
+from ood_audit.io.quality import BLURRY_PERCENTILE, blurry_threshold
+from ood_audit.io.fs import S3Config, exists, read_bytes
+from ood_audit.io.uri import join_uri, parent_uri
+from ood_audit.models import ModelSpec
+from ood_audit.models.precision import DEFAULT_PRECISION, check_precision
+from ood_audit.scores.detectors import DETECTORS, make_detectors
+from ood_audit.scores.probes import DEFAULT_PROBES, check_probes
+from ood_audit.vocab import SCORE_NAMES
+from ood_audit.bundle.files import BANK_SOURCES, bank_sources, write_bundle
+from ood_audit.calibration.evidence import outlier_evidence, probe_evidence
+from ood_audit.bundle.schema import BundleMeta, QualityPart
+from ood_audit.flagging.neardup import near_duplicate_threshold
+from ood_audit.calibration.normratio import ratios_from_sums
+from ood_audit.flagging.perclass import DEFAULT_MIN_CLASS_IMAGES, check_min_images, per_class_thresholds
+from ood_audit.calibration.phases import run_phase, score_images
+from ood_audit.bundle.scorer import load_state_bytes
+from ood_audit.calibration.selection import DEFAULT_SELECTOR, MIN_OUTLIERS, SELECTORS, choose_block, resolve_flag_on, selection_meta
+from ood_audit.calibration.split import heldout_mask, subsample_mask
+from ood_audit.flagging.thresholds import quantile_table, score_stats, threshold_at, union_thresholds
+from ood_audit.calibration.workers import BankWorker, NormWorker
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class CalibrateConfig:
     knn_backend: str = "auto"
     s3: S3Config | None = None
     min_heldout: int = 20
-    per_class_thresholds: bool = False # also thresholds per predicted class (calibration.perclass)
+    per_class_thresholds: bool = False # also thresholds per predicted class (flagging.perclass)
     per_class_min_images: int = DEFAULT_MIN_CLASS_IMAGES  # held-out images a class needs for its own
 
     def validate(self) -> None:
@@ -168,8 +168,8 @@ def read_training_record(uri: str, model_bytes: bytes, s3: S3Config | None) -> d
 
 def list_id_images(data: str, s3: S3Config | None) -> tuple[list[str], int]:
     """Sorted URIs of the ID images (labels are not needed to calibrate) and the non-image skip count."""
-    from ..io.dataset import is_manifest, list_images
-    from ..io.listing import read_manifest
+    from ood_audit.io.dataset import is_manifest, list_images
+    from ood_audit.io.listing import read_manifest
 
     if is_manifest(data):
         return sorted(read_manifest(data, s3=s3).column("uri").to_pylist()), 0
@@ -215,7 +215,7 @@ def _bank_phase(cfg: CalibrateConfig, common: dict[str, Any], uris: list[str], b
 
 def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     """Run both phases and write the bundle. Deterministic for fixed data, weights and config."""
-    from ..models import block_candidates
+    from ood_audit.models import block_candidates
 
     cfg.validate()
     t0 = time.perf_counter()

@@ -21,10 +21,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..metrics import auroc, fpr_at_tpr
-from ..models import TapModel
-from ..scores.featurenorm import feature_norm, feature_norm_two_sided, two_sided_stats
-from ..scores.probes import apply_probe
+from ood_audit.metrics import auroc, fpr_at_tpr
+from ood_audit.models import TapModel
+from ood_audit.scores.featurenorm import feature_norm, feature_norm_two_sided, two_sided_stats
+from ood_audit.scores.probes import apply_probe
 
 INVERSION_LEVEL = 0.6  # above this fraction of a probe above the ID median, the block is inverted for it
 

@@ -12,9 +12,9 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from ..models import IMAGENET_MEAN, IMAGENET_STD, TapModel, block_candidates
-from ..scores.featurenorm import feature_norm
-from ..scores.jigsaw import jigsaw_indexed
+from ood_audit.models import IMAGENET_MEAN, IMAGENET_STD, TapModel, block_candidates
+from ood_audit.scores.featurenorm import feature_norm
+from ood_audit.scores.jigsaw import jigsaw_indexed
 
 _EPS = 1e-12  # guards FN(jigsaw) = 0 (an all-dead block); such a block then has a huge, suspicious ratio
 

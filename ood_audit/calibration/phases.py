@@ -51,7 +51,7 @@ def score_images(kwargs: dict[str, Any], uris: list[str], *, workers: int, batch
                  device: str) -> tuple[dict[str, np.ndarray], list[tuple[str, str, str]]]:
     """Every score of ``uris`` through :class:`~.workers.ScoreWorker` (``kwargs``), in ``uris`` order, for
     the images that decoded; and (uri, status, error) of those that did not."""
-    from .workers import ScoreWorker
+    from ood_audit.calibration.workers import ScoreWorker
 
     table = pa.table({"uri": uris, "index": pa.array(np.arange(len(uris)), pa.int64())})
     parts: dict[str, list[np.ndarray]] = {}

@@ -24,9 +24,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..errors import ConfigError
-from .evidence import inverted_probes
-from .normratio import select_block
+from ood_audit.errors import ConfigError
+from ood_audit.calibration.evidence import inverted_probes
+from ood_audit.calibration.normratio import select_block
 
 log = logging.getLogger(__name__)
 

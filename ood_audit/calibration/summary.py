@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .evidence_view import evidence_lines
-from .meta import BundleMeta
+from ood_audit.calibration.evidence_view import evidence_lines
+from ood_audit.bundle.schema import BundleMeta
 
 
 def format_bundle(b: Any) -> str:
-    """``b``: a loaded bundle; its typed metadata (:class:`~ood_audit.calibration.meta.BundleMeta`) is shown."""
+    """``b``: a loaded bundle; its typed metadata (:class:`~ood_audit.bundle.schema.BundleMeta`) is shown."""
     m: BundleMeta = b.info
     mod, th = m.model, m.thresholds
     lines = [f"bundle {b.id}", f"  uri: {b.uri}",

@@ -10,17 +10,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io.decode import Preprocess
-from ..io.fs import S3Config
-from ..io.quality import DEFAULT_WORKING_SIZE, QualityConfig, measure
-from ..io.reader import load_images
-from ..io.thumbs import thumbnail_jpeg
-from ..models import ModelSpec, TapModel, block_candidates
-from ..scores.detectors import Features, make_detectors
-from ..scores.jigsaw import jigsaw_indexed
-from .evidence import block_norms, probe_norms
-from .normratio import paired_ratios
-from .scoring import load_state_bytes, make_scorer, restore_detectors
+from ood_audit.io.decode import Preprocess
+from ood_audit.io.fs import S3Config
+from ood_audit.io.quality import DEFAULT_WORKING_SIZE, QualityConfig, measure
+from ood_audit.io.reader import load_images
+from ood_audit.io.thumbs import thumbnail_jpeg
+from ood_audit.models import ModelSpec, TapModel, block_candidates
+from ood_audit.scores.detectors import Features, make_detectors
+from ood_audit.scores.jigsaw import jigsaw_indexed
+from ood_audit.calibration.evidence import block_norms, probe_norms
+from ood_audit.calibration.normratio import paired_ratios
+from ood_audit.bundle.scorer import load_state_bytes, make_scorer, restore_detectors
 
 
 def _resolve(obj: Any) -> Any:
@@ -140,7 +140,7 @@ class ScoreWorker:
     array or object ref).
 
     Besides the scores: ``pred_class``; ``nn_dist``, the L2 distance to the nearest kNN-bank vector (with a
-    kNN detector; :mod:`~ood_audit.calibration.neardup`); and ``laplacian_var``, the SPEC §14 Laplacian
+    kNN detector; :mod:`~ood_audit.flagging.neardup`); and ``laplacian_var``, the SPEC §14 Laplacian
     variance (:func:`~ood_audit.io.quality.measure`) of the decoder's working copy of the whole image
     (``working_size``, 256 px by default), the copy the scan's read task measures too: not of the model's
     crop, whose size depends on the bundle."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import ARCHITECTURES
+from ood_audit.commands.common import ARCHITECTURES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import arch_spec, build_model
+    from ood_audit.models import arch_spec, build_model
 
     model = build_model(args.arch, num_classes=10, small_input=args.small_input)
     spec = arch_spec(model)

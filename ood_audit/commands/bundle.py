@@ -5,7 +5,7 @@ import argparse
 import json
 from typing import Any
 
-from .common import add_s3_args, s3_from_args
+from ood_audit.commands.common import add_s3_args, s3_from_args
 
 MAX_CLASSES_LISTED = 20  # per line; a 1000-class bundle still prints a readable summary
 
@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from ..calibration.bundle import load_bundle
-    from ..calibration.summary import format_bundle
+    from ood_audit.bundle.files import load_bundle
+    from ood_audit.calibration.summary import format_bundle
 
     b = load_bundle(args.uri, s3=s3_from_args(args))
     if args.json:
@@ -35,7 +35,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def findings_lines(info: Any) -> list[str]:
-    """The bundle's optional calibrated parts (:class:`~ood_audit.calibration.meta.BundleMeta` ``quality``,
+    """The bundle's optional calibrated parts (:class:`~ood_audit.bundle.schema.BundleMeta` ``quality``,
     ``near_duplicates``, ``per_class``), each saying so when the bundle has none: a bundle written before a
     part existed, or calibrated without it, simply lacks that finding."""
     lines = ["findings calibrated in this bundle:"]

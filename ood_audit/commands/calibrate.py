@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import (DEFAULT_PRECISION, DEFAULT_PROBES, PRECISIONS, DEFAULT_SELECTOR, SELECTORS, add_deprecated_alias, add_model_args, add_ray_args,
+from ood_audit.commands.common import (DEFAULT_PRECISION, DEFAULT_PROBES, PRECISIONS, DEFAULT_SELECTOR, SELECTORS, add_deprecated_alias, add_model_args, add_ray_args,
                      add_s3_args, positive, s3_from_args, spec_from_args, start_ray)
 
 
@@ -62,8 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calibration.calibrate import CalibrateConfig, calibrate
-    from ..runtime import resolve_device
+    from ood_audit.calibration.calibrate import CalibrateConfig, calibrate
+    from ood_audit.runtime import resolve_device
 
     for name in ("k_csd", "k_knn", "batch_size", "max_select", "max_probe"):
         positive(name.replace("_", "-"), getattr(args, name))

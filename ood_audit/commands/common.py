@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import ConfigError
+from ood_audit.errors import ConfigError
 
 # ood_audit.models.build.ARCHITECTURES
 ARCHITECTURES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "wide_resnet50_2", "vgg11_bn", "vgg16_bn",
@@ -37,7 +37,7 @@ def add_s3_args(p: argparse.ArgumentParser) -> None:
 
 
 def s3_from_args(args: argparse.Namespace):
-    from ..io.fs import S3Config
+    from ood_audit.io.fs import S3Config
 
     return S3Config.from_env(args.s3_endpoint)
 
@@ -47,7 +47,7 @@ def add_ray_args(p: argparse.ArgumentParser) -> None:
 
 
 def start_ray(args: argparse.Namespace, s3) -> None:
-    from ..ray_setup import init_ray
+    from ood_audit.ray_setup import init_ray
 
     env = s3.env() if s3 is not None else {}
     init_ray(args.ray_address, runtime_env={"env_vars": env} if env else None)
@@ -62,7 +62,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(args: argparse.Namespace):
-    from ..models import ModelSpec
+    from ood_audit.models import ModelSpec
 
     if args.arch is None:
         if args.num_classes is not None or args.image_size is not None:

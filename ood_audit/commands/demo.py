@@ -15,13 +15,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
-    from .common import positive
+    from ood_audit.demo import run_demo
+    from ood_audit.commands.common import positive
 
     positive("epochs", args.epochs)
     positive("workers", args.workers)
     if args.finetune_epochs < 0:
-        from ..errors import ConfigError
+        from ood_audit.errors import ConfigError
 
         raise ConfigError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     run_demo(args.workdir, epochs=args.epochs, finetune_epochs=args.finetune_epochs, workers=args.workers,

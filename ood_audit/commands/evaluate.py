@@ -5,8 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import ConfigError
-from .common import ARCHITECTURES, DEFAULT_PRECISION, DEFAULT_SELECTOR, PRECISIONS, SELECTORS
+from ood_audit.errors import ConfigError
+from ood_audit.commands.common import ARCHITECTURES, DEFAULT_PRECISION, DEFAULT_SELECTOR, PRECISIONS, SELECTORS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import ModelSource, evaluate, format_table, parse_ood_arg
-    from ..runtime import resolve_device
+    from ood_audit.evaluate import ModelSource, evaluate, format_table, parse_ood_arg
+    from ood_audit.runtime import resolve_device
 
     for field in ("batch_size", "k_csd", "k_knn", "image_size", "max_select"):
         v = getattr(args, field)

@@ -5,8 +5,8 @@ import argparse
 import json
 import os
 
-from ..errors import ConfigError
-from .common import ANY_QUALITY_ISSUE, QUALITY_ISSUES, add_s3_args, s3_from_args
+from ood_audit.errors import ConfigError
+from ood_audit.commands.common import ANY_QUALITY_ISSUE, QUALITY_ISSUES, add_s3_args, s3_from_args
 
 SINKS = ("label-studio", "sqs", "jsonl")
 
@@ -61,9 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def build_sink(args: argparse.Namespace, s3):
     """The sink ``--to`` names, from its flags (flags of other sinks are refused, naming them)."""
-    from ..sinks.labelstudio import TOKEN_ENV, LabelStudioSink
-    from ..sinks.manifest import ManifestSink
-    from ..sinks.sqs import SqsSink
+    from ood_audit.sinks.labelstudio import TOKEN_ENV, LabelStudioSink
+    from ood_audit.sinks.manifest import ManifestSink
+    from ood_audit.sinks.sqs import SqsSink
 
     foreign = {"label-studio": ("queue", "sqs_endpoint", "manifest_prefix"),
                "sqs": ("tasks_file", "project_id", "create_project", "manifest_prefix"),
@@ -88,8 +88,8 @@ def build_sink(args: argparse.Namespace, s3):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sinks.export import export
-    from ..sinks.select import Selection
+    from ood_audit.sinks.export import export
+    from ood_audit.sinks.select import Selection
 
     selection = Selection(policy=args.policy, budget=args.budget, per_class=args.per_class,
                           quality=args.quality, exclude_quality=args.exclude_quality)

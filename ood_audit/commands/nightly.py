@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_ray_args, start_ray
+from ood_audit.commands.common import add_ray_args, start_ray
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,9 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.fs import S3Config
-    from ..nightly.config import load_config
-    from ..nightly.run import run_nightly
+    from ood_audit.io.fs import S3Config
+    from ood_audit.nightly.config import load_config
+    from ood_audit.nightly.run import run_nightly
 
     cfg = load_config(args.config)
     if args.check:

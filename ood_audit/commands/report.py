@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import DEFAULT_REPORT_TOP, add_s3_args, s3_from_args
+from ood_audit.commands.common import DEFAULT_REPORT_TOP, add_s3_args, s3_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import ReportOptions, write_report
+    from ood_audit.report import ReportOptions, write_report
 
     opts = ReportOptions(top=args.top, prefix_depth=args.prefix_depth, threads=args.threads)
     opts.validate()

@@ -5,8 +5,8 @@ import argparse
 import json
 from typing import Any
 
-from ..errors import ConfigError
-from .common import add_ray_args, add_s3_args, start_ray
+from ood_audit.errors import ConfigError
+from ood_audit.commands.common import add_ray_args, add_s3_args, start_ray
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,9 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-    from ..io.fs import S3Config
-    from ..scan.run import ScanConfig, run_scan
+    from ood_audit.io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+    from ood_audit.io.fs import S3Config
+    from ood_audit.scan.run import ScanConfig, run_scan
 
     if args.input and args.manifest:
         raise ConfigError("--input and --manifest are mutually exclusive")

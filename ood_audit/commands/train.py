@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import ARCHITECTURES, add_ray_args, add_s3_args, s3_from_args
+from ood_audit.commands.common import ARCHITECTURES, add_ray_args, add_s3_args, s3_from_args
 
 EXIT_DID_NOT_LEARN = 3
 
@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import TrainConfig, train
+    from ood_audit.training import TrainConfig, train
 
     cfg = TrainConfig(
         data=args.data, output=args.output, arch=args.arch, small_input=args.small_input,

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import ood_metrics
-from .data import OUTLIER_KINDS, REUPLOADS, kind_of
+from ood_audit.metrics import ood_metrics
+from ood_audit.demo.data import OUTLIER_KINDS, REUPLOADS, kind_of
 
 SCORES = ("featurenorm", "csd", "knn")
 ID_KIND = "digits"

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .data import demo_files
-from .summary import format_summary, per_kind
+from ood_audit.demo.data import demo_files
+from ood_audit.demo.summary import format_summary, per_kind
 
 log = logging.getLogger(__name__)
 BUCKET = "ood-demo"
@@ -57,8 +57,8 @@ def _upload(client: Any, prefix: str, files: dict[str, bytes]) -> str:
 def run_demo(workdir: str | None = None, *, epochs: int = 10, finetune_epochs: int = 1, workers: int = 2,
              keep_server: bool = False) -> dict[str, Any]:
     """Run the tour (module docstring) and return its summary; ``keep_server`` leaves S3 up until Ctrl-C."""
-    from ..embedded_s3 import EmbeddedS3
-    from ..ray_setup import init_ray, ray_log_dir
+    from ood_audit.embedded.s3 import EmbeddedS3
+    from ood_audit.ray_setup import init_ray, ray_log_dir
 
     root = Path(workdir or tempfile.mkdtemp(prefix="ood-audit-demo-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ def run_demo(workdir: str | None = None, *, epochs: int = 10, finetune_epochs: i
 
 
 def _train(id_uri: str, epochs: int, finetune_epochs: int, workers: int) -> tuple[str, Any, bool]:
-    from ..training import TrainConfig, train
+    from ood_audit.training import TrainConfig, train
 
     ce = f"s3://{BUCKET}/models/digits-resnet18-ce.safetensors"
     # Every training setting but the architecture is the default: the model a new user gets.
@@ -151,7 +151,7 @@ def _acc(tr: Any) -> str:
 
 
 def _calibrate(id_uri: str, model: str, workers: int, s3: Any) -> str:
-    from ..calibration.calibrate import CalibrateConfig, calibrate
+    from ood_audit.calibration.calibrate import CalibrateConfig, calibrate
 
     cal = calibrate(CalibrateConfig(data=id_uri, model=model, output=f"s3://{BUCKET}/audit", s3=s3,
                                     workers=workers, k_knn=50))
@@ -160,14 +160,14 @@ def _calibrate(id_uri: str, model: str, workers: int, s3: Any) -> str:
 
 
 def _scan(bundle: str, output: str, in_uri: str, run_id: str, s3: Any) -> Any:
-    from ..scan.run import ScanConfig, run_scan
+    from ood_audit.scan.run import ScanConfig, run_scan
 
     return run_scan(ScanConfig(bundle=bundle, output=output, inputs=(in_uri,), s3=s3, chunk_size=200,
                                run_id=run_id, incremental=True))
 
 
 def _rows(output: str, run_id: str, s3: Any) -> list[dict[str, Any]]:
-    from ..sinks.runs import load_report
+    from ood_audit.store.runs import load_report
 
     return load_report(output, run_id, s3=s3, columns=["uri", "status", "flagged", "featurenorm", "csd", "knn",
                                                        "near_duplicate_of_id"]).to_pylist()
@@ -176,10 +176,10 @@ def _rows(output: str, run_id: str, s3: Any) -> list[dict[str, Any]]:
 def _export(output: str, run_id: str, root: Path, s3: Any) -> list[str]:
     """The night's flags to a Label Studio task file (import format, ``s3://`` images) and the 100 most
     anomalous rows to a JSONL manifest; both deduplicated across nights by their ledgers."""
-    from ..sinks.export import export
-    from ..sinks.labelstudio import LabelStudioSink
-    from ..sinks.manifest import ManifestSink
-    from ..sinks.select import Selection
+    from ood_audit.sinks.export import export
+    from ood_audit.sinks.labelstudio import LabelStudioSink
+    from ood_audit.sinks.manifest import ManifestSink
+    from ood_audit.sinks.select import Selection
 
     ls = export(output, LabelStudioSink(tasks_file=str(root / "exports" / "label-studio-tasks-{run_id}.json"), s3=s3),
                 Selection(), run_id=run_id, s3=s3)
@@ -191,7 +191,7 @@ def _export(output: str, run_id: str, root: Path, s3: Any) -> list[str]:
 
 def _report(output: str, run_id: str, out: Path, s3: Any) -> list[str]:
     """Write the HTML report; return one line per prefix of its drift table that has a verdict."""
-    from ..report import write_report
+    from ood_audit.report import write_report
 
     data = write_report(output, str(out), run_id, s3=s3)
     lines = []

@@ -1,6 +1,6 @@
 """One holder at a time for a piece of work under an output root: a lease object beside the work's state.
 
-Used by the nightly job (:mod:`ood_audit.nightly.lease`, one night at a time per output root) and by the scan
+Used by the nightly job (:mod:`ood_audit.nightly.run`, one night at a time per output root) and by the scan
 (one driver per run id, ``<output>/runs/<run_id>/lease.json``). The lease object is::
 
     {"holder": <random token>, "host", "pid", "run", "acquired_at", "renewed_at", "ttl_s"}

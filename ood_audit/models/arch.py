@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 import torchvision.models as tvm
 
-from ..errors import ConfigError
+from ood_audit.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def arch_spec(model: nn.Module) -> ArchSpec:
 def block_candidates(model: nn.Module | str) -> list[str]:
     """Candidate block names (module paths) of a model, or of an architecture name (SPEC §1)."""
     if isinstance(model, str):
-        from .build import build_model
+        from ood_audit.models.build import build_model
 
         model = build_model(model, num_classes=10)
     return list(arch_spec(model).candidates)

@@ -6,7 +6,7 @@ from typing import Callable
 import torch.nn as nn
 import torchvision.models as tvm
 
-from ..errors import ConfigError
+from ood_audit.errors import ConfigError
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": tvm.resnet18,

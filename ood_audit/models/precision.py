@@ -21,7 +21,7 @@ from typing import Iterator, Literal
 
 import torch
 
-from ..errors import ConfigError
+from ood_audit.errors import ConfigError
 
 Activations = Literal["float32", "bfloat16"]
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")

@@ -7,10 +7,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
-from .build import ARCHITECTURES, build_model
-from .taps import IMAGENET_MEAN, IMAGENET_STD
-from .weights import load_state_strict
+from ood_audit.errors import ConfigError
+from ood_audit.models.build import ARCHITECTURES, build_model
+from ood_audit.models.taps import IMAGENET_MEAN, IMAGENET_STD
+from ood_audit.models.weights import load_state_strict
 
 
 @dataclass

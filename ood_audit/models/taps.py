@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from .arch import ArchSpec, arch_spec, check_blocks
-from .precision import DEFAULT_PRECISION, check_precision, forward_precision
+from ood_audit.models.arch import ArchSpec, arch_spec, check_blocks
+from ood_audit.models.precision import DEFAULT_PRECISION, check_precision, forward_precision
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError, ConfigError
-from .arch import arch_spec
+from ood_audit.errors import CheckpointError, ConfigError
+from ood_audit.models.arch import arch_spec
 
 
 def read_state(path: str | Path) -> dict[str, torch.Tensor]:

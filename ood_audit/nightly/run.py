@@ -2,7 +2,8 @@
 
 Order, and what each failure leaves behind:
 
-1. **Lease** (:mod:`.lease`). Held by a live run: stop at once with :data:`EXIT_LEASE_HELD`, having
+1. **Lease** at ``<output>/nightly/lease.json`` (:func:`nightly_lease_uri`; the protocol is
+   :mod:`ood_audit.io.lease`'s). Held by a live run: stop at once with :data:`EXIT_LEASE_HELD`, having
    touched nothing. A scheduler that replays missed nights therefore runs at most one at a time.
 2. **Scan**, incremental by default: only objects new or changed since earlier runs with this bundle.
    A scan that cannot finish (S3 down for longer than its retries) is a failure (:data:`EXIT_SCAN`); its
@@ -13,6 +14,10 @@ Order, and what each failure leaves behind:
 
 Between stages the lease is checked: a run that was presumed dead and taken over stops instead of racing.
 Finding outliers or bad images is the job working, never a failure: the exit status is 0.
+
+Why a lease of our own: KubeRay's RayCronJob has no ``concurrencyPolicy``, and after operator downtime it
+replays the runs it missed; a plain CronJob's ``Forbid`` holds only within one cluster, and a person may
+start the job by hand. Two nights running at once would scan twice and race on the exports' ledgers.
 """
 from __future__ import annotations
 
@@ -27,9 +32,16 @@ from ood_audit.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_OK, 
     OodAuditError, StorageError
 from ood_audit.io.fs import S3Config
 from ood_audit.nightly.config import Export, LabelStudioExport, NightlyConfig, SqsExport
-from ood_audit.nightly.lease import EXIT_LEASE_HELD, Lease
+from ood_audit.errors import EXIT_LEASE_HELD
+from ood_audit.io.lease import Lease
+from ood_audit.io.uri import join_uri
 
 log = logging.getLogger(__name__)
+
+
+def nightly_lease_uri(output: str) -> str:
+    """The one lease of scheduled runs on ``output``: one night at a time per output root."""
+    return join_uri(output, "nightly", "lease.json")
 
 # The statuses are every command's (ood_audit.errors); a storage failure before the scan starts (endpoint
 # down, credentials refused, no bucket, output not writable) keeps its own status.
@@ -74,12 +86,12 @@ class NightlyResult:
 def run_nightly(cfg: NightlyConfig, *, run_id: str | None = None,
                 start_ray: Callable[[], None] | None = None, environ: dict[str, str] | None = None) -> NightlyResult:
     """Run the job (module docstring). Configuration errors raise; stage failures set ``status``."""
-    from ood_audit.scan.ledger import new_run_id
+    from ood_audit.store.run_ledger import new_run_id
 
     s3 = S3Config.from_env(cfg.s3.endpoint_url)
     run_id = run_id or new_run_id()
     res = NightlyResult(run_id)
-    with Lease(cfg.output, cfg.lease.ttl_s, run=run_id, s3=s3) as lease:
+    with Lease(nightly_lease_uri(cfg.output), cfg.lease.ttl_s, run=run_id, s3=s3) as lease:
         log.info("nightly run %s: lease %s taken", run_id, lease.uri)
         # A bad bundle, input or credential is a configuration error (exit 2), not an incomplete scan.
         if not _stage(res, "scan", lambda: _scan(cfg, run_id, s3, start_ray, res), EXIT_SCAN,

@@ -2,13 +2,13 @@
 
 What is read, and why memory stays bounded for a run of any size:
 
-- the run and its predecessor come from :mod:`ood_audit.sinks.runs` (``find_run``, ``previous_run``);
+- the run and its predecessor come from :mod:`ood_audit.store.runs` (``find_run``, ``previous_run``);
 - one streaming pass (:func:`ood_audit.report.collect.collect`) reads ``uri``, ``status``, ``error``,
   ``flagged`` and the score columns batch by batch for the prefix table, the histograms and the failures;
 - the grid's rows are chosen by ``most_anomalous``, which keeps only the best ``top`` rows while streaming;
 - the previous run is read once more, for its per-prefix counts only (``uri``, ``status``, ``flagged``);
 - thumbnails are fetched for the ``top`` rows only, in parallel on a bounded pool;
-- the data-quality counts (SPEC §14) come from the same streaming pass (:mod:`ood_audit.report.quality`),
+- the data-quality counts (SPEC §14) come from the same streaming pass (:mod:`ood_audit.report.findings`),
   and the grid's cards carry each row's issues, which the page's filter reads;
 - the block-selection evidence comes from the bundle's metadata alone (no bundle file is read for it).
 
@@ -26,9 +26,9 @@ from typing import Any
 
 import pyarrow.dataset as pads
 
-from ood_audit.calibration.bundle import open_bundle
+from ood_audit.bundle.files import open_bundle
 from ood_audit.calibration.evidence_view import evidence_html
-from ood_audit.calibration.meta import BundleMeta, RowTables
+from ood_audit.bundle.schema import BundleMeta, RowTables
 from ood_audit.errors import BundleError, ConfigError, ReportError
 from ood_audit.io.fs import S3Config
 from ood_audit.report.collect import Collected, PrefixStats, collect, prefix_counts, score_edges
@@ -36,10 +36,10 @@ from ood_audit.report.drift import DriftRow, Rate, drift_rows
 from ood_audit.report.explain import (CsdBox, Neighbour, STATUS_WORDS, csd_box, data_uri, neighbours,
                                       reason_words)
 from ood_audit.report.plots import histogram_png
-from ood_audit.report.quality import QUALITY_COLUMN, QualityView, issue_class, quality_view
-from ood_audit.report.thumbs import Thumb, object_thumbs
-from ood_audit.sinks.parquet import SPEC_SCORES, report_schema
-from ood_audit.sinks.runs import RunInfo, find_run, list_runs, most_anomalous, previous_run, run_dataset
+from ood_audit.report.findings import QUALITY_COLUMN, QualityView, issue_class, quality_view
+from ood_audit.report.previews import Thumb, object_thumbs
+from ood_audit.store.schema import SPEC_SCORES, report_schema
+from ood_audit.store.runs import RunInfo, find_run, list_runs, most_anomalous, previous_run, run_dataset
 
 DEFAULT_TOP = 48
 GRID_COLUMNS = ("uri", "status", "width", "height", "csd_view", "pred_class", "knn_nn", "knn_nn_dist",

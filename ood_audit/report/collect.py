@@ -10,9 +10,9 @@ each batch is folded into fixed-size state and dropped:
   values beyond the bins are counted as below/above rather than widening the axis without bound;
 - the first ``max_failures`` failed rows (status not ``ok``) and the total count of them;
 - SPEC §14's ``quality_issues``: rows per issue, decoded rows and rows with any issue
-  (:class:`~ood_audit.report.quality.QualityCounts`); None for reports written before the column.
+  (:class:`~ood_audit.report.findings.QualityCounts`); None for reports written before the column.
 
-Batches come from :func:`ood_audit.sinks.runs.iter_batches`, one file at a time with minimal read-ahead: the
+Batches come from :func:`ood_audit.store.runs.iter_batches`, one file at a time with minimal read-ahead: the
 dataset scanner's default read-ahead runs ahead of a slower consumer and its peak memory grew with the
 run's size (about 2.5x from 1M to 3M rows here), while file by file it stays flat.
 
@@ -33,8 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from ood_audit.report.quality import QUALITY_COLUMN, QualityCounts
-from ood_audit.sinks.runs import iter_batches
+from ood_audit.report.findings import QUALITY_COLUMN, QualityCounts
+from ood_audit.store.runs import iter_batches
 
 N_BINS = 60
 MAX_FAILURES = 200

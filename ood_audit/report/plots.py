@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ood_audit.calibration.thresholds import percentile
+from ood_audit.flagging.thresholds import percentile
 from ood_audit.report.collect import Histogram
 
 SCANNED_COLOUR = "#d9480f"

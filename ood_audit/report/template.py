@@ -5,7 +5,7 @@ external reference of any kind, so it opens offline and can be mailed or attache
 data-quality filter is CSS alone, so it keeps that property and works where scripts are blocked (mail
 clients, strict content policies): hidden radio inputs precede the filter bar and the grid, and for each
 filter one rule hides the cards that lack its class (``#qf-dark:checked ~ .grid .card:not(.q-dark)``). The
-classes come from :data:`ood_audit.io.quality.ISSUES` only (:func:`~ood_audit.report.quality.issue_class`),
+classes come from :data:`ood_audit.io.quality.ISSUES` only (:func:`~ood_audit.report.findings.issue_class`),
 never from data. Every value
 taken from data (keys, error strings, prefixes) goes through Jinja2's autoescape. One value is marked safe:
 ``d.selection_html``, the block-selection evidence, because

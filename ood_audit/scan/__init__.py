@@ -2,12 +2,12 @@
 
 Modules follow the data:
 
-- :mod:`~ood_audit.scan.listing`: prefixes or a manifest, minus already-done objects, cut into chunks;
+- :mod:`~ood_audit.scan.plan`: prefixes or a manifest, minus already-done objects, cut into chunks;
 - :mod:`~ood_audit.scan.read`: plan slices as read tasks; fetch + decode tasks;
 - :mod:`~ood_audit.scan.score`: the scoring actor (one bundle, one forward pass per batch);
 - :mod:`~ood_audit.scan.rows`: report rows (scores, percentiles, flags) in the fixed schema;
 - :mod:`~ood_audit.scan.write`: the part-file writer stage and its feed to the driver;
-- :mod:`~ood_audit.scan.ledger`: the run's plan, commit markers and cleanup;
+- :mod:`~ood_audit.store.run_ledger`: the run's plan, commit markers and cleanup;
 - :mod:`~ood_audit.scan.run`: orchestration, retries and the summary (design notes live there).
 
 ``run_scan`` and ``ScanConfig`` are imported lazily, so importing this package does not start Ray or torch.

@@ -5,7 +5,7 @@ run under the same output root. It is null for that first URI itself, and for a 
 scanned with the same bytes: the same object scanned again is not a duplicate.
 
 "First" means: the URI an earlier run recorded in the output root's digest index
-(:mod:`ood_audit.sinks.digests`); for a digest new to the index, this run's lowest plan position.
+(:mod:`ood_audit.store.digests`); for a digest new to the index, this run's lowest plan position.
 
 Why a pass after the last commit rather than a value written with each row: rows stream through the
 pipeline in no fixed order, so when a row is written, the object that comes first in the plan may not have
@@ -21,7 +21,7 @@ been read yet. Writing the value later keeps it a function of the plan, not of t
    rows whose ``duplicate_of`` is not null are written to ``runs/<run_id>/duplicates/p=<hh>.parquet``
    (``part``, ``uri``, ``duplicate_of``, sorted by part).
 3. **Patch**: each part file that has such rows is read, its ``duplicate_of`` column set, and written back
-   under the same name, all-or-nothing (:func:`~ood_audit.sinks.parquet.write_part`). Row counts, names and
+   under the same name, all-or-nothing (:func:`~ood_audit.store.schema.write_part`). Row counts, names and
    commit markers do not change.
 4. **Compact** the index partitions that have collected many files.
 
@@ -52,8 +52,8 @@ import pyarrow.parquet as pq
 
 from ood_audit.io.fs import S3Config, resolve, write_bytes
 from ood_audit.io.uri import join_uri
-from ood_audit.sinks.digests import DigestIndex
-from ood_audit.sinks.parquet import write_part
+from ood_audit.store.digests import DigestIndex
+from ood_audit.store.schema import write_part
 
 log = logging.getLogger(__name__)
 

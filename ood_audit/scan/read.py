@@ -1,6 +1,6 @@
 """Scan stages 1–2 (Ray Data read tasks): the run's plan, then fetch + decode, with one status per object.
 
-- :class:`PlanDatasource` turns the stored plan (:mod:`ood_audit.scan.ledger`) into read tasks, one per
+- :class:`PlanDatasource` turns the stored plan (:mod:`ood_audit.store.run_ledger`) into read tasks, one per
   row group of a chunk's plan file, so the driver only ever holds slice descriptors, never keys.
 - :func:`fetch_decode` is a ``map_batches`` function (CPU tasks, separate from the scoring actors): it
   fetches a batch's objects on a thread pool, so many requests are in flight, and decodes each with the
@@ -15,7 +15,7 @@ Per-object failures never raise; they become statuses (SPEC §11):
 - ``decode_error`` / ``unsupported``: see :mod:`ood_audit.io.decode`.
 
 In the same task, every fetched object gets its ``content_sha256`` (the digest index's key,
-:mod:`ood_audit.sinks.digests`) and every decoded one its SPEC §14 quality issues
+:mod:`ood_audit.store.digests`) and every decoded one its SPEC §14 quality issues
 (:mod:`ood_audit.io.quality`, on the decoder's working copy of the whole frame, at most 256 px on the
 longer side whatever the model size, with the original size for ``tiny`` and ``odd_aspect_ratio``):
 findings only, they never change a status. Calibration measures its held-out images the same way
@@ -42,7 +42,7 @@ from ood_audit.io.fs import S3Config, resolve
 from ood_audit.io.quality import QualityConfig, quality_issues
 from ood_audit.io.reader import read_object
 from ood_audit.scan.rows import CHUNK, DIGEST, PIXELS, QUALITY, READ_S, SEQ
-from ood_audit.sinks.digests import content_sha256
+from ood_audit.store.digests import content_sha256
 
 _ROW_BYTES_ESTIMATE = 160  # uri + etag + size, for Ray Data's memory planning
 

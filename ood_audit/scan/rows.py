@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ood_audit.calibration.meta import BundleMeta, RowTables
-from ood_audit.calibration.neardup import near_duplicate_rows
-from ood_audit.calibration.perclass import per_class_flags
-from ood_audit.calibration.thresholds import flags, percentile
-from ood_audit.sinks.parquet import QUALITY_COLUMN, report_schema, score_columns
+from ood_audit.bundle.schema import BundleMeta, RowTables
+from ood_audit.flagging.neardup import near_duplicate_rows
+from ood_audit.flagging.perclass import per_class_flags
+from ood_audit.flagging.thresholds import flags, percentile
+from ood_audit.store.schema import QUALITY_COLUMN, report_schema, score_columns
 
 CHUNK, SEQ, READ_S, SCORE_S, WORKER = "_chunk", "_seq", "_read_s", "_score_s", "_worker"
 PIXELS = "pixels"  # the read stage's uint8 N×H×W×3 column; consumed by the scoring actor
@@ -35,7 +35,7 @@ INTERNAL_SCHEMA = pa.schema([
 class PercentileTable:
     """``percentile(values, table)`` for one fixed held-out quantile table, with its knots computed once.
 
-    :func:`~ood_audit.calibration.thresholds.percentile` is linear interpolation between its knots (the
+    :func:`~ood_audit.flagging.thresholds.percentile` is linear interpolation between its knots (the
     distinct quantiles) and their levels; the levels are taken from that function itself, so both agree
     exactly while each batch costs one ``np.interp``.
     """
@@ -57,16 +57,16 @@ class RowBuilder:
 
     Args:
         meta: the bundle's typed metadata (its thresholds and held-out quantiles are used), or a partial
-            ``meta``-shaped mapping (:class:`~ood_audit.calibration.meta.RowTables`).
+            ``meta``-shaped mapping (:class:`~ood_audit.bundle.schema.RowTables`).
         bundle_id, run_id: written into every row.
-        score_names: the scorer's score names; see :func:`~ood_audit.sinks.parquet.report_schema`.
+        score_names: the scorer's score names; see :func:`~ood_audit.store.schema.report_schema`.
         bank_uris: the kNN-bank rows' source URIs, in bank order (the bundle's ``knn_sources.parquet``,
-            :meth:`~ood_audit.calibration.bundle.Bundle.bank_sources`). With the bundle's near-duplicate τ,
+            :meth:`~ood_audit.bundle.files.Bundle.bank_sources`). With the bundle's near-duplicate τ,
             ``near_duplicate_of_id`` is the nearest bank row's URI where its distance is under τ; without
             either, it is null.
 
     ``flagged`` and ``flag_reasons`` use the row's predicted class's thresholds where the bundle has
-    per-class thresholds for it (:func:`~ood_audit.calibration.perclass.per_class_flags`), the global ones
+    per-class thresholds for it (:func:`~ood_audit.flagging.perclass.per_class_flags`), the global ones
     otherwise.
     """
 

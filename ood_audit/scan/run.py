@@ -9,7 +9,7 @@ Data path (one Ray Data pipeline per attempt)::
             └─▶ commit markers (ledger)
 
 1. **Plan.** The listing (prefixes or a manifest; for ``--incremental`` minus what is already done, see
-   :mod:`ood_audit.scan.listing`) streams page by page into fixed chunks of ``chunk_size`` objects, each
+   :mod:`ood_audit.scan.plan`) streams page by page into fixed chunks of ``chunk_size`` objects, each
    stored as a plan file under ``runs/<run_id>/plan/``; ``plan.json`` marks the plan complete. Listing
    is done once, before scoring: it costs one request per thousand keys against one per object to read.
 2. **Scan.** Read tasks take slices (row groups) of the plan files; every other stage is streaming, and
@@ -67,16 +67,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ood_audit.calibration.bundle import open_bundle, software_versions
+from ood_audit.bundle.files import open_bundle, software_versions
 from ood_audit.errors import EXIT_INCOMPLETE, ConfigError, OodAuditError, StorageError
 from ood_audit.io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, STATUSES, Preprocess
 from ood_audit.io.quality import QualityConfig
 from ood_audit.io.fs import S3Config, check_writable, storage_error
 from ood_audit.io.lease import Lease
 from ood_audit.scan.duplicates import STAGING_DIR, prefix_chars_for, resolve_duplicates
-from ood_audit.scan.ledger import ChunkTracker, Ledger, Plan, RunLayout, check_run_id, new_run_id
-from ood_audit.scan.listing import DoneSet, Skipped, check_inputs, listing_pages, rechunk, skip_done
-from ood_audit.sinks.parquet import count_rows, partition_uri
+from ood_audit.store.run_ledger import ChunkTracker, RunLedger, Plan, RunLayout, check_run_id, new_run_id
+from ood_audit.scan.plan import DoneSet, Skipped, check_inputs, listing_pages, rechunk, skip_done
+from ood_audit.store.schema import count_rows, partition_uri
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def _run_leased(cfg: ScanConfig, listing: Iterable[pa.Table] | None, start_ray: 
                 started_at: datetime, phases: dict[str, float]) -> ScanResult:
     run_id = layout.run_id
     t = time.perf_counter()
-    ledger = Ledger(layout, cfg.s3)
+    ledger = RunLedger(layout, cfg.s3)
     identity = {"bundle_id": bundle.id, "inputs": inputs, "manifest": cfg.manifest, "incremental": cfg.incremental,
                 "max_bytes": cfg.max_bytes, "max_pixels": cfg.max_pixels}
     run_doc = ledger.open(identity, now=started_at)
@@ -293,7 +293,7 @@ def _startup(phases: dict[str, float], executions: list[_Execution]) -> dict[str
     return out
 
 
-def _make_plan(cfg: ScanConfig, ledger: Ledger, bundle_id: str, run_id: str,
+def _make_plan(cfg: ScanConfig, ledger: RunLedger, bundle_id: str, run_id: str,
                listing: Iterable[pa.Table] | None) -> Plan:
     t0 = time.perf_counter()
     done = DoneSet.from_reports(cfg.output, bundle_id, s3=cfg.s3, exclude_run=run_id) if cfg.incremental else None
@@ -335,7 +335,7 @@ def quality_config(bundle: Any) -> QualityConfig:
     return part.config() if part is not None else QualityConfig()
 
 
-def _scan_until_done(cfg: ScanConfig, ledger: Ledger, plan: Plan, markers: dict[int, dict], bundle_uri: str,
+def _scan_until_done(cfg: ScanConfig, ledger: RunLedger, plan: Plan, markers: dict[int, dict], bundle_uri: str,
                      run_id: str, run_date: str, pre: Preprocess, run_doc: dict, lease: Lease,
                      quality: QualityConfig) -> list[_Execution]:
     executions: list[_Execution] = []
@@ -394,7 +394,7 @@ def _actor_resources(cfg: ScanConfig) -> tuple[dict[str, float], str, int]:
     return {"num_cpus": cfg.actor_cpus}, "cpu", workers
 
 
-def _pipeline(cfg: ScanConfig, ledger: Ledger, plan: Plan, todo: list[int], bundle_uri: str, run_id: str,
+def _pipeline(cfg: ScanConfig, ledger: RunLedger, plan: Plan, todo: list[int], bundle_uri: str, run_id: str,
               run_date: str, pre: Preprocess, attempt: int, resources: dict[str, float], device: str,
               workers: int, quality: QualityConfig) -> Any:
     import ray
@@ -431,7 +431,7 @@ def _pipeline(cfg: ScanConfig, ledger: Ledger, plan: Plan, todo: list[int], bund
                    "s3": cfg.s3})
 
 
-def _consume(ds: Any, tracker: ChunkTracker, ledger: Ledger, markers: dict[int, dict], ex: _Execution,
+def _consume(ds: Any, tracker: ChunkTracker, ledger: RunLedger, markers: dict[int, dict], ex: _Execution,
              plan: Plan, lease: Lease) -> None:
     last_log = time.perf_counter()
     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

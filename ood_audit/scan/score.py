@@ -1,7 +1,7 @@
 """Scan stage 3: the scoring actor (Ray Data's "callable class" pattern).
 
 The actor loads and verifies the bundle once in ``__init__``
-(:func:`~ood_audit.calibration.scoring.scorer_from_bundle`) and maps one batch (numpy dict from
+(:func:`~ood_audit.bundle.scorer.scorer_from_bundle`) and maps one batch (numpy dict from
 :func:`~ood_audit.scan.read.fetch_decode`) to report rows (:class:`~ood_audit.scan.rows.RowBuilder`):
 one forward pass per batch gives every score (:class:`~ood_audit.scores.scorer.Scorer`); rows that did not
 decode pass through with null scores.
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ood_audit.calibration.bundle import open_bundle
-from ood_audit.calibration.scoring import scorer_from_bundle
+from ood_audit.bundle.files import open_bundle
+from ood_audit.bundle.scorer import scorer_from_bundle
 from ood_audit.errors import DataError
 from ood_audit.io.fs import S3Config
 from ood_audit.scan.rows import PIXELS, RowBuilder

@@ -1,9 +1,9 @@
 """Scan stage 4 (Ray Data tasks): write report rows as Parquet part files and report what was written.
 
 :func:`write_parts` is a ``map_batches`` function. For each chunk present in its batch it writes one part
-file (:func:`~ood_audit.sinks.parquet.write_part`, all-or-nothing) named after the run, the chunk, the
+file (:func:`~ood_audit.store.schema.write_part`, all-or-nothing) named after the run, the chunk, the
 pipeline pass and a digest of the chunk positions it holds, and returns one *feed* row per file
-(:data:`FEED_SCHEMA`). The driver consumes the feed to commit chunks (:mod:`ood_audit.scan.ledger`).
+(:data:`FEED_SCHEMA`). The driver consumes the feed to commit chunks (:mod:`ood_audit.store.run_ledger`).
 
 The name is a function of the rows, so a Ray retry of the same task (after a node loss, say) rewrites the
 same file instead of adding a second copy. Beside each part file, the task stages its rows' content digests
@@ -32,7 +32,7 @@ from ood_audit.io.fs import S3Config, storage_error
 from ood_audit.io.uri import join_uri
 from ood_audit.scan.duplicates import plan_order, stage_digests, staging_uri
 from ood_audit.scan.rows import CHUNK, DIGEST, INTERNAL_COLUMNS, READ_S, SCORE_S, SEQ, WORKER
-from ood_audit.sinks.parquet import part_name, write_part
+from ood_audit.store.schema import part_name, write_part
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .jigsaw import jigsaw_indexed
+from ood_audit.scores.jigsaw import jigsaw_indexed
 
 Probe = Callable[..., torch.Tensor]
 

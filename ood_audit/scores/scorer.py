@@ -11,8 +11,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from ..models import TapModel
-from .detectors import DETECTORS, LOGIT_DETECTORS, Detector, Features, make_detectors
+from ood_audit.models import TapModel
+from ood_audit.scores.detectors import DETECTORS, LOGIT_DETECTORS, Detector, Features, make_detectors
 
 
 def to_pixels(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -26,7 +26,7 @@ class Scorer:
 
     ``detectors`` default to the stateless ones (featurenorm and the logit scores); ``featurenorm2`` =
     (center, scale) adds the two-sided score. Fitted bank detectors (csd, knn) come from calibration or
-    :func:`~ood_audit.calibration.scoring.scorer_from_bundle`. The wrapped :class:`TapModel` must tap ``block``.
+    :func:`~ood_audit.bundle.scorer.scorer_from_bundle`. The wrapped :class:`TapModel` must tap ``block``.
     """
 
     def __init__(self, tap: TapModel, block: str, *, detectors: Iterable[Detector] | None = None,
@@ -38,7 +38,7 @@ class Scorer:
         dets = list(detectors) if detectors is not None else list(
             make_detectors(("featurenorm", *LOGIT_DETECTORS), block=block).values())
         if featurenorm2 is not None:
-            from .detectors import FeatureNorm2
+            from ood_audit.scores.detectors import FeatureNorm2
 
             dets.append(FeatureNorm2(block, float(featurenorm2[0]), float(featurenorm2[1])))
         order = list(DETECTORS)

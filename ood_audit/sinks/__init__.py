@@ -1,7 +1,7 @@
 """Where scan results go: the Parquet reports (:mod:`.parquet`), reading runs back (:mod:`.runs`), and the
 labeling queues: selection (:mod:`.select`), Label Studio, SQS and JSONL sinks, deduplicated by a ledger
 (:mod:`.export`, :mod:`.ledger`)."""
-from ood_audit.sinks.parquet import (
+from ood_audit.store.schema import (
     PARTITION_KEY,
     SPEC_SCORES,
     open_reports,

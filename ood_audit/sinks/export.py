@@ -6,7 +6,7 @@ Order of work, chosen so that nothing is marked sent that was not, and a bad fla
    and the budget. Pure; no network.
 2. **Open** the sink: resolve the queue, check the token, create or find the project. An unreachable endpoint
    or a rejected credential stops here with one line, before any send and with the ledger untouched.
-3. **Dedupe** against the destination's ledger (:mod:`~ood_audit.sinks.ledger`): keys of
+3. **Dedupe** against the destination's ledger (:mod:`~ood_audit.sinks.export_ledger`): keys of
    ``(uri, etag, bundle_id)`` already recorded are skipped.
 4. **Send** the rest in batches, in the selection's order. After each batch the sink confirmed, one ledger
    file records it; when a batch fails partway, only its confirmed items are recorded and the export stops
@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 from ood_audit.io.fs import S3Config
 from ood_audit.sinks.items import ExportError, ExportItem, PartialSend, items_from_table
-from ood_audit.sinks.ledger import Ledger
-from ood_audit.sinks.runs import find_run, run_dataset
+from ood_audit.sinks.export_ledger import ExportLedger
+from ood_audit.store.runs import find_run, run_dataset
 from ood_audit.sinks.select import Selection, select_rows
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def export(output: str, sink: Sink, selection: Selection, *, run_id: str | None 
     log.info("run %s: %d rows selected by %s", run.run_id, len(items), selection.describe())
     try:
         sink.open()
-        ledger = Ledger(output, sink.kind, sink.destination, selection.queue, s3=s3)
+        ledger = ExportLedger(output, sink.kind, sink.destination, selection.queue, s3=s3)
         sent = ledger.load()
         pending = [i for i in items if i.key not in sent]
         summary = ExportSummary(run_id=run.run_id, bundle_id=run.bundle_id, policy=selection.policy,

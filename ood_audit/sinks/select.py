@@ -31,7 +31,7 @@ So a rare class is never crowded out by a common one, and no budget is wasted wh
 
 Memory: only the columns a payload needs are read, with ``status`` (and ``flagged``/``flag_reasons``) filters
 pushed down to the scanner, one record batch at a time. ``top-k`` streams through
-:func:`~ood_audit.sinks.runs.most_anomalous` (O(budget + one batch)); ``threshold`` and ``disagreement`` hold
+:func:`~ood_audit.store.runs.most_anomalous` (O(budget + one batch)); ``threshold`` and ``disagreement`` hold
 the candidate rows only, which is what is exported (use ``--budget`` to bound it).
 """
 
@@ -48,8 +48,8 @@ import pyarrow.dataset as pads
 
 from ood_audit.errors import ConfigError, ReportError
 from ood_audit.io.quality import ISSUES
-from ood_audit.sinks.parquet import QUALITY_COLUMN
-from ood_audit.sinks.runs import anomaly, iter_batches, most_anomalous
+from ood_audit.store.schema import QUALITY_COLUMN
+from ood_audit.store.runs import anomaly, iter_batches, most_anomalous
 
 Policy = Literal["threshold", "top-k", "disagreement"]
 POLICIES: tuple[str, ...] = ("threshold", "top-k", "disagreement")
@@ -193,7 +193,7 @@ def split_budget(counts: Mapping[int, int], budget: int) -> dict[int, int]:
 
 def payload_columns(schema: pa.Schema, flag_on: Sequence[str]) -> list[str]:
     """The report columns an export reads: identity, class, flags, and every score with its percentile."""
-    from ood_audit.sinks.parquet import SPEC_SCORES
+    from ood_audit.store.schema import SPEC_SCORES
 
     names = set(schema.names)
     scores = [s for s in dict.fromkeys([*SPEC_SCORES, *flag_on]) if s in names]

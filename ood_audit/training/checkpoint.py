@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError
+from ood_audit.errors import CheckpointError
 
 MODEL_FILE = "model.safetensors"
 HEADS_FILE = "heads.safetensors"

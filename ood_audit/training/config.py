@@ -8,10 +8,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from ..errors import ConfigError
-from ..io.fs import S3Config
-from ..io.uri import is_s3_uri, parse_uri
-from ..models import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD
+from ood_audit.errors import ConfigError
+from ood_audit.io.fs import S3Config
+from ood_audit.io.uri import is_s3_uri, parse_uri
+from ood_audit.models import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD
 
 MODES: tuple[str, ...] = ("ce", "alpa-finetune", "joint")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")

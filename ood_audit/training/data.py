@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import DataError
-from ..io.decode import Preprocess
-from ..io.fs import S3Config
-from ..io.reader import load_images
-from .augment import to_pixels
+from ood_audit.errors import DataError
+from ood_audit.io.decode import Preprocess
+from ood_audit.io.fs import S3Config
+from ood_audit.io.reader import load_images
+from ood_audit.training.augment import to_pixels
 
 MAX_LISTED_FAILURES = 20
 

@@ -21,14 +21,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..io.decode import Preprocess
-from .augment import augment, contrastive_view, to_pixels
-from .checkpoint import check_compatible, read_checkpoint, write_checkpoint
-from .config import TrainConfig
-from .data import (MAX_LISTED_FAILURES, ShardReader, SkipLog, epoch_shard, refresh_batchnorm, steps_per_epoch,
+from ood_audit.io.decode import Preprocess
+from ood_audit.training.augment import augment, contrastive_view, to_pixels
+from ood_audit.training.checkpoint import check_compatible, read_checkpoint, write_checkpoint
+from ood_audit.training.config import TrainConfig
+from ood_audit.training.data import (MAX_LISTED_FAILURES, ShardReader, SkipLog, epoch_shard, refresh_batchnorm, steps_per_epoch,
                    validate)
-from .gather import GlobalBatch
-from .net import TrainNet
+from ood_audit.training.gather import GlobalBatch
+from ood_audit.training.net import TrainNet
 
 log = logging.getLogger("ood_audit.training")
 MAX_STORED_BAD_URIS = 10_000
@@ -121,8 +121,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from safetensors.torch import load as safetensors_bytes_to_state
     from torch.nn.parallel import DistributedDataParallel
 
-    from ..console import relay_logs_to_driver
-    from ..models import build_model, load_state_strict
+    from ood_audit.console import relay_logs_to_driver
+    from ood_audit.models import build_model, load_state_strict
 
     cfg: TrainConfig = config["cfg"]
     ctx = ray.train.get_context()

@@ -21,11 +21,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import CheckpointError
-from ..models import TapModel, load_state_strict
-from ..scores.alpa import ALPAHead, alpa_loss_from_projections
-from ..scores.supcon import supcon_loss
-from .gather import GlobalBatch
+from ood_audit.errors import CheckpointError
+from ood_audit.models import TapModel, load_state_strict
+from ood_audit.scores.alpa import ALPAHead, alpa_loss_from_projections
+from ood_audit.scores.supcon import supcon_loss
+from ood_audit.training.gather import GlobalBatch
 
 
 class SupConProjector(nn.Module):

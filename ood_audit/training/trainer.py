@@ -23,16 +23,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..console import LogRelay
-from ..errors import CheckpointError, ConfigError, DataError, OodAuditError, TrainingDivergedError
-from ..io.dataset import LabelledDataset, load_labelled
-from ..io.fs import S3Config, read_bytes, write_bytes
-from ..io.uri import parse_uri
-from ..ray_setup import init_ray
-from .checkpoint import HEADS_FILE, MODEL_FILE, STATE_FILE, check_compatible
-from .config import TrainConfig, TrainResult
-from .data import chance_accuracy, learned_margin, validation_split
-from .loop import train_loop_per_worker
+from ood_audit.console import LogRelay
+from ood_audit.errors import CheckpointError, ConfigError, DataError, OodAuditError, TrainingDivergedError
+from ood_audit.io.dataset import LabelledDataset, load_labelled
+from ood_audit.io.fs import S3Config, read_bytes, write_bytes
+from ood_audit.io.uri import parse_uri
+from ood_audit.ray_setup import init_ray
+from ood_audit.training.checkpoint import HEADS_FILE, MODEL_FILE, STATE_FILE, check_compatible
+from ood_audit.training.config import TrainConfig, TrainResult
+from ood_audit.training.data import chance_accuracy, learned_margin, validation_split
+from ood_audit.training.loop import train_loop_per_worker
 
 log = logging.getLogger(__name__)
 METADATA_FORMAT_VERSION = 1
@@ -117,7 +117,7 @@ def _read_init(cfg: TrainConfig, dataset: LabelledDataset) -> bytes:
     """The ``--init`` weights' bytes, after checking they load strictly into the model being trained."""
     from safetensors.torch import load as load_safetensors
 
-    from ..models import build_model, load_state_strict
+    from ood_audit.models import build_model, load_state_strict
 
     try:
         data = read_bytes(cfg.init, s3=cfg.s3)

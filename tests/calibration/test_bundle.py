@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ood_audit.calibration.bundle import (
+from ood_audit.bundle.files import (
     BUNDLE_JSON,
     compute_bundle_id,
     load_bundle,

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from ood_audit import build_model, save_weights
-from ood_audit.calibration.bundle import open_bundle
+from ood_audit.bundle.files import open_bundle
 from ood_audit.calibration.calibrate import CalibrateConfig, calibrate, list_id_images
-from ood_audit.calibration.meta import MEASURED_ON_MODEL_INPUT, parse_meta
-from ood_audit.calibration.perclass import per_class_flags
-from ood_audit.calibration.scoring import scorer_from_bundle
-from ood_audit.calibration.thresholds import flags
+from ood_audit.bundle.schema import MEASURED_ON_MODEL_INPUT, parse_meta
+from ood_audit.flagging.perclass import per_class_flags
+from ood_audit.bundle.scorer import scorer_from_bundle
+from ood_audit.flagging.thresholds import flags
 from ood_audit.cli import main
 from ood_audit.demo.data import write_digit_folders
 from ood_audit.errors import ConfigError
@@ -70,7 +70,7 @@ def calibrated(tmp_path_factory):
 def _linear_probe(folder) -> torch.nn.Module:
     """The seeded untrained ResNet-18 with its last layer fitted (ridge regression on one-hot labels) to the
     calibration images' penultimate features: a classifier that predicts every digit class, in seconds."""
-    from ood_audit.calibration.scoring import make_scorer
+    from ood_audit.bundle.scorer import make_scorer
     from ood_audit.models import block_candidates
 
     torch.manual_seed(0)

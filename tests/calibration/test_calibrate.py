@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from ood_audit import build_model, norm_ratio, save_weights
-from ood_audit.calibration.bundle import load_bundle
+from ood_audit.bundle.files import load_bundle
 from ood_audit.calibration.calibrate import CalibrateConfig, calibrate, list_id_images
 from ood_audit.calibration.split import heldout_mask
-from ood_audit.calibration.thresholds import flags, percentile, quantile_table, threshold_at, union_thresholds
+from ood_audit.flagging.thresholds import flags, percentile, quantile_table, threshold_at, union_thresholds
 from ood_audit.cli import main
 from ood_audit.io.dataset import decode_dataset
 from ood_audit.models import ModelSpec

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from ood_audit import build_model, save_weights
-from ood_audit.calibration.bundle import load_bundle
+from ood_audit.bundle.files import load_bundle
 from ood_audit.calibration.calibrate import list_id_images
-from ood_audit.calibration.scoring import scorer_from_bundle
+from ood_audit.bundle.scorer import scorer_from_bundle
 from ood_audit.calibration.split import heldout_mask
-from ood_audit.calibration.thresholds import threshold_at
+from ood_audit.flagging.thresholds import threshold_at
 from ood_audit.cli import main
 from ood_audit.io.dataset import decode_dataset
 from ood_audit.models import ModelSpec

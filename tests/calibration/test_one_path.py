@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from ood_audit import build_model, save_weights
-from ood_audit.calibration.bundle import open_bundle, write_bundle
+from ood_audit.bundle.files import open_bundle, write_bundle
 from ood_audit.calibration.calibrate import CalibrateConfig, calibrate
-from ood_audit.calibration.meta import SCHEMA_VERSION, parse_meta
-from ood_audit.calibration.scoring import scorer_from_bundle
+from ood_audit.bundle.schema import SCHEMA_VERSION, parse_meta
+from ood_audit.bundle.scorer import scorer_from_bundle
 from ood_audit.calibration.selection import resolve_flag_on
-from ood_audit.calibration.thresholds import flags
+from ood_audit.flagging.thresholds import flags
 from ood_audit.cli import main
 from ood_audit.demo.data import write_digit_folders
 from ood_audit.errors import BundleError

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ood_audit.embedded_s3 import EmbeddedS3
+from ood_audit.embedded.s3 import EmbeddedS3
 from ood_audit.errors import StorageError
 from ood_audit.io.fs import S3Config
 from ood_audit.io.reader import read_object

@@ -9,7 +9,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from ood_audit.io.fs import read_bytes, write_bytes
-from ood_audit.nightly.lease import EXIT_LEASE_HELD, Lease, LeaseHeld
+from ood_audit.errors import EXIT_LEASE_HELD
+from ood_audit.io.lease import Lease, LeaseHeld
+from ood_audit.nightly.run import nightly_lease_uri
 
 
 def _roots(tmp_path, request):
@@ -26,13 +28,13 @@ def root(tmp_path, request):
 
 def test_second_run_is_refused_while_the_first_is_alive(root):
     output, s3 = root
-    with Lease(output, 3600, run="night-1", s3=s3) as first:
+    with Lease(nightly_lease_uri(output), 3600, run="night-1", s3=s3) as first:
         with pytest.raises(LeaseHeld) as err:
-            Lease(output, 3600, run="night-2", s3=s3).acquire()
+            Lease(nightly_lease_uri(output), 3600, run="night-2", s3=s3).acquire()
         assert "night-1" in str(err.value) and "\n" not in str(err.value)
         assert err.value.exit_code == EXIT_LEASE_HELD
         first.check()
-    Lease(output, 3600, run="night-3", s3=s3).acquire().release()  # released: free again
+    Lease(nightly_lease_uri(output), 3600, run="night-3", s3=s3).acquire().release()  # released: free again
 
 
 @pytest.mark.parametrize("stale", [False, True], ids=["fresh", "over-a-stale-lease"])
@@ -44,7 +46,7 @@ def test_concurrent_starters_exactly_one_wins(root, stale):
 
     def start(i):
         try:
-            results.append(("won", Lease(output, 3600, run=f"r{i}", s3=s3).acquire()))
+            results.append(("won", Lease(nightly_lease_uri(output), 3600, run=f"r{i}", s3=s3).acquire()))
         except LeaseHeld:
             results.append(("held", None))
 
@@ -73,7 +75,7 @@ def _plant(output, s3, *, age_s, pid, host=None):
 def test_stale_lease_of_a_dead_holder_is_taken_over(root):
     output, s3 = root
     _plant(output, s3, age_s=120, pid=_dead_pid())
-    with Lease(output, 60, run="night-2", s3=s3):
+    with Lease(nightly_lease_uri(output), 60, run="night-2", s3=s3):
         doc = json.loads(read_bytes(f"{output}/nightly/lease.json", s3=s3))
         assert doc["run"] == "night-2"
 
@@ -86,12 +88,12 @@ def test_lease_not_stale_is_respected(root, case):
     _plant(output, s3, age_s=10 if case == "ttl-not-passed" else 120,
            pid=_dead_pid() if case == "ttl-not-passed" else os.getpid())
     with pytest.raises(LeaseHeld):
-        Lease(output, 60, run="night-2", s3=s3).acquire()
+        Lease(nightly_lease_uri(output), 60, run="night-2", s3=s3).acquire()
 
 
 def test_renewal_keeps_a_long_run_alive_and_detects_takeover(root):
     output, s3 = root
-    lease = Lease(output, 1, run="long", s3=s3).acquire()  # renews every 1/3 s
+    lease = Lease(nightly_lease_uri(output), 1, run="long", s3=s3).acquire()  # renews every 1/3 s
     try:
         time.sleep(1.5)
         doc = json.loads(read_bytes(f"{output}/nightly/lease.json", s3=s3))
@@ -119,7 +121,7 @@ def test_concurrent_local_starters_never_see_a_half_written_lease(tmp_path):
         def start(i, output=output, results=results, barrier=barrier):
             barrier.wait()
             try:
-                results.append(("won", Lease(output, 3600, run=f"r{i}").acquire()))
+                results.append(("won", Lease(nightly_lease_uri(output), 3600, run=f"r{i}").acquire()))
             except LeaseHeld:
                 results.append(("held", None))
 

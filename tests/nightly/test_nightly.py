@@ -10,9 +10,9 @@ import yaml
 
 from ood_audit.cli import main
 from ood_audit.io.fs import exists, read_bytes, write_bytes
-from ood_audit.nightly.lease import EXIT_LEASE_HELD
+from ood_audit.errors import EXIT_LEASE_HELD
 from ood_audit.nightly.run import EXIT_CONFIG
-from ood_audit.sinks.runs import list_runs
+from ood_audit.store.runs import list_runs
 
 
 def _config(tmp_path, scan, out):

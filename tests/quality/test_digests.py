@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ood_audit.errors import DataError
-from ood_audit.sinks.digests import DigestIndex, content_sha256
+from ood_audit.store.digests import DigestIndex, content_sha256
 
 from tests.quality.photos import jpeg, photos, random_crops
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ood_audit.calibration.neardup import (
+from ood_audit.flagging.neardup import (
     NearDupPart,
     near_duplicate_rows,
     near_duplicate_threshold,

@@ -6,13 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from ood_audit.calibration.perclass import (
+from ood_audit.flagging.perclass import (
     PerClassThresholds,
     per_class_flags,
     per_class_thresholds,
     row_thresholds,
 )
-from ood_audit.calibration.thresholds import flags, threshold_at, union_thresholds
+from ood_audit.flagging.thresholds import flags, threshold_at, union_thresholds
 from ood_audit.errors import ConfigError
 
 ALPHA = 0.05

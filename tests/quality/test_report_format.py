@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 
 from ood_audit.scan.rows import CHUNK, DIGEST, QUALITY, READ_S, SEQ, RowBuilder
-from ood_audit.sinks.parquet import part_name, partition_uri, report_schema, write_part
-from ood_audit.sinks.runs import RunInfo, check_format, run_dataset
+from ood_audit.store.schema import part_name, partition_uri, report_schema, write_part
+from ood_audit.store.runs import RunInfo, check_format, run_dataset
 
 
 def test_all_null_findings_from_ray_stay_null():

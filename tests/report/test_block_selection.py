@@ -3,7 +3,7 @@ bundle shown only as text) and the target ID flag rate the thresholds were set a
 import html
 from html.parser import HTMLParser
 
-from ood_audit.calibration.bundle import write_bundle
+from ood_audit.bundle.files import write_bundle
 from ood_audit.report import ReportOptions, build_report, render_html
 
 from tests.reports import row, write_run

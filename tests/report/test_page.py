@@ -13,7 +13,7 @@ from ood_audit.cli import main
 from ood_audit.report import ReportOptions, build_report, render_html
 from ood_audit.report.collect import collect, prefix_keys, score_edges
 from ood_audit.report.explain import csd_box
-from ood_audit.sinks.runs import find_run, run_dataset
+from ood_audit.store.runs import find_run, run_dataset
 
 from tests.reports import row, write_run
 
@@ -171,7 +171,7 @@ def test_cli_writes_the_page(tmp_path, capsys):
 
 
 def test_thumbnails_are_upright_like_the_scan(tmp_path):
-    from ood_audit.report.thumbs import object_thumb
+    from ood_audit.report.previews import object_thumb
 
     im = Image.new("RGB", (80, 40), (0, 0, 255))
     exif = Image.Exif()

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pytest
 
 from ood_audit.io.fs import read_bytes
-from ood_audit.sinks.parquet import open_reports
+from ood_audit.store.schema import open_reports
 
 from tests.datagen import labelled_images, upload
 from tests.scan.cluster import LocalCluster

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from ood_audit.scan.duplicates import STAGING_DIR, resolve_duplicates
-from ood_audit.scan.ledger import RunLayout
+from ood_audit.store.run_ledger import RunLayout
 from ood_audit.scan.rows import CHUNK, DIGEST, SEQ, RowBuilder
 from ood_audit.scan.write import write_parts
-from ood_audit.sinks.digests import DigestIndex
-from ood_audit.sinks.parquet import partition_uri
+from ood_audit.store.digests import DigestIndex
+from ood_audit.store.schema import partition_uri
 
 from tests.scan.test_rows import _batch
 

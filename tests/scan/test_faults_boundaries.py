@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ood_audit.calibration.bundle import compute_bundle_id
+from ood_audit.bundle.files import compute_bundle_id
 from ood_audit.cli import main
 from ood_audit.errors import (EXIT_CONFIG, EXIT_CREDENTIALS, EXIT_DENIED, EXIT_NO_BUCKET, EXIT_UNREACHABLE,
                               CheckpointError)

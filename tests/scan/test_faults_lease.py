@@ -19,7 +19,7 @@ import pytest
 from ood_audit.cli import main
 from ood_audit.errors import EXIT_LEASE_HELD
 from ood_audit.io.lease import Lease, LeaseHeld
-from ood_audit.sinks.parquet import open_reports
+from ood_audit.store.schema import open_reports
 
 from tests.datagen import labelled_images, write_local
 

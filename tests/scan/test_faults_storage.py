@@ -13,11 +13,11 @@ import time
 import pyarrow.compute as pc
 import pytest
 
-from ood_audit.embedded_s3 import EmbeddedS3
+from ood_audit.embedded.s3 import EmbeddedS3
 from ood_audit.errors import EXIT_INCOMPLETE
 from ood_audit.io.fs import S3Config
 from ood_audit.scan.run import ScanConfig, ScanIncomplete, run_scan
-from ood_audit.sinks.parquet import open_reports
+from ood_audit.store.schema import open_reports
 
 from tests.datagen import labelled_images, upload
 

@@ -4,9 +4,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from ood_audit.calibration.bundle import open_bundle
+from ood_audit.bundle.files import open_bundle
 from ood_audit.scan.run import ScanConfig, run_scan
-from ood_audit.sinks.parquet import open_reports
+from ood_audit.store.schema import open_reports
 
 from tests.datagen import labelled_images, png_bytes, upload
 

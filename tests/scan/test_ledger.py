@@ -7,11 +7,11 @@ import pytest
 
 from ood_audit.errors import ConfigError
 from ood_audit.io.listing import LISTING_SCHEMA
-from ood_audit.scan.ledger import ChunkTracker, Ledger, Plan, RunLayout, check_run_id, new_run_id
-from ood_audit.scan.listing import DoneSet, Skipped, check_inputs, rechunk, skip_done
+from ood_audit.store.run_ledger import ChunkTracker, RunLedger, Plan, RunLayout, check_run_id, new_run_id
+from ood_audit.scan.plan import DoneSet, Skipped, check_inputs, rechunk, skip_done
 from ood_audit.scan.rows import RowBuilder
 from ood_audit.scan.write import FEED_SCHEMA, write_parts
-from ood_audit.sinks.parquet import list_parts, open_reports, partition_uri
+from ood_audit.store.schema import list_parts, open_reports, partition_uri
 
 from tests.scan.test_rows import _batch
 
@@ -30,7 +30,7 @@ def test_rechunk_exact_sizes_and_order():
 
 
 def test_plan_slices_and_identity(tmp_path):
-    ledger = Ledger(RunLayout(str(tmp_path), "r1"))
+    ledger = RunLedger(RunLayout(str(tmp_path), "r1"))
     t0 = datetime(2026, 1, 2, tzinfo=timezone.utc)
     doc = ledger.open({"bundle_id": "b1", "inputs": ["s3://x/y"]}, now=t0)
     assert doc["run_date"] == "2026-01-02" and len(doc["attempts"]) == 1
@@ -67,7 +67,7 @@ def test_chunk_tracker_commits_exact_cover_and_refuses_duplicates():
 
 
 def test_sweep_removes_files_no_marker_names(tmp_path):
-    ledger = Ledger(RunLayout(str(tmp_path), "r1"))
+    ledger = RunLedger(RunLayout(str(tmp_path), "r1"))
     part = partition_uri(str(tmp_path), "2026-01-02")
     builder = RowBuilder({}, "bid", "r1", ["featurenorm"])
     table = builder.build(_batch(["missing"] * 4), None)

@@ -3,9 +3,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ood_audit.calibration.thresholds import flags, percentile, quantile_table
+from ood_audit.flagging.thresholds import flags, percentile, quantile_table
 from ood_audit.scan.rows import CHUNK, INTERNAL_COLUMNS, READ_S, SEQ, PercentileTable, RowBuilder
-from ood_audit.sinks.parquet import SPEC_SCORES, parse_part_name, part_name, report_schema
+from ood_audit.store.schema import SPEC_SCORES, parse_part_name, part_name, report_schema
 
 SCORES = ["featurenorm", "msp", "energy", "maxlogit", "msp+fn", "energy+fn", "csd", "knn"]
 

@@ -7,14 +7,14 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-from ood_audit.calibration.bundle import load_bundle
+from ood_audit.bundle.files import load_bundle
 from ood_audit.cli import main
 from ood_audit.io.decode import Preprocess, decode_image
 from ood_audit.io.fs import read_bytes
 from ood_audit.io.listing import iter_listing_pages
 from ood_audit.scan.run import ScanConfig, run_scan
-from ood_audit.calibration.scoring import scorer_from_bundle
-from ood_audit.sinks.parquet import list_parts, open_reports, partition_uri
+from ood_audit.bundle.scorer import scorer_from_bundle
+from ood_audit.store.schema import list_parts, open_reports, partition_uri
 
 from tests.datagen import labelled_images, upload
 from tests.scan.hostile import MAX_BYTES, hostile_objects

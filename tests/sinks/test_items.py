@@ -58,7 +58,7 @@ def test_items_from_a_selection_table():
 
 def test_payloads_carry_findings_and_duplicate_links(tmp_path):
     """Read through the export's own selection: a row's quality issues and duplicate links reach every shape."""
-    from ood_audit.sinks.runs import find_run, run_dataset
+    from ood_audit.store.runs import find_run, run_dataset
     from ood_audit.sinks.select import Selection, select_rows
 
     rows = [row("s3://b/a.png", pct=1.0, quality_issues=["dark", "low_information"], duplicate_of="s3://b/first.png",

@@ -9,7 +9,7 @@ from ood_audit.errors import ConfigError
 from ood_audit.sinks.export import export
 from ood_audit.sinks.items import ExportError
 from ood_audit.sinks.labelstudio import LabelStudioClient, LabelStudioSink, is_personal_access_token
-from ood_audit.sinks.ledger import Ledger
+from ood_audit.sinks.export_ledger import ExportLedger
 from ood_audit.sinks.select import Selection
 
 from tests.reports import row, write_run
@@ -114,7 +114,7 @@ def test_a_refused_import_is_not_recorded(tmp_path, label_studio):
     with pytest.raises(ExportError) as err:
         export(out, sink, Selection())
     assert "\n" not in str(err.value) and "HTTP 400" in str(err.value)
-    assert Ledger(out, "label-studio", sink.destination, "outliers").load() == set()
+    assert ExportLedger(out, "label-studio", sink.destination, "outliers").load() == set()
 
 
 def _fake_pat():

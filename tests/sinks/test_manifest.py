@@ -3,7 +3,7 @@ import json
 
 from ood_audit.io.fs import read_bytes
 from ood_audit.sinks.export import export
-from ood_audit.sinks.ledger import Ledger
+from ood_audit.sinks.export_ledger import ExportLedger
 from ood_audit.sinks.manifest import ManifestSink
 from ood_audit.sinks.select import Selection
 
@@ -40,7 +40,7 @@ def test_manifest_names_are_deterministic_and_ledger_is_per_destination(tmp_path
     export(out, a, Selection(), run_id="night-1")
     assert len(a.files) == 3 and all(f.endswith(".jsonl") and "/night-1/outliers-" in f for f in a.files)
     # a retry of a batch that was written but never recorded lands on the same name (overwrite, no duplicate)
-    ledger = Ledger(out, "jsonl", a.destination, "outliers")
+    ledger = ExportLedger(out, "jsonl", a.destination, "outliers")
     assert len(ledger.load()) == 12 and len(ledger.files()) == 3
     for f in ledger.files():
         (tmp_path / "audit" / "exports" / ledger.scope.rsplit("/", 1)[1] / "outliers" / f).unlink()

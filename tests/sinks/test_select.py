@@ -2,7 +2,7 @@
 import pytest
 
 from ood_audit.errors import ConfigError
-from ood_audit.sinks.runs import find_run, run_dataset
+from ood_audit.store.runs import find_run, run_dataset
 from ood_audit.sinks.select import Selection, apply_budget, select_rows, split_budget
 
 from tests.reports import row, write_run

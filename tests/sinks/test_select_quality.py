@@ -9,7 +9,7 @@ from ood_audit.cli import main
 from ood_audit.errors import ConfigError, ReportError
 from ood_audit.io.quality import ISSUES
 from ood_audit.nightly.config import parse_config
-from ood_audit.sinks.runs import find_run, run_dataset
+from ood_audit.store.runs import find_run, run_dataset
 from ood_audit.sinks.select import Selection, issue_names, select_rows
 
 from tests.reports import row, write_run

@@ -7,7 +7,7 @@ import pytest
 from ood_audit.errors import ConfigError
 from ood_audit.sinks.export import export
 from ood_audit.sinks.items import ExportError, item_key
-from ood_audit.sinks.ledger import Ledger
+from ood_audit.sinks.export_ledger import ExportLedger
 from ood_audit.sinks.select import Selection
 from ood_audit.sinks.sqs import SqsSink
 
@@ -92,7 +92,7 @@ def test_endpoint_down_partway_then_resume_sends_each_once(tmp_path, sqs_env, re
         export(out, sink, Selection())
     msg = str(err.value)
     assert "\n" not in msg and relay.url in msg and "re-run" in msg
-    ledger = Ledger(out, "sqs", q, "outliers")
+    ledger = ExportLedger(out, "sqs", q, "outliers")
     assert len(ledger.load()) == 35  # the first batch (3 calls: 10+10+5) and 10 confirmed of the second
     relay.restore()
     summary = export(out, SqsSink(q, endpoint=relay.url, batch_size=25), Selection())

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ood_audit import build_model, save_weights
-from ood_audit.calibration.bundle import load_bundle
+from ood_audit.bundle.files import load_bundle
 from ood_audit.calibration.calibrate import CalibrateConfig, calibrate
-from ood_audit.calibration.meta import parse_meta
+from ood_audit.bundle.schema import parse_meta
 from ood_audit.cli import main
 from ood_audit.commands.bundle import findings_lines
 from ood_audit.models import ModelSpec

@@ -3,8 +3,8 @@ import pyarrow.compute as pc
 import pytest
 
 from ood_audit import load_report
-from ood_audit.calibration.bundle import load_bundle
-from ood_audit.sinks.runs import find_run, list_runs, previous_run
+from ood_audit.bundle.files import load_bundle
+from ood_audit.store.runs import find_run, list_runs, previous_run
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 
 from ood_audit import load_report
 from ood_audit.errors import ReportError
-from ood_audit.sinks.runs import anomaly, find_run, list_runs, most_anomalous, previous_run, run_dataset
+from ood_audit.store.runs import anomaly, find_run, list_runs, most_anomalous, previous_run, run_dataset
 
 from tests.reports import row, write_run
 

@@ -14,12 +14,12 @@ from typing import Any, Iterable
 
 import torch
 
-from ...errors import ConfigError
-from ...vocab import SCORE_NAMES
-from .banks import CSD, KNN, NEAREST_NEIGHBOURS
-from .base import Detector, Features, finite
-from .logits import MSP, Energy, EnergyFN, MaxLogit, MSPFN
-from .norms import FeatureNorm, FeatureNorm2
+from ood_audit.errors import ConfigError
+from ood_audit.vocab import SCORE_NAMES
+from ood_audit.scores.detectors.banks import CSD, KNN, NEAREST_NEIGHBOURS
+from ood_audit.scores.detectors.base import Detector, Features, finite
+from ood_audit.scores.detectors.logits import MSP, Energy, EnergyFN, MaxLogit, MSPFN
+from ood_audit.scores.detectors.norms import FeatureNorm, FeatureNorm2
 
 DETECTORS: dict[str, type[Detector]] = {cls.name: cls for cls in (
     FeatureNorm, FeatureNorm2, MSP, Energy, MaxLogit, MSPFN, EnergyFN, CSD, KNN)}

@@ -15,10 +15,10 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from ...knn import KnnIndex, build_index
-from ..csd import csd_bank, csd_score, csd_views
-from ..knn import knn_index, knn_score_and_neighbours, l2_normalize
-from .base import Detector, Features
+from ood_audit.knn import KnnIndex, build_index
+from ood_audit.scores.csd import csd_bank, csd_score, csd_views
+from ood_audit.scores.knn import knn_index, knn_score_and_neighbours, l2_normalize
+from ood_audit.scores.detectors.base import Detector, Features
 
 NEAREST_NEIGHBOURS = 3  # kNN-bank rows recorded per image for explanations (SPEC §13)
 BANK_DTYPES = {"float16": torch.float16, "float32": torch.float32}

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ...errors import DataError, NotFittedError
-from ...models import Taps
-from ..featurenorm import feature_norm
+from ood_audit.errors import DataError, NotFittedError
+from ood_audit.models import Taps
+from ood_audit.scores.featurenorm import feature_norm
 
 
 def finite(t: torch.Tensor, name: str) -> torch.Tensor:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..baselines import energy, energy_fn, maxlogit, msp, msp_fn
-from .base import Detector, Features
+from ood_audit.scores.baselines import energy, energy_fn, maxlogit, msp, msp_fn
+from ood_audit.scores.detectors.base import Detector, Features
 
 
 class MSP(Detector):

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..featurenorm import feature_norm_two_sided, two_sided_stats
-from .base import Detector, Features
+from ood_audit.scores.featurenorm import feature_norm_two_sided, two_sided_stats
+from ood_audit.scores.detectors.base import Detector, Features
 
 
 class FeatureNorm(Detector):

@@ -20,7 +20,7 @@ Rules that make a run exactly-once (the argument is in :mod:`ood_audit.scan.run`
 - A chunk is *committed* only by its marker, written after all its part files exist and only when their
   positions cover ``[0, n_c)`` exactly once (:class:`ChunkTracker`).
 - Before an attempt scans, and after it ends, every part file of the run that no marker names is deleted
-  (:meth:`Ledger.sweep`): leftovers of crashed attempts and of tasks that outlived their driver.
+  (:meth:`RunLedger.sweep`): leftovers of crashed attempts and of tasks that outlived their driver.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from ood_audit.io.fs import S3Config, read_bytes, resolve, write_bytes
 from ood_audit.io.listing import LISTING_SCHEMA
 from ood_audit.io.uri import join_uri
 from ood_audit.scan.read import PlanSlice
-from ood_audit.sinks.parquet import delete_parts, list_parts, partition_uri
-from ood_audit.sinks.runs import run_dir
+from ood_audit.store.schema import delete_parts, list_parts, partition_uri
+from ood_audit.store.runs import run_dir
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Plan:
         return int(sum(self.chunk_rows))
 
 
-class Ledger:
+class RunLedger:
     """Reads and writes one run's state (see the module docstring)."""
 
     def __init__(self, layout: RunLayout, s3: S3Config | None = None) -> None:

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from pydantic import ValidationError
 
 from ood_audit.io.quality import ISSUES, QualityConfig
-from ood_audit.sinks.parquet import QUALITY_COLUMN
+from ood_audit.store.schema import QUALITY_COLUMN
 
 
 @dataclass

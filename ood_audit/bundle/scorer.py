@@ -10,9 +10,9 @@ from typing import Any, Iterable
 
 import torch
 
-from ..errors import BundleError
-from ..models import ModelSpec, TapModel
-from .meta import BundleMeta
+from ood_audit.errors import BundleError
+from ood_audit.models import ModelSpec, TapModel
+from ood_audit.bundle.schema import BundleMeta
 
 
 def load_state_bytes(data: bytes, source: str = "weights") -> dict[str, torch.Tensor]:
@@ -30,7 +30,7 @@ def make_scorer(state: dict[str, torch.Tensor], spec: ModelSpec, block: str, *, 
                 device: str = "cpu", precision: str = "float32", extra_blocks: tuple[str, ...] = ()) -> Any:
     """A Scorer whose model taps ``block`` (and ``extra_blocks``), scoring with ``detectors`` (default: the
     stateless ones)."""
-    from ..scores.scorer import Scorer
+    from ood_audit.scores.scorer import Scorer
 
     model = spec.build(state)
     if device.startswith("cuda"):
@@ -62,7 +62,7 @@ def detector_states(bundle: Any) -> tuple[dict[str, dict[str, Any]], dict[str, A
 def restore_detectors(block: str, states: dict[str, dict[str, Any]], banks: dict[str, Any], *,
                       device: str = "cpu", knn_backend: str = "auto") -> list[Any]:
     """The stateless detectors at ``block`` and the fitted ones restored from ``states`` / ``banks``."""
-    from ..scores.detectors import LOGIT_DETECTORS, detector_from_state, make_detectors
+    from ood_audit.scores.detectors import LOGIT_DETECTORS, detector_from_state, make_detectors
 
     dets = list(make_detectors(("featurenorm", *LOGIT_DETECTORS), block=block).values())
     for name, config in states.items():

@@ -41,7 +41,7 @@ from ood_audit.errors import BundleError
 from ood_audit.io.fs import S3Config, exists, file_size, read_bytes, resolve, write_bytes
 from ood_audit.io.uri import join_uri, parse_uri
 
-from .meta import BundleMeta, parse_meta
+from ood_audit.bundle.schema import BundleMeta, parse_meta
 
 FORMAT = "ood-audit-bundle"
 FORMAT_VERSION = 1
@@ -74,7 +74,7 @@ class Bundle:
     """A loaded bundle. File contents are read on demand and re-verified on every read.
 
     ``meta`` is the metadata exactly as stored (hashed into the id); ``info`` is the same metadata as the
-    typed :class:`~ood_audit.calibration.meta.BundleMeta` (migrated from older schemas), which is what the
+    typed :class:`~ood_audit.bundle.schema.BundleMeta` (migrated from older schemas), which is what the
     product reads. :func:`open_bundle` parses it at load.
     """
 

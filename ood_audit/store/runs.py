@@ -34,7 +34,7 @@ import pyarrow.fs as pafs
 from ood_audit.errors import ReportError
 from ood_audit.io.fs import S3Config, read_bytes, resolve
 from ood_audit.io.uri import join_uri
-from ood_audit.sinks.parquet import (
+from ood_audit.store.schema import (
     PARTITION_KEY,
     SUPPORTED_REPORT_FORMATS,
     list_parts,

@@ -2,7 +2,7 @@
 
 For each predicted class c with at least ``min_images`` held-out ID images, the thresholds are computed
 on that class's held-out scores exactly as the global ones are on all of them
-(:mod:`ood_audit.calibration.thresholds`): per score t_s(c) = s_(⌊αn_c⌋+1) of the class's sorted scores
+(:mod:`ood_audit.flagging.thresholds`): per score t_s(c) = s_(⌊αn_c⌋+1) of the class's sorted scores
 (:func:`threshold_at`), and the flag thresholds for ``flag_on`` at a common rate α'(c) ≤ α
 (:func:`union_thresholds`). So a class's held-out ID flag rate is ≤ α and ≥ α − 1/n_c, like the global
 one, and classes that the model scores lower as a whole are not flagged more often for it.
@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from ..errors import ConfigError, DataError
-from .meta import ClassThresholds, PerClassThresholds
-from .thresholds import threshold_at, union_thresholds
+from ood_audit.errors import ConfigError, DataError
+from ood_audit.bundle.schema import ClassThresholds, PerClassThresholds
+from ood_audit.flagging.thresholds import threshold_at, union_thresholds
 
 MIN_CLASS_IMAGES_FLOOR = 50   # below this a class's 1 − α quantile is too noisy to be worth its own threshold
 DEFAULT_MIN_CLASS_IMAGES = 100
@@ -85,7 +85,7 @@ def row_thresholds(table: PerClassThresholds, pred_class: np.ndarray, global_thr
 def per_class_flags(scores: Mapping[str, np.ndarray], pred_class: np.ndarray, table: PerClassThresholds,
                     global_per_score: Mapping[str, float],
                     global_flag: Mapping[str, float]) -> tuple[np.ndarray, list[list[str]]]:
-    """(flagged [N], reasons per row), as :func:`~ood_audit.calibration.thresholds.flags` with each row's
+    """(flagged [N], reasons per row), as :func:`~ood_audit.flagging.thresholds.flags` with each row's
     predicted-class thresholds: reasons name every score under its ``per_score`` threshold, ``flagged``
     is any ``flag_on`` score under its ``flag`` threshold."""
     pred = np.asarray(pred_class, dtype=np.int64)

@@ -31,7 +31,7 @@ from ood_audit.errors import ConfigError
 from ood_audit.io.fs import S3Config
 from ood_audit.io.listing import LISTING_SCHEMA, iter_listing_pages, iter_manifest_pages
 from ood_audit.io.uri import parse_uri
-from ood_audit.sinks.parquet import open_reports, report_schema
+from ood_audit.store.schema import open_reports, report_schema
 
 FINAL_STATUSES = ("ok", "decode_error", "unsupported")
 

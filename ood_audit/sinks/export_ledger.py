@@ -41,7 +41,7 @@ import pyarrow.fs as pafs
 from ood_audit.io.fs import S3Config, read_bytes, resolve, write_bytes
 from ood_audit.io.uri import join_uri
 from ood_audit.sinks.items import ExportItem
-from ood_audit.sinks.parquet import write_part
+from ood_audit.store.schema import write_part
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def destination_digest(kind: str, destination: str) -> str:
     return hashlib.sha256(f"{kind}\n{destination}".encode("utf-8")).hexdigest()[:12]
 
 
-class Ledger:
+class ExportLedger:
     """The sent keys of one (sink kind, destination, queue) under one output root."""
 
     def __init__(self, output: str, kind: str, destination: str, queue: str, *, s3: S3Config | None = None):
@@ -111,4 +111,4 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["EXPORTS_DIR", "Ledger", "destination_digest"]
+__all__ = ["EXPORTS_DIR", "ExportLedger", "destination_digest"]

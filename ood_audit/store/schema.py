@@ -7,7 +7,7 @@ Layout under an output root (local directory or ``s3://bucket/prefix``)::
 ``run_date`` is a Hive partition, so ``pyarrow.dataset``, Spark, DuckDB or Athena read
 ``<output>/reports/`` as one table with a ``run_date`` column (see :func:`open_reports`). Everything a run
 keeps for itself (plan, commit markers, summary) lives beside it under ``<output>/runs/<run_id>/``; see
-:mod:`ood_audit.scan.ledger`.
+:mod:`ood_audit.store.run_ledger`.
 
 Schema (:func:`report_schema`), one row per listed object, in this order:
 
@@ -37,7 +37,7 @@ column                    type                      meaning
                                                     null for that first one; final once the run's summary is complete
 ``quality_issues``        list<string>              SPEC §14 findings (never a status or a flag); null unless ok
 ``near_duplicate_of_id``  string                    the nearest kNN-bank image's URI when its distance is
-                                                    under the bundle's τ (:mod:`ood_audit.calibration.neardup`), else null
+                                                    under the bundle's τ (:mod:`ood_audit.flagging.neardup`), else null
 ========================  ========================  ===================================================
 
 The score columns are :data:`SPEC_SCORES` (always present, null when a bundle lacks one) followed by any

@@ -16,8 +16,8 @@ Schema versions:
 
 Optional parts added within schema 2 (absent from bundles written before them, which load unchanged and
 simply lack the finding; older ood-audit ignores them): ``quality`` (the calibrated SPEC §14 ``blurry``
-threshold), ``near_duplicates`` (τ of :mod:`ood_audit.calibration.neardup`) and ``per_class``
-(:mod:`ood_audit.calibration.perclass`). Their models live here, with the rest of the schema, so reading
+threshold), ``near_duplicates`` (τ of :mod:`ood_audit.flagging.neardup`) and ``per_class``
+(:mod:`ood_audit.flagging.perclass`). Their models live here, with the rest of the schema, so reading
 a bundle needs neither numpy nor torch; the formulas that fill them live in those modules.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import BundleError
+from ood_audit.errors import BundleError
 
 SCHEMA_VERSION = 2
 
@@ -46,7 +46,7 @@ class ModelPart(_Part):
 
     def spec(self) -> Any:
         """The :class:`~ood_audit.models.ModelSpec` (imports torch)."""
-        from ..models import ModelSpec
+        from ood_audit.models import ModelSpec
 
         return ModelSpec.from_dict(self.model_dump())
 
@@ -129,7 +129,7 @@ class QualityPart(_Part):
     def config(self) -> Any:
         """The scan's :class:`~ood_audit.io.quality.QualityConfig`: SPEC §14 defaults with this ``blurry``
         (none for a bundle whose threshold is not :attr:`comparable`: blur is then not checked)."""
-        from ..io.quality import QualityConfig
+        from ood_audit.io.quality import QualityConfig
 
         return QualityConfig(working_size=self.working_size, blurry=self.blurry if self.comparable else None)
 
@@ -139,7 +139,7 @@ NEARDUP_FORMULA = ("near-duplicate iff ||z/|z| - NN_1(z/|z|)||_2 < tau; tau = or
 
 
 class NearDupPart(_Part):
-    """What the bundle records for the near-duplicate check (:mod:`ood_audit.calibration.neardup`)."""
+    """What the bundle records for the near-duplicate check (:mod:`ood_audit.flagging.neardup`)."""
 
     threshold: float
     rate: float = 0.01
@@ -155,7 +155,7 @@ class ClassThresholds(_Part):
 
 
 class PerClassThresholds(_Part):
-    """Per predicted class thresholds (:mod:`ood_audit.calibration.perclass`): the classes with their own
+    """Per predicted class thresholds (:mod:`ood_audit.flagging.perclass`): the classes with their own
     and, in ``fallback`` (class -> held-out images), those under ``min_images`` that use the global ones."""
 
     target_id_flag_rate: float

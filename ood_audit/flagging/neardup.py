@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
-from .meta import NEARDUP_FORMULA as FORMULA
-from .meta import NearDupPart
-from .thresholds import threshold_at
+from ood_audit.errors import ConfigError, DataError
+from ood_audit.bundle.schema import NEARDUP_FORMULA as FORMULA
+from ood_audit.bundle.schema import NearDupPart
+from ood_audit.flagging.thresholds import threshold_at
 
 if TYPE_CHECKING:  # torch only where distances are computed: the bundle part and τ need numpy alone
     import torch
 
-    from ..knn import ArrayLike, KnnIndex
+    from ood_audit.knn import ArrayLike, KnnIndex
 
 DEFAULT_RATE = 0.01
 __all__ = ["DEFAULT_RATE", "FORMULA", "NearDupPart", "near_duplicate_rows", "near_duplicate_threshold",
@@ -43,7 +43,7 @@ def nearest_distances(feats: ArrayLike, bank: ArrayLike | KnnIndex, *, exclude_s
     With ``exclude_self`` the queries are the bank's own rows in order, and row i's own entry is skipped
     (its nearest *other* bank image; a bank of one row is refused).
     """
-    from ..scores.knn import knn_score_and_neighbours
+    from ood_audit.scores.knn import knn_score_and_neighbours
 
     k = 2 if exclude_self else 1
     if exclude_self and len(bank) < 2:

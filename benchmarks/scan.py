@@ -69,7 +69,8 @@ from ood_audit.io.reader import read_object
 from ood_audit.models import ModelSpec
 from ood_audit.scan.rows import CHUNK, READ_S, SEQ, RowBuilder
 from ood_audit.scan import read as scan_read
-from ood_audit.scan.run import ScanConfig, run_scan, steady_rate
+from ood_audit.scan import ScanConfig, run_scan
+from ood_audit.scan.summary import steady_rate
 from ood_audit.store.runs import load_report
 from ood_audit.bundle.scorer import scorer_from_bundle
 
@@ -428,7 +429,7 @@ def quality_cost(bundle: str, prefix: str, n: int, s3, s3srv, rounds: int) -> di
         with checks_off(not on), CpuMeter(exclude={s3srv._proc.pid}) as meter:
             res = scan(bundle, prefix, f"s3://bench/out-q224-{i}", s3, start=Phases(s3srv.env()).start,
                        chunk_size=chunk, slice_rows=min(chunk, 256), rows_per_file=chunk)
-        assert res.summary["rows_in_files"] == n, res.summary
+        assert res.summary.rows_in_files == n, res.summary
         measured = load_report(f"s3://bench/out-q224-{i}", s3=s3, columns=["quality_issues"]).column(0).null_count
         assert measured == (0 if on else n), f"checks {'on' if on else 'off'}: {measured} of {n} rows without issues"
         cpu[on].append(meter.seconds / n)
@@ -538,16 +539,16 @@ def main() -> None:
                 # best of all runs is the ceiling.
                 ceil = best_ceiling(bundle, blobs, 64, 1, ceil)
                 best_arr = max(ceil, key=lambda a: ceil[a][0])
-                assert summ["rows_in_files"] == n, summ
+                assert summ.rows_in_files == n, summ
                 best = ceil[best_arr][0]
                 cpu_ceiling = min(c for _, c in ceil.values())  # the most CPU-frugal arrangement
                 steady = steady_rate(res.progress[0], 0.5, 0.9) or 0.0
                 cpu_steady = steady_cpu_per_img(res.progress[0], cpu_scan)
-                e2e = n / summ["timings_s"]["scan_wall"]
+                e2e = n / summ.timings_s.scan_wall
                 cpu_scan_img = cpu_scan.seconds / n
                 eff_steady = cpu_ceiling / cpu_steady if cpu_steady else None
                 startup = {"before_ray_s": round(phases.before_ray_s, 2), "ray_start_s": round(phases.ray_start_s, 2),
-                           "pipeline_to_first_scored_s": summ["throughput"]["startup_s"]}
+                           "pipeline_to_first_scored_s": summ.throughput.startup_s}
                 results[name] = {
                     "images": n, "ceiling_images": len(blobs), "ceiling_repeats": repeats,
                     "ceiling_img_s": {f"{th}_thread_{st}_stream": round(v[0], 1) for (th, st), v in ceil.items()},
@@ -555,7 +556,7 @@ def main() -> None:
                                                for (th, st), v in ceil.items()},
                     "ceiling_with_s3_fetch_img_s": round(ceil_fetch, 1),
                     "scan_steady_img_s": round(steady, 1), "scan_e2e_img_s": round(e2e, 1),
-                    "startup_s": summ["throughput"]["startup_s"], "startup_phases_s": startup,
+                    "startup_s": summ.throughput.startup_s, "startup_phases_s": startup,
                     "P1_steady": round(steady / best, 3), "P1_e2e": round(e2e / best, 3),
                     "steady_vs_ceiling_with_fetch": round(steady / ceil_fetch, 3),
                     "cpu_ms_per_img": {"ceiling": round(cpu_ceiling * 1e3, 2),
@@ -563,9 +564,9 @@ def main() -> None:
                     "cpu_efficiency": round(cpu_ceiling / cpu_scan_img, 3),
                     "cpu_ms_per_img_scan_steady": round(cpu_steady * 1e3, 2) if cpu_steady else None,
                     "cpu_efficiency_steady": round(eff_steady, 3) if eff_steady else None,
-                    "stage_busy_s": summ["timings_s"]["stage_busy"], "setup_s": round(setup_s, 1), "load": loadavg()}
-                if isinstance(summ.get("startup_s"), dict):  # the scan's own start-up phases, where it has them
-                    results[name]["summary_startup_s"] = summ["startup_s"]
+                    "stage_busy_s": summ.timings_s.stage_busy.to_json(), "setup_s": round(setup_s, 1), "load": loadavg()}
+                if summ.startup_s is not None:  # the scan's own start-up phases, where it has them
+                    results[name]["summary_startup_s"] = summ.startup_s.to_json()
                 arr_text = ", ".join(f"{v[0]:.1f} ({th} torch thread(s) x {st} stream(s), {v[1] * 1e3:.1f} CPU ms/img)"
                                      for (th, st), v in ceil.items())
                 print(f"{name}: {n} images; in-process ceiling, best of {repeats} runs: {arr_text}; {ceil_fetch:.1f} "
@@ -591,7 +592,7 @@ def main() -> None:
                     summ = scan(bundle, str(root), str(work / f"out-tiny{n}"), None, chunk_size=2000,
                                 slice_rows=256).summary
                     secs = time.perf_counter() - t
-                assert summ["rows_in_files"] == n, summ
+                assert summ.rows_in_files == n, summ
                 peaks[n] = (mem.peak_rss, mem.peak_pss)
                 print(f"memory: N={n}: peak RSS {mem.peak_rss / 2**20:.0f} MiB, peak PSS {mem.peak_pss / 2**20:.0f} "
                       f"MiB (all processes), {secs:.0f} s, {n / secs:.0f} obj/s; load {loadavg()}")

@@ -46,7 +46,7 @@ def make_real_scan(s3: S3Config, client: Any, bucket: str, env: dict[str, str]) 
     import ray
 
     from ood_audit.ray_setup import init_ray
-    from ood_audit.scan.run import ScanConfig, run_scan
+    from ood_audit.scan import ScanConfig, run_scan
     from ood_audit.store.runs import find_run, most_anomalous, run_dataset
 
     root = Path(tempfile.mkdtemp(prefix="ood-audit-realscan-"))

@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     res = run_nightly(cfg, run_id=args.run_id,
                       start_ray=lambda: start_ray(args, S3Config.from_env(cfg.s3.endpoint_url)))
     if args.json:
-        print(json.dumps({"run_id": res.run_id, "status": res.status, "errors": res.errors, "scan": res.scan,
+        print(json.dumps({"run_id": res.run_id, "status": res.status, "errors": res.errors,
+                          "scan": res.scan.to_json() if res.scan is not None else {},
                           "exports": res.exports, "report": res.report, "seconds": res.seconds}, indent=2))
     else:
         print("\n".join(res.lines()))

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ood_audit.errors import ConfigError
 from ood_audit.commands.common import add_ray_args, add_s3_args, start_ray
+
+if TYPE_CHECKING:
+    from ood_audit.store.records import RunSummary
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ood_audit.io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
     from ood_audit.io.fs import S3Config
-    from ood_audit.scan.run import ScanConfig, run_scan
+    from ood_audit.scan import ScanConfig, run_scan
 
     if args.input and args.manifest:
         raise ConfigError("--input and --manifest are mutually exclusive")
@@ -65,35 +68,33 @@ def run(args: argparse.Namespace) -> int:
     cfg.validate()
     res = run_scan(cfg, start_ray=lambda: start_ray(args, s3))
     if args.json:
-        print(json.dumps(res.summary, indent=2))
+        print(json.dumps(res.summary.to_json(), indent=2))
     else:
         print("\n".join(summary_lines(res.summary, res.summary_uri)))
     return 0
 
 
-def summary_lines(summary: dict[str, Any], summary_uri: str) -> list[str]:
+def summary_lines(summary: RunSummary, summary_uri: str) -> list[str]:
     """The run's summary for people: what was scanned, what it found, and where the rows are."""
-    counts = summary.get("counts") or {}
+    counts = summary.counts
     scored = int(counts.get("ok", 0))
     other = ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "ok" and v)
-    thr = summary.get("throughput") or {}
-    wall = (summary.get("timings_s") or {}).get("scan_wall")
-    flagged = int(summary.get("flagged") or 0)
-    flag_on = " or ".join((summary.get("bundle") or {}).get("flag_on") or [])
+    rate, wall = summary.throughput.objects_per_s, summary.timings_s.scan_wall
+    flagged = summary.flagged
+    flag_on = " or ".join(summary.bundle.flag_on)
     lines = [
-        f"scan run {summary.get('run_id')}: {'complete' if summary.get('complete') else 'INCOMPLETE'}, "
-        f"{int(summary.get('objects') or 0):,} object(s)"
-        + (f" in {wall:.0f} s ({thr['objects_per_s']:.1f} objects/s)" if wall and thr.get("objects_per_s") else ""),
+        f"scan run {summary.run_id}: {'complete' if summary.complete else 'INCOMPLETE'}, "
+        f"{summary.objects or 0:,} object(s)"
+        + (f" in {wall:.0f} s ({rate:.1f} objects/s)" if wall and rate else ""),
         f"  scored {scored:,}" + (f"; not scored: {other}" if other else "; every object decoded"),
         f"  flagged {flagged:,}" + (f" ({flagged / scored:.1%} of scored)" if scored else "")
         + (f", low {flag_on}" if flag_on else ""),
     ]
-    dup = summary.get("duplicates")
+    dup = summary.duplicates
     if dup:
-        lines.append(f"  exact duplicates: {dup['rows']:,} ({dup['within_run']:,} of objects in this run, "
-                     f"{dup['earlier_runs']:,} of earlier runs' objects)")
-    listing = summary.get("listing") or {}
-    if listing.get("skipped_done"):
-        lines.append(f"  skipped {listing['skipped_done']:,} object(s) already scanned with this bundle")
-    lines += [f"  reports: {summary.get('reports')}", f"  summary: {summary_uri}"]
+        lines.append(f"  exact duplicates: {dup.rows:,} ({dup.within_run:,} of objects in this run, "
+                     f"{dup.earlier_runs:,} of earlier runs' objects)")
+    if summary.listing.skipped_done:
+        lines.append(f"  skipped {summary.listing.skipped_done:,} object(s) already scanned with this bundle")
+    lines += [f"  reports: {summary.reports}", f"  summary: {summary_uri}"]
     return lines

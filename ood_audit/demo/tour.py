@@ -98,16 +98,17 @@ def run_demo(workdir: str | None = None, *, epochs: int = 10, finetune_epochs: i
         rows = _rows(output, "night-1", s3)
         summary = {"where": where, "val_accuracy": tr.val_accuracy, "val_images": tr.val_images,
                    "finetuned": finetuned, "kinds": per_kind(rows, in_uri),
-                   "night2": {"objects": scan2.summary["objects"], "skipped": scan2.summary["listing"].get("skipped_done", 0),
-                              "flagged": scan2.summary["flagged"], "drift": drift},
-                   "night1": {"objects": scan1.summary["objects"], "flagged": scan1.summary["flagged"]},
-                   "duplicates": {"exact_night1": (scan1.summary.get("duplicates") or {}).get("rows", 0),
+                   "night2": {"objects": scan2.summary.objects, "skipped": scan2.summary.listing.skipped_done,
+                              "flagged": scan2.summary.flagged, "drift": drift},
+                   "night1": {"objects": scan1.summary.objects, "flagged": scan1.summary.flagged},
+                   "duplicates": {"exact_night1": scan1.summary.duplicates.rows if scan1.summary.duplicates else 0,
                                   "near_id": sum(r["near_duplicate_of_id"] is not None for r in rows
                                                  if "/digits/reupload-" in r["uri"]),
                                   "near_other": sum(r["near_duplicate_of_id"] is not None for r in rows
                                                     if "/digits/reupload-" not in r["uri"]),
                                   "reuploads": COPIES,
-                                  "exact_earlier": (scan2.summary.get("duplicates") or {}).get("earlier_runs", 0)},
+                                  "exact_earlier": (scan2.summary.duplicates.earlier_runs
+                                                    if scan2.summary.duplicates else 0)},
                    "exports": exports, "stages": stages.seconds, "seconds": time.perf_counter() - t0}
         print(format_summary(summary), flush=True)
         if keep_server:
@@ -160,7 +161,7 @@ def _calibrate(id_uri: str, model: str, workers: int, s3: Any) -> str:
 
 
 def _scan(bundle: str, output: str, in_uri: str, run_id: str, s3: Any) -> Any:
-    from ood_audit.scan.run import ScanConfig, run_scan
+    from ood_audit.scan import ScanConfig, run_scan
 
     return run_scan(ScanConfig(bundle=bundle, output=output, inputs=(in_uri,), s3=s3, chunk_size=200,
                                run_id=run_id, incremental=True))

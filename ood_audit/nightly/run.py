@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ood_audit.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_OK, EXIT_TRIAGE, BundleError, ConfigError, \
     OodAuditError, StorageError
@@ -35,6 +35,9 @@ from ood_audit.nightly.config import Export, LabelStudioExport, NightlyConfig, S
 from ood_audit.errors import EXIT_LEASE_HELD
 from ood_audit.io.lease import Lease
 from ood_audit.io.uri import join_uri
+
+if TYPE_CHECKING:
+    from ood_audit.store.records import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ EXIT_STATUSES = {EXIT_OK: "done", EXIT_ERROR: "unexpected error", EXIT_CONFIG: "
 class NightlyResult:
     run_id: str
     status: int = EXIT_OK
-    scan: dict[str, Any] = field(default_factory=dict)
+    scan: RunSummary | None = None  # the scan's summary, once it ran
     exports: list[dict[str, Any]] = field(default_factory=list)
     report: str | None = None
     errors: list[str] = field(default_factory=list)
@@ -64,15 +67,14 @@ class NightlyResult:
     def lines(self) -> list[str]:
         s = self.scan
         out = [f"nightly run {self.run_id}: {EXIT_STATUSES.get(self.status, self.status)} (exit {self.status})"]
-        if s:
-            counts = ", ".join(f"{k} {v}" for k, v in (s.get("counts") or {}).items() if v)
-            out.append(f"  scan: {s.get('objects', 0)} object(s) scanned, "
-                       f"{(s.get('listing') or {}).get('skipped_done', 0)} unchanged skipped; "
-                       f"{s.get('flagged', 0)} flagged; {counts or 'nothing new'}")
-            if (s.get("duplicates") or {}).get("rows"):
-                d = s["duplicates"]
-                out.append(f"  exact duplicates: {d['rows']} ({d['within_run']} of objects in this run, "
-                           f"{d['earlier_runs']} of earlier runs' objects)")
+        if s is not None:
+            counts = ", ".join(f"{k} {v}" for k, v in s.counts.items() if v)
+            out.append(f"  scan: {s.objects or 0} object(s) scanned, {s.listing.skipped_done} unchanged skipped; "
+                       f"{s.flagged} flagged; {counts or 'nothing new'}")
+            if s.duplicates is not None and s.duplicates.rows:
+                d = s.duplicates
+                out.append(f"  exact duplicates: {d.rows} ({d.within_run} of objects in this run, "
+                           f"{d.earlier_runs} of earlier runs' objects)")
         for e in self.exports:
             out.append(f"  export {e['sink']} ({e['policy']}): selected {e['selected']}, already sent "
                        f"{e['already_sent']}, sent now {e['sent_now']}")
@@ -128,7 +130,7 @@ def _stage(res: NightlyResult, name: str, fn: Callable[[], None], status: int,
 def _scan(cfg: NightlyConfig, run_id: str, s3: S3Config, start_ray: Callable[[], None] | None,
           res: NightlyResult) -> None:
     from ood_audit.io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-    from ood_audit.scan.run import ScanConfig, run_scan
+    from ood_audit.scan import ScanConfig, run_scan
 
     sc = cfg.scan
     scan_cfg = ScanConfig(bundle=cfg.bundle, output=cfg.output, inputs=tuple(cfg.inputs), run_id=run_id,

@@ -28,7 +28,7 @@ import pyarrow.dataset as pads
 
 from ood_audit.bundle.files import open_bundle
 from ood_audit.calibration.evidence_view import evidence_html
-from ood_audit.bundle.schema import BundleMeta, RowTables
+from ood_audit.bundle.schema import BundleMeta, RowTables, TrainingPart
 from ood_audit.errors import BundleError, ConfigError, ReportError
 from ood_audit.io.fs import S3Config
 from ood_audit.report.collect import Collected, PrefixStats, collect, prefix_counts, score_edges
@@ -131,7 +131,7 @@ class ReportData:
     options: ReportOptions
     bundle_id: str
     bundle_uri: str
-    training: dict[str, Any] | None
+    training: TrainingPart | None  # the bundle's, as the template reads it
     flag_on: list[str]
     id_flag_rate: float | None  # the bundle's target ID flag rate (thresholds.target_id_flag_rate)
     counts: dict[str, int]
@@ -197,7 +197,7 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
     th = RowTables.of(info) if info is not None else RowTables()
     quantiles = th.quantiles
     flag_on = list(th.flag_on or run.flag_on)
-    inputs = [str(i) for i in run.summary.get("inputs") or []]
+    inputs = [str(i) for i in run.summary.inputs]
 
     names = set(ds.schema.names)
     # the flagging scores and SPEC §6-8's; variants (``msp+fn``, ``featurenorm2``) only when they flag
@@ -211,7 +211,7 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
     histograms = _histograms(col, quantiles, th, flag_on)
     grid = _grid(ds, flag_on, present, sources, opts, s3)
     drift = _drift(output, run, col, opts, s3, runs)
-    counts = {k: int(v) for k, v in (run.summary.get("counts") or {}).items()}
+    counts = dict(run.summary.counts)
     if not counts:
         counts = {"ok": sum(p.scored for p in col.prefixes.values())}
     flagged = sum(p.flagged for p in col.prefixes.values())
@@ -220,7 +220,7 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
     quality = quality_view(col.quality, run.summary,
                            info.quality.blurry_percentile if info is not None and info.quality else None)
     return ReportData(run=run, options=opts, bundle_id=run.bundle_id, bundle_uri=run.bundle_uri,
-                      training=info.training.model_dump() if info is not None and info.training else None,
+                      training=info.training if info is not None else None,
                       flag_on=flag_on,
                       id_flag_rate=info.thresholds.target_id_flag_rate if info is not None else None,
                       counts=counts, objects=col.rows, flagged=flagged, histograms=histograms, grid=grid,
@@ -236,7 +236,7 @@ def _rows(run: RunInfo, s3: S3Config | None) -> Any:
     try:
         return run_dataset(run, s3=s3)
     except ReportError:
-        if run.summary.get("objects") == 0:
+        if run.summary.objects == 0:
             return pads.dataset(report_schema().empty_table())
         raise
 
@@ -320,7 +320,7 @@ def _drift(output: str, run: RunInfo, col: Collected, opts: ReportOptions, s3: S
         before_ds = _rows(prev, s3)
     except ReportError as exc:
         return Drift(prev, prev.bundle_id == run.bundle_id, [], note=f"the previous run cannot be read: {exc}")
-    before = prefix_counts(before_ds, inputs=[str(i) for i in prev.summary.get("inputs") or []],
+    before = prefix_counts(before_ds, inputs=[str(i) for i in prev.summary.inputs],
                            depth=opts.prefix_depth)
     same = prev.bundle_id == run.bundle_id
     rows = drift_rows({k: Rate(v.flagged, v.scored) for k, v in before.items()},

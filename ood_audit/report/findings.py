@@ -11,15 +11,14 @@ free-form JSON, so a value that does not validate is a note on the page, never a
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ValidationError
 
 from ood_audit.io.quality import ISSUES, QualityConfig
+from ood_audit.store.records import RunSummary
 from ood_audit.store.schema import QUALITY_COLUMN
 
 
@@ -66,10 +65,10 @@ class QualityView:
         return self.with_issue / self.decoded if self.decoded else None
 
 
-def thresholds_of(summary: Mapping[str, Any]) -> tuple[QualityConfig, str | None]:
+def thresholds_of(summary: RunSummary) -> tuple[QualityConfig, str | None]:
     """The thresholds the run used (its summary's ``quality_thresholds``) and a note when they are not."""
-    raw = summary.get("quality_thresholds")
-    if not isinstance(raw, Mapping):
+    raw = summary.quality_thresholds
+    if raw is None:
         return QualityConfig(), "this run's summary does not record its quality thresholds: SPEC §14 defaults shown"
     known = {k: v for k, v in raw.items() if k in QualityConfig.model_fields}  # a later field is not an error
     try:
@@ -114,7 +113,7 @@ def _ordinal(p: float) -> str:
     return f"{n}{suffix}"
 
 
-def quality_view(counts: QualityCounts | None, summary: Mapping[str, Any],
+def quality_view(counts: QualityCounts | None, summary: RunSummary,
                  blurry_percentile: float | None = None) -> QualityView:
     """Every SPEC §14 issue in :data:`ISSUES` order (zeros included), then any other name the rows hold."""
     if counts is None:

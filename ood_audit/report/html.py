@@ -57,8 +57,6 @@ def environment() -> jinja2.Environment:
 
 def render_html(data: ReportData) -> str:
     """The report page as a string (UTF-8 when written)."""
-    s = data.run.summary
-    timings = s.get("timings_s") or {}
     drift = data.drift.rows
     if len(drift) > MAX_TABLE_ROWS:  # keep every marked change, then the rest by name
         drift = sorted(drift, key=lambda r: (not r.significant, r.prefix))[:MAX_TABLE_ROWS]
@@ -67,7 +65,7 @@ def render_html(data: ReportData) -> str:
     except metadata.PackageNotFoundError:
         version = "(unknown version)"
     return environment().from_string(TEMPLATE).render(
-        d=data, tp=s.get("throughput") or {}, tm=timings, busy=timings.get("stage_busy") or {},
+        d=data, s=data.run.summary,
         prefixes=data.prefixes[:MAX_TABLE_ROWS], prefixes_more=max(0, len(data.prefixes) - MAX_TABLE_ROWS),
         drift_rows=drift, drift_more=len(data.drift.rows) - len(drift), status_words=STATUS_WORDS,
         words=reason_words, verdict_words=VERDICT_WORDS, version=version, quality_filters=QUALITY_FILTERS,

@@ -84,17 +84,17 @@ written to <span class="mono">{{ d.run.output }}</span>.</p>
   {% for status, n in d.counts.items() if n or status == "ok" %}
   <div class="fact"><b>{{ n | thousands }}</b><span>{{ status }}: {{ status_words.get(status, status) }}</span></div>
   {% endfor %}
-  <div class="fact"><b>{{ tp.get("objects_per_s") | num(1) }}/s</b><span>objects per second
-    (steady {{ tp.get("steady_objects_per_s") | num(1) }}/s, first score after {{ tp.get("startup_s") | num(1) }} s)</span></div>
-  <div class="fact"><b>{{ tm.get("scan_wall") | num(1) }} s</b><span>scan wall time (listing {{ tm.get("listing") | num(1) }} s;
-    busy: read {{ busy.get("read") | num(1) }} s, score {{ busy.get("score") | num(1) }} s, write {{ busy.get("write") | num(1) }} s)</span></div>
+  <div class="fact"><b>{{ s.throughput.objects_per_s | num(1) }}/s</b><span>objects per second
+    (steady {{ s.throughput.steady_objects_per_s | num(1) }}/s, first score after {{ s.throughput.startup_s | num(1) }} s)</span></div>
+  <div class="fact"><b>{{ s.timings_s.scan_wall | num(1) }} s</b><span>scan wall time (listing {{ s.timings_s.listing | num(1) }} s;
+    busy: read {{ s.timings_s.stage_busy.read | num(1) }} s, score {{ s.timings_s.stage_busy.score | num(1) }} s, write {{ s.timings_s.stage_busy.write | num(1) }} s)</span></div>
 </div>
 <p class="lede" style="margin-top:12px">Bundle <span class="mono">{{ d.bundle_id }}</span>
 {% if d.bundle_uri %}(<span class="mono">{{ d.bundle_uri }}</span>){% endif %}.
-{% if d.training and d.training.get("val_accuracy") is not none %}Model validation accuracy
-<b>{{ d.training["val_accuracy"] | pct }}</b> on {{ d.training.get("val_images") }} held-out images{% if d.training.get("chance_accuracy") is not none %}
-(chance {{ d.training["chance_accuracy"] | pct }}){% endif %}.{% else %}Model validation accuracy: not recorded in the bundle.{% endif %}
-{% if d.training and d.training.get("warning") %}<span class="note">{{ d.training["warning"] }}</span>{% endif %}</p>
+{% if d.training and d.training.val_accuracy is not none %}Model validation accuracy
+<b>{{ d.training.val_accuracy | pct }}</b> on {{ d.training.val_images }} held-out images{% if d.training.chance_accuracy is not none %}
+(chance {{ d.training.chance_accuracy | pct }}){% endif %}.{% else %}Model validation accuracy: not recorded in the bundle.{% endif %}
+{% if d.training and d.training.warning %}<span class="note">{{ d.training.warning }}</span>{% endif %}</p>
 {% for w in d.warnings %}<div class="warn">{{ w }}</div>{% endfor %}
 </header>
 <main>

@@ -42,7 +42,6 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -53,6 +52,7 @@ import pyarrow.parquet as pq
 from ood_audit.io.fs import S3Config, resolve, write_bytes
 from ood_audit.io.uri import join_uri
 from ood_audit.store.digests import DigestIndex
+from ood_audit.store.records import DuplicateStats
 from ood_audit.store.schema import write_part
 
 log = logging.getLogger(__name__)
@@ -94,22 +94,6 @@ def stage_digests(sha256: pa.Array, uri: pa.Array, order: np.ndarray, target: st
         for a, b in zip(starts.tolist(), [*starts[1:].tolist(), keys.size]):
             writer.write_table(table.slice(a, b - a))  # one row group per digest partition
     write_bytes(target, buf.getvalue(), s3=s3)
-
-
-@dataclass
-class DuplicateStats:
-    """What the pass found and did, for the run summary."""
-
-    rows: int = 0               # rows whose duplicate_of is set
-    within_run: int = 0         # ... to a URI of this run
-    earlier_runs: int = 0       # ... to a URI an earlier run recorded
-    digests_added: int = 0      # new digests recorded in the index by this run
-    files_rewritten: int = 0
-    unstaged_files: int = 0     # committed part files without staging (written before duplicate_of): skipped
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
 def resolve_duplicates(output: str, run_id: str, run_dir: str, partition: str, parts: Sequence[str], *,

@@ -41,7 +41,7 @@ from ood_audit.io.decode import DecodeResult, Preprocess, decode_image
 from ood_audit.io.fs import S3Config, resolve
 from ood_audit.io.quality import QualityConfig, quality_issues
 from ood_audit.io.reader import read_object
-from ood_audit.scan.rows import CHUNK, DIGEST, PIXELS, QUALITY, READ_S, SEQ
+from ood_audit.scan.rows import CHUNK, DIGEST, PIXELS, QUALITY, READ_S, SEQ, issue_lists
 from ood_audit.store.digests import content_sha256
 
 _ROW_BYTES_ESTIMATE = 160  # uri + etag + size, for Ray Data's memory planning
@@ -151,7 +151,8 @@ def fetch_decode(batch: dict[str, np.ndarray], *, preprocess: dict[str, Any], s3
 
     ``pixels`` is uint8 ``N×H×W×3``; rows that did not decode hold zeros there (and a status saying why).
     ``width``/``height`` are -1 when unknown. ``content_sha256`` is None where nothing was fetched;
-    ``quality_issues`` is the comma-joined issue names ("" for none), None where nothing decoded.
+    ``quality_issues`` is a list of issue names per object (empty for none), None where nothing decoded:
+    an Arrow ``list<string>`` array, so its type survives Ray's batches whatever the lists hold.
     ``quality`` holds :class:`~ood_audit.io.quality.QualityConfig` fields (SPEC §14 defaults when None).
     ``checks=False`` skips the quality checks (``quality_issues`` is then None everywhere; the pixels are
     the same): for ``benchmarks/scan.py``, which measures their cost with them on and off.
@@ -181,7 +182,7 @@ def fetch_decode(batch: dict[str, np.ndarray], *, preprocess: dict[str, Any], s3
         height=np.array([-1 if r.height is None else r.height for r in results], dtype=np.int32),
     )
     out[DIGEST] = np.array([x.sha256 for x in loaded], dtype=object)
-    out[QUALITY] = np.array([None if x.issues is None else ",".join(x.issues) for x in loaded], dtype=object)
+    out[QUALITY] = issue_lists([x.issues for x in loaded])
     out[PIXELS] = pixels
     out[READ_S] = np.full(n, (time.perf_counter() - start) / max(n, 1), dtype=np.float32)
     return out

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ood_audit.bundle.schema import BundleMeta, RowTables
 from ood_audit.flagging.neardup import near_duplicate_rows
@@ -210,14 +211,22 @@ def _scatter_matrix(ok: np.ndarray, values: np.ndarray | None, type_: pa.DataTyp
     return pa.array([next(it) if flag else None for flag in ok.tolist()], pa.list_(type_))
 
 
+def issue_lists(issues: Any) -> pa.Array:
+    """Per-object issue lists (None: not decoded) as the ``list<string>`` column that travels between the read
+    and score stages: typed explicitly, since Ray would infer ``null`` for a batch where none has an issue.
+    Accepts lists, an Arrow array, or the object array of arrays Ray hands to a numpy-format stage."""
+    if isinstance(issues, (pa.Array, pa.ChunkedArray)):
+        return issues.cast(pa.list_(pa.string()))
+    if isinstance(issues, np.ndarray) and issues.dtype.kind in "fc":  # Ray's all-null column: floats (NaN)
+        return pa.nulls(issues.size, pa.list_(pa.string()))
+    return pa.array([None if x is None else [str(i) for i in x] for x in issues], pa.list_(pa.string()))
+
+
 def _issue_lists(ok: np.ndarray, issues: Any) -> pa.Array:
-    """The read stage's issues (one comma-joined string per row: a plain string column survives Ray's
-    batch conversions whatever the lists' lengths) as lists for ``ok`` rows, null elsewhere."""
+    """The read stage's issues as lists for ``ok`` rows, null elsewhere."""
     if issues is None:
         return pa.nulls(ok.size, pa.list_(pa.string()))
-    text = _strings(issues).to_pylist()
-    return pa.array([(t.split(",") if t else []) if flag and t is not None else None
-                     for flag, t in zip(ok.tolist(), text)], pa.list_(pa.string()))
+    return pc.if_else(pa.array(ok), issue_lists(issues), pa.nulls(ok.size, pa.list_(pa.string())))
 
 
 def _scatter_lists(ok: np.ndarray, reasons: list | None) -> pa.Array:

@@ -73,33 +73,32 @@ class ScoreActor:
         start = time.perf_counter()
         ok = np.asarray(batch["status"], dtype=object) == "ok"
         pixels = np.asarray(batch[PIXELS])
-        scores = self.score_pixels(pixels if ok.all() else pixels[ok]) if ok.any() else None
-        if scores is not None and "failed" in scores:
-            batch = _mark_failed(batch, ok, scores.pop("failed"))
+        scores, failed = self.score_pixels(pixels if ok.all() else pixels[ok]) if ok.any() else (None, {})
+        batch = _mark_failed(batch, ok, failed)
         return self.rows.build(batch, scores, score_s=time.perf_counter() - start, worker=self.worker)
 
-    def score_pixels(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """Scores for uint8 ``N×H×W×3`` pixels; adds ``failed`` (per-image errors) if some cannot be scored."""
+    def score_pixels(self, pixels: np.ndarray) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+        """Scores for uint8 ``N×H×W×3`` pixels, and the images that could not be scored (index in ``pixels``
+        -> why); the scores hold only the others, in order."""
         with warnings.catch_warnings():  # batches from Ray's object store are read-only; nothing writes to them
             warnings.simplefilter("ignore", UserWarning)
             x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)  # NCHW view, channels_last memory
         if self.device.startswith("cuda"):
             x = x.pin_memory().to(self.device, non_blocking=True)
         try:
-            return self.scorer(x)
+            return self.scorer(x), {}
         except DataError:
             pass
         # Non-finite features somewhere in the batch: score images one by one so only the culprits fail.
-        parts, failed = [], {}
+        parts: list[dict[str, np.ndarray]] = []
+        failed: dict[int, str] = {}
         for i in range(x.shape[0]):
             try:
                 parts.append(self.scorer(x[i:i + 1]))
             except DataError as exc:
                 failed[i] = str(exc)
         names = next(iter(parts)).keys() if parts else ()
-        out = {k: np.concatenate([p[k] for p in parts]) for k in names}
-        out["failed"] = failed  # type: ignore[assignment]
-        return out
+        return {k: np.concatenate([p[k] for p in parts]) for k in names}, failed
 
 
 def _mark_failed(batch: dict[str, np.ndarray], ok: np.ndarray, failed: dict[int, str]) -> dict[str, np.ndarray]:

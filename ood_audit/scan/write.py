@@ -3,7 +3,7 @@
 :func:`write_parts` is a ``map_batches`` function. For each chunk present in its batch it writes one part
 file (:func:`~ood_audit.store.schema.write_part`, all-or-nothing) named after the run, the chunk, the
 pipeline pass and a digest of the chunk positions it holds, and returns one *feed* row per file
-(:data:`FEED_SCHEMA`). The driver consumes the feed to commit chunks (:mod:`ood_audit.store.run_ledger`).
+(:class:`~ood_audit.store.records.FeedRow`). The driver consumes the feed to commit chunks (:mod:`ood_audit.store.run_ledger`).
 
 The name is a function of the rows, so a Ray retry of the same task (after a node loss, say) rewrites the
 same file instead of adding a second copy. Beside each part file, the task stages its rows' content digests
@@ -32,27 +32,12 @@ from ood_audit.io.fs import S3Config, storage_error
 from ood_audit.io.uri import join_uri
 from ood_audit.scan.duplicates import plan_order, stage_digests, staging_uri
 from ood_audit.scan.rows import CHUNK, DIGEST, INTERNAL_COLUMNS, READ_S, SCORE_S, SEQ, WORKER
+from ood_audit.store.records import FEED_SCHEMA, FeedRow, feed_table
 from ood_audit.store.schema import part_name, write_part
 
 log = logging.getLogger(__name__)
 
 _WRITE_ATTEMPTS = 4
-
-FEED_SCHEMA = pa.schema([
-    ("chunk", pa.int32()),
-    ("file", pa.string()),
-    ("rows", pa.int64()),
-    ("seqs", pa.list_(pa.int32())),
-    *((f"n_{s}", pa.int64()) for s in STATUSES),
-    ("flagged", pa.int64()),
-    ("read_s", pa.float64()),
-    ("score_s", pa.float64()),
-    ("write_s", pa.float64()),
-    ("scanned_min", pa.float64()),  # epoch seconds of the first and last scoring batch in the file
-    ("scanned_max", pa.float64()),
-    ("workers", pa.list_(pa.string())),
-])
-
 
 def seq_digest(seqs: np.ndarray) -> str:
     """16 hex digits naming a set of chunk positions (sorted int32)."""
@@ -65,7 +50,7 @@ def write_parts(batch: pa.Table, *, partition: str, run_id: str, attempt: int, s
 
     With ``staging`` (the run's digest staging directory), each part's digests are staged there after the
     part is written, so a committed part always has its staging file."""
-    feed: list[dict] = []
+    feed: list[FeedRow] = []
     if batch.num_rows == 0:
         return FEED_SCHEMA.empty_table()
     chunks = batch.column(CHUNK).to_numpy()
@@ -87,21 +72,17 @@ def write_parts(batch: pa.Table, *, partition: str, run_id: str, attempt: int, s
         status = report.column("status").to_numpy(zero_copy_only=False)
         flagged = report.column("flagged").fill_null(False)
         scanned = pc.min_max(report.column("scanned_at").cast(pa.int64())).as_py()
-        feed.append({
-            "chunk": int(chunk),
-            "file": name,
-            "rows": part.num_rows,
-            "seqs": seqs.tolist(),
-            **{f"n_{s}": int((status == s).sum()) for s in STATUSES},
-            "flagged": int(pc.sum(flagged.cast(pa.int64())).as_py() or 0),
-            "read_s": float(pc.sum(part.column(READ_S)).as_py() or 0.0),
-            "score_s": float(pc.sum(part.column(SCORE_S)).as_py() or 0.0),
-            "write_s": write_s,
-            "scanned_min": scanned["min"] / 1e6,
-            "scanned_max": scanned["max"] / 1e6,
-            "workers": sorted(set(part.column(WORKER).to_pylist())),
-        })
-    return pa.Table.from_pylist(feed, schema=FEED_SCHEMA)
+        feed.append(FeedRow(
+            chunk=int(chunk), file=name, rows=part.num_rows, seqs=seqs.tolist(),
+            counts={s: int((status == s).sum()) for s in STATUSES},
+            flagged=int(pc.sum(flagged.cast(pa.int64())).as_py() or 0),
+            read_s=float(pc.sum(part.column(READ_S)).as_py() or 0.0),
+            score_s=float(pc.sum(part.column(SCORE_S)).as_py() or 0.0),
+            write_s=write_s,
+            scanned_min=scanned["min"] / 1e6,
+            scanned_max=scanned["max"] / 1e6,
+            workers=sorted(set(part.column(WORKER).to_pylist()))))
+    return feed_table(feed)
 
 
 def _write_with_retries(write: Callable[[], None], uri: str, s3: S3Config | None,

@@ -20,7 +20,7 @@ Which URI is "first":
   new digest at the same moment (not possible under the nightly lease) both write; a lookup then takes
   the smallest (``run_id``, ``order``), so every reader still agrees.
 
-Why adding is exactly-once, in the way the scan's chunk ledger is (:mod:`ood_audit.scan.run`):
+Why adding is exactly-once, in the way the scan's chunk ledger is (:mod:`ood_audit.scan.driver`):
 
 - *A retry of the same batch* (a task re-run, a pass that failed, the same ``--run-id`` again) writes the
   same rows to the same file name, a digest of the run id and the rows: the file is overwritten, never

@@ -12,7 +12,8 @@ An *attempt* is one invocation of the scan for the run (a resume is a new attemp
 or more *pipeline passes* over the chunks not yet committed, numbered across the whole run. Part files
 carry the number of the pass that wrote them (``a<NN>`` in their name).
 
-Rules that make a run exactly-once (the argument is in :mod:`ood_audit.scan.run`):
+Rules that make a run exactly-once (the argument is in :mod:`ood_audit.scan.driver`); the records
+(feed rows, markers, the summary) are typed in :mod:`ood_audit.store.records`:
 
 - The plan is written once, before any scoring, and never changes: a resumed run scans the objects the
   first attempt listed, in the same chunks, even if the bucket changed meanwhile. Chunk ``c`` is rows
@@ -43,11 +44,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ood_audit.errors import ConfigError, DataError
-from ood_audit.io.decode import STATUSES
 from ood_audit.io.fs import S3Config, read_bytes, resolve, write_bytes
 from ood_audit.io.listing import LISTING_SCHEMA
 from ood_audit.io.uri import join_uri
 from ood_audit.scan.read import PlanSlice
+from ood_audit.store.records import ChunkMarker, FeedRow, ListingInfo, RunSummary, parse_marker
 from ood_audit.store.schema import delete_parts, list_parts, partition_uri
 from ood_audit.store.runs import run_dir
 
@@ -95,7 +96,7 @@ class Plan:
 
     chunk_rows: list[int]
     slice_rows: int
-    info: dict[str, Any] = field(default_factory=dict)
+    info: ListingInfo = field(default_factory=ListingInfo)
 
     @property
     def objects(self) -> int:
@@ -142,10 +143,11 @@ class RunLedger:
         doc = self._read_json(self.layout.file("plan.json"))
         if doc is None:
             return None
-        return Plan([int(n) for n in doc["chunk_rows"]], int(doc["slice_rows"]), doc.get("info", {}))
+        return Plan([int(n) for n in doc["chunk_rows"]], int(doc["slice_rows"]),
+                    ListingInfo.model_validate(doc.get("info") or {}))
 
     def write_plan(self, chunks: Iterable[pa.Table], *, slice_rows: int,
-                   info: Callable[[], Mapping[str, Any]] | None = None) -> Plan:
+                   info: Callable[[], ListingInfo] | None = None) -> Plan:
         """Store the listing snapshot chunk by chunk (each table is one chunk), then ``plan.json``.
 
         Files of an earlier, unfinished plan are removed first. ``info()`` is called after the last chunk
@@ -159,10 +161,10 @@ class RunLedger:
             pq.write_table(table, sink, row_group_size=slice_rows)
             write_bytes(self.layout.plan_file(len(rows)), sink.getvalue().to_pybytes(), s3=self.s3)
             rows.append(table.num_rows)
-        plan = Plan(rows, slice_rows, dict(info() if info else {}))
+        plan = Plan(rows, slice_rows, info() if info else ListingInfo())
         self._write_json(self.layout.file("plan.json"), {
             "ledger_version": LEDGER_VERSION, "chunks": len(rows), "objects": plan.objects,
-            "chunk_rows": rows, "slice_rows": slice_rows, "info": plan.info})
+            "chunk_rows": rows, "slice_rows": slice_rows, "info": plan.info.to_json()})
         return plan
 
     def slices(self, plan: Plan, chunks: Iterable[int]) -> list[PlanSlice]:
@@ -175,7 +177,7 @@ class RunLedger:
 
     # -- markers ------------------------------------------------------------------------------------------
 
-    def markers(self) -> dict[int, dict[str, Any]]:
+    def markers(self) -> dict[int, ChunkMarker]:
         """Every committed chunk's marker, by chunk number."""
         fs, path = resolve(self.layout.file("chunks"), self.s3)
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
@@ -183,28 +185,29 @@ class RunLedger:
         uris = [self.layout.file("chunks", n) for n in names]
         with ThreadPoolExecutor(max_workers=16) as pool:
             docs = list(pool.map(self._read_json, uris))
-        return {int(d["chunk"]): d for d in docs if d is not None}
+        markers = (parse_marker(d, uri) for d, uri in zip(docs, uris) if d is not None)
+        return {m.chunk: m for m in markers}
 
-    def commit(self, marker: Mapping[str, Any]) -> None:
-        self._write_json(self.layout.marker(int(marker["chunk"])), marker)
+    def commit(self, marker: ChunkMarker) -> None:
+        self._write_json(self.layout.marker(marker.chunk), marker.to_json())
 
     # -- part files ---------------------------------------------------------------------------------------
 
-    def sweep(self, run_date: str, markers: Mapping[int, Mapping[str, Any]]) -> list[str]:
+    def sweep(self, run_date: str, markers: Mapping[int, ChunkMarker]) -> list[str]:
         """Delete this run's part files that no marker names; returns their names."""
         partition = partition_uri(self.layout.output, run_date)
-        keep = {f for m in markers.values() for f in m["files"]}
+        keep = {f for m in markers.values() for f in m.files}
         stray = [n for n in list_parts(partition, s3=self.s3, run_id=self.layout.run_id) if n not in keep]
         if stray:
             log.info("removing %d part file(s) of unfinished chunks of run %s", len(stray), self.layout.run_id)
             delete_parts(partition, stray, s3=self.s3)
         return stray
 
-    def drop_broken(self, run_date: str, markers: dict[int, dict[str, Any]]) -> list[int]:
+    def drop_broken(self, run_date: str, markers: dict[int, ChunkMarker]) -> list[int]:
         """Forget markers whose part files are gone (reports deleted by hand): those chunks are scanned again."""
         partition = partition_uri(self.layout.output, run_date)
         present = set(list_parts(partition, s3=self.s3, run_id=self.layout.run_id))
-        broken = sorted(c for c, m in markers.items() if any(f not in present for f in m["files"]))
+        broken = sorted(c for c, m in markers.items() if any(f not in present for f in m.files))
         for c in broken:
             log.warning("chunk %d of run %s lost part files since it was committed; scanning it again", c,
                         self.layout.run_id)
@@ -213,18 +216,18 @@ class RunLedger:
             del markers[c]
         return broken
 
-    def check_parts(self, run_date: str, markers: Mapping[int, Mapping[str, Any]]) -> None:
+    def check_parts(self, run_date: str, markers: Mapping[int, ChunkMarker]) -> None:
         """Every file the markers name exists (a marker never outlives its data)."""
         partition = partition_uri(self.layout.output, run_date)
         present = set(list_parts(partition, s3=self.s3, run_id=self.layout.run_id))
-        missing = [f for m in markers.values() for f in m["files"] if f not in present]
+        missing = [f for m in markers.values() for f in m.files if f not in present]
         if missing:
             raise DataError(f"run {self.layout.run_id}: {len(missing)} committed part file(s) are missing from "
                             f"{partition} (e.g. {missing[0]}); they were deleted while the scan ran")
 
-    def write_summary(self, summary: Mapping[str, Any]) -> str:
+    def write_summary(self, summary: RunSummary) -> str:
         uri = self.layout.file("summary.json")
-        self._write_json(uri, summary)
+        self._write_json(uri, summary.to_json())
         return uri
 
     # -- helpers ------------------------------------------------------------------------------------------
@@ -255,43 +258,30 @@ class ChunkTracker:
     def __init__(self, plan: Plan, attempt: int) -> None:
         self.plan, self.attempt = plan, attempt
         self._seen: dict[int, np.ndarray] = {}
-        self._feeds: dict[int, list[dict[str, Any]]] = {}
+        self._feeds: dict[int, list[FeedRow]] = {}
         self.conflicted: set[int] = set()
 
-    def add(self, feed: Mapping[str, Any]) -> dict[str, Any] | None:
+    def add(self, feed: FeedRow) -> ChunkMarker | None:
         """Record one feed row; returns the chunk's marker once the chunk is complete, else None."""
-        chunk = int(feed["chunk"])
+        chunk = feed.chunk
         n = self.plan.chunk_rows[chunk]
         seen = self._seen.setdefault(chunk, np.zeros(n, dtype=bool))
-        seqs = np.asarray(feed["seqs"], dtype=np.int64)
+        seqs = np.asarray(feed.seqs, dtype=np.int64)
         if seqs.size and (seqs.min() < 0 or seqs.max() >= n):
-            raise DataError(f"chunk {chunk}: positions outside [0, {n}) in {feed['file']}; the plan was modified")
+            raise DataError(f"chunk {chunk}: positions outside [0, {n}) in {feed.file}; the plan was modified")
         if seen[seqs].any() or np.unique(seqs).size != seqs.size:
             if chunk not in self.conflicted:
-                log.warning("chunk %d: rows written twice (file %s); it will be scanned again", chunk, feed["file"])
+                log.warning("chunk %d: rows written twice (file %s); it will be scanned again", chunk, feed.file)
             self.conflicted.add(chunk)
         seen[seqs] = True
-        self._feeds.setdefault(chunk, []).append({k: v for k, v in feed.items() if k != "seqs"})
+        self._feeds.setdefault(chunk, []).append(feed)
         if chunk in self.conflicted or not seen.all():
             return None
         feeds = self._feeds.pop(chunk)
         del self._seen[chunk]
-        return make_marker(chunk, n, feeds, self.attempt)
+        return ChunkMarker.of_feeds(chunk, n, feeds, self.attempt)
 
     @property
     def pending(self) -> int:
         return len(self._seen)
 
-
-def make_marker(chunk: int, rows: int, feeds: list[Mapping[str, Any]], attempt: int) -> dict[str, Any]:
-    return {
-        "chunk": chunk,
-        "rows": rows,
-        "attempt": attempt,
-        "files": sorted(f["file"] for f in feeds),
-        "counts": {s: int(sum(f[f"n_{s}"] for f in feeds)) for s in STATUSES},
-        "flagged": int(sum(f["flagged"] for f in feeds)),
-        "seconds": {k: round(float(sum(f[k] for f in feeds)), 4) for k in ("read_s", "score_s", "write_s")},
-        "workers": sorted({w for f in feeds for w in f["workers"]}),
-        "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }

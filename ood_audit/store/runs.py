@@ -3,7 +3,8 @@
 Everything after the scan (exports, the HTML report, notebooks) starts here, so it reads a run the one way:
 
 - A run is known by ``<output>/runs/<run_id>/summary.json``, written at the end of every attempt that
-  finishes. Runs are ordered by the start of their first attempt (``created_at``), then by id; the *latest*
+  finishes, and parsed once here into a :class:`~ood_audit.store.records.RunSummary` (older formats
+  through its migration). Runs are ordered by the start of their first attempt (``created_at``), then by id; the *latest*
   run is the last of that order, and a run's *previous* run is the one just before it.
 - A run's rows are only its own part files in its own ``run_date`` partition (the file names carry the run
   id), so reading one run never lists or opens another's files, however many nights the root holds.
@@ -34,6 +35,7 @@ import pyarrow.fs as pafs
 from ood_audit.errors import ReportError
 from ood_audit.io.fs import S3Config, read_bytes, resolve
 from ood_audit.io.uri import join_uri
+from ood_audit.store.records import RunSummary, parse_summary
 from ood_audit.store.schema import (
     PARTITION_KEY,
     SUPPORTED_REPORT_FORMATS,
@@ -64,12 +66,12 @@ class RunInfo:
     bundle_uri: str
     complete: bool
     started_at: str
-    summary: dict[str, Any]
+    summary: RunSummary
 
     @property
     def flag_on(self) -> list[str]:
         """The scores whose union threshold flags a row (from the bundle, recorded in the summary)."""
-        return list((self.summary.get("bundle") or {}).get("flag_on") or DEFAULT_FLAG_ON)
+        return list(self.summary.bundle.flag_on or DEFAULT_FLAG_ON)
 
     @property
     def partition(self) -> str:
@@ -83,13 +85,14 @@ def list_runs(output: str, *, s3: S3Config | None = None) -> list[RunInfo]:
     ids = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
     def load(run_id: str) -> RunInfo | None:
+        uri = join_uri(run_dir(output, run_id), SUMMARY_JSON)
         try:
-            doc = json.loads(read_bytes(join_uri(run_dir(output, run_id), SUMMARY_JSON), s3=s3))
+            doc = json.loads(read_bytes(uri, s3=s3))
         except FileNotFoundError:
             return None
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ReportError(f"{join_uri(run_dir(output, run_id), SUMMARY_JSON)} is not valid JSON: {exc}") from None
-        return _run_info(output, doc)
+            raise ReportError(f"{uri} is not valid JSON: {exc}") from None
+        return run_info(output, parse_summary(doc, uri))
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         runs = [r for r in pool.map(load, ids) if r is not None]
@@ -125,7 +128,7 @@ def previous_run(output: str, run: RunInfo, *, s3: S3Config | None = None,
 def run_dataset(run: RunInfo, *, s3: S3Config | None = None) -> pads.Dataset:
     """The run's part files as one dataset (no ``run_date`` column). Refuses unknown report formats."""
     names = list_parts(run.partition, s3=s3, run_id=run.run_id)
-    if not names and not run.summary.get("objects"):
+    if not names and not run.summary.objects:
         # A night with nothing new (an incremental scan that skipped everything) has no rows: an empty
         # report, not an error.
         return pads.dataset(report_schema().empty_table())
@@ -210,13 +213,12 @@ def _top(t: pa.Table, n: int) -> pa.Table:
     return t.take(order[:n])
 
 
-def _run_info(output: str, doc: dict[str, Any]) -> RunInfo:
-    bundle = doc.get("bundle") or {}
-    return RunInfo(output=output, run_id=str(doc.get("run_id")), run_date=str(doc.get("run_date")),
-                   bundle_id=str(bundle.get("id", "")), bundle_uri=str(bundle.get("uri", "")),
-                   complete=bool(doc.get("complete")),
-                   started_at=str(doc.get("created_at") or doc.get("started_at") or ""), summary=doc)
+def run_info(output: str, summary: RunSummary) -> RunInfo:
+    """The run a summary describes, under ``output``."""
+    return RunInfo(output=output, run_id=summary.run_id, run_date=summary.run_date, bundle_id=summary.bundle.id,
+                   bundle_uri=summary.bundle.uri, complete=summary.complete,
+                   started_at=summary.created_at or summary.started_at or "", summary=summary)
 
 
 __all__ = ["PARTITION_KEY", "RunInfo", "anomaly", "check_format", "find_run", "iter_batches", "list_runs",
-           "load_report", "most_anomalous", "previous_run", "run_dataset", "run_dir"]
+           "load_report", "most_anomalous", "previous_run", "run_dataset", "run_dir", "run_info"]

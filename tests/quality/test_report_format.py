@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from ood_audit.scan.rows import CHUNK, DIGEST, QUALITY, READ_S, SEQ, RowBuilder
+from ood_audit.store.records import RunSummary
 from ood_audit.store.schema import part_name, partition_uri, report_schema, write_part
 from ood_audit.store.runs import RunInfo, check_format, run_dataset
 
@@ -31,7 +32,7 @@ def _old_run(tmp_path, version: str, absent: tuple[str, ...], **values):
     row = {f.name: None for f in old}
     row.update(run_id="r0", bundle_id="b", uri="/x.png", status="ok", scanned_at=datetime.now(timezone.utc), **values)
     run = RunInfo(output=str(tmp_path), run_id="r0", run_date="2026-12-01", bundle_id="b", bundle_uri="",
-                  complete=True, started_at="", summary={"objects": 1})
+                  complete=True, started_at="", summary=RunSummary(run_id="r0", objects=1))
     write_part(pa.Table.from_pylist([row], schema=old),
                f"{partition_uri(str(tmp_path), run.run_date)}/{part_name('r0', 0, 1, '0' * 16)}")
     ds = run_dataset(run)

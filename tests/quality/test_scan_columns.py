@@ -45,10 +45,12 @@ def test_read_task_adds_digest_and_quality_issues(tmp_path):
     assert digests[5] is None                      # nothing fetched
     assert digests[1] == digests[2]               # the copy has the photo's digest
     # Issues on the decoded array; tiny and odd_aspect_ratio from the original size (3000×100).
-    assert list(out[QUALITY]) == ["dark,low_information,grayscale", "", "", "odd_aspect_ratio", None, None]
+    assert out[QUALITY].to_pylist() == [["dark", "low_information", "grayscale"], [], [], ["odd_aspect_ratio"], None,
+                                        None]
+    assert out[QUALITY].type == pa.list_(pa.string())  # a list between stages, typed even where every list is empty
     assert out[PIXELS].shape == (6, 32, 32, 3)
     blurry_everywhere = _read(uris[:2], quality={"blurry": 1e9})
-    assert list(blurry_everywhere[QUALITY]) == ["dark,blurry,low_information,grayscale", "blurry"]
+    assert blurry_everywhere[QUALITY].to_pylist() == [["dark", "blurry", "low_information", "grayscale"], ["blurry"]]
 
 
 def test_report_rows_carry_the_new_columns_and_failed_rows_have_no_issues(tmp_path):

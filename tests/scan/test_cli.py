@@ -50,13 +50,14 @@ class _no_raise:
 
 def test_summary_lines_are_for_people():
     from ood_audit.commands.scan import summary_lines
+    from ood_audit.store.records import RunSummary
 
-    summary = {"run_id": "night1", "complete": True, "objects": 1250,
+    summary = RunSummary.model_validate({"run_id": "night1", "complete": True, "objects": 1250,
                "counts": {"ok": 1200, "decode_error": 30, "missing": 20, "too_large": 0, "unsupported": 0},
                "flagged": 60, "bundle": {"flag_on": ["featurenorm", "csd"]},
                "throughput": {"objects_per_s": 25.0}, "timings_s": {"scan_wall": 50.0},
                "duplicates": {"rows": 7, "within_run": 5, "earlier_runs": 2},
-               "listing": {"skipped_done": 0}, "reports": "s3://b/out/reports/run_date=2026-12-01"}
+               "listing": {"skipped_done": 0}, "reports": "s3://b/out/reports/run_date=2026-12-01"})
     lines = summary_lines(summary, "s3://b/out/runs/night1/summary.json")
     assert lines[0] == "scan run night1: complete, 1,250 object(s) in 50 s (25.0 objects/s)"
     assert lines[1] == "  scored 1,200; not scored: decode_error 30, missing 20"
@@ -64,5 +65,5 @@ def test_summary_lines_are_for_people():
     assert lines[3] == "  exact duplicates: 7 (5 of objects in this run, 2 of earlier runs' objects)"
     assert lines[-1] == "  summary: s3://b/out/runs/night1/summary.json"
     assert not any(line.lstrip().startswith("{") for line in lines)
-    empty = summary_lines({"run_id": "r", "complete": False, "objects": 0, "counts": {}}, "x")
+    empty = summary_lines(RunSummary(run_id="r", complete=False, objects=0, counts={}), "x")
     assert empty[0] == "scan run r: INCOMPLETE, 0 object(s)" and empty[2] == "  flagged 0"

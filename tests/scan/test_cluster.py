@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pytest
 
 from ood_audit.io.fs import read_bytes
+from ood_audit.store.records import parse_marker, parse_summary
 from ood_audit.store.schema import open_reports
 
 from tests.datagen import labelled_images, upload
@@ -78,7 +79,7 @@ def _marker_keys(s3_client, bucket, run_id):
 def _markers(s3_client, bucket, run_id, cache):
     for key in _marker_keys(s3_client, bucket, run_id):
         if key not in cache:
-            cache[key] = json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+            cache[key] = parse_marker(json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()), key)
     return list(cache.values())
 
 
@@ -96,7 +97,8 @@ def _check_report(scan_input, s3_config, run_id):
     assert len(uris) == len(set(uris)), f"{len(uris) - len(set(uris))} duplicate rows"
     assert sorted(uris) == sorted(scan_input["uris"])
     assert set(table.column("status").to_pylist()) == {"ok"}
-    return json.loads(read_bytes(f"{scan_input['output']}/runs/{run_id}/summary.json", s3=s3_config))
+    uri = f"{scan_input['output']}/runs/{run_id}/summary.json"
+    return parse_summary(json.loads(read_bytes(uri, s3=s3_config)), uri)
 
 
 @pytest.mark.timeout(300)
@@ -119,9 +121,9 @@ def test_driver_killed_mid_scan_then_rerun_finishes_exactly_once(cluster, make_i
     second = _driver(cluster, scan_input, "crash")
     assert _wait(second, 240) == 0, _output(second)
     summary = _check_report(scan_input, s3_config, "crash")
-    assert summary["attempts"] == 2 and summary["complete"]
-    assert summary["rows_in_files"] == n == summary["rows_committed"]
-    assert sum(e["rows"] for e in summary["executions"]) == n - committed * CHUNK  # only the rest
+    assert summary.attempts == 2 and summary.complete
+    assert summary.rows_in_files == n == summary.rows_committed
+    assert sum(e.rows for e in summary.executions) == n - committed * CHUNK  # only the rest
 
 
 @pytest.mark.timeout(300)
@@ -134,7 +136,7 @@ def test_node_lost_mid_scan_still_one_row_per_object(cluster, make_input, s3_cli
     deadline, cache = time.time() + 180, {}
     while True:  # wait until node2's scoring actor has committed work, so it really held part of the scan
         markers = _markers(s3_client, s3_bucket, "nodeloss", cache)
-        if any(w.startswith(node2) for m in markers for w in m["workers"]):
+        if any(w.startswith(node2) for m in markers for w in m.workers):
             break
         assert proc.poll() is None, f"driver exited early:\n{_output(proc)}"
         assert time.time() < deadline, f"node2 never scored anything:\n{_output(proc)}"
@@ -143,5 +145,5 @@ def test_node_lost_mid_scan_still_one_row_per_object(cluster, make_input, s3_cli
     assert len(markers) < n // CHUNK, "the scan finished before node2 was lost; scan more objects"
     assert _wait(proc, 240) == 0, _output(proc)
     summary = _check_report(scan_input, s3_config, "nodeloss")
-    assert summary["complete"] and summary["rows_in_files"] == n
-    assert summary["workers"]["nodes"] == 2  # actors were spread over both nodes
+    assert summary.complete and summary.rows_in_files == n
+    assert summary.workers.nodes == 2  # actors were spread over both nodes

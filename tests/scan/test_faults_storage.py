@@ -16,7 +16,7 @@ import pytest
 from ood_audit.embedded.s3 import EmbeddedS3
 from ood_audit.errors import EXIT_INCOMPLETE
 from ood_audit.io.fs import S3Config
-from ood_audit.scan.run import ScanConfig, ScanIncomplete, run_scan
+from ood_audit.scan import ScanConfig, ScanIncomplete, run_scan
 from ood_audit.store.schema import open_reports
 
 from tests.datagen import labelled_images, upload
@@ -112,10 +112,10 @@ def test_restart_within_the_window_finishes_exactly_once(ray_local, server, with
     scan.join(200)
     assert not scan.is_alive() and scan.error is None, repr(scan.error)
     summary = scan.result.summary
-    assert summary["complete"] and before < summary["chunks"]["total"]
-    assert summary["rows_in_files"] == summary["rows_committed"] == len(with_bundle["uris"]) == summary["objects"]
-    assert [e["error"] for e in summary["executions"]] == [None]  # ridden out by retries: one pass
-    phases = summary["startup_s"]  # the start-up breakdown is recorded for every phase that ran
+    assert summary.complete and before < summary.chunks.total
+    assert summary.rows_in_files == summary.rows_committed == len(with_bundle["uris"]) == summary.objects
+    assert [e.error for e in summary.executions] == [None]  # ridden out by retries: one pass
+    phases = summary.startup_s.to_json()  # the start-up breakdown is recorded for every phase that ran
     assert set(phases) == {"bundle_load", "planning", "ray_start", "actor_start", "first_batch"}
     assert all(isinstance(v, float) and v >= 0 for v in phases.values()), phases
     _assert_exactly_once(server, with_bundle["output"], "restart", with_bundle["uris"])
@@ -133,8 +133,8 @@ def _stopped_resumable(scan: _Scan, run_id: str) -> ScanIncomplete:
 
 def _finish(server: EmbeddedS3, cfg: ScanConfig, run_id: str, uris: list[str]) -> None:
     res = run_scan(cfg)
-    assert res.summary["complete"] and res.summary["attempts"] == 2
-    assert res.summary["rows_in_files"] == res.summary["rows_committed"] == len(uris)
+    assert res.summary.complete and res.summary.attempts == 2
+    assert res.summary.rows_in_files == res.summary.rows_committed == len(uris)
     _assert_exactly_once(server, cfg.output, run_id, uris)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ood_audit.bundle.files import open_bundle
-from ood_audit.scan.run import ScanConfig, run_scan
+from ood_audit.scan import ScanConfig, run_scan
 from ood_audit.store.schema import open_reports
 
 from tests.datagen import labelled_images, png_bytes, upload
@@ -24,7 +24,7 @@ def test_scan_reports_digests_and_quality_issues(ray_local, bundle_uri, s3_clien
     res = run_scan(cfg)
     blurry = open_bundle(bundle_uri).info.quality.blurry  # calibrated: the bundle's threshold, not the default
     assert blurry is not None and blurry > 0
-    assert res.summary["quality_thresholds"] == {"working_size": 256, "dark": 20.0, "light": 235.0, "blurry": blurry,
+    assert res.summary.quality_thresholds == {"working_size": 256, "dark": 20.0, "light": 235.0, "blurry": blurry,
                                                  "low_information": 2.0, "grayscale_tolerance": 2,
                                                  "grayscale_fraction": 0.999, "odd_aspect_ratio": 4.0, "tiny": 32}
     rows = {r["uri"]: r for r in open_reports(cfg.output).to_table().to_pylist()}
@@ -60,7 +60,7 @@ def test_duplicate_of_within_a_run_and_across_nights(ray_local, bundle_uri, s3_c
         assert rows[f"{prefix}/{key}"]["duplicate_of"] == (None if first == f"{prefix}/{key}" else first), key
     assert rows[f"{prefix}/{originals[-1]}"]["duplicate_of"] == f"{prefix}/a-copy/x.png"
     assert sum(r["duplicate_of"] is not None for r in rows.values()) == 3
-    assert res.summary["duplicates"]["rows"] == 3 and res.summary["duplicates"]["within_run"] == 3
+    assert res.summary.duplicates.rows == 3 and res.summary.duplicates.within_run == 3
 
     night2 = upload(s3_client, s3_bucket, "dups2", {"reupload.png": files[originals[1]],
                                                    "new.png": png_bytes(np.full((40, 40, 3), 90, np.uint8))})
@@ -68,4 +68,4 @@ def test_duplicate_of_within_a_run_and_across_nights(ray_local, bundle_uri, s3_c
                                chunk_size=3, slice_rows=2, batch_size=4, workers=2, read_threads=4))
     rows2 = {r["uri"]: r["duplicate_of"] for r in open_reports(out).to_table().to_pylist() if r["run_id"] == "night2"}
     assert rows2 == {f"{night2}/reupload.png": f"{prefix}/{originals[1]}", f"{night2}/new.png": None}
-    assert res2.summary["duplicates"]["earlier_runs"] == 1
+    assert res2.summary.duplicates.earlier_runs == 1

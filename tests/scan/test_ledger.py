@@ -10,7 +10,8 @@ from ood_audit.io.listing import LISTING_SCHEMA
 from ood_audit.store.run_ledger import ChunkTracker, RunLedger, Plan, RunLayout, check_run_id, new_run_id
 from ood_audit.scan.plan import DoneSet, Skipped, check_inputs, rechunk, skip_done
 from ood_audit.scan.rows import RowBuilder
-from ood_audit.scan.write import FEED_SCHEMA, write_parts
+from ood_audit.scan.write import write_parts
+from ood_audit.store.records import ChunkMarker, FeedRow, ListingInfo, feed_rows
 from ood_audit.store.schema import list_parts, open_reports, partition_uri
 
 from tests.scan.test_rows import _batch
@@ -35,9 +36,9 @@ def test_plan_slices_and_identity(tmp_path):
     doc = ledger.open({"bundle_id": "b1", "inputs": ["s3://x/y"]}, now=t0)
     assert doc["run_date"] == "2026-01-02" and len(doc["attempts"]) == 1
     assert ledger.plan() is None
-    plan = ledger.write_plan(rechunk(_pages(25), 10), slice_rows=4, info=lambda: {"listed": 25})
+    plan = ledger.write_plan(rechunk(_pages(25), 10), slice_rows=4, info=lambda: ListingInfo(listed=25))
     assert plan.chunk_rows == [10, 10, 5] and ledger.plan().chunk_rows == [10, 10, 5]
-    assert ledger.plan().info == {"listed": 25}
+    assert ledger.plan().info == ListingInfo(listed=25)
     slices = ledger.slices(plan, [1, 2])
     assert [(s.chunk, s.row_group, s.start, s.rows) for s in slices] == [
         (1, 0, 0, 4), (1, 1, 4, 4), (1, 2, 8, 2), (2, 0, 0, 4), (2, 1, 4, 1)]
@@ -48,18 +49,17 @@ def test_plan_slices_and_identity(tmp_path):
 
 
 def _feed(chunk, seqs, name):
-    row = {f.name: 0 for f in FEED_SCHEMA}
-    row.update(chunk=chunk, seqs=list(seqs), file=name, rows=len(seqs), workers=["n:1"], read_s=0.0,
-               score_s=0.0, write_s=0.0)
-    return row
+    return FeedRow(chunk=chunk, file=name, rows=len(seqs), seqs=list(seqs), counts={"ok": len(seqs)}, flagged=0,
+                   read_s=0.0, score_s=0.0, write_s=0.0, scanned_min=0.0, scanned_max=0.0, workers=["n:1"])
 
 
 def test_chunk_tracker_commits_exact_cover_and_refuses_duplicates():
     tracker = ChunkTracker(Plan([6, 4], 2), attempt=1)
     assert tracker.add(_feed(0, [0, 1, 2], "a")) is None
-    assert tracker.add(_feed(1, [3, 0, 1, 2], "b"))["files"] == ["b"]
+    assert tracker.add(_feed(1, [3, 0, 1, 2], "b")).files == ["b"]
     marker = tracker.add(_feed(0, [5, 3, 4], "c"))
-    assert marker["chunk"] == 0 and marker["rows"] == 6 and marker["files"] == ["a", "c"]
+    assert marker.chunk == 0 and marker.rows == 6 and marker.files == ["a", "c"]
+    assert marker.counts["ok"] == 6 and marker.workers == ["n:1"]
     dup = ChunkTracker(Plan([4], 2), attempt=1)
     dup.add(_feed(0, [0, 1], "a"))
     assert dup.add(_feed(0, [1, 2, 3], "b")) is None  # position 1 twice: never committed
@@ -71,24 +71,24 @@ def test_sweep_removes_files_no_marker_names(tmp_path):
     part = partition_uri(str(tmp_path), "2026-01-02")
     builder = RowBuilder({}, "bid", "r1", ["featurenorm"])
     table = builder.build(_batch(["missing"] * 4), None)
-    feed1 = write_parts(table.slice(0, 2), partition=part, run_id="r1", attempt=1).to_pylist()
-    feed2 = write_parts(table.slice(2, 2), partition=part, run_id="r1", attempt=1).to_pylist()
-    other = write_parts(table, partition=part, run_id="r10", attempt=1).to_pylist()  # another run: untouched
+    feed1 = feed_rows(write_parts(table.slice(0, 2), partition=part, run_id="r1", attempt=1))
+    feed2 = feed_rows(write_parts(table.slice(2, 2), partition=part, run_id="r1", attempt=1))
+    other = feed_rows(write_parts(table, partition=part, run_id="r10", attempt=1))  # another run: untouched
     assert len(list_parts(part, run_id="r1")) == 2 and len(list_parts(part)) == 3
-    marker = {"chunk": 0, "files": [feed1[0]["file"]]}
-    assert ledger.sweep("2026-01-02", {0: marker}) == [feed2[0]["file"]]
-    assert list_parts(part, run_id="r1") == [feed1[0]["file"]]
-    assert list_parts(part, run_id="r10") == [other[0]["file"]]
+    marker = ChunkMarker(chunk=0, rows=2, attempt=1, files=[feed1[0].file])
+    assert ledger.sweep("2026-01-02", {0: marker}) == [feed2[0].file]
+    assert list_parts(part, run_id="r1") == [feed1[0].file]
+    assert list_parts(part, run_id="r10") == [other[0].file]
 
 
 def test_write_parts_names_depend_only_on_rows(tmp_path):
     part = partition_uri(str(tmp_path), "2026-01-02")
     table = RowBuilder({}, "bid", "r1", ["featurenorm"]).build(_batch(["missing"] * 5), None)
-    first = write_parts(table, partition=part, run_id="r1", attempt=2).to_pylist()
-    again = write_parts(table.take([4, 2, 0, 1, 3]), partition=part, run_id="r1", attempt=2).to_pylist()
-    assert [f["file"] for f in first] == [f["file"] for f in again]  # a retried task overwrites, never adds
+    first = feed_rows(write_parts(table, partition=part, run_id="r1", attempt=2))
+    again = feed_rows(write_parts(table.take([4, 2, 0, 1, 3]), partition=part, run_id="r1", attempt=2))
+    assert [f.file for f in first] == [f.file for f in again]  # a retried task overwrites, never adds
     assert len(list_parts(part)) == 1
-    assert first[0]["n_missing"] == 5 and first[0]["seqs"] == [0, 1, 2, 3, 4]
+    assert first[0].counts["missing"] == 5 and first[0].seqs == [0, 1, 2, 3, 4]
 
 
 def test_done_set_counts_only_final_statuses_of_the_same_bundle(tmp_path):

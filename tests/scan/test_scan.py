@@ -12,8 +12,9 @@ from ood_audit.cli import main
 from ood_audit.io.decode import Preprocess, decode_image
 from ood_audit.io.fs import read_bytes
 from ood_audit.io.listing import iter_listing_pages
-from ood_audit.scan.run import ScanConfig, run_scan
+from ood_audit.scan import ScanConfig, run_scan
 from ood_audit.bundle.scorer import scorer_from_bundle
+from ood_audit.store.records import parse_summary
 from ood_audit.store.schema import list_parts, open_reports, partition_uri
 
 from tests.datagen import labelled_images, upload
@@ -56,10 +57,10 @@ def test_hostile_inputs_one_row_each_and_good_scores_unaffected(ray_local, bundl
     assert rows[f"s3://{s3_bucket}/in/bad/bomb.png"]["width"] == 12_000  # refused from the header alone
     assert "max_bytes" in rows[f"s3://{s3_bucket}/in/bad/big.png"]["error"]
     assert rows[f"s3://{s3_bucket}/in/odd/one-pixel.png"]["width"] == 1
-    summary = json.loads(read_bytes(f"{output}/runs/hostile/summary.json", s3=s3_config))
-    assert summary["complete"] and summary["objects"] == len(expected) == summary["rows_in_files"]
-    assert summary["counts"]["ok"] == sum(s == "ok" for s in expected.values())
-    assert summary["chunks"]["total"] == -(-len(expected) // 8)
+    summary = parse_summary(json.loads(read_bytes(f"{output}/runs/hostile/summary.json", s3=s3_config)), "hostile")
+    assert summary.complete and summary.objects == len(expected) == summary.rows_in_files
+    assert summary.counts["ok"] == sum(s == "ok" for s in expected.values())
+    assert summary.chunks.total == -(-len(expected) // 8)
 
     # The good images score exactly as in-process with the same Scorer on the same bytes.
     bundle = load_bundle(bundle_uri)
@@ -91,7 +92,7 @@ def test_object_deleted_after_listing_is_missing(ray_local, bundle_uri, s3_clien
     status = dict(zip(table.column("uri").to_pylist(), table.column("status").to_pylist()))
     assert status.pop(f"{prefix}/class1/0002.png") == "missing"
     assert set(status.values()) == {"ok"}
-    assert res.summary["counts"]["missing"] == 1
+    assert res.summary.counts["missing"] == 1
 
 
 @pytest.mark.slow
@@ -108,15 +109,15 @@ def test_incremental_scans_only_new_and_changed_objects(ray_local, bundle_uri, s
                                    s3=s3_config, **SMALL)).summary
 
     first = scan("night1")
-    assert first["objects"] == 17 and first["listing"]["skipped_done"] == 0
+    assert first.objects == 17 and first.listing.skipped_done == 0
     second = scan("night2")  # nothing changed
-    assert second["objects"] == 0 and second["listing"]["skipped_done"] == 17 and second["complete"]
+    assert second.objects == 0 and second.listing.skipped_done == 17 and second.complete
     new = labelled_images(9, seed=9)
     upload(s3_client, s3_bucket, "imgs", {"class0/new-a.png": new["class0/0000.png"],
                                          "class1/new-b.png": new["class1/0000.png"]})
     upload(s3_client, s3_bucket, "imgs", {"class0/0003.png": new["class0/0005.png"]})  # same key, new content
     third = scan("night3")
-    assert third["objects"] == 3 and third["listing"]["skipped_done"] == 16
+    assert third.objects == 3 and third.listing.skipped_done == 16
     rows = _report(out, None, "night3")
     assert sorted(rows.column("uri").to_pylist()) == sorted(
         f"{prefix}/{k}" for k in ("class0/new-a.png", "class1/new-b.png", "class0/0003.png"))
@@ -131,11 +132,11 @@ def test_rerun_with_same_run_id_finishes_without_duplicates(ray_local, bundle_ur
     output = f"s3://{s3_bucket}/audit"
     cfg = ScanConfig(bundle=bundle_uri, output=output, inputs=(prefix,), run_id="again", s3=s3_config, **SMALL)
     first = run_scan(cfg)
-    assert first.summary["chunks"] == {"total": 3, "committed": 3}
+    assert (first.summary.chunks.total, first.summary.chunks.committed) == (3, 3)
     # Make it look like an attempt died after writing some files: chunk 2 lost its marker (its files stay),
     # chunk 1 lost a part file under its marker, and chunk 0 got a stray copy of its file, as a late write
     # from a dead task would leave.
-    day = first.summary["run_date"]
+    day = first.summary.run_date
     names = list_parts(partition_uri(output, day), s3=s3_config, run_id="again")
     s3_client.delete_object(Bucket=s3_bucket, Key="audit/runs/again/chunks/c000002.json")
     c1 = next(n for n in names if ".c000001." in n)
@@ -144,13 +145,13 @@ def test_rerun_with_same_run_id_finishes_without_duplicates(ray_local, bundle_ur
     s3_client.copy_object(Bucket=s3_bucket, Key=key0.replace(".a01.", ".a07."),
                           CopySource={"Bucket": s3_bucket, "Key": key0})
     second = run_scan(cfg)
-    assert second.summary["attempts"] == 2 and second.summary["complete"]
-    assert [e["rows"] for e in second.summary["executions"]] == [8 + 4]  # only chunks 1 and 2 again
+    assert second.summary.attempts == 2 and second.summary.complete
+    assert [e.rows for e in second.summary.executions] == [8 + 4]  # only chunks 1 and 2 again
     table = _report(output, s3_config)
     _assert_exactly_once(table, uris)
-    assert second.summary["rows_in_files"] == len(uris) == second.summary["rows_committed"]
+    assert second.summary.rows_in_files == len(uris) == second.summary.rows_committed
     third = run_scan(cfg)  # a finished run: nothing to do
-    assert third.summary["executions"] == [] and _report(output, s3_config).num_rows == len(uris)
+    assert third.summary.executions == [] and _report(output, s3_config).num_rows == len(uris)
 
 
 def test_images_with_non_finite_model_output_fail_alone(bundle_uri):
@@ -199,9 +200,9 @@ def test_manifest_without_etags_is_scanned_every_time(ray_local, bundle_uri, s3_
                                    run_id=run_id, incremental=True, s3=s3_config, **SMALL)).summary
 
     first = scan("m1")
-    assert first["objects"] == 5 and first["counts"]["ok"] == 4 and first["counts"]["missing"] == 1
+    assert first.objects == 5 and first.counts["ok"] == 4 and first.counts["missing"] == 1
     second = scan("m2")  # no etags in the manifest: nothing can be proven unchanged
-    assert second["objects"] == 5 and second["listing"]["skipped_done"] == 0
+    assert second.objects == 5 and second.listing.skipped_done == 0
     table = _report(output, s3_config, "m2")
     _assert_exactly_once(table, uris)
     assert table.column("etag").null_count == 5

@@ -1,0 +1,64 @@
+"""One scan's settings (SPEC §11): :class:`ScanConfig`, with the checks that need no storage or Ray."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ood_audit.errors import ConfigError
+from ood_audit.io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from ood_audit.io.fs import S3Config
+from ood_audit.store.run_ledger import check_run_id
+
+# the settings recorded in the run summary's ``config``: those that shape the rows and the run's speed
+REPORTED_CONFIG = ("max_pixels", "max_bytes", "batch_size", "workers", "device", "knn_backend", "chunk_size",
+                   "slice_rows", "read_threads", "rows_per_file", "max_attempts")
+
+
+@dataclass
+class ScanConfig:
+    """One scan. Field names match the CLI flags (``batch_size`` is ``--batch-size``)."""
+
+    bundle: str
+    output: str
+    inputs: tuple[str, ...] = ()
+    manifest: str | None = None
+    run_id: str | None = None
+    incremental: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    batch_size: int = 64            # images per forward pass
+    workers: int | None = None      # scoring actors; None: one per GPU, else one per 2 CPUs
+    device: str = "auto"            # decided on the workers' nodes for "auto"
+    knn_backend: str = "auto"
+    chunk_size: int = 10_000        # objects per commit unit
+    slice_rows: int = 256           # objects per read task
+    read_threads: int = 16          # requests in flight per read task
+    rows_per_file: int = 8192       # upper bound on rows per part file
+    max_attempts: int = 3           # pipeline attempts within this process
+    actor_cpus: float = 0.5         # CPU actors: fractional, so read tasks always find a CPU
+    read_cpus: float = 0.25
+    write_cpus: float = 0.25
+    torch_threads: int | None = None
+    progress_bars: bool = False
+    lease_ttl_s: float = 60.0       # the run's lease (one driver per run id); renewed every third of it
+    s3: S3Config | None = None
+
+    def validate(self, *, need_source: bool = True) -> None:
+        """``ConfigError`` naming the flag for a setting no scan can run with."""
+        if need_source and not self.inputs and not self.manifest:
+            raise ConfigError("give --input PREFIX (repeatable) or --manifest URI")
+        if self.inputs and self.manifest:
+            raise ConfigError("--input and --manifest are mutually exclusive")
+        for name in ("max_pixels", "max_bytes", "batch_size", "chunk_size", "slice_rows", "read_threads",
+                     "rows_per_file", "max_attempts", "workers", "torch_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigError(f"--device {self.device!r}: choose auto, cpu, cuda or cuda:N")
+        if self.run_id is not None:
+            check_run_id(self.run_id)
+
+    def reported(self) -> dict[str, Any]:
+        """The settings the run summary records (:data:`REPORTED_CONFIG`)."""
+        return {k: getattr(self, k) for k in REPORTED_CONFIG}

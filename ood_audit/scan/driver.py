@@ -99,6 +99,9 @@ class ScanIncomplete(OodAuditError):
 
 @dataclass
 class ScanResult:
+    """What :func:`run_scan` returns: the summary it wrote (and where), the reports' partition, and per pass
+    the scoring progress (for :func:`~ood_audit.scan.summary.steady_rate`)."""
+
     run_id: str
     summary: RunSummary
     summary_uri: str

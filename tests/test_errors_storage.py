@@ -169,6 +169,20 @@ def test_a_failed_pyarrow_read_is_not_asked_again(silent):
     assert silent.connections == one_request
 
 
+def test_a_mistyped_endpoint_fails_the_scan_within_the_first_contact_window(silent, waits, capsys, monkeypatch):
+    # The reported case: default --storage-retry-s, an endpoint that never answers, the bundle on it.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    endpoint = silent.s3(retry_s=0).endpoint_url
+    rc = main(["scan", "--bundle", "s3://b/bundle", "--input", "s3://b/in", "--output", "s3://b/x",
+               "--s3-endpoint", endpoint])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == EXIT_UNREACHABLE and len(err) == 1 and f"cannot reach object storage at {endpoint}" in err[0]
+    assert "s3://b/bundle/bundle.json" in err[0]
+    assert sum(waits) == pytest.approx(FIRST_CONTACT_S)  # all the waiting there was, across every layer
+    assert silent.connections == len(waits) + 1  # one request asked the endpoint; nothing asked it again
+
+
 def test_a_config_sent_to_a_worker_carries_that_the_endpoint_answered(monkeypatch):
     monkeypatch.setattr(storage_errors, "_STATE", {})
     s3 = S3Config("http://10.9.9.9:9000", retry_s=120)

@@ -207,8 +207,23 @@ def resolve(uri: str | os.PathLike[str], s3: S3Config | None = None) -> tuple[pa
 
 def _resolve_parsed(parsed: ParsedUri, s3: S3Config | None) -> tuple[pafs.FileSystem, str]:
     if parsed.is_s3:
-        return (s3 or S3Config.from_env()).pyarrow_fs(), parsed.fs_path
+        config = s3 or S3Config.from_env()
+        if not budget.has_answered(config.endpoint):
+            _first_contact(config, parsed)
+        return config.pyarrow_fs(), parsed.fs_path
     return pafs.LocalFileSystem(), parsed.fs_path
+
+
+def _first_contact(config: S3Config, parsed: ParsedUri) -> None:
+    """Ask the endpoint once through boto3, whose retries the budget watches, before pyarrow's, which it cannot:
+    a mistyped endpoint fails within the first-contact window, and any answer (a refusal too) gives pyarrow the
+    whole window."""
+    try:
+        config.client().head_bucket(Bucket=parsed.bucket)
+    except Exception as exc:  # noqa: BLE001 - only "no answer" matters here; the request itself tells the rest
+        err = storage_error(exc, s3=config, uri=str(parsed))
+        if err is not None and err.kind == "unreachable":
+            raise err from None
 
 
 def read_bytes(uri: str | os.PathLike[str], *, s3: S3Config | None = None) -> bytes:

@@ -47,8 +47,8 @@ def iter_listing_pages(
     """Yield pages (pyarrow tables, ≤ ``page_size`` rows each) of the objects under each prefix.
 
     Raises ``DataError`` naming the prefix when it does not exist or holds no objects, unless
-    ``allow_empty``; a missing local directory is an error either way, and a missing bucket (or any other
-    failure of the store) a :class:`~ood_audit.errors.StorageError` of its kind (README "Exit codes").
+    ``allow_empty``; a missing local directory is an error either way, and a missing bucket a
+    :class:`~ood_audit.errors.StorageError` (README "Exit codes": 7).
     """
     if page_size < 1:
         raise DataError(f"page_size must be at least 1, got {page_size}")
@@ -127,12 +127,11 @@ def _iter_s3(parsed: ParsedUri, s3: S3Config | None, page_size: int) -> Iterator
                 return  # neither a prefix nor an object: the caller says the prefix is empty
             raise
         yield s3_uri(bucket, parsed.key), head.get("ETag", "").strip('"'), int(head["ContentLength"])
-    except Exception as exc:  # noqa: BLE001 - a failure of the store has its own kind and exit status
+    except ClientError as exc:
         err = storage_error(exc, s3=s3, uri=_display(parsed))
-        if err is not None:
+        if err is not None and err.kind == "no_bucket":  # the table's status (7), like the output's bucket
             raise err from None
-        if not isinstance(exc, ClientError):
-            raise
+        # Other refusals of a listing stay bad input (exit 2), as they always were.
         code = exc.response.get("Error", {}).get("Code", "")
         raise DataError(f"cannot list {_display(parsed)}: {code}: {exc}") from exc
 

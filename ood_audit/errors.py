@@ -62,25 +62,29 @@ class StorageError(OodAuditError):
     - ``no_bucket``: the bucket does not exist;
     - ``denied``: the keys are valid but may not do this (e.g. write the output root).
 
-    Messages name the endpoint and the bucket and key (or the local path) at fault. Built in one place,
-    :func:`ood_audit.io.fs.storage_error`, from pyarrow's and boto3's exceptions.
+    Messages name the endpoint and the bucket and key (or the local path) at fault. Kinds, their codes and
+    their exit statuses are one table, :data:`ood_audit.io.storage_errors.KINDS`; its
+    :func:`~ood_audit.io.storage_errors.storage_error` builds these from pyarrow's and boto3's exceptions.
     """
-
-    EXIT_CODES = {"unreachable": EXIT_UNREACHABLE, "credentials": EXIT_CREDENTIALS, "no_bucket": EXIT_NO_BUCKET,
-                  "denied": EXIT_DENIED}
 
     def __init__(self, message: str, kind: str) -> None:
         super().__init__(message)
-        if kind not in self.EXIT_CODES:
+        if kind not in _storage_kinds():
             raise ValueError(f"unknown storage error kind {kind!r}")
         self.kind = kind
 
     @property
     def exit_code(self) -> int:
-        return self.EXIT_CODES[self.kind]
+        return _storage_kinds()[self.kind].exit_status
 
     def __reduce__(self):  # keeps ``kind`` when raised in a Ray worker and re-raised on the driver
         return type(self), (str(self), self.kind)
+
+
+def _storage_kinds() -> dict:
+    from ood_audit.io.storage_errors import KINDS  # imported late: the io package imports this module
+
+    return KINDS
 
 
 EXIT_STATUSES: dict[int, str] = {

@@ -11,39 +11,37 @@ Where settings come from, first match wins:
   ``~/.aws``, instance metadata) on whichever machine uses the config. Keys found in the environment are
   not copied into the config, so secrets do not travel in task arguments unless you put them there.
 
-**Retries.** ``retry_s`` is the outage a request rides out: pyarrow and boto3 retry a failed request with
-exponential backoff (their own strategies, ``AwsDefaultS3RetryStrategy`` and botocore's ``standard``
-mode) for at least that long before giving up, so an S3 server that restarts within the window costs a
-pause and nothing else. pyarrow's default strategy waits 25 ms·2^i before retry i, so its attempts are the
-fewest whose waits add up to ``retry_s`` (at most twice the window); botocore's jittered waits are capped at
-20 s, so its attempts are sized by their mean waits.
+**Retries.** ``retry_s`` is the outage a request rides out, in all layers together (pyarrow's, boto3's and
+the reader's urllib3 GETs), kept by :mod:`ood_audit.io.storage_errors`: an endpoint that has not answered
+yet in this run gets a short first-contact window instead. That the endpoint has answered travels with the
+config into Ray tasks, so a worker's first request during an outage still gets the whole window.
 
-**Errors.** :func:`storage_error` is the one place where pyarrow's ``OSError`` texts and botocore's
-exceptions become a :class:`~ood_audit.errors.StorageError` with a kind (unreachable, credentials,
-no_bucket, denied) and a one-line message naming the endpoint, bucket and key. "Not found" is not a
-storage error: it is about one object, and callers decide what it means.
+**Errors.** :func:`storage_error` (from :mod:`ood_audit.io.storage_errors`, where the table of codes lives)
+turns pyarrow's ``OSError`` texts and botocore's exceptions into a :class:`~ood_audit.errors.StorageError`
+with a kind and a one-line message naming the endpoint, bucket and key.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
-import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
 from ood_audit.errors import ConfigError, StorageError
+from ood_audit.io import storage_errors as budget
+from ood_audit.io.storage_errors import storage_error
 from ood_audit.io.uri import ParsedUri, parse_uri
 
 DEFAULT_REGION = "us-east-1"
 DEFAULT_RETRY_S = 120.0
-_PYARROW_BASE_DELAY_S = 0.025  # AWS SDK for C++ DefaultRetryStrategy: 25 ms * 2^i before retry i
+_T = TypeVar("_T")
+_CONNECT_TIMEOUT_S = 10.0  # boto3's default of 60 s would outlast a first-contact window by itself
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,8 @@ class S3Config:
 
     def pyarrow_fs(self) -> pafs.S3FileSystem:
         """A pyarrow S3 filesystem for these settings (cached per process)."""
-        return _pyarrow_s3(self, os.getpid(), _env_credentials(self))
+        attempts = budget.pyarrow_attempts(budget.window_left_s(self))  # fitted to what is left of the window
+        return _pyarrow_s3(self, os.getpid(), _env_credentials(self), attempts)
 
     def client(self, **config_kwargs: Any) -> Any:
         """A boto3 S3 client (used for listings with ETags and presigned URLs).
@@ -115,22 +114,17 @@ class S3Config:
             out["AWS_SESSION_TOKEN"] = self.session_token
         return out
 
-
-def pyarrow_attempts(retry_s: float) -> int:
-    """Attempts (first try included) whose pyarrow backoff waits add up to at least ``retry_s``."""
-    if retry_s <= 0:
-        return 1
-    # waits before retries 1..n-1 sum to 25 ms * (2^n - 2)
-    return max(2, math.ceil(math.log2(retry_s / _PYARROW_BASE_DELAY_S + 2)))
+    def __reduce__(self) -> tuple[Callable[..., S3Config], tuple[Any, ...]]:
+        # Into Ray tasks and actors: whether the endpoint has answered in this run goes along (module docstring).
+        fields = (self.endpoint_url, self.region, self.access_key, self.secret_key, self.session_token, self.retry_s)
+        return _restore_config, (fields, budget.has_answered(self.endpoint))
 
 
-def boto_attempts(retry_s: float) -> int:
-    """botocore ``total_max_attempts`` whose mean waits (half of ``min(2^(i-1), 20)`` s) add up to ``retry_s``."""
-    total, retries = 0.0, 0
-    while total < retry_s:
-        retries += 1
-        total += min(2.0 ** (retries - 1), 20.0) / 2
-    return retries + 1
+def _restore_config(fields: tuple[Any, ...], answered: bool) -> S3Config:
+    config = S3Config(*fields)
+    if answered:
+        budget.mark_answered(config.endpoint, outage_over=False)
+    return config
 
 
 def _split_endpoint(endpoint_url: str) -> tuple[str, str]:
@@ -154,11 +148,10 @@ def _env_credentials(config: S3Config) -> tuple[str | None, ...]:
                                              "AWS_PROFILE"))
 
 
-@functools.lru_cache(maxsize=16)
-def _pyarrow_s3(config: S3Config, pid: int, env_keys: tuple[str | None, ...] = ()) -> pafs.S3FileSystem:
+@functools.lru_cache(maxsize=64)
+def _pyarrow_s3(config: S3Config, pid: int, env_keys: tuple[str | None, ...], attempts: int) -> pafs.S3FileSystem:
     # pid is part of the key: filesystems and clients must not be reused across fork().
-    kwargs: dict[str, Any] = {"region": config.region,
-                              "retry_strategy": pafs.AwsDefaultS3RetryStrategy(pyarrow_attempts(config.retry_s))}
+    kwargs: dict[str, Any] = {"region": config.region, "retry_strategy": pafs.AwsDefaultS3RetryStrategy(attempts)}
     if config.endpoint_url:
         scheme, netloc = _split_endpoint(config.endpoint_url)
         kwargs.update(endpoint_override=netloc, scheme=scheme)
@@ -180,8 +173,9 @@ def _make_boto3_client(config: S3Config, config_kwargs: Mapping[str, Any]) -> An
     import boto3
     from botocore.config import Config
 
-    options: dict[str, Any] = {"retries": {"total_max_attempts": boto_attempts(config.retry_s), "mode": "standard"},
-                               "max_pool_connections": 32}
+    # One attempt for botocore: retries are the budget's hook's, which asks the outage clock (storage_errors).
+    options: dict[str, Any] = {"retries": {"total_max_attempts": 1, "mode": "standard"}, "max_pool_connections": 32,
+                               "connect_timeout": _CONNECT_TIMEOUT_S}
     if config.endpoint_url:
         # Custom endpoints (SeaweedFS, MinIO, moto) rarely resolve bucket.host names.
         options["s3"] = {"addressing_style": "path"}
@@ -192,7 +186,10 @@ def _make_boto3_client(config: S3Config, config_kwargs: Mapping[str, Any]) -> An
         aws_session_token=config.session_token,
         region_name=config.region,
     )
-    return session.client("s3", endpoint_url=config.endpoint_url, config=Config(**options))
+    client = session.client("s3", endpoint_url=config.endpoint_url, config=Config(**options))
+    if "retries" not in config_kwargs:  # a caller's own retries (e.g. a readiness poll) are left alone
+        client.meta.events.register("needs-retry.s3", budget.boto_retry_hook(config))
+    return client
 
 
 def s3_client(s3: S3Config | None = None) -> Any:
@@ -210,8 +207,23 @@ def resolve(uri: str | os.PathLike[str], s3: S3Config | None = None) -> tuple[pa
 
 def _resolve_parsed(parsed: ParsedUri, s3: S3Config | None) -> tuple[pafs.FileSystem, str]:
     if parsed.is_s3:
-        return (s3 or S3Config.from_env()).pyarrow_fs(), parsed.fs_path
+        config = s3 or S3Config.from_env()
+        if not budget.has_answered(config.endpoint):
+            _first_contact(config, parsed)
+        return config.pyarrow_fs(), parsed.fs_path
     return pafs.LocalFileSystem(), parsed.fs_path
+
+
+def _first_contact(config: S3Config, parsed: ParsedUri) -> None:
+    """Ask the endpoint once through boto3, whose retries the budget watches, before pyarrow's, which it cannot:
+    a mistyped endpoint fails within the first-contact window, and any answer (a refusal too) gives pyarrow the
+    whole window."""
+    try:
+        config.client().head_bucket(Bucket=parsed.bucket)
+    except Exception as exc:  # noqa: BLE001 - only "no answer" matters here; the request itself tells the rest
+        err = storage_error(exc, s3=config, uri=str(parsed))
+        if err is not None and err.kind == "unreachable":
+            raise err from None
 
 
 def read_bytes(uri: str | os.PathLike[str], *, s3: S3Config | None = None) -> bytes:
@@ -219,14 +231,22 @@ def read_bytes(uri: str | os.PathLike[str], *, s3: S3Config | None = None) -> by
     parsed = parse_uri(uri)
     fs, path = _resolve_parsed(parsed, s3)
     try:
-        with fs.open_input_stream(path) as stream:
-            return stream.read()
+        return _request(parsed, s3, "reading", lambda: _read_all(fs, path))
     except FileNotFoundError:
         raise
     except OSError as exc:
-        if _is_not_found(exc) or not _exists(fs, path):
+        if _is_not_found(exc):
+            raise FileNotFoundError(f"{parsed} does not exist") from exc
+        if _unreachable(exc):
+            raise  # asking again whether it exists would wait out the window a second time
+        if not _exists(fs, path):
             raise FileNotFoundError(f"{parsed} does not exist") from exc
         raise
+
+
+def _read_all(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
 
 
 def write_bytes(uri: str | os.PathLike[str], data: bytes, *, s3: S3Config | None = None) -> None:
@@ -238,8 +258,11 @@ def write_bytes(uri: str | os.PathLike[str], data: bytes, *, s3: S3Config | None
     parsed = parse_uri(uri)
     if parsed.is_s3:
         fs, path = _resolve_parsed(parsed, s3)
-        with fs.open_output_stream(path) as out:
-            out.write(data)
+
+        def put() -> None:
+            with fs.open_output_stream(path) as out:
+                out.write(data)
+        _request(parsed, s3, "writing", put)
         return
     directory = os.path.dirname(parsed.key)
     os.makedirs(directory, exist_ok=True)
@@ -258,15 +281,42 @@ def write_bytes(uri: str | os.PathLike[str], data: bytes, *, s3: S3Config | None
 
 def exists(uri: str | os.PathLike[str], *, s3: S3Config | None = None) -> bool:
     """True when ``uri`` is an existing object or file (a prefix or directory does not count)."""
-    fs, path = resolve(uri, s3)
-    return fs.get_file_info(path).type == pafs.FileType.File
+    return _info(uri, s3).type == pafs.FileType.File
 
 
 def file_size(uri: str | os.PathLike[str], *, s3: S3Config | None = None) -> int | None:
     """Size in bytes, or None when ``uri`` is not an existing object or file."""
-    fs, path = resolve(uri, s3)
-    info = fs.get_file_info(path)
+    info = _info(uri, s3)
     return info.size if info.type == pafs.FileType.File else None
+
+
+def _info(uri: str | os.PathLike[str], s3: S3Config | None) -> pafs.FileInfo:
+    parsed = parse_uri(uri)
+    fs, path = _resolve_parsed(parsed, s3)
+    return _request(parsed, s3, "looking up", lambda: fs.get_file_info(path))
+
+
+def _request(parsed: ParsedUri, s3: S3Config | None, doing: str, call: Callable[[], _T]) -> _T:
+    """One pyarrow request. On S3 it is announced if slow, and its answer or failure goes on the outage clock."""
+    if not parsed.is_s3:
+        return call()
+    config = s3 or S3Config.from_env()
+    started = budget.clock()
+    with budget.announced_if_slow(config, f"{doing} {parsed}"):
+        try:
+            out = call()
+        except OSError as exc:
+            if _unreachable(exc):
+                budget.note_failure(config, started)
+            else:  # the store answered, if only to refuse
+                budget.mark_answered(config.endpoint)
+            raise
+    budget.mark_answered(config.endpoint)
+    return out
+
+
+def _unreachable(exc: OSError) -> bool:
+    return budget.kind_of(exc) == "unreachable"
 
 
 def _exists(fs: pafs.FileSystem, path: str) -> bool:
@@ -279,142 +329,6 @@ def _exists(fs: pafs.FileSystem, path: str) -> bool:
 def _is_not_found(exc: OSError) -> bool:
     text = str(exc)
     return "NoSuchKey" in text or "NO_SUCH_KEY" in text or "Path does not exist" in text
-
-
-# -- one translation of storage failures ---------------------------------------------------------------
-
-_CODES = (  # (kind, codes as pyarrow's texts or botocore's error codes spell them)
-    ("credentials", ("INVALID_ACCESS_KEY_ID", "InvalidAccessKeyId", "SIGNATURE_DOES_NOT_MATCH",
-                     "SignatureDoesNotMatch", "EXPIRED_TOKEN", "ExpiredToken", "InvalidToken", "InvalidClientTokenId",
-                     "UNRECOGNIZED_CLIENT", "MISSING_AUTHENTICATION_TOKEN")),
-    ("no_bucket", ("NO_SUCH_BUCKET", "NoSuchBucket", "Bucket does not exist", "bucket does not exist")),
-    ("denied", ("ACCESS_DENIED", "AccessDenied", "AllAccessDisabled", "Forbidden", "Permission denied",
-                "Read-only file system")),
-    ("unreachable", ("NETWORK_CONNECTION", "curlCode", "Could not connect", "Connection refused",
-                     "REQUEST_TIMEOUT", "RequestTimeout", "SLOW_DOWN", "SERVICE_UNAVAILABLE", "ServiceUnavailable",
-                     "INTERNAL_FAILURE", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
-                     "ConnectionClosedError", "Could not resolve host", "Timeout was reached")),
-)
-_UNREACHABLE_TYPES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-                      "ConnectionError", "ProxyConnectionError", "SSLError"}
-_PYARROW_WHERE = re.compile(r"When (?P<op>[\w ]+?) (?:for |under |from )?key '(?P<key>[^']*)' in bucket "
-                            r"'(?P<bucket>[^']*)'")
-_PYARROW_BUCKET = re.compile(r"bucket '(?P<bucket>[^']*)'")
-_HTTP_STATUS = re.compile(r"HTTP response code:? (\d{3})|status code:? (\d{3})", re.IGNORECASE)
-_WHAT = {"unreachable": "cannot reach object storage at {endpoint}",
-         "credentials": "object storage at {endpoint} refused the credentials",
-         "no_bucket": "no such bucket at {endpoint}",
-         "denied": "access denied by {endpoint}"}
-_FIX = {"unreachable": "check --s3-endpoint / AWS_ENDPOINT_URL and that the server is up",
-        "credentials": "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the session token)",
-        "no_bucket": "create it or fix the URI",
-        "denied": "check the credentials, grant them access, or choose another location"}
-
-
-def _chain(exc: BaseException, depth: int = 8) -> list[BaseException]:
-    """``exc`` and its causes (``__cause__``, ``__context__``, Ray's ``cause``), nearest first."""
-    out: list[BaseException] = []
-    todo: list[BaseException | None] = [exc]
-    while todo and len(out) < depth:
-        e = todo.pop(0)
-        if e is None or any(e is seen for seen in out):
-            continue
-        out.append(e)
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-    return out
-
-
-def _classify(exc: BaseException) -> tuple[str, str] | None:
-    """``(kind, code)`` for a storage failure, None otherwise."""
-    names = {c.__name__ for c in type(exc).__mro__}
-    response = getattr(exc, "response", None)
-    if isinstance(response, Mapping):
-        code = str((response.get("Error") or {}).get("Code") or "")
-        for kind, codes in _CODES:
-            if code in codes:
-                return kind, code
-        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-        if code in ("403",) or status == 403:
-            return "denied", code or "403"
-        if code in ("404", "NoSuchKey", "NotFound"):
-            return None
-    if names & _UNREACHABLE_TYPES and "ClientError" not in names:
-        return "unreachable", type(exc).__name__
-    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
-        return None
-    if isinstance(exc, PermissionError):
-        return "denied", "Permission denied"
-    if not isinstance(exc, OSError) and "RayTaskError" not in names and "UserCodeException" not in names:
-        return None
-    text = str(exc)
-    for kind, codes in _CODES:
-        for code in codes:
-            if code in text:
-                return kind, code
-    return None
-
-
-def storage_error(exc: BaseException, *, s3: S3Config | None = None,
-                  uri: str | os.PathLike[str] | None = None) -> StorageError | None:
-    """The :class:`StorageError` that ``exc`` (or one of its causes) means, or None when it is not a failure of
-    the store itself (an object not found, any other error).
-
-    ``uri`` names the object when the exception text does not; ``s3`` names the endpoint.
-    """
-    chain = _chain(exc)
-    for e in chain:
-        if type(e) is StorageError:
-            return e
-    for e in chain:  # Ray's wrapper of a StorageError raised in a worker: its text is a traceback
-        if isinstance(e, StorageError):
-            return StorageError(_last_line(str(e)), e.kind)
-    for e in _chain(exc):
-        found = _classify(e)
-        if found is not None:
-            return StorageError(_message(e, found[0], found[1], s3, uri), found[0])
-    return None
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    last = lines[-1] if lines else text
-    return last.split("StorageError: ", 1)[-1]
-
-
-def _message(exc: BaseException, kind: str, code: str, s3: S3Config | None, uri: str | os.PathLike[str] | None) -> str:
-    text = " ".join(str(exc).split())
-    where = None
-    m = _PYARROW_WHERE.search(text)
-    response = getattr(exc, "response", None)
-    if m:
-        where = f"s3://{m['bucket']}/{m['key']}" if m["key"] else f"s3://{m['bucket']}"
-        what = m["op"]
-    elif isinstance(response, Mapping) and (response.get("Error") or {}).get("BucketName"):
-        err = response["Error"]
-        where = f"s3://{err['BucketName']}/{err.get('Key', '')}".rstrip("/")
-        what = getattr(exc, "operation_name", "") or ""
-    else:
-        b = _PYARROW_BUCKET.search(text)
-        where = f"s3://{b['bucket']}" if b else None
-        what = getattr(exc, "operation_name", "") or ""
-    if uri is not None and (where is None or not str(uri).startswith(where)):
-        where = str(parse_uri(uri)) if where is None else where
-        if not parse_uri(uri).is_s3:
-            return f"{kind.replace('_', ' ')}: {uri} ({code}); {_FIX[kind]}"
-    endpoint = (s3 or S3Config.from_env()).endpoint if (where or "s3://").startswith("s3://") else "local disk"
-    detail = code if code in ("Permission denied", "Read-only file system") else _short_detail(text, code)
-    head = _WHAT[kind].format(endpoint=endpoint)
-    target = f": {what} {where}".replace(":  ", ": ") if where else ""
-    return f"{head}{target} ({detail}); {_FIX[kind]}"
-
-
-def _short_detail(text: str, code: str) -> str:
-    # pyarrow: "...: AWS Error CODE during Op operation: message" -> "CODE during Op operation: message"
-    i = text.find("AWS Error ")
-    detail = text[i + len("AWS Error "):] if i >= 0 else text
-    if "Traceback" in detail:
-        detail = code
-    return detail[:200]
 
 
 def check_writable(root: str | os.PathLike[str], *, s3: S3Config | None = None) -> None:
@@ -430,8 +344,11 @@ def check_writable(root: str | os.PathLike[str], *, s3: S3Config | None = None) 
             try:  # a GET, not a HEAD: its error body says why (unknown key, bad signature, no bucket)
                 client.list_objects_v2(Bucket=parsed.bucket, Prefix=parsed.key, MaxKeys=1)
             except Exception as exc:  # noqa: BLE001 - translated below
-                status = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
-                if status in ("404", "NoSuchBucket", "NotFound"):
+                err = storage_error(exc, s3=s3)
+                response = getattr(exc, "response", None) or {}
+                # A listing answered 404 whatever its code: the bucket is what was not found.
+                if (err is not None and err.kind == "no_bucket") or \
+                        response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                     raise StorageError(f"no such bucket at {(s3 or S3Config.from_env()).endpoint}: s3://{parsed.bucket}"
                                        f" (the output root {root}); create it or fix --output", "no_bucket") from None
                 raise

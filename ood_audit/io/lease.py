@@ -34,15 +34,17 @@ import os
 import secrets
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ood_audit.errors import EXIT_LEASE_HELD, OodAuditError
 from ood_audit.io.fs import S3Config
+from ood_audit.io.storage_errors import storage_error
 from ood_audit.io.uri import parse_uri
 
 log = logging.getLogger(__name__)
-
 
 
 class LeaseHeld(OodAuditError):
@@ -198,10 +200,12 @@ def _encode(doc: dict[str, Any]) -> bytes:
 
 
 class _S3Store:
-    """Conditional writes with boto3 (``If-None-Match`` / ``If-Match`` on PutObject)."""
+    """Conditional writes with boto3 (``If-None-Match`` / ``If-Match`` on PutObject). The client's retries
+    keep the storage budget; a failure of the store is a :class:`~ood_audit.errors.StorageError`."""
 
     def __init__(self, uri: str, s3: S3Config | None) -> None:
         p = parse_uri(uri)
+        self.uri, self.s3 = uri, s3
         self.bucket, self.key = p.bucket, p.key
         self.client = (s3 or S3Config.from_env()).client()
 
@@ -212,27 +216,44 @@ class _S3Store:
         return self._put(doc, IfMatch=etag or '"none"')
 
     def read(self) -> tuple[dict[str, Any] | None, str | None]:
+        with self._storage_failures():
+            try:
+                r = self.client.get_object(Bucket=self.bucket, Key=self.key)
+            except self.client.exceptions.NoSuchKey:
+                return None, None
+            body = r["Body"].read()
         try:
-            r = self.client.get_object(Bucket=self.bucket, Key=self.key)
-        except self.client.exceptions.NoSuchKey:
-            return None, None
-        try:
-            return json.loads(r["Body"].read()), r["ETag"]
+            return json.loads(body), r["ETag"]
         except ValueError:
             return {}, r["ETag"]
 
     def delete(self, etag: str | None) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self.key)
+        with self._storage_failures():
+            self.client.delete_object(Bucket=self.bucket, Key=self.key)
 
     def _put(self, doc: dict[str, Any], **condition: str) -> str:
         from botocore.exceptions import ClientError
 
+        with self._storage_failures():
+            try:
+                return self.client.put_object(Bucket=self.bucket, Key=self.key, Body=_encode(doc),
+                                              **condition)["ETag"]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise _Conflict() from None
+                raise
+
+    @contextmanager
+    def _storage_failures(self) -> Iterator[None]:
         try:
-            return self.client.put_object(Bucket=self.bucket, Key=self.key, Body=_encode(doc), **condition)["ETag"]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise _Conflict() from None
+            yield
+        except _Conflict:
             raise
+        except Exception as exc:  # noqa: BLE001 - only failures of the store are translated
+            err = storage_error(exc, s3=self.s3, uri=self.uri)
+            if err is None:
+                raise
+            raise err from None
 
 
 class _LocalStore:

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from ood_audit.errors import DataError
 from ood_audit.io.fs import S3Config, _resolve_parsed
+from ood_audit.io.storage_errors import storage_error
 from ood_audit.io.uri import ParsedUri, parse_uri, s3_uri
 
 DEFAULT_PAGE_SIZE = 1000
@@ -46,7 +47,8 @@ def iter_listing_pages(
     """Yield pages (pyarrow tables, ≤ ``page_size`` rows each) of the objects under each prefix.
 
     Raises ``DataError`` naming the prefix when it does not exist or holds no objects, unless
-    ``allow_empty``; a missing bucket or local directory is an error either way.
+    ``allow_empty``; a missing local directory is an error either way, and a missing bucket a
+    :class:`~ood_audit.errors.StorageError` (README "Exit codes": 7).
     """
     if page_size < 1:
         raise DataError(f"page_size must be at least 1, got {page_size}")
@@ -121,19 +123,17 @@ def _iter_s3(parsed: ParsedUri, s3: S3Config | None, page_size: int) -> Iterator
         try:
             head = client.head_object(Bucket=bucket, Key=parsed.key)
         except ClientError as exc:
-            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return  # neither a prefix nor an object: the caller says the prefix is empty
             raise
         yield s3_uri(bucket, parsed.key), head.get("ETag", "").strip('"'), int(head["ContentLength"])
     except ClientError as exc:
-        code = _error_code(exc)
-        if code == "NoSuchBucket":
-            raise DataError(f"bucket {bucket!r} does not exist (listing {_display(parsed)})") from exc
+        err = storage_error(exc, s3=s3, uri=_display(parsed))
+        if err is not None and err.kind == "no_bucket":  # the table's status (7), like the output's bucket
+            raise err from None
+        # Other refusals of a listing stay bad input (exit 2), as they always were.
+        code = exc.response.get("Error", {}).get("Code", "")
         raise DataError(f"cannot list {_display(parsed)}: {code}: {exc}") from exc
-
-
-def _error_code(exc: Exception) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
 def local_etag(st: os.stat_result) -> str:

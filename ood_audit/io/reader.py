@@ -12,10 +12,11 @@ both together, so the GET goes to a URL presigned by the boto3 client (its crede
 addressing style) over one urllib3 connection pool per process.
 
 A failure of the store itself is never a row status: it raises :class:`~ood_audit.errors.StorageError`
-(through :func:`~ood_audit.io.fs.storage_error`, the one translation), so the scan stops resumable instead
-of writing ``missing`` rows for objects that exist. urllib3's own retry strategy rides out an outage of
-``S3Config.retry_s`` seconds (connection failures and 5xx answers, exponential backoff) first. The
-presigned URL never appears in a message: it is a bearer credential until it expires.
+(through :func:`~ood_audit.io.storage_errors.storage_error` and its table), so the scan stops resumable
+instead of writing ``missing`` rows for objects that exist. Connection failures and 5xx answers are retried
+first, for as long as :func:`~ood_audit.io.storage_errors.next_wait` allows (``S3Config.retry_s`` shared
+with every other request to the endpoint). The presigned URL never appears in a message: it is a bearer
+credential until it expires.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 
 from ood_audit.errors import ConfigError, StorageError
+from ood_audit.io import storage_errors as budget
 from ood_audit.io.decode import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -41,14 +43,11 @@ from ood_audit.io.decode import (
     _short,
     decode_image,
 )
-from ood_audit.io.fs import S3Config, _resolve_parsed, storage_error
+from ood_audit.io.fs import S3Config, _resolve_parsed
+from ood_audit.io.storage_errors import kind_of_code, storage_error
 from ood_audit.io.uri import ParsedUri, parse_uri
 
 _PRESIGN_SECONDS = 900  # at least; a longer retry window gets a URL that outlives it
-_RETRY_STATUSES = (500, 502, 503, 504)
-_BACKOFF_S, _BACKOFF_MAX_S = 0.25, 10.0
-_CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-                     "TokenRefreshRequired", "AuthorizationHeaderMalformed")
 _ERROR_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
 
 
@@ -106,11 +105,7 @@ def _get_s3(parsed: ParsedUri, s3: S3Config, max_bytes: int) -> tuple[bytes | No
             raise err from None
         raise StorageError(f"cannot sign a request for {uri}: {_short(exc)}; check the AWS_* credentials",
                            "credentials") from None
-    try:
-        resp = _http_pool(s3, os.getpid(), _proxy_for(url)).request(
-            "GET", url, preload_content=False, redirect=False, retries=_retries(s3.retry_s))
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise _unreachable(exc, s3, uri) from None
+    resp = _get(_http_pool(s3, os.getpid(), _proxy_for(url)), url, s3, uri)
     try:
         if resp.status == 200:
             length = resp.headers.get("Content-Length")
@@ -156,42 +151,43 @@ def _error_code(body: bytes) -> str | None:
     return match.group(1).decode("ascii", "replace") if match else None
 
 
+def _get(pool: Any, url: str, s3: S3Config, uri: str) -> Any:
+    """The GET, retried on connection failures and 5xx answers while the budget allows; the last 5xx answer
+    is returned when it runs out."""
+    import urllib3
+
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            resp = pool.request("GET", url, preload_content=False, redirect=False, retries=False)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            wait = budget.next_wait(s3, attempt, f"GET {uri}")
+            if wait is None:
+                raise _unreachable(exc, s3, uri) from None
+        else:
+            if resp.status < 500:
+                budget.mark_answered(s3.endpoint)
+                return resp
+            wait = budget.next_wait(s3, attempt, f"GET {uri}")
+            if wait is None:
+                return resp
+            resp.drain_conn()
+            resp.release_conn()
+        budget.sleep(wait)
+
+
 def _refused(status: int, code: str | None, parsed: ParsedUri, s3: S3Config) -> StorageError:
     """The store's refusal of a GET (an S3 error response other than not-found) as a StorageError."""
-    from botocore.exceptions import ClientError
-
-    if code in _CREDENTIAL_CODES:
-        kind_code = "InvalidAccessKeyId"  # what storage_error files under refused credentials
-    elif status >= 500:
-        kind_code = "ServiceUnavailable"
-    else:
-        kind_code = code or str(status)
-    response = {"Error": {"Code": kind_code, "Message": code or f"HTTP {status}", "BucketName": parsed.bucket,
-                          "Key": parsed.key}, "ResponseMetadata": {"HTTPStatusCode": status}}
-    err = storage_error(ClientError(response, "GetObject"), s3=s3, uri=str(parsed))
-    return err or StorageError(f"object storage at {s3.endpoint} refused GET {parsed} (HTTP {status} {code}); "
-                               "check the credentials and the bucket policy", "denied")
+    detail = f"HTTP {status} {code}" if code else f"HTTP {status}"
+    return budget.error_of(kind_of_code(code, status) or "denied", s3=s3, what="GetObject", where=str(parsed),
+                           detail=detail)
 
 
 def _unreachable(exc: BaseException, s3: S3Config, uri: str) -> StorageError:
-    """A connection failure after urllib3's retries; the text names the error type only (no signed URL)."""
+    """A connection failure once the budget is spent; the detail is the error type only (no signed URL)."""
     reason = getattr(exc, "reason", None) or exc
-    err = storage_error(ConnectionError(type(reason).__name__), s3=s3, uri=uri)
-    assert err is not None
-    return err
-
-
-def _retries(retry_s: float) -> Any:
-    """urllib3's retry strategy for one GET: exponential backoff whose waits add up to ``retry_s``."""
-    import urllib3
-
-    attempts, waited = 0, 0.0
-    while waited < retry_s:
-        attempts += 1
-        waited += min(_BACKOFF_S * 2 ** attempts, _BACKOFF_MAX_S)
-    return urllib3.Retry(total=attempts, connect=attempts, read=attempts, status=attempts, other=0,
-                         backoff_factor=_BACKOFF_S, backoff_max=_BACKOFF_MAX_S, status_forcelist=_RETRY_STATUSES,
-                         allowed_methods=("GET",), raise_on_status=False, raise_on_redirect=False)
+    return budget.error_of("unreachable", s3=s3, where=uri, detail=type(reason).__name__)
 
 
 def _proxy_for(url: str) -> str | None:

@@ -28,13 +28,12 @@ from typing import Any
 
 from ood_audit.errors import ConfigError, OodAuditError
 from ood_audit.io.fs import DEFAULT_REGION
+from ood_audit.io.storage_errors import kind_of, kind_of_code
 from ood_audit.sinks.items import ExportError, ExportItem, PartialSend, sqs_body
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 10  # the service's limit per SendMessageBatch
-_CREDENTIAL_ERRORS = {"InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
-                      "AccessDenied", "AccessDeniedException", "InvalidSecurity", "ExpiredToken"}
 
 
 def sqs_endpoint(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
@@ -141,19 +140,20 @@ class SqsSink:
         return e
 
     def _error(self, exc: BaseException, doing: str) -> OodAuditError:
-        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+        from botocore.exceptions import ClientError, NoCredentialsError
 
+        # The kinds are the storage table's (io.storage_errors); an export failure keeps its own exit status.
         if isinstance(exc, ClientError):
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
                 return ConfigError(f"--queue {self.queue!r}: no such queue at {self.where}")
-            if code in _CREDENTIAL_ERRORS:
+            if kind_of_code(code) in ("credentials", "denied"):
                 return ExportError(f"SQS at {self.where} rejected the credentials ({code}) while trying to {doing}")
             return ExportError(f"SQS at {self.where} could not {doing} ({code}: "
                                f"{exc.response.get('Error', {}).get('Message', '')})")
         if isinstance(exc, NoCredentialsError):
             return ExportError(f"no AWS credentials for SQS at {self.where} (set AWS_ACCESS_KEY_ID or a profile)")
-        if isinstance(exc, EndpointConnectionError) or "Connect" in type(exc).__name__:
+        if kind_of(exc) == "unreachable":
             return ExportError(f"cannot reach SQS at {self.where} ({type(exc).__name__}) while trying to {doing}")
         return ExportError(f"SQS at {self.where}: {type(exc).__name__} while trying to {doing}: "
                            f"{' '.join(str(exc).split())[:200]}")

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ood_audit.errors import DataError
+from ood_audit.errors import EXIT_NO_BUCKET, DataError, StorageError
 from ood_audit.io.fs import S3Config, read_bytes
 from ood_audit.io.listing import (
     LISTING_SCHEMA,
@@ -101,8 +101,11 @@ def test_s3_missing_and_empty_prefix(s3_config: S3Config, s3_bucket: str) -> Non
     with pytest.raises(DataError, match=f"s3://{s3_bucket}/nothing/"):
         list(iter_listing_pages(f"s3://{s3_bucket}/nothing", s3=s3_config))
     assert list(iter_listing_pages(f"s3://{s3_bucket}/nothing", s3=s3_config, allow_empty=True)) == []
-    with pytest.raises(DataError, match="bucket 'no-such-bucket-ood' does not exist"):
+    # A missing bucket is a failure of the store with its documented status (7), not bad input (2).
+    with pytest.raises(StorageError) as e:
         list(iter_listing_pages("s3://no-such-bucket-ood/x", s3=s3_config, allow_empty=True))
+    assert e.value.kind == "no_bucket" and e.value.exit_code == EXIT_NO_BUCKET
+    assert "s3://no-such-bucket-ood" in str(e.value) and s3_config.endpoint in str(e.value)
 
 
 def test_s3_special_keys_listed_and_read_back(s3_config: S3Config, s3_bucket: str, s3_client: Any) -> None:

@@ -1,5 +1,6 @@
 """Storage faults in the middle of a real scan (real SeaweedFS, real Ray): the server restarts, stays down
-past the retry window, comes back with the old keys revoked, or comes back refusing writes.
+past the retry window, comes back with the old keys revoked, or comes back refusing writes. And before it:
+a missing input bucket has the status of a missing bucket.
 
 Each test has its own SeaweedFS, crashed (SIGKILL) once a few chunks are committed and resumed on the same
 ports and data. The scan runs in a thread so that the server is crashed and resumed from the main thread
@@ -14,7 +15,8 @@ import pyarrow.compute as pc
 import pytest
 
 from ood_audit.embedded.s3 import EmbeddedS3
-from ood_audit.errors import EXIT_INCOMPLETE
+from ood_audit.cli import main
+from ood_audit.errors import EXIT_INCOMPLETE, EXIT_NO_BUCKET
 from ood_audit.io.fs import S3Config
 from ood_audit.scan import ScanConfig, ScanIncomplete, run_scan
 from ood_audit.store.schema import open_reports
@@ -177,3 +179,13 @@ def test_output_refusing_writes_mid_run_stops_it_resumable_and_loses_nothing(ray
     assert "access denied by " + server.endpoint_url in str(error)
     server.resume()
     _finish(server, cfg, "readonly", with_bundle["uris"])
+
+
+@pytest.mark.timeout(120)
+def test_a_missing_input_bucket_exits_with_the_missing_bucket_status(capsys, s3_env, s3_bucket, bundle_uri):
+    # The output is fine; the input's bucket does not exist: exit 7, as README "Exit codes" says, not 2.
+    rc = main(["scan", "--bundle", bundle_uri, "--input", "s3://no-such-input-bucket/imgs", "--output",
+               f"s3://{s3_bucket}/audit", "--storage-retry-s", "0"])
+    err = capsys.readouterr().err.strip()
+    assert rc == EXIT_NO_BUCKET and len(err.splitlines()) == 1 and err.startswith("ood-audit: error: "), err
+    assert "s3://no-such-input-bucket" in err and s3_env["AWS_ENDPOINT_URL"] in err

@@ -68,9 +68,9 @@ def test_robust_selector_is_recorded_with_evidence_and_featurenorm2(setup, capsy
     x = torch.from_numpy(decode_dataset(held, size=32).images).permute(0, 3, 1, 2)
     s = scorer(x)
     np.testing.assert_array_equal(s["featurenorm2"], feature_norm_two_sided(torch.from_numpy(s["featurenorm"]),
-                                                                            fn2["center"], fn2["scale"]).numpy())
-    assert threshold_at(s["featurenorm2"], 0.05) == pytest.approx(th["per_score"]["featurenorm2"], rel=1e-9)
-    assert np.median(np.log(s["featurenorm"].astype(np.float64))) == pytest.approx(fn2["center"], rel=1e-9)
+                                                                            fn2.center, fn2.scale).numpy())
+    assert threshold_at(s["featurenorm2"], 0.05) == pytest.approx(th.per_score["featurenorm2"], rel=1e-9)
+    assert np.median(np.log(s["featurenorm"].astype(np.float64))) == pytest.approx(fn2.center, rel=1e-9)
 
 
 @pytest.mark.timeout(300)

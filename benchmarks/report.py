@@ -32,7 +32,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ood_audit.bundle.files import bank_sources, write_bundle  # noqa: E402
+from ood_audit.bundle.write import bank_sources, write_bundle  # noqa: E402
 from ood_audit.io.fs import write_bytes  # noqa: E402
 from ood_audit.io.thumbs import thumbnail_jpeg  # noqa: E402
 from ood_audit.io.uri import join_uri  # noqa: E402

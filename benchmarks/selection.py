@@ -259,7 +259,7 @@ def run_id_set(name: str, work: Path, args: argparse.Namespace) -> dict:
         f2 = {k: fpr_at_tpr(two(fn_test[:, j]), two(v[:, j])) for k, v in fn_ood.items()}
         per_block[b] = {"fn": f1, "fn2": f2, "mean_fn": float(np.mean(list(f1.values()))),
                         "mean_fn2": float(np.mean(list(f2.values())))}
-    ev, outl = sel["evidence"], sel["outliers"]
+    ev, outl = info.selection.evidence, info.selection.outliers
     choices = {"normratio": choose_block("normratio", sel["ratios"], ev, outl),
                "robust": choose_block("robust", sel["ratios"], ev, outl),
                "validated (seen kinds)": choose_block("validated", sel["ratios"], ev, outl),

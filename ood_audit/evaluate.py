@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ood_audit.bundle.schema import SelectionPart
 from ood_audit.calibration.selection import DEFAULT_SELECTOR
 from ood_audit.errors import ConfigError, DataError
 from ood_audit.metrics import CONVENTION, ood_metrics
-from ood_audit.models import IMAGENET_MEAN, IMAGENET_STD
 from ood_audit.models.precision import DEFAULT_PRECISION
 from ood_audit.scores.probes import DEFAULT_PROBES
 from ood_audit.vocab import SCORE_NAMES
@@ -28,35 +28,24 @@ log = logging.getLogger(__name__)
 EVAL_MIN_HELDOUT = 5
 
 
-@dataclass
-class ModelSource:
-    arch: str
-    weights: str               # local or s3:// safetensors
-    small_input: bool = False
-    num_classes: int | None = None
-    mean: Sequence[float] = IMAGENET_MEAN
-    std: Sequence[float] = IMAGENET_STD
+def model_spec(arch: str, weights: str, *, small_input: bool = False, image_size: int = 224) -> Any:
+    """The :class:`~ood_audit.models.ModelSpec` of ``weights`` (local or s3:// safetensors), the class count
+    read from their head."""
+    from ood_audit.bundle.scorer import load_state_bytes
+    from ood_audit.io.fs import exists, read_bytes
+    from ood_audit.models import ModelSpec
 
-    def spec(self, image_size: int) -> Any:
-        """The :class:`~ood_audit.models.ModelSpec`, with the class count read from the weights' head."""
-        from ood_audit.bundle.scorer import load_state_bytes
-        from ood_audit.io.fs import exists, read_bytes
-        from ood_audit.models import ModelSpec, build_model, infer_num_classes
-
-        n = self.num_classes
-        if n is None:
-            if not exists(self.weights):
-                raise ConfigError(f"model weights not found: {self.weights}")
-            state = load_state_bytes(read_bytes(self.weights), f"model weights {self.weights}")
-            n = infer_num_classes(state, build_model(self.arch, num_classes=10, small_input=self.small_input))
-        return ModelSpec(self.arch, n, self.small_input, image_size, list(self.mean), list(self.std))
+    if not exists(weights):
+        raise ConfigError(f"model weights not found: {weights}")
+    state = load_state_bytes(read_bytes(weights), f"model weights {weights}")
+    return ModelSpec.for_weights(arch, state, small_input=small_input, image_size=image_size)
 
 
 @dataclass
 class EvalResult:
     selected_block: str
     ratios: dict[str, float]
-    selection: dict[str, Any] = field(default_factory=dict)  # selector, every selector's choice, evidence
+    selection: SelectionPart | None = None  # selector, every selector's choice, evidence
     rows: list[dict[str, Any]] = field(default_factory=list)  # one per (ood set, score)
     counts: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
@@ -65,30 +54,31 @@ class EvalResult:
     bundle: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"selected_block": self.selected_block, "norm_ratios": self.ratios, "selection": self.selection,
+        return {"selected_block": self.selected_block, "norm_ratios": self.ratios,
+                "selection": self.selection.model_dump(mode="json") if self.selection is not None else {},
                 "results": self.rows, "bundle": self.bundle,
                 "counts": self.counts, "skipped_files": self.skipped, "metric_convention": self.convention,
                 "seconds": round(self.seconds, 2)}
 
 
-def evaluate_config(source: ModelSource, id_train: str, output: str, *, image_size: int, **options: Any) -> Any:
+def evaluate_config(spec: Any, weights: str, id_train: str, output: str, **options: Any) -> Any:
     """The :class:`~ood_audit.calibration.calibrate.CalibrateConfig` that ``evaluate`` calibrates with:
     ``ood-audit calibrate`` defaults, in-process, with the given options."""
     from ood_audit.calibration.calibrate import CalibrateConfig
 
     options.setdefault("min_heldout", EVAL_MIN_HELDOUT)
-    return CalibrateConfig(data=id_train, model=source.weights, output=output, spec=source.spec(image_size),
-                           workers=0, **options)
+    return CalibrateConfig(data=id_train, model=weights, output=output, spec=spec, workers=0, **options)
 
 
-def evaluate(source: ModelSource, id_train: str, id_test: str, ood_sets: dict[str, str], *, image_size: int,
+def evaluate(spec: Any, weights: str, id_train: str, id_test: str, ood_sets: dict[str, str], *,
              block: str | None = None, batch_size: int = 64, seed: int = 0, k_csd: int = 10, k_knn: int = 50,
              knn_backend: str = "auto", max_select: int | None = None, device: str = "cpu",
              selector: str = DEFAULT_SELECTOR, outliers: str | None = None,
              probes: Sequence[str] = DEFAULT_PROBES, max_probe: int = 2000, heldout_fraction: float = 0.1,
              precision: str = DEFAULT_PRECISION, bundle_root: str | None = None) -> EvalResult:
-    """Calibrate on ``id_train`` (a bundle under ``bundle_root``, a temporary directory by default), then
-    score ``id_test`` and every OOD set through it and compute FPR95/AUROC/AUPR per (set, score)."""
+    """Calibrate ``weights`` (described by ``spec``, a :class:`~ood_audit.models.ModelSpec`) on ``id_train``
+    (a bundle under ``bundle_root``, a temporary directory by default), then score ``id_test`` and every OOD
+    set through it and compute FPR95/AUROC/AUPR per (set, score)."""
     from ood_audit.bundle.files import open_bundle
     from ood_audit.calibration.calibrate import calibrate, list_id_images
     from ood_audit.calibration.phases import score_images
@@ -98,7 +88,7 @@ def evaluate(source: ModelSource, id_train: str, id_test: str, ood_sets: dict[st
     if not ood_sets:
         raise ConfigError("give at least one OOD folder with --ood")
     with tempfile.TemporaryDirectory(prefix="ood-audit-evaluate-") as tmp:
-        cfg = evaluate_config(source, id_train, bundle_root or tmp, image_size=image_size, block=block,
+        cfg = evaluate_config(spec, weights, id_train, bundle_root or tmp, block=block,
                               batch_size=batch_size, seed=seed, k_csd=k_csd, k_knn=k_knn, knn_backend=knn_backend,
                               max_select=max_select, device=device, selector=selector, outliers=outliers,
                               probes=tuple(probes), max_probe=max_probe, heldout_fraction=heldout_fraction,
@@ -119,7 +109,7 @@ def evaluate(source: ModelSource, id_train: str, id_test: str, ood_sets: dict[st
                 raise DataError(f"no decodable images under {path} ({skipped[name]} file(s) skipped)")
             log.info("scored %s: %d images from %s (%d skipped)", name, counts[name], path, skipped[name])
     res = EvalResult(selected_block=info.block, ratios=dict(info.selection.ratios),
-                     selection=info.selection.model_dump(mode="json"), skipped=skipped, counts=counts,
+                     selection=info.selection, skipped=skipped, counts=counts,
                      bundle=cal.bundle_uri if bundle_root else "")
     for name in ood_sets:
         for score in (s for s in scores["id_test"] if s in SCORE_NAMES):
@@ -131,11 +121,11 @@ def evaluate(source: ModelSource, id_train: str, id_test: str, ood_sets: dict[st
 
 def format_table(res: EvalResult) -> str:
     """A plain-text table with the metric convention stated in words."""
-    sel = res.selection or {}
-    lines = [f"selected block: {res.selected_block}   ({sel.get('selector', 'normratio')} over {len(res.ratios)} "
-             "candidates; " + ", ".join(f"{k} -> {v}" for k, v in (sel.get("choices") or {}).items()) + ")",
+    sel = res.selection
+    lines = [f"selected block: {res.selected_block}   ({sel.selector if sel else 'normratio'} over {len(res.ratios)} "
+             "candidates; " + ", ".join(f"{k} -> {v}" for k, v in (sel.choices if sel else {}).items()) + ")",
              f"convention: {res.convention}"]
-    lines += [f"WARNING: {w}" for w in sel.get("warnings") or []]
+    lines += [f"WARNING: {w}" for w in (sel.warnings if sel else [])]
     lines.append("")
     hdr = f"{'ood set':<16} {'score':<12} {'FPR95':>7} {'AUROC':>7} {'AUPR-In':>8} {'AUPR-Out':>9}"
     lines += [hdr, "-" * len(hdr)]

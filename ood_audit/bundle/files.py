@@ -1,4 +1,6 @@
 """The audit bundle (SPEC §10): a versioned, immutable directory that calibration writes and scans load.
+This module holds its format, its id and reading it back with every checksum verified; writing it is
+:func:`ood_audit.bundle.write.write_bundle`'s.
 
 Layout, local or on S3::
 
@@ -31,14 +33,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from typing import Any
 
 import numpy as np
 
 from ood_audit.errors import BundleError
-from ood_audit.io.fs import S3Config, exists, file_size, read_bytes, resolve, write_bytes
+from ood_audit.io.fs import S3Config, read_bytes, resolve
 from ood_audit.io.uri import join_uri, parse_uri
 
 from ood_audit.bundle.schema import BundleMeta, parse_meta
@@ -55,18 +56,6 @@ _CHUNK = 8 << 20
 # kNN-bank row r came from ``uri`` (``row`` = r); ``thumb`` is a small JPEG of what the model saw (SPEC §13),
 # so reports show nearest ID neighbours without access to the ID bucket.
 BANK_SOURCES = "knn_sources.parquet"
-
-
-def bank_sources(uris: list[str], thumbs: Any) -> bytes:
-    """The :data:`BANK_SOURCES` file: one row per kNN-bank row, in bank order."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.table({"row": pa.array(range(len(uris)), pa.int32()), "uri": pa.array(uris, pa.string()),
-                      "thumb": pa.array(list(thumbs), pa.binary())})
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
 
 
 @dataclass(frozen=True)
@@ -183,70 +172,6 @@ def compute_bundle_id(meta: Mapping[str, Any], files: Mapping[str, Mapping[str, 
     return hashlib.sha256(canonical_json(payload)).hexdigest()[:ID_HEX_CHARS]
 
 
-def write_bundle(
-    root_uri: str,
-    meta: Mapping[str, Any],
-    *,
-    tensors: Mapping[str, Mapping[str, Any]] | None = None,
-    files: Mapping[str, bytes] | None = None,
-    s3: S3Config | None = None,
-) -> str:
-    """Write a bundle under ``<root_uri>/bundles/<bundle_id>/`` and return its URI.
-
-    Args:
-        root_uri: local directory or ``s3://bucket/prefix``.
-        meta: JSON-serialisable metadata (numpy scalars and arrays are converted); hashed into the id.
-        tensors: ``{filename: {name: torch.Tensor}}``, each saved with safetensors (on the CPU,
-            contiguous; tensors in one file must not share memory: ``.clone()`` them).
-        files: ``{filename: bytes}`` written as they are.
-        s3: S3 settings for ``s3://`` roots (default: from the environment).
-
-    If a bundle with the same id is already complete there, nothing is written. Files from an interrupted
-    earlier write are kept when their size and hash match, rewritten otherwise; ``bundle.json`` goes last.
-    """
-    blobs = _collect_files(tensors or {}, files or {})
-    if not blobs:
-        raise BundleError("a bundle needs at least one file (e.g. model.safetensors)")
-    meta_json = json.loads(canonical_json(dict(meta)))  # normalised: what load_bundle will return
-    listing = {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in sorted(blobs.items())}
-    bundle_id = compute_bundle_id(meta_json, listing)
-    bundle_uri = join_uri(root_uri, "bundles", bundle_id)
-    manifest_uri = join_uri(bundle_uri, BUNDLE_JSON)
-
-    if exists(manifest_uri, s3=s3):
-        try:
-            existing = _parse_manifest(read_bytes(manifest_uri, s3=s3), manifest_uri)
-        except BundleError:
-            existing = None  # damaged: rewriting the same content at the same id repairs it
-        if (
-            existing is not None
-            and existing["bundle_id"] == bundle_id
-            and existing["meta"] == meta_json
-            and existing["files"] == listing
-            and all(file_size(join_uri(bundle_uri, n), s3=s3) == f["bytes"] for n, f in listing.items())
-        ):
-            return bundle_uri
-    for name, data in blobs.items():
-        target = join_uri(bundle_uri, name)
-        if file_size(target, s3=s3) == len(data) and _sha256(read_bytes(target, s3=s3)) == listing[name]["sha256"]:
-            continue  # left by an interrupted write of this same bundle
-        write_bytes(target, data, s3=s3)
-    document = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "bundle_id": bundle_id,
-        "meta": meta_json,
-        "files": listing,
-        "provenance": {
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "software": software_versions(),
-        },
-    }
-    text = json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    write_bytes(manifest_uri, text.encode("utf-8"), s3=s3)
-    return bundle_uri
-
-
 def load_bundle(uri: str, *, s3: S3Config | None = None, verify: bool = True) -> Bundle:
     """Load the bundle at ``uri`` (its directory, or its ``bundle.json``).
 
@@ -263,7 +188,7 @@ def load_bundle(uri: str, *, s3: S3Config | None = None, verify: bool = True) ->
         raise BundleError(
             f"no bundle at {bundle_uri}: {BUNDLE_JSON} is missing (an incomplete write, or the wrong path)"
         ) from None
-    doc = _parse_manifest(raw, manifest_uri)
+    doc = parse_manifest(raw, manifest_uri)
     expected = compute_bundle_id(doc["meta"], doc["files"])
     if doc["bundle_id"] != expected:
         raise BundleError(
@@ -292,41 +217,7 @@ def open_bundle(uri: str, *, s3: S3Config | None = None, verify: bool = True) ->
     return bundle
 
 
-def _collect_files(
-    tensors: Mapping[str, Mapping[str, Any]], files: Mapping[str, bytes]
-) -> dict[str, bytes]:
-    blobs: dict[str, bytes] = {}
-    for name, data in files.items():
-        _check_name(name)
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise BundleError(f"bundle file {name}: expected bytes, got {type(data).__name__}")
-        blobs[name] = bytes(data)
-    for name, group in tensors.items():
-        _check_name(name)
-        if not name.endswith(".safetensors"):
-            raise BundleError(f"bundle tensor file {name} must end in .safetensors")
-        if name in blobs:
-            raise BundleError(f"bundle file {name} is given both as bytes and as tensors")
-        blobs[name] = _safetensors_bytes(name, group)
-    return blobs
-
-
-def _safetensors_bytes(name: str, group: Mapping[str, Any]) -> bytes:
-    import torch
-    from safetensors.torch import save
-
-    prepared = {}
-    for key, value in group.items():
-        if not isinstance(value, torch.Tensor):
-            raise BundleError(f"bundle file {name}: {key!r} is {type(value).__name__}, not a torch.Tensor")
-        prepared[str(key)] = value.detach().cpu().contiguous()
-    try:
-        return save(prepared)
-    except (RuntimeError, ValueError) as exc:
-        raise BundleError(f"bundle file {name} cannot be saved with safetensors: {exc}") from exc
-
-
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
     if not _NAME.match(name) or name == BUNDLE_JSON:
         raise BundleError(
             f"bundle file name {name!r} is not allowed: use letters, digits, '.', '_' or '-', no folders, "
@@ -339,7 +230,7 @@ def _check_name(name: str) -> None:
         )
 
 
-def _parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
+def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -365,7 +256,7 @@ def _parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
             or not isinstance(entry.get("bytes"), int)
         ):
             raise BundleError(f"{where}: files[{name!r}] must have 'sha256' (string) and 'bytes' (integer)")
-        _check_name(name)
+        check_name(name)
     return doc
 
 
@@ -389,13 +280,13 @@ def _verify_file(bundle_uri: str, name: str, entry: Mapping[str, Any], s3: S3Con
 
 
 def _check_digest(bundle_uri: str, name: str, data: bytes, entry: Mapping[str, Any]) -> None:
-    if len(data) != entry["bytes"] or _sha256(data) != entry["sha256"]:
+    if len(data) != entry["bytes"] or sha256_hex(data) != entry["sha256"]:
         raise BundleError(
             f"bundle {bundle_uri} file {name} fails its checksum: the file was modified or damaged"
         )
 
 
-def _sha256(data: bytes) -> str:
+def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 

@@ -1,9 +1,11 @@
 """The audit bundle's metadata as one typed schema (SPEC §10), parsed and validated once at load.
 
-``bundle.json``'s ``meta`` object is a :class:`BundleMeta`. Its parts: the model and preprocessing,
-the precision policy, the block selection and its evidence, each fitted detector's state
-(``featurenorm2``, ``csd``, ``knn``), the thresholds, the held-out tables, and provenance of the data
-(split, data, training).
+``bundle.json``'s ``meta`` object is a :class:`BundleMeta`. Its parts: the model (:class:`ModelPart`, the
+one model description) and preprocessing, the precision policy, the block selection and its evidence
+(:class:`ProbeEvidence`, :class:`OutlierEvidence`), each fitted detector's state (``featurenorm2``,
+``csd``, ``knn``: the :class:`FeatureNorm2Part` and :class:`BankPart` their ``state()`` returns), the
+thresholds, the held-out tables, and provenance of the data (split, data, training). Every reader uses
+these attributes; no part is read by string key.
 
 Schema versions:
 
@@ -36,6 +38,9 @@ class _Part(BaseModel):
 
 
 class ModelPart(_Part):
+    """The model's description (SPEC §1): the one field list of ``model.json``, of this part and of
+    :class:`~ood_audit.models.ModelSpec` (this description, checked, that builds the model)."""
+
     arch: str
     num_classes: int
     small_input: bool = False
@@ -48,7 +53,7 @@ class ModelPart(_Part):
         """The :class:`~ood_audit.models.ModelSpec` (imports torch)."""
         from ood_audit.models import ModelSpec
 
-        return ModelSpec.from_dict(self.model_dump())
+        return ModelSpec(**self.model_dump())
 
 
 class PrecisionPart(_Part):
@@ -57,6 +62,58 @@ class PrecisionPart(_Part):
 
     activations: Literal["float32", "bfloat16"] = "float32"
     scores: Literal["float32"] = "float32"
+
+
+# above this fraction of a probe's images above the ID median FN, a block is inverted for that probe
+INVERSION_LEVEL = 0.6
+
+
+class ProbeBlockEvidence(_Part):
+    """How one candidate block's FeatureNorm separates ID from each pseudo-OOD probe
+    (:func:`ood_audit.calibration.evidence.probe_evidence`)."""
+
+    normratio: float | None = None
+    auroc: dict[str, float]
+    auroc_two_sided: dict[str, float]
+    above_id_median: dict[str, float]
+    min_auroc: float
+    min_auroc_two_sided: float
+    max_above_id_median: float
+
+
+class ProbeEvidence(_Part):
+    """The probe evidence of block selection: ``images`` ID images and their probes, per block in candidate
+    order; a block is inverted for a probe whose ``above_id_median`` exceeds ``inversion_level``."""
+
+    probes: list[str]
+    images: int
+    per_block: dict[str, ProbeBlockEvidence]
+    inversion_level: float
+
+    def inverted(self, block: str) -> list[str]:
+        """Probes whose images mostly have *higher* FN than the ID median at ``block`` (one-sided FN inverted)."""
+        e = self.per_block.get(block)
+        return [] if e is None else [p for p in self.probes if e.above_id_median[p] > self.inversion_level]
+
+
+class OutlierBlockEvidence(_Part):
+    """FeatureNorm's (and featurenorm2's) FPR95 and AUROC at one block, known outliers against held-out ID."""
+
+    fpr95: float
+    auroc: float
+    fpr95_two_sided: float
+    auroc_two_sided: float
+
+
+class OutlierEvidence(_Part):
+    """The known-outlier evidence (:func:`ood_audit.calibration.evidence.outlier_evidence`): ``outliers``
+    images from ``source`` (``decode_failures`` more did not decode) against ``id_images`` held-out ID."""
+
+    outliers: int
+    id_images: int
+    per_block: dict[str, OutlierBlockEvidence]
+    source: str | None = None
+    decode_failures: int = 0
 
 
 class SelectionPart(_Part):
@@ -72,11 +129,14 @@ class SelectionPart(_Part):
     forced: bool = False
     inverted_probes: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
-    evidence: dict[str, Any] | None = None   # ood_audit.calibration.evidence.probe_evidence
-    outliers: dict[str, Any] | None = None   # ood_audit.calibration.evidence.outlier_evidence
+    evidence: ProbeEvidence | None = None
+    outliers: OutlierEvidence | None = None
 
 
 class FeatureNorm2Part(_Part):
+    """What :class:`~ood_audit.scores.detectors.FeatureNorm2` learns (its ``state()``): center and scale of
+    held-out ID log FN at ``block`` (SPEC §10)."""
+
     block: str
     center: float
     scale: float
@@ -84,12 +144,22 @@ class FeatureNorm2Part(_Part):
     formula: str = ""
 
 
+class BankIndex(_Part):
+    """How a bank is searched: exactly, over every row (SPEC §6, §7)."""
+
+    type: Literal["flat"] = "flat"
+    exact: bool = True
+
+
 class BankPart(_Part):
+    """What a bank detector (:class:`~ood_audit.scores.detectors.CSD`, ``KNN``) learns (its ``state()``): the
+    bank's shape and storage; the bank itself is the tensor ``bank`` of ``file``."""
+
     k: int
     bank_size: int
     dim: int
     dtype: Literal["float16", "float32"] = "float16"
-    index: dict[str, Any] = Field(default_factory=lambda: {"type": "flat", "exact": True})
+    index: BankIndex = BankIndex()
     file: str
     views_per_image: int | None = None    # csd: 6
     sources: str | None = None            # knn: the bank rows' URIs and thumbnails
@@ -261,12 +331,23 @@ class RowTables(_Part):
     @classmethod
     def of(cls, meta: "BundleMeta | dict[str, Any]") -> "RowTables":
         """From a bundle's typed metadata, or from a partial ``meta``-shaped mapping (bundle-less callers,
-        tests); missing parts are empty."""
-        if isinstance(meta, BundleMeta):
-            th = meta.thresholds
-            return cls(per_score=th.per_score, flag=th.flag, flag_on=th.flag_on, quantiles=meta.heldout_quantiles,
-                       near_duplicates=meta.near_duplicates, per_class=meta.per_class)
-        th = dict(meta.get("thresholds") or {})
-        return cls(per_score=th.get("per_score") or {}, flag=th.get("flag") or {}, flag_on=th.get("flag_on") or [],
-                   quantiles=meta.get("heldout_quantiles") or {}, near_duplicates=meta.get("near_duplicates"),
-                   per_class=meta.get("per_class"))
+        tests), parsed as :class:`_RowParts`; missing parts are empty."""
+        parts = meta if isinstance(meta, BundleMeta) else _RowParts.model_validate(meta)
+        th = parts.thresholds
+        return cls(per_score=th.per_score, flag=th.flag, flag_on=th.flag_on, quantiles=parts.heldout_quantiles,
+                   near_duplicates=parts.near_duplicates, per_class=parts.per_class)
+
+
+class _RowThresholds(_Part):
+    per_score: dict[str, float] = Field(default_factory=dict)
+    flag: dict[str, float] = Field(default_factory=dict)
+    flag_on: list[str] = Field(default_factory=list)
+
+
+class _RowParts(_Part):
+    """The parts of a partial ``meta``-shaped mapping that rows read (:meth:`RowTables.of`), any missing."""
+
+    thresholds: _RowThresholds = _RowThresholds()
+    heldout_quantiles: dict[str, list[float]] = Field(default_factory=dict)
+    near_duplicates: NearDupPart | None = None
+    per_class: PerClassThresholds | None = None

@@ -12,7 +12,9 @@ import torch
 
 from ood_audit.errors import BundleError
 from ood_audit.models import ModelSpec, TapModel
-from ood_audit.bundle.schema import BundleMeta
+from ood_audit.bundle.schema import BankPart, BundleMeta, FeatureNorm2Part
+
+DetectorPart = FeatureNorm2Part | BankPart  # what a stateful detector's state() returns
 
 
 def load_state_bytes(data: bytes, source: str = "weights") -> dict[str, torch.Tensor]:
@@ -41,27 +43,27 @@ def make_scorer(state: dict[str, torch.Tensor], spec: ModelSpec, block: str, *, 
     return Scorer(tap, block, detectors=dets or None, device=device)
 
 
-def detector_states(bundle: Any) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """The bundle's fitted detectors as (name -> JSON state, name -> bank tensor), bank files verified."""
+def detector_states(bundle: Any) -> tuple[dict[str, DetectorPart], dict[str, Any]]:
+    """The bundle's fitted detectors as (name -> its part, name -> bank tensor), bank files verified."""
     info: BundleMeta = bundle.info
-    states: dict[str, dict[str, Any]] = {}
+    states: dict[str, DetectorPart] = {}
     banks: dict[str, Any] = {}
     if info.featurenorm2 is not None:
         if info.featurenorm2.block != info.block:
             raise BundleError(f"bundle featurenorm2 statistics are for block {info.featurenorm2.block!r} but the "
                               f"selected block is {info.block!r}; recalibrate")
-        states["featurenorm2"] = info.featurenorm2.model_dump()
-    for name in ("csd", "knn"):
-        part = getattr(info, name)
+        states["featurenorm2"] = info.featurenorm2
+    for name, part in (("csd", info.csd), ("knn", info.knn)):
         if part is not None:
-            states[name] = part.model_dump()
+            states[name] = part
             banks[name] = bundle.tensors(part.file)["bank"]
     return states, banks
 
 
-def restore_detectors(block: str, states: dict[str, dict[str, Any]], banks: dict[str, Any], *,
+def restore_detectors(block: str, states: dict[str, DetectorPart], banks: dict[str, Any], *,
                       device: str = "cpu", knn_backend: str = "auto") -> list[Any]:
-    """The stateless detectors at ``block`` and the fitted ones restored from ``states`` / ``banks``."""
+    """The stateless detectors at ``block`` and the fitted ones restored from their parts (``states``) and
+    ``banks``."""
     from ood_audit.scores.detectors import LOGIT_DETECTORS, detector_from_state, make_detectors
 
     dets = list(make_detectors(("featurenorm", *LOGIT_DETECTORS), block=block).values())

@@ -35,9 +35,10 @@ from ood_audit.models.precision import DEFAULT_PRECISION, check_precision
 from ood_audit.scores.detectors import DETECTORS, make_detectors
 from ood_audit.scores.probes import DEFAULT_PROBES, check_probes
 from ood_audit.vocab import SCORE_NAMES
-from ood_audit.bundle.files import BANK_SOURCES, bank_sources, write_bundle
+from ood_audit.bundle.files import BANK_SOURCES
+from ood_audit.bundle.write import bank_sources, write_bundle
 from ood_audit.calibration.evidence import outlier_evidence, probe_evidence
-from ood_audit.bundle.schema import BundleMeta, QualityPart
+from ood_audit.bundle.schema import BundleMeta, OutlierEvidence, QualityPart, TrainingPart
 from ood_audit.flagging.neardup import near_duplicate_threshold
 from ood_audit.calibration.normratio import ratios_from_sums
 from ood_audit.flagging.perclass import DEFAULT_MIN_CLASS_IMAGES, check_min_images, per_class_thresholds
@@ -142,10 +143,7 @@ def read_model(uri: str, spec: ModelSpec | None, s3: S3Config | None) -> tuple[b
     return data, spec
 
 
-TRAINING_FIELDS = ("val_accuracy", "val_loss", "chance_accuracy", "epochs", "mode", "run_name", "warning")
-
-
-def read_training_record(uri: str, model_bytes: bytes, s3: S3Config | None) -> dict[str, Any] | None:
+def read_training_record(uri: str, model_bytes: bytes, s3: S3Config | None) -> TrainingPart | None:
     """What ``ood-audit train`` recorded about these weights (``<stem>.json``): validation accuracy and
     loss, chance, epochs. None when there is no such file or it describes other weights (sha256)."""
     import hashlib
@@ -155,15 +153,14 @@ def read_training_record(uri: str, model_bytes: bytes, s3: S3Config | None) -> d
     if not exists(stem + ".json", s3=s3):
         return None
     try:
-        meta = json.loads(read_bytes(stem + ".json", s3=s3))
+        record = json.loads(read_bytes(stem + ".json", s3=s3))
     except ValueError:
         return None
-    if meta.get("sha256") != hashlib.sha256(model_bytes).hexdigest() or "val_accuracy" not in meta:
+    if record.get("sha256") != hashlib.sha256(model_bytes).hexdigest() or "val_accuracy" not in record:
         return None
-    record = {k: meta.get(k) for k in TRAINING_FIELDS}
-    record["val_images"] = (meta.get("validation") or {}).get("images_scored")
-    record["val_fraction"] = (meta.get("validation") or {}).get("fraction")
-    return record
+    validation = record.get("validation") or {}
+    return TrainingPart.model_validate({**record, "val_images": validation.get("images_scored"),
+                                        "val_fraction": validation.get("fraction")})
 
 
 def list_id_images(data: str, s3: S3Config | None) -> tuple[list[str], int]:
@@ -259,8 +256,8 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     csd_state, csd_tensors = dets["csd"].state()
     knn_state, knn_tensors = dets["knn"].state()
     log.info("NormRatio chose %s (R=%.4f) over %d images; selector %s -> %s; CSD bank %d x %d, kNN bank %d x %d",
-             nr.selected, nr.ratios[nr.selected], bank["count"], cfg.selector, block, csd_state["bank_size"],
-             csd_state["dim"], knn_state["bank_size"], knn_state["dim"])
+             nr.selected, nr.ratios[nr.selected], bank["count"], cfg.selector, block, csd_state.bank_size,
+             csd_state.dim, knn_state.bank_size, knn_state.dim)
 
     # Phase 2: held-out scores through the fitted detectors -> featurenorm2, thresholds, percentile tables.
     t2 = time.perf_counter()
@@ -298,14 +295,13 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
                                       min_images=cfg.per_class_min_images, num_classes=spec.num_classes)
                  if cfg.per_class_thresholds else None)
     selection = selection_meta(selector=cfg.selector, selected=block, forced=cfg.block is not None, ratios=nr.ratios,
-                               images=bank["count"], seed=cfg.seed, grid=3, evidence=evidence, outliers=outliers)
-    if reason:
-        selection["warnings"].append(reason)
+                               images=bank["count"], seed=cfg.seed, grid=3, evidence=evidence, outliers=outliers,
+                               notes=[reason] if reason else [])
     info = BundleMeta(
         model=spec.to_dict(), training=read_training_record(cfg.model, model_bytes, cfg.s3),
         preprocess=pre.to_dict(), precision={"activations": cfg.precision}, selection=selection,
-        featurenorm2=fn2.state()[0], csd={**csd_state, "views_per_image": 6},
-        knn={**knn_state, "sources": BANK_SOURCES},
+        featurenorm2=fn2.state()[0], csd=csd_state,
+        knn=knn_state.model_copy(update={"sources": BANK_SOURCES}),
         thresholds={"target_id_flag_rate": cfg.id_flag_rate, "heldout_images": n_held,
                     "per_score": {s: threshold_at(v, cfg.id_flag_rate) for s, v in held_scores.items()},
                     "flag_on": flag_on, "flag": flag_th, "flag_alpha": alpha, "flag_on_reason": reason},
@@ -318,10 +314,10 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
         quality=quality, near_duplicates=near_dup, per_class=per_class)
     meta = info.to_json()
     uri = write_bundle(cfg.output, meta, s3=cfg.s3, files={"model.safetensors": model_bytes, BANK_SOURCES: sources},
-                       tensors={csd_state["file"]: csd_tensors, knn_state["file"]: knn_tensors})
+                       tensors={csd_state.file: csd_tensors, knn_state.file: knn_tensors})
     total = time.perf_counter() - t0
     summary = {"bundle": uri, "images": len(uris), "selector": cfg.selector, "selected_block": block,
-               "selection_warnings": selection["warnings"], "flag_on": flag_on, "failures": failures[:20],
+               "selection_warnings": selection.warnings, "flag_on": flag_on, "failures": failures[:20],
                "blurry_threshold": quality.blurry if quality else None,
                "near_duplicate_threshold": near_dup.threshold if near_dup else None,
                "per_class_fallback": dict(per_class.fallback) if per_class else None,
@@ -334,7 +330,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
 
 
 def _outlier_evidence(cfg: CalibrateConfig, common: dict[str, Any], held_uris: list[str],
-                      blocks: list[str]) -> dict[str, Any]:
+                      blocks: list[str]) -> OutlierEvidence:
     """FN at every block of the known outliers and of (up to ``max_probe``) held-out ID images."""
     out_uris, _ = list_id_images(cfg.outliers, cfg.s3)  # type: ignore[arg-type]
     ref = [u for u, m in zip(held_uris, subsample_mask(held_uris, cfg.max_probe, cfg.seed)) if m]
@@ -349,9 +345,6 @@ def _outlier_evidence(cfg: CalibrateConfig, common: dict[str, Any], held_uris: l
     if fout.shape[0] < MIN_OUTLIERS or fid.shape[0] < 20:
         raise DataError(f"--outliers {cfg.outliers}: {fout.shape[0]} outlier and {fid.shape[0]} held-out ID images "
                         f"decoded; need >= {MIN_OUTLIERS} outliers (a few dozen is better) and >= 20 held-out ID")
-    res = outlier_evidence(blocks, fid, fout)
-    res["source"] = cfg.outliers
-    res["decode_failures"] = int((~good[len(ref):]).sum())
-    log.info("known outliers: %d from %s against %d held-out ID images", res["outliers"], cfg.outliers,
-             res["id_images"])
+    res = outlier_evidence(blocks, fid, fout, source=cfg.outliers, decode_failures=int((~good[len(ref):]).sum()))
+    log.info("known outliers: %d from %s against %d held-out ID images", res.outliers, cfg.outliers, res.id_images)
     return res

@@ -1,10 +1,13 @@
 """Block-selection evidence for people: a text table (``bundle show``) and an HTML fragment with an inline SVG
-(for the report). Both read only the bundle's ``selection`` record (:func:`~.selection.selection_meta`).
+(for the report). Both read only the bundle's typed ``selection`` part
+(:class:`~ood_audit.bundle.schema.SelectionPart`, made by :func:`~.selection.selection_meta`).
 """
 from __future__ import annotations
 
 import html
 from typing import Any
+
+from ood_audit.bundle.schema import INVERSION_LEVEL, SelectionPart
 
 _SHORT = {"jigsaw": "jigsaw", "pixel_shuffle": "pixshuf", "crop_upscale": "crop", "blur": "blur", "noise": "noise",
           "mix": "mix"}
@@ -18,21 +21,20 @@ def _short(p: str) -> str:
     return _SHORT.get(p, p[:7])
 
 
-def _rows(sel: dict[str, Any]) -> list[dict[str, Any]]:
+def _rows(sel: SelectionPart) -> list[dict[str, Any]]:
     """One row per candidate block with the numbers both views show."""
-    ev = sel.get("evidence") or {}
-    per, out = ev.get("per_block", {}), (sel.get("outliers") or {}).get("per_block", {})
-    level = ev.get("inversion_level", 0.5)
+    ev, outl = sel.evidence, sel.outliers
     rows = []
-    for b in sel.get("candidates") or list(sel.get("ratios", {})):
-        e = per.get(b, {})
-        rows.append({"block": b, "ratio": sel.get("ratios", {}).get(b), "auroc": e.get("auroc", {}),
-                     "min_auroc": e.get("min_auroc"), "min_two": e.get("min_auroc_two_sided"),
-                     "above": e.get("max_above_id_median"),
-                     "inverted": e.get("max_above_id_median") is not None and e["max_above_id_median"] > level,
-                     "fpr95": out.get(b, {}).get("fpr95"), "fpr95_two": out.get(b, {}).get("fpr95_two_sided"),
-                     "selected": b == sel.get("selected"),
-                     "choices": [k for k, v in (sel.get("choices") or {}).items() if v == b]})
+    for b in sel.candidates or list(sel.ratios):
+        e = ev.per_block.get(b) if ev is not None else None
+        o = outl.per_block.get(b) if outl is not None else None
+        rows.append({"block": b, "ratio": sel.ratios.get(b), "auroc": e.auroc if e else {},
+                     "min_auroc": e.min_auroc if e else None, "min_two": e.min_auroc_two_sided if e else None,
+                     "above": e.max_above_id_median if e else None,
+                     "inverted": bool(e and ev and e.max_above_id_median > ev.inversion_level),
+                     "fpr95": o.fpr95 if o else None, "fpr95_two": o.fpr95_two_sided if o else None,
+                     "selected": b == sel.selected,
+                     "choices": [k for k, v in sel.choices.items() if v == b]})
     return rows
 
 
@@ -40,34 +42,32 @@ def _f(v: Any, width: int, fmt: str = ".2f") -> str:
     return f"{v:>{width}{fmt}}" if isinstance(v, (int, float)) else f"{'-':>{width}}"
 
 
-def evidence_lines(sel: dict[str, Any]) -> list[str]:
+def evidence_lines(sel: SelectionPart) -> list[str]:
     """The evidence table with the chosen block marked, and a small text plot of the worst probe AUROC
     (robust's criterion), inverted blocks marked !."""
-    ev = sel.get("evidence") or {}
-    probes = ev.get("probes", [])
+    ev, outl = sel.evidence, sel.outliers
+    probes = ev.probes if ev is not None else []
     rows = _rows(sel)
-    outl = sel.get("outliers") or {}
     lines = []
-    if ev:
-        lines.append(f"  evidence: {ev.get('images')} ID images and their pseudo-OOD probes "
-                     f"({', '.join(probes)})")
-    if outl:
-        lines.append(f"  known outliers: {outl.get('outliers')} images ({outl.get('source', '?')}) against "
-                     f"{outl.get('id_images')} held-out ID images")
+    if ev is not None:
+        lines.append(f"  evidence: {ev.images} ID images and their pseudo-OOD probes ({', '.join(probes)})")
+    if outl is not None:
+        lines.append(f"  known outliers: {outl.outliers} images ({outl.source or '?'}) against "
+                     f"{outl.id_images} held-out ID images")
     hdr = f"  {'block':<14}{'R':>8}" + "".join(f"{_short(p):>8}" for p in probes)
     hdr += f"{'worst':>7}{'2-sided':>8}{'above-med':>10}"
-    if outl:
+    if outl is not None:
         hdr += f"{'FPR95':>7}{'FPR95-2':>8}"
     lines.append(hdr)
     for r in rows:
         line = f"  {r['block']:<14}{_f(r['ratio'], 8, '.4f')}" + "".join(_f(r["auroc"].get(p), 8) for p in probes)
         line += _f(r["min_auroc"], 7) + _f(r["min_two"], 8) + _f(r["above"], 9) + ("!" if r["inverted"] else " ")
-        if outl:
+        if outl is not None:
             line += _f(r["fpr95"], 7) + _f(r["fpr95_two"], 8)
         marks = (["<- selected"] if r["selected"] else []) + [f"{c} choice" for c in r["choices"]]
         lines.append(line + ("  " + ", ".join(marks) if marks else ""))
-    if ev:
-        lines.append("  " + LEGEND.format(level=ev.get("inversion_level", 0.5)))
+    if ev is not None:
+        lines.append("  " + LEGEND.format(level=ev.inversion_level))
         vals = [r["min_auroc"] if isinstance(r["min_auroc"], (int, float)) else 0.0 for r in rows]
         lo = min(min(vals), 0.5) - 0.02
         hi = max(max(vals), 0.52, lo + 0.1)
@@ -83,7 +83,7 @@ def evidence_lines(sel: dict[str, Any]) -> list[str]:
     return lines
 
 
-def evidence_html(sel: dict[str, Any]) -> str:
+def evidence_html(sel: SelectionPart) -> str:
     """An HTML fragment: an inline SVG bar chart (worst probe AUROC per block, inverted blocks in red, NormRatio as
     dots) and the evidence table.
 
@@ -94,8 +94,8 @@ def evidence_html(sel: dict[str, Any]) -> str:
     def esc(value: Any) -> str:
         return html.escape(str(value))
 
-    ev = sel.get("evidence") or {}
-    probes = ev.get("probes", [])
+    ev = sel.evidence
+    probes = ev.probes if ev is not None else []
     rows = _rows(sel)
     w, bar_h, gap, left = 660, 18, 6, 130
     h = len(rows) * (bar_h + gap) + 40
@@ -132,9 +132,10 @@ def evidence_html(sel: dict[str, Any]) -> str:
                     f'<td>{_f(r["ratio"], 0, ".4f").strip()}</td>{cells}<td>{_f(r["min_auroc"], 0).strip()}</td>'
                     f'<td>{_f(r["min_two"], 0).strip()}</td><td>{_f(r["above"], 0).strip()}'
                     f'{"!" if r["inverted"] else ""}</td><td>{_f(r["fpr95"], 0).strip()}</td><td>{mark}</td></tr>')
-    warn = "".join(f'<p class="warning">{esc(x)}</p>' for x in sel.get("warnings") or [])
-    return (f'<section class="block-selection"><h3>Block selection: {esc(sel.get("selector"))} chose '
-            f'{esc(sel.get("selected"))}</h3>{warn}{"".join(svg)}'
+    warn = "".join(f'<p class="warning">{esc(x)}</p>' for x in sel.warnings)
+    return (f'<section class="block-selection"><h3>Block selection: {esc(sel.selector)} chose '
+            f'{esc(sel.selected)}</h3>{warn}{"".join(svg)}'
             f'<table><thead><tr><th>block</th><th>NormRatio</th>{head}<th>worst</th><th>2-sided</th>'
             f'<th>above-med</th><th>outlier FPR95</th><th></th></tr></thead><tbody>{"".join(body)}</tbody></table>'
-            f'<p class="legend">{esc(LEGEND.format(level=ev.get("inversion_level", 0.5)))}</p></section>')
+            f'<p class="legend">{esc(LEGEND.format(level=ev.inversion_level if ev is not None else INVERSION_LEVEL))}'
+            '</p></section>')

@@ -3,11 +3,12 @@
 - ``normratio``: the paper's rule unchanged, s = argmax_n R_n (SPEC §4). Reproduces the paper.
 - ``robust``: the block whose *worst* probe is separated best, argmax_b min_p AUROC(FN_b(ID), FN_b(probe_p)),
   among blocks where no probe shows an inversion (more than 60% of its images above the ID median FN,
-  :data:`~.evidence.INVERSION_LEVEL`). The AUROC keeps FeatureNorm's fixed orientation, higher = ID, so
-  it cannot invert: a probe with *higher* norms than ID scores below 0.5 and counts against the block,
-  never for it (a symmetric measure such as |AUROC − 0.5| or a distance would reward exactly the
-  blocks that fail). When every block is inverted for some probe, the worst-case AUROC of the
-  two-sided featurenorm2 (which flags both directions) decides among all blocks, and the bundle warns.
+  :data:`~ood_audit.bundle.schema.INVERSION_LEVEL`, :meth:`~ood_audit.bundle.schema.ProbeEvidence.inverted`).
+  The AUROC keeps FeatureNorm's fixed orientation, higher = ID, so it cannot invert: a probe with
+  *higher* norms than ID scores below 0.5 and counts against the block, never for it (a symmetric measure
+  such as |AUROC − 0.5| or a distance would reward exactly the blocks that fail). When every block is
+  inverted for some probe, the worst-case AUROC of the two-sided featurenorm2 (which flags both directions)
+  decides among all blocks, and the bundle warns.
 - ``validated``: the block with the lowest FPR95 of FeatureNorm on the user's known outliers against
   held-out ID (SPEC §9 convention); ties go to the higher AUROC, then to the earlier block.
 
@@ -22,10 +23,10 @@ every run, there and on a texture-trained model.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Sequence
 
+from ood_audit.bundle.schema import OutlierEvidence, ProbeEvidence, SelectionPart
 from ood_audit.errors import ConfigError
-from ood_audit.calibration.evidence import inverted_probes
 from ood_audit.calibration.normratio import select_block
 
 log = logging.getLogger(__name__)
@@ -41,57 +42,56 @@ def normratio_choice(ratios: dict[str, float]) -> str:
     return select_block(ratios)
 
 
-def robust_choice(evidence: dict[str, Any]) -> str:
+def robust_choice(evidence: ProbeEvidence) -> str:
     """The non-inverted block with the best worst-case probe AUROC, the earlier on ties (see the module docstring)."""
-    per = evidence["per_block"]
-    clean = [b for b in per if not inverted_probes(evidence, b)]
+    per = evidence.per_block
+    clean = [b for b in per if not evidence.inverted(b)]
     if clean:
-        return max(clean, key=lambda b: per[b]["min_auroc"])
-    return max(per, key=lambda b: per[b]["min_auroc_two_sided"])
+        return max(clean, key=lambda b: per[b].min_auroc)
+    return max(per, key=lambda b: per[b].min_auroc_two_sided)
 
 
-def validated_choice(outliers: dict[str, Any]) -> str:
+def validated_choice(outliers: OutlierEvidence) -> str:
     """The block with the lowest FeatureNorm FPR95 on known outliers (then the higher AUROC, then the earlier)."""
-    per = outliers["per_block"]
+    per = outliers.per_block
     order = {b: i for i, b in enumerate(per)}
-    return min(per, key=lambda b: (per[b]["fpr95"], -per[b]["auroc"], order[b]))
+    return min(per, key=lambda b: (per[b].fpr95, -per[b].auroc, order[b]))
 
 
-def choose_block(selector: str, ratios: dict[str, float], evidence: dict[str, Any] | None = None,
-                 outliers: dict[str, Any] | None = None) -> str:
+def choose_block(selector: str, ratios: dict[str, float], evidence: ProbeEvidence | None = None,
+                 outliers: OutlierEvidence | None = None) -> str:
     """The block ``selector`` picks from the NormRatios, the probe evidence and the outlier evidence."""
     if selector == "normratio":
         return normratio_choice(ratios)
     if selector == "robust":
-        if not evidence:
+        if evidence is None:
             raise ConfigError("--selector robust needs the probe evidence (at least one probe)")
         return robust_choice(evidence)
     if selector == "validated":
-        if not outliers:
+        if outliers is None:
             raise ConfigError("--selector validated needs known outliers: pass --outliers URI")
         return validated_choice(outliers)
     raise ConfigError(f"--selector {selector!r}: choose one of {', '.join(SELECTORS)}")
 
 
-def selection_warnings(selected: str, evidence: dict[str, Any] | None, outliers: dict[str, Any] | None = None,
+def selection_warnings(selected: str, evidence: ProbeEvidence | None, outliers: OutlierEvidence | None = None,
                        selector: str | None = None) -> list[str]:
     """Plain-text warnings about the selected block (inversion; too few known outliers)."""
     out = []
-    inv = inverted_probes(evidence, selected)
-    if inv:
-        above = evidence["per_block"][selected]["above_id_median"] if evidence else {}
+    if evidence is not None and (inv := evidence.inverted(selected)):
+        above = evidence.per_block[selected].above_id_median
         detail = ", ".join(f"{p} ({above[p]:.0%} above)" for p in inv)
         others = " or ".join(s for s in ("robust", "validated") if s != selector)
         out.append(f"FeatureNorm looks inverted at the selected block {selected}: most images of the pseudo-OOD "
                    f"probe(s) {detail} have a higher norm than the ID median, so 'higher = ID' may fail for OOD of "
                    f"that kind; flag on featurenorm2 instead, or try --selector {others}")
-    if outliers and outliers["outliers"] < FEW_OUTLIERS:
-        out.append(f"only {outliers['outliers']} known outliers: their FPR95 moves in steps of "
-                   f"{1 / outliers['outliers']:.0%}; {FEW_OUTLIERS} or more give a steadier choice")
+    if outliers is not None and outliers.outliers < FEW_OUTLIERS:
+        out.append(f"only {outliers.outliers} known outliers: their FPR95 moves in steps of "
+                   f"{1 / outliers.outliers:.0%}; {FEW_OUTLIERS} or more give a steadier choice")
     return out
 
 
-def resolve_flag_on(flag_on: list[str], evidence: dict[str, Any] | None,
+def resolve_flag_on(flag_on: list[str], evidence: ProbeEvidence | None,
                     explicit: bool = False) -> tuple[list[str], str | None]:
     """The scores that decide ``flagged``, and a note on why (or the risk) when FeatureNorm is inverted
     at *every* candidate block.
@@ -102,8 +102,8 @@ def resolve_flag_on(flag_on: list[str], evidence: dict[str, Any] | None,
     a property of the data the user cannot change. A ``flag_on`` the user set ``explicit``-ly is kept, and
     the note says what it risks. Either way the note is recorded in the bundle and printed.
     """
-    per = (evidence or {}).get("per_block") or {}
-    if "featurenorm" not in flag_on or not per or not all(inverted_probes(evidence, b) for b in per):
+    if "featurenorm" not in flag_on or evidence is None or not evidence.per_block \
+            or not all(evidence.inverted(b) for b in evidence.per_block):
         return list(flag_on), None
     if explicit:
         reason = ("FeatureNorm is inverted at every candidate block (pseudo-OOD probes with higher norms than ID at "
@@ -120,18 +120,19 @@ def resolve_flag_on(flag_on: list[str], evidence: dict[str, Any] | None,
 
 
 def selection_meta(*, selector: str, selected: str, forced: bool, ratios: dict[str, float], images: int,
-                   seed: int, grid: int, evidence: dict[str, Any] | None,
-                   outliers: dict[str, Any] | None) -> dict[str, Any]:
-    """The bundle's ``selection`` record: every selector's choice, the evidence and the warnings."""
+                   seed: int, grid: int, evidence: ProbeEvidence | None, outliers: OutlierEvidence | None,
+                   notes: Sequence[str] = ()) -> SelectionPart:
+    """The bundle's ``selection`` part: every selector's choice, the evidence and the warnings (then ``notes``,
+    such as why ``flag_on`` changed)."""
     choices = {"normratio": normratio_choice(ratios)}
-    if evidence:
+    if evidence is not None:
         choices["robust"] = robust_choice(evidence)
-    if outliers:
+    if outliers is not None:
         choices["validated"] = validated_choice(outliers)
     warnings = selection_warnings(selected, evidence, outliers, selector)
     for w in warnings:
         log.warning("block selection: %s", w)
-    return {"selector": selector, "seed": seed, "grid": grid, "images": images, "candidates": list(ratios),
-            "ratios": ratios, "normratio_choice": choices["normratio"], "choices": choices,
-            "selected": selected, "forced": forced, "inverted_probes": inverted_probes(evidence, selected),
-            "warnings": warnings, "evidence": evidence, "outliers": outliers}
+    return SelectionPart(selector=selector, seed=seed, grid=grid, images=images, candidates=list(ratios),
+                         ratios=ratios, normratio_choice=choices["normratio"], choices=choices, selected=selected,
+                         forced=forced, inverted_probes=evidence.inverted(selected) if evidence is not None else [],
+                         warnings=[*warnings, *notes], evidence=evidence, outliers=outliers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ood_audit.calibration.evidence_view import evidence_lines
-from ood_audit.bundle.schema import BundleMeta
+from ood_audit.bundle.schema import BundleMeta, SelectionPart, TrainingPart
 
 
 def format_bundle(b: Any) -> str:
@@ -15,8 +15,8 @@ def format_bundle(b: Any) -> str:
              f"  created: {b.provenance.get('created_at', '?')}",
              f"  model: {mod.arch} ({mod.num_classes} classes, {mod.image_size} px"
              f"{', small input' if mod.small_input else ''}); {m.precision.activations} activations",
-             _training_line(m.training.model_dump() if m.training else None), ""]
-    lines += _selection_lines(m.selection.model_dump())
+             _training_line(m.training), ""]
+    lines += _selection_lines(m.selection)
     lines += ["", f"thresholds at target ID false-flag rate {th.target_id_flag_rate} "
                   f"(held-out {th.heldout_images} images; flagged = any of {th.flag_on} below its "
                   f"flag threshold, union calibrated at alpha {th.flag_alpha:.4f})"]
@@ -33,37 +33,36 @@ def format_bundle(b: Any) -> str:
     for label, bank in (("CSD", m.csd), ("kNN", m.knn)):
         if bank:
             lines.append(f"{label} bank: {bank.bank_size} x {bank.dim} ({bank.dtype}, k={bank.k}, "
-                         f"{bank.index.get('type')})")
+                         f"{bank.index.type})")
     lines.append("files: " + ", ".join(f"{n} ({f['bytes']} B)" for n, f in sorted(b.files.items())))
     return "\n".join(lines)
 
 
-def _training_line(t: dict[str, Any] | None) -> str:
-    if not t or t.get("val_accuracy") is None:
+def _training_line(t: TrainingPart | None) -> str:
+    if t is None or t.val_accuracy is None:
         return "  model validation accuracy: not recorded (weights not trained by ood-audit train, or no split)"
-    chance = f", chance {t['chance_accuracy']:.3f}" if t.get("chance_accuracy") is not None else ""
-    line = (f"  model validation accuracy: {t['val_accuracy']:.3f} on {t.get('val_images')} held-out images{chance} "
-            f"(run {t.get('run_name')}, {t.get('mode')}, {t.get('epochs')} epochs)")
-    return line + (f"\n  WARNING: {t['warning']}" if t.get("warning") else "")
+    chance = f", chance {t.chance_accuracy:.3f}" if t.chance_accuracy is not None else ""
+    line = (f"  model validation accuracy: {t.val_accuracy:.3f} on {t.val_images} held-out images{chance} "
+            f"(run {t.run_name}, {t.mode}, {t.epochs} epochs)")
+    return line + (f"\n  WARNING: {t.warning}" if t.warning else "")
 
 
-def _selection_lines(sel: dict[str, Any]) -> list[str]:
-    ratios = sel.get("ratios", {})
-    forced = " (forced with --block)" if sel.get("forced") else ""
-    lines = [f"block selection: {sel.get('selector')} selected {sel.get('selected')}{forced}; NormRatio over "
-             f"{sel.get('images')} images, seed {sel.get('seed')}"]
-    choices = sel.get("choices") or {}
-    if choices:
-        lines.append("  choices: " + ", ".join(f"{k} -> {v}" for k, v in choices.items()))
-    if sel.get("evidence") or sel.get("outliers"):
+def _selection_lines(sel: SelectionPart) -> list[str]:
+    ratios = sel.ratios
+    forced = " (forced with --block)" if sel.forced else ""
+    lines = [f"block selection: {sel.selector} selected {sel.selected}{forced}; NormRatio over "
+             f"{sel.images} images, seed {sel.seed}"]
+    if sel.choices:
+        lines.append("  choices: " + ", ".join(f"{k} -> {v}" for k, v in sel.choices.items()))
+    if sel.evidence is not None or sel.outliers is not None:
         lines += evidence_lines(sel)
     else:  # bundles written before the evidence existed
         best = max(ratios.values()) if ratios else 1.0
         for blk, r in ratios.items():
-            mark = " <- selected" if blk == sel.get("selected") else ""
-            mark += " (NormRatio choice)" if blk == sel.get("normratio_choice") and blk != sel.get("selected") else ""
+            mark = " <- selected" if blk == sel.selected else ""
+            mark += " (NormRatio choice)" if blk == sel.normratio_choice and blk != sel.selected else ""
             bar = "#" * max(1, int(30 * r / best)) if best > 0 else ""
             lines.append(f"  {blk:<28} R={r:8.4f} {bar}{mark}")
-    for w in sel.get("warnings") or []:
+    for w in sel.warnings:
         lines.append(f"  WARNING: {w}")
     return lines

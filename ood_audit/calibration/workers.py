@@ -136,7 +136,7 @@ class NormWorker:
 
 class ScoreWorker:
     """Held-out phase (and ``evaluate``'s test sets): every score of every image through the fitted
-    detectors, restored from their ``state`` (``states``: name -> JSON config; ``banks``: name -> bank
+    detectors, restored from their ``state`` (``states``: name -> its bundle part; ``banks``: name -> bank
     array or object ref).
 
     Besides the scores: ``pred_class``; ``nn_dist``, the L2 distance to the nearest kNN-bank vector (with a
@@ -145,7 +145,7 @@ class ScoreWorker:
     (``working_size``, 256 px by default), the copy the scan's read task measures too: not of the model's
     crop, whose size depends on the bundle."""
 
-    def __init__(self, model: Any, spec: dict, preprocess: dict, block: str, *, states: dict[str, dict],
+    def __init__(self, model: Any, spec: dict, preprocess: dict, block: str, *, states: dict[str, Any],
                  banks: dict[str, Any], s3: S3Config | None = None, device: str = "cpu", precision: str = "float32",
                  knn_backend: str = "auto", threads: int = 8, working_size: int = DEFAULT_WORKING_SIZE) -> None:
         dets = restore_detectors(block, states, {k: _resolve(v) for k, v in banks.items()}, device=device,

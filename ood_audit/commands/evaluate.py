@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ood_audit.evaluate import ModelSource, evaluate, format_table, parse_ood_arg
+    from ood_audit.evaluate import evaluate, format_table, model_spec, parse_ood_arg
     from ood_audit.runtime import resolve_device
 
     for field in ("batch_size", "k_csd", "k_knn", "image_size", "max_select"):
@@ -54,11 +54,12 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{field.replace('_', '-')} must be >= 1, got {v}")
     ood = dict(parse_ood_arg(v) for v in args.ood)
     size = args.image_size or (32 if args.small_input else 224)
-    res = evaluate(ModelSource(args.arch, args.weights, args.small_input), args.id_train, args.id_test, ood,
-                   image_size=size, block=args.block, batch_size=args.batch_size, seed=args.seed, k_csd=args.k_csd,
-                   k_knn=args.k_knn, knn_backend=args.knn_backend, max_select=args.max_select,
-                   device=resolve_device(args.device), selector=args.selector, outliers=args.outliers,
-                   heldout_fraction=args.heldout_fraction, precision=args.precision, bundle_root=args.bundle_out)
+    spec = model_spec(args.arch, args.weights, small_input=args.small_input, image_size=size)
+    res = evaluate(spec, args.weights, args.id_train, args.id_test, ood, block=args.block,
+                   batch_size=args.batch_size, seed=args.seed, k_csd=args.k_csd, k_knn=args.k_knn,
+                   knn_backend=args.knn_backend, max_select=args.max_select, device=resolve_device(args.device),
+                   selector=args.selector, outliers=args.outliers, heldout_fraction=args.heldout_fraction,
+                   precision=args.precision, bundle_root=args.bundle_out)
     print(format_table(res))
     if res.bundle:
         print(res.bundle)

@@ -1,46 +1,65 @@
-"""A model's description, kept beside its weights (`model.json`) and inside audit bundles."""
+"""A model's description, kept beside its weights (``model.json``) and inside audit bundles.
+
+The field list is the bundle's :class:`~ood_audit.bundle.schema.ModelPart` (which reads without torch);
+:class:`ModelSpec` is that description, checked when made (a one-line :class:`ConfigError`) and able to
+build the model. ``evaluate`` reads the class count from the weights' head (:meth:`ModelSpec.for_weights`).
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
+from pydantic import ValidationError, model_validator
 
+from ood_audit.bundle.schema import ModelPart
 from ood_audit.errors import ConfigError
 from ood_audit.models.build import ARCHITECTURES, build_model
 from ood_audit.models.taps import IMAGENET_MEAN, IMAGENET_STD
-from ood_audit.models.weights import load_state_strict
+from ood_audit.models.weights import infer_num_classes, load_state_strict
 
 
-@dataclass
-class ModelSpec:
-    arch: str
-    num_classes: int
-    small_input: bool = False
-    image_size: int = 224
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    class_names: list[str] | None = None
+class ModelSpec(ModelPart):
+    """``ModelSpec(arch, num_classes, small_input=False, image_size=224, mean=ImageNet's, std=ImageNet's,
+    class_names=None)``: positional arguments follow :class:`ModelPart`'s fields."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.update(zip(ModelPart.model_fields, args))
+        kwargs.setdefault("mean", list(IMAGENET_MEAN))
+        kwargs.setdefault("std", list(IMAGENET_STD))
+        try:
+            super().__init__(**kwargs)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(f"model description{f' field {where}' if where else ''}: "
+                              f"{str(err['msg']).removeprefix('Value error, ')}") from None
+
+    @model_validator(mode="after")
+    def _known(self) -> "ModelSpec":
         if self.arch not in ARCHITECTURES:
-            raise ConfigError(f"model arch {self.arch!r} is unknown; choose one of: {', '.join(ARCHITECTURES)}")
+            raise ValueError(f"arch {self.arch!r} is unknown; choose one of: {', '.join(ARCHITECTURES)}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ConfigError("model mean/std must be 3 numbers each, std > 0")
+            raise ValueError("mean/std must be 3 numbers each, std > 0")
         if self.image_size < 8:
-            raise ConfigError(f"model image_size must be >= 8, got {self.image_size}")
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The description as ``model.json`` and the bundle store it."""
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        missing = [k for k in ("arch", "num_classes") if k not in known]
-        if missing:
-            raise ConfigError(f"model description lacks field {missing[0]!r}")
-        return cls(**known)
+        """From ``model.json`` or a bundle's ``model`` part; other keys (a training record's) are ignored."""
+        return cls(**d)
+
+    @classmethod
+    def for_weights(cls, arch: str, state: dict[str, torch.Tensor], *, small_input: bool = False,
+                    image_size: int = 224) -> "ModelSpec":
+        """The description of ``state``'s model, with the class count read from its head."""
+        n = infer_num_classes(state, build_model(arch, num_classes=10, small_input=small_input))
+        return cls(arch, n, small_input, image_size)
 
     def build(self, state: dict[str, torch.Tensor] | None = None, source: str = "checkpoint") -> nn.Module:
         """The model in eval mode, with ``state`` strictly loaded when given."""

@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ood_audit.bundle.files import (
-    BUNDLE_JSON,
-    compute_bundle_id,
-    load_bundle,
-    software_versions,
-    write_bundle,
-)
+from ood_audit.bundle.files import BUNDLE_JSON, compute_bundle_id, load_bundle, software_versions
+from ood_audit.bundle.write import write_bundle
 from ood_audit.errors import BundleError
 from ood_audit.io.fs import S3Config
 
@@ -52,7 +47,7 @@ def test_round_trip_local(tmp_path: Path) -> None:
     assert uri == str(tmp_path / "bundles" / bundle_id) and len(bundle_id) == 32
     bundle = load_bundle(uri)
     assert bundle.id == bundle_id
-    assert bundle.meta["blocks"]["layer3.1"] == 1.25 and bundle.meta["selected_block"] == "layer4.1"
+    assert bundle.meta == meta  # the caller's metadata, exactly as given
     got = bundle.tensors("model.safetensors")
     assert torch.equal(got["fc.weight"], tensors["model.safetensors"]["fc.weight"])
     assert bundle.tensors("csd_bank.safetensors")["bank"].dtype == torch.float16

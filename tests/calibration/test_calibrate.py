@@ -39,8 +39,8 @@ def test_distributed_calibration_on_s3_matches_single_process(ray_local, s3_clie
     assert res.summary["bank_workers"] == 2  # both actors did work
     assert res.bundle_uri.startswith(f"s3://{s3_bucket}/audit/bundles/")
     b = load_bundle(res.bundle_uri, s3=s3_config)
-    meta = b.meta
-    assert meta["data"]["decode_failures"] == 1
+    info = b.info
+    assert info.data is not None and info.data.decode_failures == 1
 
     # single-process NormRatio over the same bank images, with the same global indices and seed
     uris, _ = list_id_images(data, s3_config)
@@ -51,18 +51,20 @@ def test_distributed_calibration_on_s3_matches_single_process(ray_local, s3_clie
     idx = torch.tensor([i for i, _ in bank])
     ref = norm_ratio(SPEC.build(b.tensors("model.safetensors")), [{"image": x, "index": idx}], seed=0,
                      mean=SPEC.mean, std=SPEC.std)
-    assert meta["selection"]["images"] == ref.count == len(bank)
+    assert info.selection.images == ref.count == len(bank)
     for blk, r in ref.ratios.items():
-        assert meta["selection"]["ratios"][blk] == pytest.approx(r, rel=1e-6)
-    assert meta["selection"]["selected"] == ref.selected
-    assert meta["csd"]["bank_size"] == 6 * len(bank) and meta["knn"]["bank_size"] == len(bank)
+        assert info.selection.ratios[blk] == pytest.approx(r, rel=1e-6)
+    assert info.selection.selected == ref.selected
+    assert info.csd is not None and info.knn is not None
+    assert info.csd.bank_size == 6 * len(bank) and info.knn.bank_size == len(bank)
     assert b.tensors("csd_bank.safetensors")["bank"].shape == (6 * len(bank), 512)
-    th = meta["thresholds"]
-    assert set(th["per_score"]) == {"featurenorm", "featurenorm2", "msp", "energy", "maxlogit", "msp+fn", "energy+fn",
+    th = info.thresholds
+    assert set(th.per_score) == {"featurenorm", "featurenorm2", "msp", "energy", "maxlogit", "msp+fn", "energy+fn",
                                     "csd", "knn"}
-    assert meta["selection"]["evidence"]["images"] == len(bank)  # probe evidence gathered across both actors
+    assert info.selection.evidence is not None
+    assert info.selection.evidence.images == len(bank)  # probe evidence gathered across both actors
     broken_held = sum(bool(held[i]) for i, u in enumerate(uris) if u.endswith("broken.png"))
-    assert th["heldout_images"] == int(held.sum()) - broken_held
+    assert th.heldout_images == int(held.sum()) - broken_held
 
 
 @pytest.mark.timeout(300)
@@ -128,13 +130,15 @@ def test_bundle_carries_the_models_validation_accuracy(tmp_path, capsys):
     cfg = CalibrateConfig(data=data, model=str(weights), output=str(tmp_path / "out"), heldout_fraction=0.3,
                           workers=0, k_knn=5, min_heldout=10)
     res = calibrate(cfg)
-    assert res.meta["training"]["val_accuracy"] == 0.975 and res.meta["training"]["val_images"] == 6
-    assert load_bundle(res.bundle_uri).meta["training"]["run_name"] == "r1"
+    assert res.info.training is not None
+    assert res.info.training.val_accuracy == 0.975 and res.info.training.val_images == 6
+    stored = load_bundle(res.bundle_uri).info.training
+    assert stored is not None and stored.run_name == "r1"
     assert main(["bundle", "show", res.bundle_uri]) == 0
     assert "model validation accuracy: 0.975 on 6 held-out images, chance 0.500" in capsys.readouterr().out
     # The same json beside other weights describes nothing about them.
     (root / "digits.json").write_text(json.dumps({**record, "sha256": "0" * 64}))
     other = calibrate(CalibrateConfig(**{**cfg.__dict__, "output": str(tmp_path / "out2")}))
-    assert other.meta["training"] is None
+    assert other.info.training is None and other.meta.get("training", "absent") is None  # stored as null
     assert main(["bundle", "show", other.bundle_uri]) == 0
     assert "model validation accuracy: not recorded" in capsys.readouterr().out

@@ -48,17 +48,17 @@ def test_robust_selector_is_recorded_with_evidence_and_featurenorm2(setup, capsy
     root, data = setup
     uri = _calibrate(root, data, capsys, "--selector", "robust", "--probes", "jigsaw,blur,noise")
     b = load_bundle(uri)
-    sel = b.meta["selection"]
-    assert sel["selector"] == "robust" and sel["selected"] == sel["choices"]["robust"]
-    assert sel["evidence"]["probes"] == ["jigsaw", "blur", "noise"]
-    assert sel["evidence"]["images"] == sel["images"]  # max_probe >= bank: every NormRatio image
-    assert set(sel["evidence"]["per_block"]) == set(sel["ratios"])
-    assert sel["outliers"] is None
-    th = b.meta["thresholds"]
-    assert "featurenorm2" in th["per_score"] and "featurenorm2" in b.meta["heldout_quantiles"]
-    assert th["flag_on"] == ["featurenorm2", "csd"]
-    fn2 = b.meta["featurenorm2"]
-    assert fn2["block"] == sel["selected"] and fn2["scale"] > 0 and fn2["heldout_images"] == th["heldout_images"]
+    sel = b.info.selection
+    assert sel.selector == "robust" and sel.selected == sel.choices["robust"]
+    assert sel.evidence is not None and sel.evidence.probes == ["jigsaw", "blur", "noise"]
+    assert sel.evidence.images == sel.images  # max_probe >= bank: every NormRatio image
+    assert set(sel.evidence.per_block) == set(sel.ratios)
+    assert sel.outliers is None
+    th = b.info.thresholds
+    assert "featurenorm2" in th.per_score and "featurenorm2" in b.info.heldout_quantiles
+    assert th.flag_on == ["featurenorm2", "csd"]
+    fn2 = b.info.featurenorm2
+    assert fn2 is not None and fn2.block == sel.selected and fn2.scale > 0 and fn2.heldout_images == th.heldout_images
 
     # the scan's scorer, built from the bundle alone, reproduces the held-out featurenorm2 threshold
     scorer = scorer_from_bundle(b)
@@ -68,9 +68,9 @@ def test_robust_selector_is_recorded_with_evidence_and_featurenorm2(setup, capsy
     x = torch.from_numpy(decode_dataset(held, size=32).images).permute(0, 3, 1, 2)
     s = scorer(x)
     np.testing.assert_array_equal(s["featurenorm2"], feature_norm_two_sided(torch.from_numpy(s["featurenorm"]),
-                                                                            fn2["center"], fn2["scale"]).numpy())
-    assert threshold_at(s["featurenorm2"], 0.05) == pytest.approx(th["per_score"]["featurenorm2"], rel=1e-9)
-    assert np.median(np.log(s["featurenorm"].astype(np.float64))) == pytest.approx(fn2["center"], rel=1e-9)
+                                                                            fn2.center, fn2.scale).numpy())
+    assert threshold_at(s["featurenorm2"], 0.05) == pytest.approx(th.per_score["featurenorm2"], rel=1e-9)
+    assert np.median(np.log(s["featurenorm"].astype(np.float64))) == pytest.approx(fn2.center, rel=1e-9)
 
 
 @pytest.mark.timeout(300)
@@ -78,13 +78,14 @@ def test_validated_selector_records_outliers_and_show_prints_evidence(setup, cap
     root, data = setup
     uri = _calibrate(root, data, capsys, "--selector", "validated", "--outliers", str(root / "outliers"),
                      "--max-probe", "20")
-    sel = load_bundle(uri).meta["selection"]
-    assert sel["selector"] == "validated"
-    assert sel["outliers"]["outliers"] == 12 and sel["outliers"]["source"] == str(root / "outliers")
-    assert sel["outliers"]["id_images"] == 20  # held-out ID reference capped by --max-probe
-    assert sel["selected"] == sel["choices"]["validated"]
-    assert sel["evidence"]["images"] == 20
-    assert any("only 12 known outliers" in w for w in sel["warnings"])
+    sel = load_bundle(uri).info.selection
+    assert sel.selector == "validated"
+    assert sel.outliers is not None and sel.evidence is not None
+    assert sel.outliers.outliers == 12 and sel.outliers.source == str(root / "outliers")
+    assert sel.outliers.id_images == 20  # held-out ID reference capped by --max-probe
+    assert sel.selected == sel.choices["validated"]
+    assert sel.evidence.images == 20
+    assert any("only 12 known outliers" in w for w in sel.warnings)
     assert main(["bundle", "show", uri]) == 0
     out = capsys.readouterr().out
     assert "block selection: validated selected" in out and "known outliers: 12 images" in out

@@ -7,16 +7,17 @@ import pytest
 import torch
 
 from ood_audit import build_model, save_weights
-from ood_audit.bundle.files import open_bundle, write_bundle
+from ood_audit.bundle.files import open_bundle
+from ood_audit.bundle.write import write_bundle
 from ood_audit.calibration.calibrate import CalibrateConfig, calibrate
-from ood_audit.bundle.schema import SCHEMA_VERSION, parse_meta
+from ood_audit.bundle.schema import SCHEMA_VERSION, ProbeBlockEvidence, ProbeEvidence, parse_meta
 from ood_audit.bundle.scorer import scorer_from_bundle
 from ood_audit.calibration.selection import resolve_flag_on
 from ood_audit.flagging.thresholds import flags
 from ood_audit.cli import main
 from ood_audit.demo.data import write_digit_folders
 from ood_audit.errors import BundleError
-from ood_audit.evaluate import ModelSource, evaluate
+from ood_audit.evaluate import evaluate, model_spec
 from ood_audit.io.decode import Preprocess, decode_image
 from ood_audit.metrics import ood_metrics
 from ood_audit.models import ModelSpec
@@ -60,8 +61,8 @@ def _decode(folder: str, pre: Preprocess) -> torch.Tensor:
 @pytest.mark.timeout(600)
 def test_evaluate_is_calibrate_plus_the_scans_scores(digits, tmp_path, capsys):
     root, train, test, noise, weights = digits
-    res = evaluate(ModelSource("resnet18", weights, small_input=True), train, test, {"noise": noise}, image_size=32,
-                   k_knn=10, batch_size=64, selector="normratio", bundle_root=str(tmp_path / "eval"))
+    res = evaluate(model_spec("resnet18", weights, small_input=True, image_size=32), weights, train, test,
+                   {"noise": noise}, k_knn=10, batch_size=64, selector="normratio", bundle_root=str(tmp_path / "eval"))
     assert main(["calibrate", "--data", train, "--model", weights, "--output", str(tmp_path / "cal"),
                  "--workers", "0", "--k-knn", "10", "--selector", "normratio"]) == 0
     cal_uri = capsys.readouterr().out.strip().splitlines()[-1]
@@ -109,7 +110,8 @@ def test_schema_1_bundles_read_as_float32_with_the_renamed_target(tmp_path):
     res = calibrate(CalibrateConfig(data=data, model=str(tmp_path / "model.safetensors"), output=str(tmp_path / "o"),
                                     spec=ModelSpec("resnet18", 2, True, 32), heldout_fraction=0.3, workers=0,
                                     k_knn=5, min_heldout=10, id_flag_rate=0.1))
-    assert res.meta["schema_version"] == SCHEMA_VERSION and res.meta["precision"]["activations"] == "float32"
+    assert res.meta == res.info.to_json() and {"schema_version", "precision"} <= set(res.meta)  # stored in full
+    assert res.info.schema_version == SCHEMA_VERSION and res.info.precision.activations == "float32"
     old = {k: v for k, v in res.meta.items() if k not in ("schema_version", "precision")}
     old["thresholds"] = {("target_fpr" if k == "target_id_flag_rate" else k): v
                          for k, v in old["thresholds"].items() if k != "flag_on_reason"}
@@ -158,8 +160,11 @@ def test_precision_policy_calibration_and_scan_flag_alike(digits, tmp_path):
 
 def test_flag_on_moves_to_featurenorm2_only_when_every_block_is_inverted():
     def ev(above):
-        return {"probes": ["jigsaw"], "inversion_level": 0.6,
-                "per_block": {b: {"above_id_median": {"jigsaw": a}} for b, a in above.items()}}
+        per = {b: ProbeBlockEvidence(auroc={"jigsaw": 1 - a}, auroc_two_sided={"jigsaw": 0.9},
+                                     above_id_median={"jigsaw": a}, min_auroc=1 - a, min_auroc_two_sided=0.9,
+                                     max_above_id_median=a)
+               for b, a in above.items()}
+        return ProbeEvidence(probes=["jigsaw"], images=100, per_block=per, inversion_level=0.6)
 
     assert resolve_flag_on(["featurenorm", "csd"], ev({"a": 0.9, "b": 0.3})) == (["featurenorm", "csd"], None)
     flag_on, reason = resolve_flag_on(["featurenorm", "csd"], ev({"a": 0.9, "b": 0.7}))
@@ -196,7 +201,7 @@ def test_inverted_everywhere_flags_on_featurenorm2_and_catches_what_featurenorm_
                                     spec=ModelSpec("resnet18", 2, True, 32), heldout_fraction=0.3, workers=0,
                                     k_knn=5, min_heldout=10, probes=("jigsaw", "pixel_shuffle")))
     sel = res.info.selection
-    assert all(sel.evidence["per_block"][b]["above_id_median"]["jigsaw"] > 0.6 for b in sel.candidates)
+    assert all(sel.evidence.per_block[b].above_id_median["jigsaw"] > 0.6 for b in sel.candidates)
     th = res.info.thresholds
     assert th.flag_on == ["featurenorm2", "csd"] and "featurenorm2" in th.flag
     assert th.flag_on_reason and th.flag_on_reason in sel.warnings

@@ -3,7 +3,7 @@ bundle shown only as text) and the target ID flag rate the thresholds were set a
 import html
 from html.parser import HTMLParser
 
-from ood_audit.bundle.files import write_bundle
+from ood_audit.bundle.write import write_bundle
 from ood_audit.report import ReportOptions, build_report, render_html
 
 from tests.reports import row, write_run
@@ -31,7 +31,8 @@ class Page(HTMLParser):
 
 
 def _selection(level=0.5):
-    per_block = {b: {"normratio": r, "auroc": {"jigsaw": a, PROBE: a2}, "min_auroc": min(a, a2),
+    per_block = {b: {"normratio": r, "auroc": {"jigsaw": a, PROBE: a2}, "auroc_two_sided": {"jigsaw": a, PROBE: a2},
+                     "above_id_median": {"jigsaw": above, PROBE: above}, "min_auroc": min(a, a2),
                      "min_auroc_two_sided": min(a, a2), "max_above_id_median": above}
                  for b, r, a, a2, above in (("layer3.1", 1.4, 0.81, 0.74, 0.3), (BLOCK, 1.2, 0.9, 0.86, 0.2),
                                             ("layer4.1", 1.9, 0.62, 0.41, 0.8))}
@@ -87,10 +88,10 @@ def test_no_bundle_no_section(tmp_path):
     assert data.selection_html is None and 'id="block-selection"' not in text
 
 
-def test_evidence_that_cannot_be_drawn_is_a_note_not_a_failure(tmp_path):
+def test_evidence_that_does_not_fit_the_schema_is_a_note_not_a_failure(tmp_path):
     data, text = _report(tmp_path, selection=_selection(level="half"))
     assert data.selection_html is None and 'id="block-selection"' not in text
-    assert any("block-selection evidence cannot be drawn" in w for w in data.warnings)
+    assert any("cannot be read" in w and "selection.evidence.inversion_level" in w for w in data.warnings)
 
 
 def test_the_target_id_flag_rate_is_named_as_such(tmp_path):

@@ -11,12 +11,15 @@ SCORES = ["featurenorm", "msp", "energy", "maxlogit", "msp+fn", "energy+fn", "cs
 
 
 def _meta(rng):
+    """A bundle-less ``meta``-shaped mapping, with the thresholds and tables it holds: (meta, per_score, flag,
+    quantiles)."""
     held = {s: rng.normal(size=200) for s in SCORES}
-    return {
-        "thresholds": {"per_score": {s: float(np.quantile(v, 0.05)) for s, v in held.items()},
-                       "flag_on": ["featurenorm", "csd"], "flag": {"featurenorm": -1.0, "csd": -1.2}},
-        "heldout_quantiles": {s: quantile_table(v) for s, v in held.items()},
-    }
+    per_score = {s: float(np.quantile(v, 0.05)) for s, v in held.items()}
+    flag = {"featurenorm": -1.0, "csd": -1.2}
+    quantiles = {s: quantile_table(v) for s, v in held.items()}
+    meta = {"thresholds": {"per_score": per_score, "flag_on": ["featurenorm", "csd"], "flag": flag},
+            "heldout_quantiles": quantiles}
+    return meta, per_score, flag, quantiles
 
 
 def _batch(statuses):
@@ -44,7 +47,7 @@ def test_spec_columns_always_present_in_order():
 
 def test_rows_scores_percentiles_and_flags():
     rng = np.random.default_rng(0)
-    meta = _meta(rng)
+    meta, per_score, flag, quantiles = _meta(rng)
     builder = RowBuilder(meta, "bid", "run1", SCORES)
     statuses = ["ok", "decode_error", "ok", "missing", "ok", "too_large", "unsupported", "ok"]
     ok = np.array([s == "ok" for s in statuses])
@@ -55,8 +58,8 @@ def test_rows_scores_percentiles_and_flags():
     assert table.schema.names == report_schema(SCORES).names + list(INTERNAL_COLUMNS)
     rows = table.to_pylist()
     assert [r["status"] for r in rows] == statuses
-    expected_flag, _ = flags(scores, meta["thresholds"]["flag"], ["featurenorm", "csd"])
-    _, expected_reasons = flags(scores, meta["thresholds"]["per_score"], [])
+    expected_flag, _ = flags(scores, flag, ["featurenorm", "csd"])
+    _, expected_reasons = flags(scores, per_score, [])
     j = 0
     for r, good in zip(rows, ok):
         assert r["run_id"] == "run1" and r["bundle_id"] == "bid"
@@ -66,7 +69,7 @@ def test_rows_scores_percentiles_and_flags():
             continue
         for s in SCORES:
             assert r[s] == scores[s][j]
-            assert r[f"pct_{s}"] == pytest.approx(percentile(np.array([scores[s][j]]), meta["heldout_quantiles"][s])[0],
+            assert r[f"pct_{s}"] == pytest.approx(percentile(np.array([scores[s][j]]), quantiles[s])[0],
                                                   abs=1e-4)
         assert r["flagged"] == bool(expected_flag[j]) and r["flag_reasons"] == expected_reasons[j]
         assert r["csd_view"] == scores["csd_view"][j] and r["pred_class"] == scores["pred_class"][j]
@@ -75,7 +78,7 @@ def test_rows_scores_percentiles_and_flags():
 
 
 def test_all_failed_and_empty_batches_keep_the_schema():
-    builder = RowBuilder(_meta(np.random.default_rng(1)), "bid", "run1", SCORES)
+    builder = RowBuilder(_meta(np.random.default_rng(1))[0], "bid", "run1", SCORES)
     failed = builder.build(_batch(["missing", "decode_error"]), None)
     assert failed.schema == builder.output_schema and failed.num_rows == 2
     assert failed.column("featurenorm").null_count == 2

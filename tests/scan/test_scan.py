@@ -65,7 +65,7 @@ def test_hostile_inputs_one_row_each_and_good_scores_unaffected(ray_local, bundl
     # The good images score exactly as in-process with the same Scorer on the same bytes.
     bundle = load_bundle(bundle_uri)
     scorer = scorer_from_bundle(bundle)
-    pre = Preprocess.from_dict(bundle.meta["preprocess"])
+    pre = Preprocess.from_dict(dict(bundle.info.preprocess))
     ok = sorted(u for u, s in expected.items() if s == "ok")
     pixels = np.stack([decode_image(read_bytes(u, s3=s3_config), size=pre).array for u in ok])
     ref = scorer(torch.from_numpy(pixels).permute(0, 3, 1, 2))

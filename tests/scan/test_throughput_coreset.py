@@ -40,6 +40,6 @@ def test_knn_bank_default_unchanged_and_coreset_is_a_subset() -> None:
     small = KNN(5, bank_dtype="float32", coreset=0.1).fit(rows)
     assert small.bank is not None and small.bank.shape == (math.ceil(0.1 * 300), 8)
     assert (small.bank[:, None] == full.bank[None]).all(-1).any(1).all()  # rows of the full bank
-    assert small.state()[0]["bank_size"] == 30 and small.k == 1 and full.k == 5  # k shrinks with the bank
+    assert small.state()[0].bank_size == 30 and small.k == 1 and full.k == 5  # k shrinks with the bank
     with pytest.raises(ValueError, match="coreset"):
         KNN(5, coreset=0.0)

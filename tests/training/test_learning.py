@@ -33,8 +33,8 @@ def test_defaults_learn_real_digits(ray_local, digits, tmp_path, capsys) -> None
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["warning"] is None
     assert summary["val_images"] > 60 and summary["val_accuracy"] >= 0.90, summary["history"]
-    meta = json.loads((tmp_path / "m.json").read_text())
-    assert meta["val_accuracy"] == summary["val_accuracy"] and meta["config"]["lr"] == pytest.approx(0.05)
+    record = json.loads((tmp_path / "m.json").read_text())
+    assert record["val_accuracy"] == summary["val_accuracy"] and record["config"]["lr"] == pytest.approx(0.05)
     printed = capsys.readouterr()
     assert f"validation accuracy: {summary['val_accuracy']:.3f}" in printed.out
     assert "PlacementGroupCleaner" not in printed.out + printed.err  # Ray's own noise stays in its log files

@@ -20,7 +20,7 @@ from safetensors.torch import load as load_safetensors
 
 from ood_audit import build_model, save_weights
 from ood_audit.cli import main
-from ood_audit.models import load_state_strict
+from ood_audit.models import ModelSpec, load_state_strict
 from ood_audit.training import TrainConfig, train
 
 pytestmark = [pytest.mark.slow]
@@ -62,16 +62,17 @@ def test_ddp_two_workers_on_s3(ray_local, s3_data, s3_config, s3_client) -> None
 
     # Final weights in S3, their sha256 in the metadata, strictly loadable into the plain classifier.
     weights = s3_client.get_object(Bucket=bucket, Key="models/r18.safetensors")["Body"].read()
-    meta = json.loads(s3_client.get_object(Bucket=bucket, Key="models/r18.json")["Body"].read())
+    record = json.loads(s3_client.get_object(Bucket=bucket, Key="models/r18.json")["Body"].read())
     import hashlib
 
-    assert meta["sha256"] == hashlib.sha256(weights).hexdigest() == res.sha256
-    assert meta["arch"] == "resnet18" and meta["num_classes"] == 2 and meta["small_input"] is True
-    assert meta["image_size"] == 32 and meta["class_names"] == ["class0", "class1"] and meta["mode"] == "ce"
-    assert meta["epochs"] == 3 and meta["final_loss"] == pytest.approx(losses[-1])
-    assert meta["val_accuracy"] == res.val_accuracy and meta["validation"]["images"] == 7
-    assert meta["validation"]["fraction"] == 0.1 and meta["config"]["warmup_epochs"] == 1.0
-    assert len(meta["mean"]) == 3 and len(meta["std"]) == 3
+    assert record["sha256"] == hashlib.sha256(weights).hexdigest() == res.sha256
+    spec = ModelSpec.from_dict(record)  # the record is a model description, as calibrate reads it
+    assert spec.arch == "resnet18" and spec.num_classes == 2 and spec.small_input is True
+    assert spec.image_size == 32 and spec.class_names == ["class0", "class1"] and record["mode"] == "ce"
+    assert {"mean", "std"} <= set(record) and len(spec.mean) == 3 and len(spec.std) == 3
+    assert record["epochs"] == 3 and record["final_loss"] == pytest.approx(losses[-1])
+    assert record["val_accuracy"] == res.val_accuracy and record["validation"]["images"] == 7
+    assert record["validation"]["fraction"] == 0.1 and record["config"]["warmup_epochs"] == 1.0
     load_state_strict(build_model("resnet18", 2, small_input=True), load_safetensors(weights))
 
     # Checkpoints: one per epoch, safetensors + JSON only, nothing pickled.
@@ -207,8 +208,8 @@ def test_rerun_same_name_resumes_alpa_finetune(ray_local, small_data, init_weigh
     assert summary["global_step"] == 4 and summary["param_checksums"][0] == summary["param_checksums"][1]
     losses = [h["loss"] for h in summary["history"]]
     assert all(math.isfinite(v) for v in losses) and losses[1] < losses[0], losses
-    meta = json.loads((tmp_path / "b.json").read_text())
-    assert meta["epochs"] == 2 and meta["attempts"] == summary["attempts"] and meta["mode"] == "alpa-finetune"
+    record = json.loads((tmp_path / "b.json").read_text())
+    assert record["epochs"] == 2 and record["attempts"] == summary["attempts"] and record["mode"] == "alpa-finetune"
     assert "run resume: 2 epoch(s)" in capsys.readouterr().out
     _check_heads_and_model(summary, "alpa-finetune")
     # MODE-F leaves the classifier head alone: it still holds the --init weights; the backbone moved.

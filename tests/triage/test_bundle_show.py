@@ -10,7 +10,7 @@ import torch
 from ood_audit import build_model, save_weights
 from ood_audit.bundle.files import load_bundle
 from ood_audit.calibration.calibrate import CalibrateConfig, calibrate
-from ood_audit.bundle.schema import parse_meta
+from ood_audit.bundle.schema import ClassThresholds, parse_meta
 from ood_audit.cli import main
 from ood_audit.commands.bundle import findings_lines
 from ood_audit.models import ModelSpec
@@ -87,15 +87,15 @@ def test_a_bundle_without_the_parts_says_so(bundle):
 def test_fallback_classes_with_their_names_are_listed(bundle):
     """The other split than the real bundle's: every class but 0 falls back, class names shown."""
     _, b = bundle
-    meta = dict(b.meta)
-    pc = dict(meta["per_class"])
-    template = next(iter(pc["classes"].values()), None) or {"images": 60, "per_score": {}, "flag": {},
-                                                           "flag_alpha": 0.0}
-    pc["classes"] = {"0": {**template, "images": 61}}
-    pc["fallback"] = {"1": 19}
-    meta["per_class"] = pc
-    meta["model"] = {**meta["model"], "class_names": ["horizontal", "vertical"]}
-    lines = findings_lines(parse_meta(meta, "edited"))
+    pc = b.info.per_class
+    assert pc is not None
+    template = next(iter(pc.classes.values()), None) or ClassThresholds(images=60, per_score={}, flag={},
+                                                                        flag_alpha=0.0)
+    edited = b.info.model_copy(update={
+        "per_class": pc.model_copy(update={"classes": {0: template.model_copy(update={"images": 61})},
+                                           "fallback": {1: 19}}),
+        "model": b.info.model.model_copy(update={"class_names": ["horizontal", "vertical"]})})
+    lines = findings_lines(edited)
     assert lines[3] == "  per-class thresholds: 1 of 2 classes have their own, 1 fall back to the global thresholds"
     assert lines[5] == "    own (class: held-out images): 0 horizontal: 61"
     assert lines[6] == "    fallback (class: held-out images): 1 vertical: 19"

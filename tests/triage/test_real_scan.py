@@ -23,10 +23,11 @@ def test_two_nights_read_back_with_neighbours_and_sources(real_scan):
                         filter=pc.field("status") == "ok")
     bundle = load_bundle(scan.bundle_uri, s3=scan.s3)
     sources = bundle.bank_sources()
-    assert sources.num_rows == bundle.meta["knn"]["bank_size"]
+    knn = bundle.info.knn
+    assert knn is not None and sources.num_rows == knn.bank_size
     assert all(u.startswith(f"s3://{scan.bucket}/id/") for u in sources.column("uri").to_pylist())
     assert all(t[:2] == b"\xff\xd8" for t in sources.column("thumb").to_pylist())  # JPEG
-    k = bundle.meta["knn"]["k"]
+    k = knn.k
     for r in table.to_pylist():
         assert len(r["knn_nn"]) == 3 and all(0 <= i < sources.num_rows for i in r["knn_nn"])
         assert r["knn_nn_dist"] == sorted(r["knn_nn_dist"])

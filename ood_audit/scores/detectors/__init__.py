@@ -5,7 +5,8 @@
     dets["csd"].fit(bank_views)         # ID statistics
     Scorer(tap, "layer3.1", detectors=dets.values())(pixels)
 
-Calibration fits the stateful ones (featurenorm2, csd, knn) and writes their ``state`` into the bundle;
+Calibration fits the stateful ones (featurenorm2, csd, knn) and writes their ``state`` (the typed bundle
+parts ``FeatureNorm2Part`` and ``BankPart``) into the bundle;
 the scan and ``evaluate`` restore them with :func:`detector_from_state`.
 """
 from __future__ import annotations
@@ -50,13 +51,13 @@ def make_detectors(names: Iterable[str], *, block: str, k_csd: int = 10, k_knn: 
     return out
 
 
-def detector_from_state(name: str, config: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None, *,
+def detector_from_state(name: str, part: Any, tensors: dict[str, torch.Tensor] | None = None, *,
                         device: str | torch.device = "cpu", knn_backend: str = "auto") -> Detector:
-    """A fitted detector restored from what its ``state()`` returned."""
+    """A fitted detector restored from what its ``state()`` returned (its bundle part and tensors)."""
     cls = DETECTORS[name]
     if name in ("csd", "knn"):
-        return cls.from_state(config, tensors or {}, device=device, knn_backend=knn_backend)  # type: ignore[attr-defined]
-    return cls.from_state(config, tensors)  # type: ignore[attr-defined]
+        return cls.from_state(part, tensors or {}, device=device, knn_backend=knn_backend)  # type: ignore[attr-defined]
+    return cls.from_state(part, tensors)  # type: ignore[attr-defined]
 
 
 __all__ = ["BLOCK_DETECTORS", "CSD", "DETECTORS", "Detector", "Energy", "EnergyFN", "FeatureNorm", "FeatureNorm2",

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from ood_audit.bundle.schema import BankPart
 from ood_audit.knn import KnnIndex, build_index
 from ood_audit.scores.csd import csd_bank, csd_score, csd_views
 from ood_audit.scores.knn import knn_index, knn_score_and_neighbours, l2_normalize
@@ -51,6 +52,7 @@ def k_center_greedy(x: torch.Tensor, m: int) -> torch.Tensor:
 class _BankDetector(Detector):
     stateful = True
     file: str
+    views_per_image: int | None = None  # bank rows per image, when not one
 
     def __init__(self, k: int, *, bank_dtype: str = "float16", device: str | torch.device = "cpu",
                  knn_backend: str = "auto", coreset: float | None = None) -> None:
@@ -90,18 +92,19 @@ class _BankDetector(Detector):
         self._index, self.fitted = None, True
         return self
 
-    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    def state(self) -> tuple[BankPart, dict[str, torch.Tensor]]:
         self.require_fitted()
         b = self.bank
-        return ({"k": self.k, "bank_size": int(b.shape[0]), "dim": int(b.shape[1]), "dtype": self.bank_dtype,  # type: ignore[union-attr]
-                 "index": {"type": "flat", "exact": True}, "file": self.file}, {"bank": b})  # type: ignore[dict-item]
+        assert b is not None
+        return (BankPart(k=self.k, bank_size=int(b.shape[0]), dim=int(b.shape[1]), dtype=self.bank_dtype,  # type: ignore[arg-type]
+                         file=self.file, views_per_image=self.views_per_image), {"bank": b})
 
     @classmethod
-    def from_state(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], *,
+    def from_state(cls, part: BankPart, tensors: dict[str, torch.Tensor], *,
                    device: str | torch.device = "cpu", knn_backend: str = "auto") -> "_BankDetector":
         bank = tensors["bank"]
         dtype = next((n for n, t in BANK_DTYPES.items() if t == bank.dtype), "float32")
-        det = cls(int(config["k"]), bank_dtype=dtype, device=device, knn_backend=knn_backend)
+        det = cls(part.k, bank_dtype=dtype, device=device, knn_backend=knn_backend)
         return det._set_bank(bank)
 
 
@@ -112,7 +115,7 @@ class CSD(_BankDetector):
     "Cross-Scale Decision"; SPEC §7). ``fit`` takes the six views of every ID bank image."""
 
     name, reference, outputs = "csd", "Zhang et al., TIP 2023 (MODE)", ("csd", "csd_view")
-    file = "csd_bank.safetensors"
+    file, views_per_image = "csd_bank.safetensors", 6
 
     def fit_rows(self, f: Features) -> np.ndarray:
         v = csd_views(f.last_map)

@@ -2,7 +2,8 @@
 
 A detector is one OOD method (SPEC §2, §5–7). ``fit`` takes ID statistics (a bank, a center and scale),
 ``score`` maps :class:`Features` to scores oriented higher = more in-distribution, and ``state`` /
-``from_state`` save and restore what ``fit`` learnt as JSON plus safetensors tensors (never a pickle).
+``from_state`` save and restore what ``fit`` learnt as the bundle's typed part (:mod:`ood_audit.bundle.schema`,
+stored as JSON) plus safetensors tensors (never a pickle).
 Calibration workers, the scan actor and ``evaluate`` all score through these classes; the formulas
 underneath are the pure functions of :mod:`ood_audit.scores`.
 """
@@ -89,9 +90,11 @@ class Detector:
     def fit(self, rows: Any) -> "Detector":
         return self
 
-    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """(JSON config, tensors) that :meth:`from_state` restores; stateless detectors have neither."""
-        return {}, {}
+    def state(self) -> tuple[Any, dict[str, torch.Tensor]]:
+        """(the bundle part, tensors) that :meth:`from_state` restores: the part is the typed model of
+        :mod:`ood_audit.bundle.schema` the bundle stores (``FeatureNorm2Part``, ``BankPart``); stateless
+        detectors have neither (None, {})."""
+        return None, {}
 
     def require_fitted(self) -> None:
         if not self.fitted:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ood_audit.bundle.schema import FeatureNorm2Part
 from ood_audit.scores.featurenorm import feature_norm_two_sided, two_sided_stats
 from ood_audit.scores.detectors.base import Detector, Features
 
@@ -37,6 +38,7 @@ class FeatureNorm2(Detector):
     reference = "two-sided FeatureNorm (SPEC §10), after Yu et al., CVPR 2023"
     stateful = True
     outputs = ("featurenorm2",)
+    formula = "-|log FN - center| / scale; center, scale = median, MAD of held-out ID log FN"
 
     def __init__(self, block: str, center: float | None = None, scale: float | None = None,
                  heldout_images: int = 0) -> None:
@@ -63,13 +65,11 @@ class FeatureNorm2(Detector):
     def score(self, f: Features) -> dict[str, torch.Tensor]:
         return {self.name: self.values(f.fn(self.block))}
 
-    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    def state(self) -> tuple[FeatureNorm2Part, dict[str, torch.Tensor]]:
         self.require_fitted()
-        return {"block": self.block, "center": self.center, "scale": self.scale,
-                "heldout_images": self.heldout_images,
-                "formula": "-|log FN - center| / scale; center, scale = median, MAD of held-out ID log FN"}, {}
+        return FeatureNorm2Part(block=self.block, center=self.center, scale=self.scale,  # type: ignore[arg-type]
+                                heldout_images=self.heldout_images, formula=self.formula), {}
 
     @classmethod
-    def from_state(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> "FeatureNorm2":
-        return cls(config["block"], float(config["center"]), float(config["scale"]),
-                   int(config.get("heldout_images", 0)))
+    def from_state(cls, part: FeatureNorm2Part, tensors: dict[str, torch.Tensor] | None = None) -> "FeatureNorm2":
+        return cls(part.block, part.center, part.scale, part.heldout_images)

@@ -16,7 +16,7 @@ Schema versions:
 
 Optional parts added within schema 2 (absent from bundles written before them, which load unchanged and
 simply lack the finding; older ood-audit ignores them): ``quality`` (the calibrated SPEC §14 ``blurry``
-threshold), ``near_duplicates`` (τ of :mod:`ood_audit.flagging.neardup`) and ``per_class``
+threshold and, later, the held-out ``grayscale_share``), ``near_duplicates`` (τ of :mod:`ood_audit.flagging.neardup`) and ``per_class``
 (:mod:`ood_audit.flagging.perclass`). Their models live here, with the rest of the schema, so reading
 a bundle needs neither numpy nor torch; the formulas that fill them live in those modules.
 """
@@ -112,13 +112,17 @@ MEASURED_ON_MODEL_INPUT = "decoded held-out ID images at the bundle's preprocess
 class QualityPart(_Part):
     """The SPEC §14 thresholds set at calibration: ``blurry`` = the ``blurry_percentile`` of the held-out ID
     images' Laplacian variances (:func:`ood_audit.io.quality.blurry_threshold`), measured on their working
-    copies (the whole decoded frame reduced to ``working_size``), as the scan measures every object."""
+    copies (the whole decoded frame reduced to ``working_size``), as the scan measures every object; and
+    ``grayscale_share``, the share of those images that are grey (:func:`ood_audit.io.quality.grayscale_share`):
+    ``grayscale`` is reported only when it is below one half. None in bundles calibrated before it was recorded:
+    grayscale is then not reported."""
 
     blurry: float
     blurry_percentile: float = 1.0
     heldout_images: int
     working_size: int = 256
     measured_on: str = MEASURED_ON_WORKING_COPY
+    grayscale_share: float | None = Field(None, ge=0, le=1)
 
     @property
     def comparable(self) -> bool:
@@ -128,10 +132,12 @@ class QualityPart(_Part):
 
     def config(self) -> Any:
         """The scan's :class:`~ood_audit.io.quality.QualityConfig`: SPEC §14 defaults with this ``blurry``
-        (none for a bundle whose threshold is not :attr:`comparable`: blur is then not checked)."""
+        (none for a bundle whose threshold is not :attr:`comparable`: blur is then not checked) and this
+        ``grayscale_share`` (none when not recorded: grayscale is then not reported)."""
         from ood_audit.io.quality import QualityConfig
 
-        return QualityConfig(working_size=self.working_size, blurry=self.blurry if self.comparable else None)
+        return QualityConfig(working_size=self.working_size, blurry=self.blurry if self.comparable else None,
+                             grayscale_id_share=self.grayscale_share)
 
 
 NEARDUP_FORMULA = ("near-duplicate iff ||z/|z| - NN_1(z/|z|)||_2 < tau; tau = order statistic floor(rate*n)+1 "

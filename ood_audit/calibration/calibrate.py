@@ -7,7 +7,8 @@ Two distributed phases over Ray Data actor pools (or in-process with ``workers=0
    gives FN at every block for them and for held-out ID images;
 2. held-out part: every score through the fitted detectors -> the ``featurenorm2`` fit (median/MAD of
    held-out log FN), thresholds and percentile tables; from the same pass, the SPEC §14 ``blurry``
-   threshold (Laplacian variances of the decoded held-out images), the near-duplicate τ (their nearest
+   threshold (Laplacian variances of the decoded held-out images) and their share of grey images (which
+   decides whether ``grayscale`` is reported), the near-duplicate τ (their nearest
    kNN-bank distances, :mod:`.neardup`) and, with ``per_class_thresholds``, thresholds per predicted class
    (:mod:`.perclass`). Each is an optional typed part of the bundle.
 
@@ -27,7 +28,7 @@ import torch
 
 from ood_audit.errors import ConfigError, DataError
 from ood_audit.io.decode import Preprocess
-from ood_audit.io.quality import BLURRY_PERCENTILE, blurry_threshold
+from ood_audit.io.quality import BLURRY_PERCENTILE, blurry_threshold, grayscale_share
 from ood_audit.io.fs import S3Config, exists, read_bytes
 from ood_audit.io.uri import join_uri, parent_uri
 from ood_audit.models import ModelSpec
@@ -275,7 +276,8 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
                "csd_view": held_scores.pop("csd_view", np.zeros(0)).astype(np.int64),
                "pred_class": held_scores.pop("pred_class", np.zeros(0)).astype(np.int64),
                "nn_dist": held_scores.pop("nn_dist", np.zeros(0)),
-               "laplacian_var": held_scores.pop("laplacian_var", np.zeros(0))}
+               "laplacian_var": held_scores.pop("laplacian_var", np.zeros(0)),
+               "grayscale": held_scores.pop("grayscale", np.zeros(0))}
     failures += held_failures
     t_held = time.perf_counter() - t2
     n_held = len(held_scores.get("featurenorm", ()))
@@ -291,7 +293,8 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     flag_th, alpha = union_thresholds(held_scores, flag_on, cfg.id_flag_rate)
     lap = heldout["laplacian_var"][np.isfinite(heldout["laplacian_var"])]
     quality = (QualityPart(blurry=blurry_threshold(lap, BLURRY_PERCENTILE), blurry_percentile=BLURRY_PERCENTILE,
-                           heldout_images=int(lap.size)) if lap.size else None)
+                           heldout_images=int(lap.size), grayscale_share=grayscale_share(heldout["grayscale"]))
+               if lap.size else None)
     nn = heldout["nn_dist"][np.isfinite(heldout["nn_dist"])]
     near_dup = near_duplicate_threshold(nn) if nn.size else None
     per_class = (per_class_thresholds(held_scores, heldout["pred_class"], flag_on, cfg.id_flag_rate,
@@ -323,6 +326,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     summary = {"bundle": uri, "images": len(uris), "selector": cfg.selector, "selected_block": block,
                "selection_warnings": selection["warnings"], "flag_on": flag_on, "failures": failures[:20],
                "blurry_threshold": quality.blurry if quality else None,
+               "grayscale_id_share": quality.grayscale_share if quality else None,
                "near_duplicate_threshold": near_dup.threshold if near_dup else None,
                "per_class_fallback": dict(per_class.fallback) if per_class else None,
                "failure_count": len(failures),

@@ -140,8 +140,9 @@ class ScoreWorker:
     array or object ref).
 
     Besides the scores: ``pred_class``; ``nn_dist``, the L2 distance to the nearest kNN-bank vector (with a
-    kNN detector; :mod:`~ood_audit.flagging.neardup`); and ``laplacian_var``, the SPEC §14 Laplacian
-    variance (:func:`~ood_audit.io.quality.measure`) of the decoder's working copy of the whole image
+    kNN detector; :mod:`~ood_audit.flagging.neardup`); and the SPEC §14 measures calibration records
+    (:func:`~ood_audit.io.quality.measure`): ``laplacian_var``, the Laplacian variance, and ``grayscale``,
+    1.0 where the image is grey by the SPEC test, of the decoder's working copy of the whole image
     (``working_size``, 256 px by default), the copy the scan's read task measures too: not of the model's
     crop, whose size depends on the bundle."""
 
@@ -160,7 +161,7 @@ class ScoreWorker:
         x, ok, status, error, working = _decode(batch, self.pre, self.s3, self.threads, self.working_size)
         out: dict[str, np.ndarray] = {"index": np.asarray(batch["index"]), "status": status, "error": error}
         names = [*self.scorer.score_names, *(["csd_view"] if "csd" in self.scorer.score_names else [])]
-        for s in [*names, "pred_class", "nn_dist", "laplacian_var"]:
+        for s in [*names, "pred_class", "nn_dist", "laplacian_var", "grayscale"]:
             out[s] = np.full(n, np.nan, dtype=np.float64)
         if x is not None:
             scores = self.scorer(x)
@@ -168,5 +169,7 @@ class ScoreWorker:
                 out[s][ok] = scores[s]
             if "knn_nn_dist" in scores:
                 out["nn_dist"][ok] = np.asarray(scores["knn_nn_dist"])[:, 0]
-            out["laplacian_var"][ok] = [measure(a, config=self.quality).laplacian_var for a in working]
+            measures = [measure(a, config=self.quality) for a in working]
+            out["laplacian_var"][ok] = [m.laplacian_var for m in measures]
+            out["grayscale"][ok] = [float(m.is_grayscale(self.quality)) for m in measures]
         return out

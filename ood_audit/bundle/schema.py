@@ -14,9 +14,13 @@ Schema versions:
   ``target_id_flag_rate``. The file and its id are not changed.
 - Anything newer is refused in one line: it needs a newer ood-audit.
 
+The ``preprocess`` part is :class:`ood_audit.preprocess.Preprocess`. Fields it gained within schema 2 are
+filled on load with what older files meant (``jpeg_draft_longer`` 0; ``mean``/``std`` from the ``model`` part).
+
 Optional parts added within schema 2 (absent from bundles written before them, which load unchanged and
 simply lack the finding; older ood-audit ignores them): ``quality`` (the calibrated SPEC §14 ``blurry``
-threshold and, later, the held-out ``grayscale_share``), ``near_duplicates`` (τ of :mod:`ood_audit.flagging.neardup`) and ``per_class``
+threshold and, later, the held-out ``grayscale_share``), ``near_duplicates`` (τ of
+:mod:`ood_audit.flagging.neardup`) and ``per_class``
 (:mod:`ood_audit.flagging.perclass`). Their models live here, with the rest of the schema, so reading
 a bundle needs neither numpy nor torch; the formulas that fill them live in those modules.
 """
@@ -27,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ood_audit.errors import BundleError
+from ood_audit.preprocess import Preprocess, upgrade_stored
 
 SCHEMA_VERSION = 2
 
@@ -201,7 +206,7 @@ class TrainingPart(_Part):
 class BundleMeta(_Part):
     schema_version: int = SCHEMA_VERSION
     model: ModelPart
-    preprocess: dict[str, Any]
+    preprocess: Preprocess  # the one input transform (ood_audit.preprocess); older files: migrate()
     precision: PrecisionPart = PrecisionPart()
     selection: SelectionPart
     featurenorm2: FeatureNorm2Part | None = None
@@ -227,7 +232,10 @@ class BundleMeta(_Part):
 
 
 def migrate(meta: dict[str, Any]) -> dict[str, Any]:
-    """A schema-1 ``meta`` in schema-2 form (see the module docstring); other versions pass through."""
+    """A schema-1 ``meta`` in schema-2 form (see the module docstring); a ``preprocess`` written before one of
+    its fields in the form this version reads (:func:`ood_audit.preprocess.upgrade_stored`)."""
+    if isinstance(meta.get("preprocess"), dict):
+        meta = {**meta, "preprocess": upgrade_stored(meta["preprocess"], meta.get("model"))}
     if "schema_version" in meta:
         return meta
     out = {**meta, "schema_version": SCHEMA_VERSION, "precision": {"activations": "float32", "scores": "float32"}}

@@ -27,7 +27,6 @@ import pyarrow as pa
 import torch
 
 from ood_audit.errors import ConfigError, DataError
-from ood_audit.io.decode import Preprocess
 from ood_audit.io.quality import BLURRY_PERCENTILE, blurry_threshold, grayscale_share
 from ood_audit.io.fs import S3Config, exists, read_bytes
 from ood_audit.io.uri import join_uri, parent_uri
@@ -224,7 +223,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     blocks = block_candidates(spec.build())
     if cfg.block is not None and cfg.block not in blocks:
         raise ConfigError(f"unknown block {cfg.block!r}; valid blocks: {', '.join(blocks)}")
-    pre = Preprocess(size=spec.image_size, mode=cfg.resize_mode)  # type: ignore[arg-type]
+    pre = spec.preprocess(cfg.resize_mode)  # type: ignore[arg-type]
     uris, skipped_ext = list_id_images(cfg.data, cfg.s3)
     held = heldout_mask(uris, cfg.heldout_fraction, cfg.seed)
     bank_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
@@ -235,7 +234,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     select = subsample_mask(bank_uris, cfg.max_select, cfg.seed)
     # the same hash order, so the evidence rows are always a subset of the NormRatio rows
     evidence_rows = subsample_mask(bank_uris, min(cfg.max_probe, cfg.max_select or cfg.max_probe), cfg.seed)
-    common = {"model": model_bytes, "spec": spec.to_dict(), "preprocess": pre.to_dict(), "s3": cfg.s3,
+    common = {"model": model_bytes, "spec": spec.to_dict(), "preprocess": pre, "s3": cfg.s3,
               "device": cfg.device, "precision": cfg.precision}
     log.info("calibrating on %d ID images: %d bank (%d for NormRatio, %d for the probe evidence), %d held-out",
              len(uris), bank_idx.size, int(select.sum()), int(evidence_rows.sum()), held_idx.size)
@@ -306,7 +305,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
         selection["warnings"].append(reason)
     info = BundleMeta(
         model=spec.to_dict(), training=read_training_record(cfg.model, model_bytes, cfg.s3),
-        preprocess=pre.to_dict(), precision={"activations": cfg.precision}, selection=selection,
+        preprocess=pre, precision={"activations": cfg.precision}, selection=selection,
         featurenorm2=fn2.state()[0], csd={**csd_state, "views_per_image": 6},
         knn={**knn_state, "sources": BANK_SOURCES},
         thresholds={"target_id_flag_rate": cfg.id_flag_rate, "heldout_images": n_held,

@@ -38,11 +38,11 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from ood_audit.errors import ConfigError, DataError
+from ood_audit.preprocess import DEFAULT_WORKING_SIZE
 
 ISSUES: tuple[str, ...] = ("dark", "light", "blurry", "low_information", "grayscale", "odd_aspect_ratio", "tiny")
 BLURRY_PERCENTILE = 1.0
 GRAYSCALE_MAX_ID_SHARE = 0.5  # SPEC §14: grayscale is a finding only when fewer ID images than this share are grey
-DEFAULT_WORKING_SIZE = 256  # SPEC §14: the working image's longer side is at most this
 
 
 class QualityConfig(BaseModel):

@@ -9,8 +9,8 @@ import torch.nn as nn
 
 from ood_audit.errors import ConfigError
 from ood_audit.models.build import ARCHITECTURES, build_model
-from ood_audit.models.taps import IMAGENET_MEAN, IMAGENET_STD
 from ood_audit.models.weights import load_state_strict
+from ood_audit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, ResizeMode
 
 
 @dataclass
@@ -41,6 +41,10 @@ class ModelSpec:
         if missing:
             raise ConfigError(f"model description lacks field {missing[0]!r}")
         return cls(**known)
+
+    def preprocess(self, mode: ResizeMode = "crop") -> Preprocess:
+        """The input transform of this model: its ``image_size``, ``mode``, and its ``mean``/``std``."""
+        return Preprocess(size=self.image_size, mode=mode, mean=tuple(self.mean), std=tuple(self.std))
 
     def build(self, state: dict[str, torch.Tensor] | None = None, source: str = "checkpoint") -> nn.Module:
         """The model in eval mode, with ``state`` strictly loaded when given."""

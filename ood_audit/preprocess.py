@@ -137,9 +137,10 @@ def upgrade_stored(data: dict[str, Any], model: dict[str, Any] | None = None) ->
 
 
 def one_line(exc: ValidationError) -> str:
+    """The first error of ``exc`` in one line, naming the field (``preprocess.<field>: <what is wrong>``)."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
-    return f"preprocess {loc + ': ' if loc else ''}{err['msg']}"
+    return f"preprocess{'.' + loc if loc else ''}: {err['msg'].removeprefix('Value error, ')}"
 
 
 def to_unit(pixels: "torch.Tensor", device: "torch.device | str | None" = None) -> "torch.Tensor":

@@ -123,3 +123,13 @@ def test_a_bundle_without_the_recorded_share_never_reports_grayscale():
     assert "grayscale" not in measure(black).issues(old.config())
     assert "grayscale" in measure(black).issues(QualityPart(blurry=3.0, heldout_images=40,
                                                             grayscale_share=0.1).config())
+
+
+def test_the_scans_notice_says_why_grayscale_is_not_reported():
+    from ood_audit.bundle.schema import quality_notices
+
+    assert quality_notices(QualityPart(blurry=3.0, heldout_images=40, grayscale_share=0.9), "b1") == []
+    (line,) = quality_notices(QualityPart.model_validate({"blurry": 3.0, "heldout_images": 40}), "b1")
+    assert "grayscale is not reported" in line and "b1" in line
+    (line,) = quality_notices(None, "b1")
+    assert "blurry and grayscale are not reported" in line

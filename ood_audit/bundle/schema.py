@@ -16,9 +16,13 @@ Schema versions:
   ``target_id_flag_rate``. The file and its id are not changed.
 - Anything newer is refused in one line: it needs a newer ood-audit.
 
+The ``preprocess`` part is :class:`ood_audit.preprocess.Preprocess`. Fields it gained within schema 2 are
+filled on load with what older files meant (``jpeg_draft_longer`` 0; ``mean``/``std`` from the ``model`` part).
+
 Optional parts added within schema 2 (absent from bundles written before them, which load unchanged and
 simply lack the finding; older ood-audit ignores them): ``quality`` (the calibrated SPEC §14 ``blurry``
-threshold), ``near_duplicates`` (τ of :mod:`ood_audit.flagging.neardup`) and ``per_class``
+threshold and, later, the held-out ``grayscale_share``), ``near_duplicates`` (τ of
+:mod:`ood_audit.flagging.neardup`) and ``per_class``
 (:mod:`ood_audit.flagging.perclass`). Their models live here, with the rest of the schema, so reading
 a bundle needs neither numpy nor torch; the formulas that fill them live in those modules.
 """
@@ -29,6 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ood_audit.errors import BundleError
+from ood_audit.preprocess import Preprocess, upgrade_stored
 
 SCHEMA_VERSION = 2
 
@@ -182,13 +187,17 @@ MEASURED_ON_MODEL_INPUT = "decoded held-out ID images at the bundle's preprocess
 class QualityPart(_Part):
     """The SPEC §14 thresholds set at calibration: ``blurry`` = the ``blurry_percentile`` of the held-out ID
     images' Laplacian variances (:func:`ood_audit.io.quality.blurry_threshold`), measured on their working
-    copies (the whole decoded frame reduced to ``working_size``), as the scan measures every object."""
+    copies (the whole decoded frame reduced to ``working_size``), as the scan measures every object; and
+    ``grayscale_share``, the share of those images that are grey (:func:`ood_audit.io.quality.grayscale_share`):
+    ``grayscale`` is reported only when it is below one half. None in bundles calibrated before it was recorded:
+    grayscale is then not reported."""
 
     blurry: float
     blurry_percentile: float = 1.0
     heldout_images: int
     working_size: int = 256
     measured_on: str = MEASURED_ON_WORKING_COPY
+    grayscale_share: float | None = Field(None, ge=0, le=1)
 
     @property
     def comparable(self) -> bool:
@@ -198,10 +207,28 @@ class QualityPart(_Part):
 
     def config(self) -> Any:
         """The scan's :class:`~ood_audit.io.quality.QualityConfig`: SPEC §14 defaults with this ``blurry``
-        (none for a bundle whose threshold is not :attr:`comparable`: blur is then not checked)."""
+        (none for a bundle whose threshold is not :attr:`comparable`: blur is then not checked) and this
+        ``grayscale_share`` (none when not recorded: grayscale is then not reported)."""
         from ood_audit.io.quality import QualityConfig
 
-        return QualityConfig(working_size=self.working_size, blurry=self.blurry if self.comparable else None)
+        return QualityConfig(working_size=self.working_size, blurry=self.blurry if self.comparable else None,
+                             grayscale_id_share=self.grayscale_share)
+
+
+def quality_notices(part: QualityPart | None, bundle_id: str) -> list[str]:
+    """What a scan with this bundle's quality part does not check, and why, one line each (for the scan's
+    one-time notice): blur without a comparable threshold, grayscale without a recorded share (SPEC §14)."""
+    if part is None:
+        return [f"bundle {bundle_id} has no calibrated quality thresholds: blurry and grayscale are not reported "
+                "(calibrate again to check them)"]
+    out = []
+    if not part.comparable:
+        out.append(f"bundle {bundle_id} set its blurry threshold on {part.measured_on}, not on the working copies "
+                   "the scan measures; blur is not checked (calibrate again to check it)")
+    if part.grayscale_share is None:
+        out.append(f"bundle {bundle_id} records no share of grey held-out ID images, so grayscale is not reported "
+                   "(SPEC §14: only when fewer than half are grey; calibrate again to check it)")
+    return out
 
 
 NEARDUP_FORMULA = ("near-duplicate iff ||z/|z| - NN_1(z/|z|)||_2 < tau; tau = order statistic floor(rate*n)+1 "
@@ -265,7 +292,7 @@ class TrainingPart(_Part):
 class BundleMeta(_Part):
     schema_version: int = SCHEMA_VERSION
     model: ModelPart
-    preprocess: dict[str, Any]
+    preprocess: Preprocess  # the one input transform (ood_audit.preprocess); older files: migrate()
     precision: PrecisionPart = PrecisionPart()
     selection: SelectionPart
     featurenorm2: FeatureNorm2Part | None = None
@@ -291,7 +318,10 @@ class BundleMeta(_Part):
 
 
 def migrate(meta: dict[str, Any]) -> dict[str, Any]:
-    """A schema-1 ``meta`` in schema-2 form (see the module docstring); other versions pass through."""
+    """A schema-1 ``meta`` in schema-2 form (see the module docstring); a ``preprocess`` written before one of
+    its fields in the form this version reads (:func:`ood_audit.preprocess.upgrade_stored`)."""
+    if isinstance(meta.get("preprocess"), dict):
+        meta = {**meta, "preprocess": upgrade_stored(meta["preprocess"], meta.get("model"))}
     if "schema_version" in meta:
         return meta
     out = {**meta, "schema_version": SCHEMA_VERSION, "precision": {"activations": "float32", "scores": "float32"}}

@@ -7,7 +7,8 @@ Two distributed phases over Ray Data actor pools (or in-process with ``workers=0
    gives FN at every block for them and for held-out ID images;
 2. held-out part: every score through the fitted detectors -> the ``featurenorm2`` fit (median/MAD of
    held-out log FN), thresholds and percentile tables; from the same pass, the SPEC §14 ``blurry``
-   threshold (Laplacian variances of the decoded held-out images), the near-duplicate τ (their nearest
+   threshold (Laplacian variances of the decoded held-out images) and their share of grey images (which
+   decides whether ``grayscale`` is reported), the near-duplicate τ (their nearest
    kNN-bank distances, :mod:`.neardup`) and, with ``per_class_thresholds``, thresholds per predicted class
    (:mod:`.perclass`). Each is an optional typed part of the bundle.
 
@@ -26,8 +27,7 @@ import pyarrow as pa
 import torch
 
 from ood_audit.errors import ConfigError, DataError
-from ood_audit.io.decode import Preprocess
-from ood_audit.io.quality import BLURRY_PERCENTILE, blurry_threshold
+from ood_audit.io.quality import BLURRY_PERCENTILE, blurry_threshold, grayscale_share
 from ood_audit.io.fs import S3Config, exists, read_bytes
 from ood_audit.io.uri import join_uri, parent_uri
 from ood_audit.models import ModelSpec
@@ -220,7 +220,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     blocks = block_candidates(spec.build())
     if cfg.block is not None and cfg.block not in blocks:
         raise ConfigError(f"unknown block {cfg.block!r}; valid blocks: {', '.join(blocks)}")
-    pre = Preprocess(size=spec.image_size, mode=cfg.resize_mode)  # type: ignore[arg-type]
+    pre = spec.preprocess(cfg.resize_mode)  # type: ignore[arg-type]
     uris, skipped_ext = list_id_images(cfg.data, cfg.s3)
     held = heldout_mask(uris, cfg.heldout_fraction, cfg.seed)
     bank_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
@@ -231,7 +231,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     select = subsample_mask(bank_uris, cfg.max_select, cfg.seed)
     # the same hash order, so the evidence rows are always a subset of the NormRatio rows
     evidence_rows = subsample_mask(bank_uris, min(cfg.max_probe, cfg.max_select or cfg.max_probe), cfg.seed)
-    common = {"model": model_bytes, "spec": spec.to_dict(), "preprocess": pre.to_dict(), "s3": cfg.s3,
+    common = {"model": model_bytes, "spec": spec.to_dict(), "preprocess": pre, "s3": cfg.s3,
               "device": cfg.device, "precision": cfg.precision}
     log.info("calibrating on %d ID images: %d bank (%d for NormRatio, %d for the probe evidence), %d held-out",
              len(uris), bank_idx.size, int(select.sum()), int(evidence_rows.sum()), held_idx.size)
@@ -272,7 +272,8 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
                "csd_view": held_scores.pop("csd_view", np.zeros(0)).astype(np.int64),
                "pred_class": held_scores.pop("pred_class", np.zeros(0)).astype(np.int64),
                "nn_dist": held_scores.pop("nn_dist", np.zeros(0)),
-               "laplacian_var": held_scores.pop("laplacian_var", np.zeros(0))}
+               "laplacian_var": held_scores.pop("laplacian_var", np.zeros(0)),
+               "grayscale": held_scores.pop("grayscale", np.zeros(0))}
     failures += held_failures
     t_held = time.perf_counter() - t2
     n_held = len(held_scores.get("featurenorm", ()))
@@ -288,7 +289,8 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     flag_th, alpha = union_thresholds(held_scores, flag_on, cfg.id_flag_rate)
     lap = heldout["laplacian_var"][np.isfinite(heldout["laplacian_var"])]
     quality = (QualityPart(blurry=blurry_threshold(lap, BLURRY_PERCENTILE), blurry_percentile=BLURRY_PERCENTILE,
-                           heldout_images=int(lap.size)) if lap.size else None)
+                           heldout_images=int(lap.size), grayscale_share=grayscale_share(heldout["grayscale"]))
+               if lap.size else None)
     nn = heldout["nn_dist"][np.isfinite(heldout["nn_dist"])]
     near_dup = near_duplicate_threshold(nn) if nn.size else None
     per_class = (per_class_thresholds(held_scores, heldout["pred_class"], flag_on, cfg.id_flag_rate,
@@ -299,7 +301,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
                                notes=[reason] if reason else [])
     info = BundleMeta(
         model=spec.to_dict(), training=read_training_record(cfg.model, model_bytes, cfg.s3),
-        preprocess=pre.to_dict(), precision={"activations": cfg.precision}, selection=selection,
+        preprocess=pre, precision={"activations": cfg.precision}, selection=selection,
         featurenorm2=fn2.state()[0], csd=csd_state,
         knn=knn_state.model_copy(update={"sources": BANK_SOURCES}),
         thresholds={"target_id_flag_rate": cfg.id_flag_rate, "heldout_images": n_held,
@@ -319,6 +321,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     summary = {"bundle": uri, "images": len(uris), "selector": cfg.selector, "selected_block": block,
                "selection_warnings": selection.warnings, "flag_on": flag_on, "failures": failures[:20],
                "blurry_threshold": quality.blurry if quality else None,
+               "grayscale_id_share": quality.grayscale_share if quality else None,
                "near_duplicate_threshold": near_dup.threshold if near_dup else None,
                "per_class_fallback": dict(per_class.fallback) if per_class else None,
                "failure_count": len(failures),

@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ood_audit.io.decode import Preprocess
 from ood_audit.io.fs import S3Config
-from ood_audit.io.quality import DEFAULT_WORKING_SIZE, QualityConfig, measure
+from ood_audit.io.quality import QualityConfig, measure
 from ood_audit.io.reader import load_images
 from ood_audit.io.thumbs import thumbnail_jpeg
 from ood_audit.models import ModelSpec, TapModel, block_candidates
+from ood_audit.preprocess import DEFAULT_WORKING_SIZE, Preprocess, decoded_to_unit
 from ood_audit.scores.detectors import Features, make_detectors
 from ood_audit.scores.jigsaw import jigsaw_indexed
 from ood_audit.calibration.evidence import block_norms, probe_norms
@@ -37,7 +37,8 @@ def _resolve(obj: Any) -> Any:
 
 def _decode(batch: dict[str, np.ndarray], pre: Preprocess, s3: S3Config | None, threads: int,
             working_size: int | None = None):
-    """(model input or None, ok, status, error, the ok rows' SPEC §14 working copies when ``working_size``).
+    """(model input in [0, 1] or None, ok, status, error, the ok rows' decoded uint8 arrays, and their SPEC §14
+    working copies when ``working_size``).
 
     The model input does not depend on ``working_size`` (:mod:`ood_audit.io.decode`), so every phase, and
     the scan, feed the model the same pixels."""
@@ -47,15 +48,14 @@ def _decode(batch: dict[str, np.ndarray], pre: Preprocess, s3: S3Config | None, 
     status = np.array([r.status for r in results], dtype=object)
     error = np.array([r.error or "" for r in results], dtype=object)
     arrays = [r.array for r in results if r.ok]
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0) if arrays else None
-    return x, ok, status, error, [r.working for r in results if r.ok]
+    x = decoded_to_unit(torch.from_numpy(np.stack(arrays))) if arrays else None
+    return x, ok, status, error, arrays, [r.working for r in results if r.ok]
 
 
-def _tap(model: Any, spec: dict, device: str, precision: str) -> TapModel:
-    """The model tapping every candidate block, under the bundle's precision policy."""
-    s = ModelSpec.from_dict(spec)
-    m = s.build(load_state_bytes(_resolve(model)))
-    return TapModel(m, blocks=block_candidates(m), mean=s.mean, std=s.std, precision=precision).to(device).eval()
+def _tap(model: Any, spec: dict, pre: Preprocess, device: str, precision: str) -> TapModel:
+    """The model tapping every candidate block, normalising as ``pre`` says, under the bundle's precision policy."""
+    m = ModelSpec.from_dict(spec).build(load_state_bytes(_resolve(model)))
+    return TapModel(m, blocks=block_candidates(m), mean=pre.mean, std=pre.std, precision=precision).to(device).eval()
 
 
 class BankWorker:
@@ -64,20 +64,20 @@ class BankWorker:
     penultimate vector, SPEC §6) and, for rows with ``evidence`` (a subset of ``select``), FN at every
     block of the image and of each pseudo-OOD probe (:mod:`ood_audit.calibration.evidence`)."""
 
-    def __init__(self, model: Any, spec: dict, preprocess: dict, *, seed: int = 0, grid: int = 3,
+    def __init__(self, model: Any, spec: dict, preprocess: Preprocess | dict, *, seed: int = 0, grid: int = 3,
                  probes: tuple[str, ...] = (), s3: S3Config | None = None, device: str = "cpu",
                  precision: str = "float32", threads: int = 8) -> None:
-        self.tap = _tap(model, spec, device, precision)
+        self.pre, self.s3, self.seed, self.grid = Preprocess.from_dict(preprocess), s3, seed, grid
+        self.tap = _tap(model, spec, self.pre, device, precision)
         self.blocks = list(self.tap.blocks)
         self.banks = make_detectors(("csd", "knn"), block=self.blocks[-1])
-        self.pre, self.s3, self.seed, self.grid = Preprocess.from_dict(preprocess), s3, seed, grid
         self.probes = tuple(probes)
         self.device, self.threads = device, threads
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n, nb = len(batch["uri"]), len(self.blocks)
-        x, ok, status, error, _ = _decode(batch, self.pre, self.s3, self.threads)
+        x, ok, status, error, arrays, _ = _decode(batch, self.pre, self.s3, self.threads)
         ratios = np.full((n, nb), np.nan, dtype=np.float64)
         fn_id = np.full((n, nb), np.nan, dtype=np.float64)
         fn_probe = np.full((n, len(self.probes) * nb), np.nan, dtype=np.float64)
@@ -91,7 +91,7 @@ class BankWorker:
             views = np.zeros((n, v.shape[1]), np.float32)
             feats = np.zeros((n, f.shape[1]), np.float32)
             views[ok], feats[ok] = v, f
-            thumbs[ok] = [thumbnail_jpeg(a) for a in x.mul(255).round().byte().permute(0, 2, 3, 1).numpy()]
+            thumbs[ok] = [thumbnail_jpeg(a) for a in arrays]
             sel = np.asarray(batch["select"], dtype=bool)[ok]
             if sel.any():
                 s_t = torch.from_numpy(sel)
@@ -118,16 +118,16 @@ class BankWorker:
 class NormWorker:
     """FN at every candidate block per image (held-out ID and known outliers for ``--selector validated``)."""
 
-    def __init__(self, model: Any, spec: dict, preprocess: dict, *, s3: S3Config | None = None,
+    def __init__(self, model: Any, spec: dict, preprocess: Preprocess | dict, *, s3: S3Config | None = None,
                  device: str = "cpu", precision: str = "float32", threads: int = 8) -> None:
-        self.tap = _tap(model, spec, device, precision)
-        self.blocks = list(self.tap.blocks)
         self.pre, self.s3, self.device, self.threads = Preprocess.from_dict(preprocess), s3, device, threads
+        self.tap = _tap(model, spec, self.pre, device, precision)
+        self.blocks = list(self.tap.blocks)
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["uri"])
-        x, ok, status, error, _ = _decode(batch, self.pre, self.s3, self.threads)
+        x, ok, status, error, _, _ = _decode(batch, self.pre, self.s3, self.threads)
         norms = np.full((n, len(self.blocks)), np.nan, dtype=np.float64)
         if x is not None:
             norms[ok] = block_norms(self.tap(x.to(self.device)).blocks, self.blocks).double().cpu().numpy()
@@ -140,12 +140,13 @@ class ScoreWorker:
     array or object ref).
 
     Besides the scores: ``pred_class``; ``nn_dist``, the L2 distance to the nearest kNN-bank vector (with a
-    kNN detector; :mod:`~ood_audit.flagging.neardup`); and ``laplacian_var``, the SPEC §14 Laplacian
-    variance (:func:`~ood_audit.io.quality.measure`) of the decoder's working copy of the whole image
+    kNN detector; :mod:`~ood_audit.flagging.neardup`); and the SPEC §14 measures calibration records
+    (:func:`~ood_audit.io.quality.measure`): ``laplacian_var``, the Laplacian variance, and ``grayscale``,
+    1.0 where the image is grey by the SPEC test, of the decoder's working copy of the whole image
     (``working_size``, 256 px by default), the copy the scan's read task measures too: not of the model's
     crop, whose size depends on the bundle."""
 
-    def __init__(self, model: Any, spec: dict, preprocess: dict, block: str, *, states: dict[str, Any],
+    def __init__(self, model: Any, spec: dict, preprocess: Preprocess | dict, block: str, *, states: dict[str, Any],
                  banks: dict[str, Any], s3: S3Config | None = None, device: str = "cpu", precision: str = "float32",
                  knn_backend: str = "auto", threads: int = 8, working_size: int = DEFAULT_WORKING_SIZE) -> None:
         dets = restore_detectors(block, states, {k: _resolve(v) for k, v in banks.items()}, device=device,
@@ -157,10 +158,10 @@ class ScoreWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["uri"])
-        x, ok, status, error, working = _decode(batch, self.pre, self.s3, self.threads, self.working_size)
+        x, ok, status, error, _, working = _decode(batch, self.pre, self.s3, self.threads, self.working_size)
         out: dict[str, np.ndarray] = {"index": np.asarray(batch["index"]), "status": status, "error": error}
         names = [*self.scorer.score_names, *(["csd_view"] if "csd" in self.scorer.score_names else [])]
-        for s in [*names, "pred_class", "nn_dist", "laplacian_var"]:
+        for s in [*names, "pred_class", "nn_dist", "laplacian_var", "grayscale"]:
             out[s] = np.full(n, np.nan, dtype=np.float64)
         if x is not None:
             scores = self.scorer(x)
@@ -168,5 +169,7 @@ class ScoreWorker:
                 out[s][ok] = scores[s]
             if "knn_nn_dist" in scores:
                 out["nn_dist"][ok] = np.asarray(scores["knn_nn_dist"])[:, 0]
-            out["laplacian_var"][ok] = [measure(a, config=self.quality).laplacian_var for a in working]
+            measures = [measure(a, config=self.quality) for a in working]
+            out["laplacian_var"][ok] = [m.laplacian_var for m in measures]
+            out["grayscale"][ok] = [float(m.is_grayscale(self.quality)) for m in measures]
         return out

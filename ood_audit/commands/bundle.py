@@ -41,11 +41,17 @@ def findings_lines(info: Any) -> list[str]:
     lines = ["findings calibrated in this bundle:"]
     q = info.quality
     if q is None:
-        lines.append("  quality: no blurry threshold (the scan never reports blurry; the other checks use "
-                     "their fixed thresholds)")
+        lines.append("  quality: no blurry threshold and no held-out grayscale share (the scan never reports "
+                     "blurry or grayscale; the other checks use their fixed thresholds)")
     else:
+        if q.grayscale_share is None:
+            grey = "no held-out grayscale share (an older version): grayscale is not reported; calibrate again"
+        else:
+            grey = (f"{100 * q.grayscale_share:.1f}% of them grey, so grayscale is "
+                    + ("reported" if q.config().reports_grayscale else "not reported: grey is normal here")
+                    + " (SPEC §14: reported below 50%)")
         lines.append(f"  quality: blurry below Laplacian variance {q.blurry:.6g}, percentile {q.blurry_percentile:g} "
-                     f"of {q.heldout_images} held-out ID images (working size {q.working_size} px)")
+                     f"of {q.heldout_images} held-out ID images (working size {q.working_size} px); {grey}")
         if not q.comparable:
             lines.append(f"    measured on {q.measured_on} by an older version: scans do not check blur with it; "
                          "calibrate again")

@@ -22,7 +22,8 @@ Conversions, so that every image is an ``H×W×3`` uint8 RGB array:
 - CMYK, palette, bilevel, greyscale and other modes go through Pillow's ``convert("RGB")``.
 - Animated images: the first frame.
 
-Resizing follows :class:`Preprocess`. JPEGs much larger than the target are decoded at 1/2, 1/4 or 1/8
+Resizing follows :class:`~ood_audit.preprocess.Preprocess` (the box of its ``crop_box``, resampled once).
+JPEGs much larger than the target are decoded at 1/2, 1/4 or 1/8
 scale by libjpeg first (``Image.draft``), which is several times faster on photos; the result is still
 at least the target size before the final bilinear resize.
 
@@ -67,7 +68,8 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ood_audit.errors import ConfigError
-from ood_audit.io.quality import DEFAULT_WORKING_SIZE, working_factor
+from ood_audit.preprocess import Preprocess, ResizeMode
+from ood_audit.io.quality import working_factor
 
 Status = Literal["ok", "decode_error", "missing", "too_large", "unsupported"]
 STATUSES: tuple[str, ...] = ("ok", "decode_error", "missing", "too_large", "unsupported")
@@ -76,7 +78,8 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 # Below Pillow's own warning threshold (~89.5 M), so Pillow's check never decides for us by default.
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
-ResizeMode = Literal["crop", "resize"]
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "STATUSES", "DecodeResult", "Preprocess", "ResizeMode",
+           "Status", "as_preprocess", "decode_file", "decode_image", "draft_request"]
 _MAX_ERROR_CHARS = 200
 
 # decode_image enforces max_pixels itself, before decoding, so Pillow's warning for large images is
@@ -85,78 +88,6 @@ _MAX_ERROR_CHARS = 200
 # (DecompressionBombError, at twice its warning threshold) still applies and is reported as too_large;
 # so is the warning when a caller turns warnings into errors.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How decoded images are sized. Stored in the bundle so calibration and scanning agree.
-
-    Args:
-        size: output ``(height, width)``; an int means a square. None keeps the original size.
-        mode: ``"crop"`` scales the image so it covers the output and takes the centre (the shorter side
-            becomes the output size for a square); ``"resize"`` stretches to the output, ignoring aspect.
-        resize_shorter: ``"crop"`` only: scale the shorter side to this first, then centre-crop
-            ``size`` (torchvision's ``Resize(256) + CenterCrop(224)``). Must be ≥ the output sides.
-        jpeg_draft: let libjpeg decode big JPEGs at a reduced scale first (faster, slightly different
-            pixels; keep the same setting for calibration and scanning).
-        jpeg_draft_longer: with ``jpeg_draft``, the draft also keeps the longer side at least this many px
-            (the SPEC §14 working size), so the quality checks' working copy is drafted no smaller than the
-            checks use (module docstring). 0: the model size alone, as bundles written before this field.
-    """
-
-    size: int | tuple[int, int] | None = None
-    mode: ResizeMode = "crop"
-    resize_shorter: int | None = None
-    jpeg_draft: bool = True
-    jpeg_draft_longer: int = DEFAULT_WORKING_SIZE
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("crop", "resize"):
-            raise ConfigError(f"Preprocess.mode must be 'crop' or 'resize', not {self.mode!r}")
-        hw = self.output_hw
-        if hw is not None and (hw[0] < 1 or hw[1] < 1):
-            raise ConfigError(f"Preprocess.size must be positive, got {self.size!r}")
-        if self.jpeg_draft_longer < 0:
-            raise ConfigError(f"Preprocess.jpeg_draft_longer must be ≥ 0, got {self.jpeg_draft_longer!r}")
-        if self.resize_shorter is not None:
-            if self.mode != "crop" or hw is None:
-                raise ConfigError("Preprocess.resize_shorter needs mode='crop' and a size")
-            if self.resize_shorter < max(hw):
-                raise ConfigError(
-                    f"Preprocess.resize_shorter={self.resize_shorter} is smaller than the crop {hw}; "
-                    "it must be at least the larger output side"
-                )
-
-    @property
-    def output_hw(self) -> tuple[int, int] | None:
-        if self.size is None:
-            return None
-        if isinstance(self.size, int):
-            return (self.size, self.size)
-        h, w = self.size
-        return (int(h), int(w))
-
-    def to_dict(self) -> dict[str, object]:
-        hw = self.output_hw
-        return {
-            "size": list(hw) if hw else None,
-            "mode": self.mode,
-            "resize_shorter": self.resize_shorter,
-            "jpeg_draft": self.jpeg_draft,
-            "jpeg_draft_longer": self.jpeg_draft_longer,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> Preprocess:
-        size = data.get("size")
-        return cls(
-            size=tuple(size) if isinstance(size, list | tuple) else size,  # type: ignore[arg-type]
-            mode=data.get("mode", "crop"),  # type: ignore[arg-type]
-            resize_shorter=data.get("resize_shorter"),  # type: ignore[arg-type]
-            jpeg_draft=bool(data.get("jpeg_draft", True)),
-            # Absent in bundles written before the field: they were calibrated with the model size alone.
-            jpeg_draft_longer=int(data.get("jpeg_draft_longer", 0)),  # type: ignore[call-overload]
-        )
 
 
 @dataclass(frozen=True)
@@ -333,13 +264,7 @@ def _resize(im: Image.Image, hw: tuple[int, int], pre: Preprocess) -> Image.Imag
             return im
         return im.resize((out_w, out_h), Image.Resampling.BILINEAR)
     # Centre crop in source coordinates, resized in one step (no second rounding of a resized copy).
-    if pre.resize_shorter is not None:
-        scale = pre.resize_shorter / min(w, h)
-    else:
-        scale = max(out_h / h, out_w / w)
-    crop_w, crop_h = min(float(w), out_w / scale), min(float(h), out_h / scale)  # rounding: never past an edge
-    left, top = (w - crop_w) / 2.0, (h - crop_h) / 2.0
-    box = (left, top, left + crop_w, top + crop_h)
+    box = pre.crop_box(w, h)
     if (w, h) == (out_w, out_h) and box == (0.0, 0.0, float(w), float(h)):
         return im
     return im.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box)

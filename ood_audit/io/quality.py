@@ -13,7 +13,10 @@ array it is given by the same rule.
   pixels, below a threshold set at calibration (:func:`blurry_threshold`: the 1st percentile of held-out
   ID); never reported when the threshold is absent;
 - ``low_information``: H = −Σ p_i log₂ p_i over the 256 grey levels below 2.0 bits;
-- ``grayscale``: max(R, G, B) − min(R, G, B) ≤ 2 at ≥ 99.9 % of pixels;
+- ``grayscale``: max(R, G, B) − min(R, G, B) ≤ 2 at ≥ 99.9 % of pixels; reported only when fewer than half
+  of the held-out ID images are grayscale (``grayscale_id_share``, recorded at calibration by
+  :func:`grayscale_share`): in a grey ID set grey is normal. Never reported when the share is absent (a
+  bundle calibrated before it was recorded, or no bundle);
 - ``odd_aspect_ratio``: longer / shorter side of the *original* image > 4;
 - ``tiny``: shorter side of the original < 32 px.
 
@@ -35,10 +38,11 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from ood_audit.errors import ConfigError, DataError
+from ood_audit.preprocess import DEFAULT_WORKING_SIZE
 
 ISSUES: tuple[str, ...] = ("dark", "light", "blurry", "low_information", "grayscale", "odd_aspect_ratio", "tiny")
 BLURRY_PERCENTILE = 1.0
-DEFAULT_WORKING_SIZE = 256  # SPEC §14: the working image's longer side is at most this
+GRAYSCALE_MAX_ID_SHARE = 0.5  # SPEC §14: grayscale is a finding only when fewer ID images than this share are grey
 
 
 class QualityConfig(BaseModel):
@@ -53,11 +57,19 @@ class QualityConfig(BaseModel):
     low_information: float = Field(2.0, ge=0, le=8, description="grey entropy (bits) below this")
     grayscale_tolerance: int = Field(2, ge=0, le=255, description="max channel spread, grey levels")
     grayscale_fraction: float = Field(0.999, gt=0, le=1, description="share of pixels within tolerance")
+    grayscale_id_share: float | None = Field(
+        None, ge=0, le=1, description="share of held-out ID images that are grayscale (set at calibration); "
+        "grayscale is reported only when this is below 0.5, never when it is None")
     odd_aspect_ratio: float = Field(4.0, gt=1, description="longer/shorter side above this")
     tiny: int = Field(32, ge=1, description="shorter original side below this, px")
 
     def with_blurry(self, threshold: float) -> QualityConfig:
         return self.model_copy(update={"blurry": float(threshold)})
+
+    @property
+    def reports_grayscale(self) -> bool:
+        """SPEC §14: only when the calibrated share of grey held-out ID images is below one half."""
+        return self.grayscale_id_share is not None and self.grayscale_id_share < GRAYSCALE_MAX_ID_SHARE
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,10 @@ class QualityMeasures:
     aspect_ratio: float
     shorter_side: int
 
+    def is_grayscale(self, config: QualityConfig) -> bool:
+        """Whether the image is grey by the SPEC §14 test (whether or not ``config`` reports it)."""
+        return self.grayscale_fraction >= config.grayscale_fraction
+
     def issues(self, config: QualityConfig) -> list[str]:
         """The issue names these measures raise under ``config``, in :data:`ISSUES` order."""
         hit = {
@@ -78,7 +94,7 @@ class QualityMeasures:
             "light": self.brightness > config.light,
             "blurry": config.blurry is not None and self.laplacian_var < config.blurry,  # NaN compares False
             "low_information": self.entropy < config.low_information,
-            "grayscale": self.grayscale_fraction >= config.grayscale_fraction,
+            "grayscale": config.reports_grayscale and self.is_grayscale(config),
             "odd_aspect_ratio": self.aspect_ratio > config.odd_aspect_ratio,
             "tiny": self.shorter_side < config.tiny,
         }
@@ -156,6 +172,16 @@ def blurry_threshold(laplacian_vars: np.ndarray, percentile: float = BLURRY_PERC
     if not 0.0 < percentile < 100.0:
         raise ConfigError(f"blurry percentile must be in (0, 100), got {percentile}")
     return float(np.percentile(v, percentile))
+
+
+def grayscale_share(is_grey: np.ndarray) -> float:
+    """The share of held-out ID images that are grey (:meth:`QualityMeasures.is_grayscale` of each, as 0/1 or
+    bool; NaN for an image not measured is left out): the calibrated ``grayscale_id_share``."""
+    v = np.asarray(is_grey, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise DataError("no held-out grayscale measures to set the grayscale share")
+    return float(np.count_nonzero(v)) / v.size
 
 
 def _check_rgb(image: np.ndarray) -> None:

@@ -15,8 +15,8 @@ from pydantic import ValidationError, model_validator
 from ood_audit.bundle.schema import ModelPart
 from ood_audit.errors import ConfigError
 from ood_audit.models.build import ARCHITECTURES, build_model
-from ood_audit.models.taps import IMAGENET_MEAN, IMAGENET_STD
 from ood_audit.models.weights import infer_num_classes, load_state_strict
+from ood_audit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, ResizeMode
 
 
 class ModelSpec(ModelPart):
@@ -60,6 +60,10 @@ class ModelSpec(ModelPart):
         """The description of ``state``'s model, with the class count read from its head."""
         n = infer_num_classes(state, build_model(arch, num_classes=10, small_input=small_input))
         return cls(arch, n, small_input, image_size)
+
+    def preprocess(self, mode: ResizeMode = "crop") -> Preprocess:
+        """The input transform of this model: its ``image_size``, ``mode``, and its ``mean``/``std``."""
+        return Preprocess(size=self.image_size, mode=mode, mean=tuple(self.mean), std=tuple(self.std))
 
     def build(self, state: dict[str, torch.Tensor] | None = None, source: str = "checkpoint") -> nn.Module:
         """The model in eval mode, with ``state`` strictly loaded when given."""

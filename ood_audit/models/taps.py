@@ -1,8 +1,9 @@
 """One forward pass that returns logits, pooled penultimate vector, block outputs and last-stage map.
 
 Built on `torchvision.models.feature_extraction.create_feature_extractor` (no hand-made hooks). The
-model takes **pixel-space** input in [0, 1] and applies its own normalisation first, so jigsaw and other
-pseudo-OOD probes can work before normalisation (SPEC §3).
+model takes **pixel-space** input in [0, 1] and applies its own normalisation first (the preprocess's
+``mean``/``std``, :func:`ood_audit.preprocess.normalize`), so jigsaw and other pseudo-OOD probes can work
+before normalisation (SPEC §3).
 """
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ import torch
 import torch.nn as nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from ood_audit.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
 from ood_audit.models.arch import ArchSpec, arch_spec, check_blocks
 from ood_audit.models.precision import DEFAULT_PRECISION, check_precision, forward_precision
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -63,7 +63,7 @@ class TapModel(nn.Module):
         return self._head[0]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        return normalize(x, self.mean, self.std)
 
     def forward(self, x: torch.Tensor) -> Taps:
         with forward_precision(self.precision, x.device):
@@ -75,3 +75,16 @@ class TapModel(nn.Module):
             last_map=out[self._roles["last_map"]],
             blocks={b: out[b] for b in self.blocks},
         )
+
+
+def last_map_hw(arch: str, num_classes: int, small_input: bool, input_hw: tuple[int, int]) -> tuple[int, int]:
+    """``(H, W)`` of the last-stage map (SPEC §7) that ``arch`` gives for an input of ``input_hw``; shapes only:
+    the model is built and run on the ``meta`` device, so no weights are made and nothing is computed."""
+    from ood_audit.models.build import build_model
+
+    with torch.device("meta"):
+        model = build_model(arch, num_classes, small_input=small_input).eval()
+        spec = arch_spec(model)
+        extractor = create_feature_extractor(model, return_nodes={spec.last_map: "last_map"})
+        out = extractor(torch.zeros(1, 3, *input_hw))["last_map"]
+    return int(out.shape[2]), int(out.shape[3])

@@ -33,7 +33,7 @@ from ood_audit.errors import BundleError, ConfigError, ReportError
 from ood_audit.io.fs import S3Config
 from ood_audit.report.collect import Collected, PrefixStats, collect, prefix_counts, score_edges
 from ood_audit.report.drift import DriftRow, Rate, drift_rows
-from ood_audit.report.explain import (CsdBox, Neighbour, STATUS_WORDS, csd_box, data_uri, neighbours,
+from ood_audit.report.explain import (CsdBox, Neighbour, STATUS_WORDS, csd_box, csd_geometry, data_uri, neighbours,
                                       reason_words)
 from ood_audit.report.plots import histogram_png
 from ood_audit.report.findings import QUALITY_COLUMN, QualityView, issue_class, quality_view
@@ -209,7 +209,7 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
             edges[s] = e
     col = collect(ds, inputs=inputs, depth=opts.prefix_depth, edges=edges, max_failures=opts.max_failures)
     histograms = _histograms(col, quantiles, th, flag_on)
-    grid = _grid(ds, flag_on, present, sources, opts, s3)
+    grid = _grid(ds, flag_on, present, sources, opts, s3, info)
     drift = _drift(output, run, col, opts, s3, runs)
     counts = dict(run.summary.counts)
     if not counts:
@@ -282,13 +282,14 @@ def _histograms(col: Collected, quantiles: dict[str, Any], th: RowTables,
 
 
 def _grid(ds: Any, flag_on: list[str], scores: list[str], sources: Any, opts: ReportOptions,
-          s3: S3Config | None) -> list[GridItem]:
+          s3: S3Config | None, info: BundleMeta | None) -> list[GridItem]:
     names = set(ds.schema.names)
     cols = [c for c in (*GRID_COLUMNS, *scores, *(f"pct_{s}" for s in scores)) if c in names]
     top = most_anomalous(ds, opts.top, flag_on, columns=cols).to_pylist()
     sizes = {r["uri"]: (r.get("width"), r.get("height")) for r in top}
     thumbs = object_thumbs([r["uri"] for r in top], sizes=sizes, s3=s3, max_side=opts.thumb_side,
                            threads=opts.threads)
+    geometry = csd_geometry(info) if any(r.get("csd_view") is not None for r in top) else None
     items = []
     for rank, r in enumerate(top, 1):
         cells = [ScoreCell(s, r.get(s), r.get(f"pct_{s}"), s in flag_on) for s in scores
@@ -299,7 +300,7 @@ def _grid(ds: Any, flag_on: list[str], scores: list[str], sources: Any, opts: Re
                                        if s in flag_on],
                               also_low=[s for s in r.get("flag_reasons") or [] if s not in flag_on],
                               scores=cells, pred_class=r.get("pred_class"), thumb=thumbs[r["uri"]],
-                              box=csd_box(r.get("csd_view")),
+                              box=csd_box(r.get("csd_view"), geometry, thumbs[r["uri"]].stored),
                               neighbours=neighbours(r.get("knn_nn"), r.get("knn_nn_dist"), sources),
                               quality=None if r.get(QUALITY_COLUMN) is None else list(r[QUALITY_COLUMN]),
                               duplicate_of=r.get("duplicate_of"), near_duplicate_of_id=r.get("near_duplicate_of_id")))

@@ -1,12 +1,12 @@
 """The two explanations the report draws for each anomalous object (SPEC §13), and flag reasons in words.
 
 - **The CSD deciding view** (``csd_view``, the argmin of SPEC §7's six views) becomes a box in percent of
-  the thumbnail, so it lands on the same part of the image at any display size. Thumbnails keep the
-  image's aspect ratio (:mod:`ood_audit.io.thumbs`), and so do placeholders, which is why percentages of
-  the thumbnail are percentages of the image: q00, q01, q10, q11 are the top-left, top-right, bottom-left
-  and bottom-right quarters (row-major), ``centre`` the central box of half the height and half the width,
-  ``global`` the whole image. The 2×2 pool's cells overlap by a feature cell for odd map sizes; at the
-  scale of a thumbnail the halves are what the model looked at.
+  the thumbnail, so it lands on the same part of the image at any display size. The box is what
+  :func:`ood_audit.scores.csd.view_box` returns: the view's cells of the last feature map, mapped through the
+  bundle's preprocess (resize and crop) back onto the stored image, after EXIF orientation. On a
+  centre-cropped landscape photo, ``global`` is the central square. Thumbnails keep the image's aspect ratio
+  (:mod:`ood_audit.io.thumbs`), and so do placeholders, so percentages of the stored image are percentages of
+  the thumbnail. Without a bundle (or one without a fixed input size) there is no box: the geometry is unknown.
 - **The nearest ID neighbours**: a row's ``knn_nn`` are kNN-bank rows, closest first, and ``knn_nn_dist``
   their L2 distances; the bundle's bank sources give each row's calibration image URI and thumbnail.
 """
@@ -17,19 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ood_audit.preprocess import Preprocess
 from ood_audit.vocab import CSD_VIEW_NAMES
 
-# (left, top, width, height) in percent of the image, per CSD view index (SPEC §13).
-_BOXES: tuple[tuple[float, float, float, float], ...] = (
-    (0.0, 0.0, 50.0, 50.0),     # q00 top-left
-    (50.0, 0.0, 50.0, 50.0),    # q01 top-right
-    (0.0, 50.0, 50.0, 50.0),    # q10 bottom-left
-    (50.0, 50.0, 50.0, 50.0),   # q11 bottom-right
-    (0.0, 0.0, 100.0, 100.0),   # global
-    (25.0, 25.0, 50.0, 50.0),   # centre
-)
 _VIEW_WORDS = {"q00": "top-left quarter", "q01": "top-right quarter", "q10": "bottom-left quarter",
-               "q11": "bottom-right quarter", "global": "whole image", "centre": "central box"}
+               "q11": "bottom-right quarter", "global": "whole model input", "centre": "central box"}
 
 SCORE_WORDS = {
     "featurenorm": "weak activations at the selected block (FeatureNorm)",
@@ -63,6 +55,14 @@ class CsdBox:
 
 
 @dataclass(frozen=True)
+class CsdGeometry:
+    """What maps a CSD view onto a stored image: the bundle's preprocess and its model's last-map size."""
+
+    preprocess: Preprocess
+    map_hw: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class Neighbour:
     """One nearest kNN-bank row: its calibration image, its distance, and its thumbnail (a data URI)."""
 
@@ -72,12 +72,31 @@ class Neighbour:
     thumb: str | None
 
 
-def csd_box(view: int | None) -> CsdBox | None:
-    """The box of CSD view ``view`` (an index into ``CSD_VIEW_NAMES``); None when unknown."""
-    if view is None or not 0 <= int(view) < len(_BOXES):
+def csd_geometry(info: Any) -> CsdGeometry | None:
+    """The CSD geometry of a bundle's metadata (:class:`~ood_audit.bundle.schema.BundleMeta`); None without a
+    bundle or a fixed input size. Imports torch to get the last map's size (shapes only)."""
+    if info is None or info.preprocess.output_hw is None:
         return None
+    from ood_audit.models.taps import last_map_hw
+
+    m = info.model
+    return CsdGeometry(info.preprocess, last_map_hw(m.arch, m.num_classes, m.small_input, info.preprocess.output_hw))
+
+
+def csd_box(view: int | None, geometry: CsdGeometry | None,
+            stored_size: tuple[int | None, int | None] | None) -> CsdBox | None:
+    """The box of CSD view ``view`` (an index into ``CSD_VIEW_NAMES``) on a stored image of ``stored_size`` =
+    (width, height) after EXIF orientation, from :func:`ood_audit.scores.csd.view_box`; None when the view, the
+    geometry or the size is unknown."""
+    w, h = stored_size or (None, None)
+    if view is None or not 0 <= int(view) < len(CSD_VIEW_NAMES) or geometry is None or not w or not h:
+        return None
+    from ood_audit.scores.csd import view_box
+
     name = CSD_VIEW_NAMES[int(view)]
-    return CsdBox(name, _VIEW_WORDS[name], *_BOXES[int(view)])
+    left, top, right, bottom = view_box(int(view), geometry.preprocess, (w, h), geometry.map_hw)
+    return CsdBox(name, _VIEW_WORDS[name], *(round(100.0 * v, 4) for v in (left / w, top / h, (right - left) / w,
+                                                                              (bottom - top) / h)))
 
 
 def reason_words(score: str) -> str:

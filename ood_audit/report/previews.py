@@ -3,7 +3,8 @@
 The report is written after the scan, sometimes long after, so an object may be gone or replaced. A
 thumbnail never fails the report: an object deleted since the scan, one that no longer decodes, or one too
 large to preview gets a placeholder that says why, drawn at the image's recorded aspect ratio (its
-``width``/``height`` from the scan) so the CSD box still lands where it should. Objects are read in
+``width``/``height`` from the scan) so the CSD box still lands where it should. Each thumbnail carries the
+image's stored size after EXIF orientation (``Thumb.stored``), from which the CSD box is computed. Objects are read in
 parallel on a bounded thread pool; each is read once, decoded, shrunk and dropped, so memory holds one
 object per thread plus the small JPEGs. Like the scan's decode, thumbnails apply EXIF orientation, so the
 CSD box is drawn on the image the model saw.
@@ -34,6 +35,7 @@ class Thumb:
     width: int
     height: int
     note: str | None = None  # None for a real thumbnail
+    stored: tuple[int, int] | None = None  # the image's (width, height) after EXIF orientation, for the CSD box
 
 
 def object_thumbs(uris: Sequence[str], *, sizes: Mapping[str, tuple[int | None, int | None]] | None = None,
@@ -64,13 +66,24 @@ def object_thumb(uri: str, *, size: tuple[int | None, int | None] = (None, None)
         with Image.open(io.BytesIO(data)) as im:
             if im.width * im.height > MAX_PREVIEW_PIXELS:
                 return placeholder("too large to preview", size, max_side)
+            stored = _upright_size(im)  # before the draft shrinks it
             im.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale
             jpeg = thumbnail_jpeg(_upright(im), max_side)
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for damaged data
         return placeholder(f"does not decode now: {_short(exc)}", size, max_side)
     with Image.open(io.BytesIO(jpeg)) as t:
         w, h = t.size
-    return Thumb(data_uri(jpeg, "image/jpeg"), w, h)
+    return Thumb(data_uri(jpeg, "image/jpeg"), w, h, stored=stored)
+
+
+def _upright_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) after EXIF orientation: orientations 5-8 turn the image by a quarter (as
+    ``ImageOps.exif_transpose``); a broken EXIF block counts as none, as in :func:`_upright`."""
+    try:
+        turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001 - PIL raises many types for damaged EXIF
+        turned = False
+    return (im.height, im.width) if turned else (im.width, im.height)
 
 
 def _upright(im: Image.Image) -> Image.Image:
@@ -84,7 +97,8 @@ def _upright(im: Image.Image) -> Image.Image:
 def placeholder(note: str, size: tuple[int | None, int | None] = (None, None), max_side: int = THUMB_SIDE) -> Thumb:
     """A grey, crossed-out PNG at the recorded aspect ratio (square when unknown)."""
     w0, h0 = size
-    w0, h0 = (w0, h0) if w0 and h0 and w0 > 0 and h0 > 0 else (1, 1)
+    known = bool(w0 and h0 and w0 > 0 and h0 > 0)
+    w0, h0 = (w0, h0) if known else (1, 1)
     scale = max_side / max(w0, h0)
     w, h = max(8, round(w0 * scale)), max(8, round(h0 * scale))
     im = Image.new("RGB", (w, h), (225, 225, 225))
@@ -94,7 +108,8 @@ def placeholder(note: str, size: tuple[int | None, int | None] = (None, None), m
     draw.rectangle([(0, 0), (w - 1, h - 1)], outline=(150, 150, 150))
     out = io.BytesIO()
     im.save(out, format="PNG", optimize=True)
-    return Thumb(data_uri(out.getvalue(), "image/png"), w, h, note=note)
+    return Thumb(data_uri(out.getvalue(), "image/png"), w, h, note=note,
+                 stored=(int(w0), int(h0)) if known else None)
 
 
 def _short(exc: BaseException, limit: int = 120) -> str:

@@ -72,6 +72,7 @@ from typing import Any
 import pyarrow as pa
 
 from ood_audit.bundle.files import open_bundle
+from ood_audit.bundle.schema import quality_notices
 from ood_audit.errors import EXIT_INCOMPLETE, ConfigError, OodAuditError, StorageError
 from ood_audit.io.decode import Preprocess
 from ood_audit.io.fs import S3Config, check_writable, storage_error
@@ -164,7 +165,7 @@ def run_scan(cfg: ScanConfig, *, listing: Iterable[pa.Table] | None = None,
         check_writable(cfg.output, s3=cfg.s3)  # before listing: a read-only output fails now, not after scoring
     except OSError as exc:
         raise storage_error(exc, s3=s3, uri=cfg.bundle) or exc
-    pre = Preprocess.from_dict(dict(bundle.info.preprocess))
+    pre = bundle.info.preprocess
     if pre.output_hw is None:
         raise ConfigError(f"--bundle {bundle.uri}: its preprocess has no fixed size; calibrate it again")
 
@@ -201,9 +202,8 @@ def quality_config(bundle: Any) -> QualityConfig:
     """The SPEC §14 thresholds of a scan with ``bundle``: the bundle's calibrated ones (``blurry``) when it
     has them, else the defaults, where ``blurry`` is never reported. Called once per scan (it may warn)."""
     part = bundle.info.quality
-    if part is not None and not part.comparable:
-        log.warning("bundle %s set its blurry threshold on %s, not on the working copies the scan measures; "
-                    "blur is not checked (calibrate again to check it)", bundle.id, part.measured_on)
+    for line in quality_notices(part, bundle.id):
+        log.warning("%s", line)
     return part.config() if part is not None else QualityConfig()
 
 

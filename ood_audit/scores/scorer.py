@@ -12,13 +12,8 @@ import numpy as np
 import torch
 
 from ood_audit.models import TapModel
+from ood_audit.preprocess import to_unit
 from ood_audit.scores.detectors import DETECTORS, LOGIT_DETECTORS, Detector, Features, make_detectors
-
-
-def to_pixels(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """[N,3,H,W] uint8 or float in [0, 1] -> float32 in [0, 1] on ``device``."""
-    x = pixels.to(device)
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
 class Scorer:
@@ -54,7 +49,7 @@ class Scorer:
 
     def features(self, pixels: torch.Tensor) -> Features:
         """One forward pass (under the tap's precision policy)."""
-        return Features(self.tap(to_pixels(pixels, self.device)), self.tap.head)
+        return Features(self.tap(to_unit(pixels, self.device)), self.tap.head)
 
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor) -> dict[str, np.ndarray]:

@@ -108,7 +108,3 @@ def augment(x: torch.Tensor, *, size: int, small_input: bool, generator: torch.G
         x = random_resized_crop(x, size, generator)
     return random_hflip(x, generator)
 
-
-def to_pixels(batch_uint8: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """``[B, H, W, 3]`` uint8 -> ``[B, 3, H, W]`` float in [0, 1] on ``device``."""
-    return batch_uint8.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from ood_audit.errors import DataError
-from ood_audit.io.decode import Preprocess
+from ood_audit.preprocess import Preprocess, decoded_to_unit
 from ood_audit.io.fs import S3Config
 from ood_audit.io.reader import load_images
-from ood_audit.training.augment import to_pixels
 
 MAX_LISTED_FAILURES = 20
 
@@ -173,7 +172,7 @@ def validate(model: torch.nn.Module, uris: Sequence[str], labels: np.ndarray, ro
                         skips.add(uris[r], res.status, res.error or "")
                 if not good:
                     continue
-                x = to_pixels(torch.from_numpy(np.stack([a for _, a in good])), device)
+                x = decoded_to_unit(torch.from_numpy(np.stack([a for _, a in good])), device, non_blocking=True)
                 y = torch.tensor([int(labels[r]) for r, _ in good], dtype=torch.int64, device=device)
                 logits = model(x).logits
                 loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
@@ -216,7 +215,7 @@ def refresh_batchnorm(model: torch.nn.Module, uris: Sequence[str], rows: np.ndar
                 chunk = arrays[start: start + batch_size]
                 if len(chunk) < 2 and start > 0:
                     break  # BatchNorm cannot train on one image; the batches before it are enough
-                x = to_pixels(torch.from_numpy(np.stack(chunk)), device)
+                x = decoded_to_unit(torch.from_numpy(np.stack(chunk)), device, non_blocking=True)
                 model(x)
     finally:
         for m, momentum in zip(norms, saved):

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ood_audit.io.decode import Preprocess
-from ood_audit.training.augment import augment, contrastive_view, to_pixels
+from ood_audit.preprocess import Preprocess, decoded_to_unit
+from ood_audit.training.augment import augment, contrastive_view
 from ood_audit.training.checkpoint import check_compatible, read_checkpoint, write_checkpoint
 from ood_audit.training.config import TrainConfig
 from ood_audit.training.data import (MAX_LISTED_FAILURES, ShardReader, SkipLog, epoch_shard, refresh_batchnorm, steps_per_epoch,
@@ -187,8 +187,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     net.train()
 
-    preprocess = Preprocess(size=cfg.size if cfg.small_input else int(round(cfg.size * 8 / 7)), mode="crop")
-    val_preprocess = Preprocess(size=cfg.size, mode="crop")  # what calibration and the scan decode
+    norm = {"mean": tuple(cfg.mean), "std": tuple(cfg.std)}
+    preprocess = Preprocess(size=cfg.size if cfg.small_input else int(round(cfg.size * 8 / 7)), mode="crop", **norm)
+    val_preprocess = Preprocess(size=cfg.size, mode="crop", **norm)  # what calibration and the scan decode
     views_per_image = 2 if cfg.two_views else 1
     status.update(attempt=len(state["attempts"]), epoch=state["epoch"], global_step=state["global_step"],
                   checkpoint_step=state["global_step"] if resumed_from else None)
@@ -221,7 +222,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank * 17 + start_step)
         loss_sum, loss_n, epoch_start, last_log = 0.0, 0, time.perf_counter(), time.perf_counter()
         for step_in_epoch, (images, targets) in enumerate(reader, start=start_step):
-            pixels = to_pixels(images, device)
+            pixels = decoded_to_unit(images, device, non_blocking=True)
             targets = targets.to(device)
             if views_per_image == 2:
                 pixels = torch.cat([contrastive_view(pixels, size=cfg.size, generator=gen) for _ in range(2)])

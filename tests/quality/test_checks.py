@@ -35,13 +35,20 @@ def calibrated() -> QualityConfig:
     return QualityConfig().with_blurry(blurry_threshold(np.array([measure(c).laplacian_var for c in crops])))
 
 
+# The thresholds of a bundle whose held-out ID images are all colour (SPEC §14: grayscale is then reported).
+COLOUR_ID = QualityConfig(grayscale_id_share=0.0)
+
+
 def _const(h: int, w: int, rgb: tuple[int, int, int]) -> np.ndarray:
     return np.broadcast_to(np.array(rgb, np.uint8), (h, w, 3)).copy()
 
 
 def test_all_black_and_all_white_are_dark_and_light():
-    assert quality_issues(_const(224, 224, (0, 0, 0))) == ["dark", "low_information", "grayscale"]
-    assert quality_issues(_const(224, 224, (255, 255, 255))) == ["light", "low_information", "grayscale"]
+    assert quality_issues(_const(224, 224, (0, 0, 0)), config=COLOUR_ID) == ["dark", "low_information", "grayscale"]
+    assert quality_issues(_const(224, 224, (255, 255, 255)), config=COLOUR_ID) == ["light", "low_information",
+                                                                                    "grayscale"]
+    # No recorded share of grey ID images (no bundle, or one calibrated before it): grayscale is not reported.
+    assert quality_issues(_const(224, 224, (0, 0, 0))) == ["dark", "low_information"]
     assert quality_issues(_const(224, 224, (19, 19, 19)))[0] == "dark"
     assert "dark" not in quality_issues(_const(224, 224, (21, 21, 21)))
 
@@ -76,7 +83,10 @@ def test_grey_photo_saved_as_rgb_jpeg_is_grayscale():
     data = jpeg(np.repeat(grey[:, :, None], 3, axis=2))
     res = decode_image(data, size=224)
     assert res.ok and res.array.shape == (224, 224, 3)
-    assert quality_issues(res.array, (res.width, res.height)) == ["grayscale"]
+    assert quality_issues(res.array, (res.width, res.height), COLOUR_ID) == ["grayscale"]
+    # In an ID set where at least half of the images are grey, grey is normal (SPEC §14).
+    for share in (0.5, 1.0):
+        assert quality_issues(res.array, (res.width, res.height), QualityConfig(grayscale_id_share=share)) == []
 
 
 def test_colour_photos_are_not_grayscale_even_where_desaturated(sharp):

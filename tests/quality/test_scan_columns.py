@@ -28,7 +28,10 @@ def _objects(tmp_path):
     return files, uris
 
 
-def _read(uris, quality=None):
+COLOUR_ID = {"grayscale_id_share": 0.0}  # a bundle whose held-out ID images are colour: grayscale is reported
+
+
+def _read(uris, quality=COLOUR_ID):
     n = len(uris)
     batch = {"uri": np.array(uris, dtype=object), "etag": np.array(["e"] * n, dtype=object),
              "size": np.full(n, -1, np.int64), CHUNK: np.zeros(n, np.int32), SEQ: np.arange(n, dtype=np.int32)}
@@ -49,7 +52,7 @@ def test_read_task_adds_digest_and_quality_issues(tmp_path):
                                         None]
     assert out[QUALITY].type == pa.list_(pa.string())  # a list between stages, typed even where every list is empty
     assert out[PIXELS].shape == (6, 32, 32, 3)
-    blurry_everywhere = _read(uris[:2], quality={"blurry": 1e9})
+    blurry_everywhere = _read(uris[:2], quality={**COLOUR_ID, "blurry": 1e9})
     assert blurry_everywhere[QUALITY].to_pylist() == [["dark", "blurry", "low_information", "grayscale"], ["blurry"]]
 
 

@@ -67,7 +67,8 @@ def test_colour_at_the_borders_is_not_grayscale(tmp_path):
     framed[:, 128:640] = grey
     framed[:, :100] = (200, 30, 30)
     framed[:, -100:] = (30, 30, 200)  # colour bars outside the 512×512 centre crop
-    out = _read(_write(tmp_path, [png_bytes(framed), png_bytes(grey)], "png"))
+    out = _read(_write(tmp_path, [png_bytes(framed), png_bytes(grey)], "png"),
+                quality={"grayscale_id_share": 0.0})  # a colour ID set's bundle: grayscale is reported
     assert out[QUALITY].to_pylist() == [[], ["grayscale"]]
     assert measure(out[PIXELS][0]).grayscale_fraction >= 0.999  # the crop alone would say grayscale
 

@@ -12,7 +12,9 @@ from PIL import Image
 from ood_audit.cli import main
 from ood_audit.report import ReportOptions, build_report, render_html
 from ood_audit.report.collect import collect, prefix_keys, score_edges
-from ood_audit.report.explain import csd_box
+from ood_audit.bundle.files import write_bundle
+from ood_audit.preprocess import Preprocess
+from ood_audit.report.explain import CsdGeometry, csd_box
 from ood_audit.store.runs import find_run, run_dataset
 
 from tests.reports import row, write_run
@@ -72,7 +74,7 @@ def test_deleted_and_undecodable_objects_get_placeholders(tmp_path):
     sizes = {"kept.png": (60, 30), "gone.png": (30, 60), "garbled.png": (30, 60)}
     rows = [row(str(inp / n), pct=1.0 + i, flagged=True, width=sizes[n][0], height=sizes[n][1], csd_view=i)
             for i, n in enumerate(names)]
-    write_run(out, "n1", rows, inputs=[str(tmp_path / "in")])
+    write_run(out, "n1", rows, inputs=[str(tmp_path / "in")], bundle_uri=_bundle_uri(tmp_path))
     (inp / "gone.png").unlink()
     data = build_report(out, options=ReportOptions(top=10, thumb_side=120))
     by_name = {it.uri.rsplit("/", 1)[1]: it for it in data.grid}
@@ -87,18 +89,46 @@ def test_deleted_and_undecodable_objects_get_placeholders(tmp_path):
     page = Page(render_html(data))
     assert "deleted since the scan" in "".join(page.text)
     assert len(page.find("div", **{"data-view": "q01"})) == 1  # gone.png had csd_view 1: still drawn
+    # kept.png (60×30, q00): the top-left quarter of the central square the model saw, not of the whole image
+    box = by_name["kept.png"].box
+    assert (box.view, box.left, box.top, box.width, box.height) == ("q00", 25.0, 0.0, 25.0, 50.0)
+    # gone.png, a placeholder at its recorded 30×60 (q01): rows 15..45 of 60 are the model's square
+    box = by_name["gone.png"].box
+    assert (box.view, box.left, box.top, box.width, box.height) == ("q01", 50.0, 25.0, 50.0, 25.0)
 
 
-@pytest.mark.parametrize("view,name,box", [(0, "q00", (0, 0, 50, 50)), (1, "q01", (50, 0, 50, 50)),
-                                           (2, "q10", (0, 50, 50, 50)), (3, "q11", (50, 50, 50, 50)),
-                                           (4, "global", (0, 0, 100, 100)), (5, "centre", (25, 25, 50, 50))])
-def test_csd_view_boxes(view, name, box):
-    b = csd_box(view)
-    assert b.view == name and (b.left, b.top, b.width, b.height) == box
+# A 32 px centre-cropping bundle with a 4×4 last map. On a 60×30 landscape image the model sees the central
+# 30×30 square (columns 15..45: 25 % to 75 %), each map cell 7.5 px of it; on 30×60, rows 15..45.
+GEOMETRY = CsdGeometry(Preprocess(32), (4, 4))
+
+
+@pytest.mark.parametrize("view,name,size,box", [
+    (0, "q00", (60, 30), (25, 0, 25, 50)), (1, "q01", (60, 30), (50, 0, 25, 50)),
+    (2, "q10", (60, 30), (25, 50, 25, 50)), (3, "q11", (60, 30), (50, 50, 25, 50)),
+    (4, "global", (60, 30), (25, 0, 50, 100)), (5, "centre", (60, 30), (37.5, 25, 25, 50)),
+    (4, "global", (30, 60), (0, 25, 100, 50)), (1, "q01", (30, 60), (50, 25, 50, 25)),
+    (4, "global", (40, 40), (0, 0, 100, 100))])
+def test_csd_view_boxes_are_the_views_region_of_the_model_input(view, name, size, box):
+    b = csd_box(view, GEOMETRY, size)
+    assert b.view == name and (b.left, b.top, b.width, b.height) == pytest.approx(box, abs=1e-9)
 
 
 def test_csd_view_unknown():
-    assert csd_box(None) is None and csd_box(6) is None
+    assert csd_box(None, GEOMETRY, (60, 30)) is None and csd_box(6, GEOMETRY, (60, 30)) is None
+    assert csd_box(0, None, (60, 30)) is None  # no bundle: the geometry is unknown, so no box
+    assert csd_box(0, GEOMETRY, (None, None)) is None
+
+
+def _bundle_uri(tmp_path) -> str:
+    """A bundle with what the report's boxes need: a resnet18 at 32 px (4×4 last map), centre crop."""
+    meta = {"schema_version": 2, "model": {"arch": "resnet18", "num_classes": 2, "small_input": True,
+                                           "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3},
+            "preprocess": {"size": [32, 32], "mode": "crop"},
+            "selection": {"ratios": {"layer4.1": 1.0}, "selected": "layer4.1"},
+            "thresholds": {"target_id_flag_rate": 0.05, "heldout_images": 20, "per_score": {"featurenorm": -1.0},
+                           "flag_on": ["featurenorm"], "flag": {"featurenorm": -1.0}},
+            "heldout_quantiles": {}}
+    return write_bundle(str(tmp_path / "bundle"), meta, files={"notes.json": b"{}"})
 
 
 def test_report_reads_without_torch():

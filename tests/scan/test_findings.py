@@ -22,11 +22,14 @@ def test_scan_reports_digests_and_quality_issues(ray_local, bundle_uri, s3_clien
     cfg = ScanConfig(bundle=bundle_uri, output=str(tmp_path / "out"), inputs=(prefix,), run_id="findings",
                      s3=s3_config, chunk_size=8, slice_rows=4, batch_size=8, workers=2, read_threads=4)
     res = run_scan(cfg)
-    blurry = open_bundle(bundle_uri).info.quality.blurry  # calibrated: the bundle's threshold, not the default
+    quality = open_bundle(bundle_uri).info.quality  # calibrated: the bundle's thresholds, not the defaults
+    blurry, grey_share = quality.blurry, quality.grayscale_share
     assert blurry is not None and blurry > 0
+    assert grey_share is not None and grey_share < 0.5  # colour stripes: grayscale is reported (SPEC §14)
     assert res.summary.quality_thresholds == {"working_size": 256, "dark": 20.0, "light": 235.0, "blurry": blurry,
                                                  "low_information": 2.0, "grayscale_tolerance": 2,
-                                                 "grayscale_fraction": 0.999, "odd_aspect_ratio": 4.0, "tiny": 32}
+                                                 "grayscale_fraction": 0.999, "grayscale_id_share": grey_share,
+                                                 "odd_aspect_ratio": 4.0, "tiny": 32}
     rows = {r["uri"]: r for r in open_reports(cfg.output).to_table().to_pylist()}
     assert len(rows) == len(files)
     for key, data in files.items():

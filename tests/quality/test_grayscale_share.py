@@ -80,7 +80,7 @@ def _issues(tmp_path, blobs: list[bytes], quality: QualityConfig) -> list[set[st
              "size": np.full(n, -1, np.int64), CHUNK: np.zeros(n, np.int32), SEQ: np.arange(n, dtype=np.int32)}
     out = fetch_decode(batch, preprocess={"size": [32, 32]}, s3=None, max_bytes=1 << 24, max_pixels=1 << 26,
                        threads=1, quality=quality.model_dump())
-    return [set(q.split(",")) - {""} for q in out[QUALITY]]
+    return [set(q) for q in out[QUALITY].to_pylist()]
 
 
 @pytest.mark.timeout(600)

@@ -12,7 +12,7 @@ from PIL import Image
 from ood_audit.cli import main
 from ood_audit.report import ReportOptions, build_report, render_html
 from ood_audit.report.collect import collect, prefix_keys, score_edges
-from ood_audit.bundle.files import write_bundle
+from ood_audit.bundle.write import write_bundle
 from ood_audit.preprocess import Preprocess
 from ood_audit.report.explain import CsdGeometry, csd_box
 from ood_audit.store.runs import find_run, run_dataset

@@ -7,6 +7,8 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pytest
 
+from ood_audit.preprocess import Preprocess
+
 from ood_audit.bundle.schema import MEASURED_ON_MODEL_INPUT, QualityPart
 from ood_audit.errors import DataError, ReportError
 from ood_audit.io.decode import STATUSES
@@ -154,7 +156,7 @@ def test_typed_parts_serialise_like_the_old_dicts():
 def _fake_bundle() -> SimpleNamespace:
     """A bundle whose blurry threshold was measured on the model input: the scan warns and skips blur."""
     quality = QualityPart(blurry=5.0, heldout_images=10, measured_on=MEASURED_ON_MODEL_INPUT)
-    info = SimpleNamespace(preprocess={"size": 32}, quality=quality,
+    info = SimpleNamespace(preprocess=Preprocess(size=32), quality=quality,
                            thresholds=SimpleNamespace(flag_on=("featurenorm",)),
                            precision=SimpleNamespace(activations="float32"))
     return SimpleNamespace(id="f" * 32, uri="/fake-bundle", info=info)

@@ -42,7 +42,6 @@ processes on a shared box change the absolute numbers far more than the ratios.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -57,7 +56,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ood_audit import build_model, save_weights
 from ood_audit.bundle.files import open_bundle
@@ -74,79 +72,13 @@ from ood_audit.scan.summary import steady_rate
 from ood_audit.store.runs import load_report
 from ood_audit.bundle.scorer import scorer_from_bundle
 
+from tests.datagen import photo_set, photo_sources, stripe_set, upload, write_local
+
 log = logging.getLogger("bench")
 CEILING_IMAGES = 2000  # the in-process ceiling is measured on at most this many of the images
 
 
-# -- data --------------------------------------------------------------------------------------------
-
-def stripes(cls: int, rng: np.random.Generator, size: int) -> np.ndarray:
-    a = np.zeros((size, size, 3), np.uint8)
-    period = max(2, size // 8) + int(rng.integers(0, 3))
-    if cls == 0:
-        a[:, ::period] = 200
-    else:
-        a[::period, :] = 200
-    return np.clip(a.astype(int) + rng.integers(0, 40, a.shape), 0, 255).astype(np.uint8)
-
-
-def encode(a: np.ndarray, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
-    return buf.getvalue()
-
-
-def image_set(n: int, size: int, fmt: str, seed: int) -> dict[str, bytes]:
-    rng = np.random.default_rng(seed)
-    ext = "jpg" if fmt == "JPEG" else "png"
-    return {f"class{i % 2}/{i // 1000:03d}/{i:06d}.{ext}": encode(stripes(i % 2, rng, size), fmt) for i in range(n)}
-
-
-def photo_sources() -> dict[str, np.ndarray]:
-    """The colour photographs bundled with scikit-image and scikit-learn (no download), shorter side >= 600."""
-    from skimage import data
-    from sklearn.datasets import load_sample_images
-
-    srcs = {"astronaut": data.astronaut(), "coffee": data.coffee(), "chelsea": data.chelsea(),
-            "rocket": data.rocket(), "hubble": data.hubble_deep_field(), "ihc": data.immunohistochemistry(),
-            "retina": data.retina(), "motorcycle": data.stereo_motorcycle()[0],
-            "camera": np.repeat(data.camera()[..., None], 3, axis=2)}
-    srcs.update(zip(("china", "flower"), load_sample_images().images))
-    out = {}
-    for name, a in srcs.items():
-        short = min(a.shape[:2])
-        if short < 600:  # upscale small photos so that every crop size fits
-            scale = 600 / short
-            a = np.asarray(Image.fromarray(a).resize((round(a.shape[1] * scale), round(a.shape[0] * scale)),
-                                                     Image.BICUBIC))
-        out[name] = np.ascontiguousarray(a[..., :3])
-    return out
-
-
-def photo_set(n: int, seed: int, sources: dict[str, np.ndarray] | None = None) -> dict[str, bytes]:
-    """``n`` JPEGs (quality 90): random 400-600 px crops (either side) of the bundled photos, some mirrored."""
-    sources = sources or photo_sources()
-    names = sorted(sources)
-    rng = np.random.default_rng(seed)
-    out = {}
-    for i in range(n):
-        src = sources[names[i % len(names)]]
-        h, w = (int(v) for v in rng.integers(400, 601, size=2))
-        y, x = int(rng.integers(0, src.shape[0] - h + 1)), int(rng.integers(0, src.shape[1] - w + 1))
-        crop = src[y:y + h, x:x + w]
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        out[f"class{i % 2}/{i // 1000:03d}/{i:06d}.jpg"] = encode(np.ascontiguousarray(crop), "JPEG")
-    return out
-
-
-def write_dir(root: Path, files: dict[str, bytes]) -> Path:
-    for name, data in files.items():
-        p = root / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    return root
-
+# -- data (the generators are the tests' own: tests.datagen) ---------------------------------------------
 
 def make_bundle(work: Path, spec: ModelSpec, n_id: int, fmt: str, id_files: dict[str, bytes] | None = None) -> str:
     torch.manual_seed(0)
@@ -155,18 +87,11 @@ def make_bundle(work: Path, spec: ModelSpec, n_id: int, fmt: str, id_files: dict
     save_weights(build_model(spec.arch, spec.num_classes, small_input=spec.small_input), mdir / "model.safetensors")
     (mdir / "model.json").write_text(json.dumps(spec.to_dict()))
     size = spec.image_size if spec.small_input else spec.image_size + 32
-    data = write_dir(work / f"id{spec.image_size}", id_files or image_set(n_id, size, fmt, seed=1))
+    data = write_local(work / f"id{spec.image_size}", id_files or stripe_set(n_id, size, fmt, seed=1))
     res = calibrate(CalibrateConfig(data=str(data), model=str(mdir / "model.safetensors"),
                                     output=str(work / "bundles"), heldout_fraction=0.25, workers=0, k_knn=10,
                                     min_heldout=10, batch_size=32))
     return res.bundle_uri
-
-
-def upload(client, bucket: str, prefix: str, files: dict[str, bytes], threads: int = 8) -> str:
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda kv: client.put_object(Bucket=bucket, Key=f"{prefix}/{kv[0]}", Body=kv[1]),
-                      files.items()))
-    return f"s3://{bucket}/{prefix}"
 
 
 # -- measurements ------------------------------------------------------------------------------------
@@ -505,7 +430,7 @@ def main() -> None:
                 t = time.perf_counter()
                 if spec.small_input:  # 32 px: generated stripe PNGs
                     bundle = make_bundle(work / name, spec, 120, "PNG")
-                    files = image_set(n, 32, "PNG", seed=2)
+                    files = stripe_set(n, 32, "PNG", seed=2)
                 else:  # 224 px: JPEG crops of real photographs
                     sources = photo_sources()
                     bundle = make_bundle(work / name, spec, 80, "JPEG", id_files=photo_set(80, 1, sources))
@@ -585,7 +510,7 @@ def main() -> None:
             bundle = make_bundle(work / "mem", spec, 120, "PNG")
             peaks = {}
             for n in mem_ns:
-                root = write_dir(work / f"tiny{n}", image_set(n, 8, "PNG", seed=3))
+                root = write_local(work / f"tiny{n}", stripe_set(n, 8, "PNG", seed=3))
                 start_ray()
                 with MemorySampler() as mem:
                     t = time.perf_counter()

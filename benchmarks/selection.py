@@ -106,12 +106,14 @@ def texture_sources() -> dict[str, np.ndarray]:
     return {"brick": d.brick(), "grass": d.grass(), "gravel": d.gravel(), "moon": d.moon()}
 
 
-def photo_sources() -> list[np.ndarray]:
-    import skimage.data as d
-    from sklearn.datasets import load_sample_images
+SELECTION_PHOTOS = ("china", "flower", "astronaut", "coffee", "chelsea", "rocket", "camera", "motorcycle")
 
-    return [*load_sample_images().images, d.astronaut(), d.coffee(), d.chelsea(), d.rocket(), d.camera(),
-            d.stereo_motorcycle()[0]]
+
+def photo_sources() -> list[np.ndarray]:
+    """The photos to crop, from the one list of bundled photos (:data:`ood_audit.demo.data.PHOTO_SOURCES`)."""
+    from ood_audit.demo.data import bundled_photos
+
+    return list(bundled_photos(SELECTION_PHOTOS).values())
 
 
 def misc_sources() -> list[np.ndarray]:

@@ -24,6 +24,8 @@ from ood_audit.demo import demo_files
 from ood_audit.io.fs import S3Config
 from ood_audit.models import ModelSpec
 
+from tests.datagen import upload
+
 SPEC = ModelSpec("resnet18", 10, small_input=True, image_size=32)
 SCRIPT_KEY = "letters/<script>alert('x')</script>.png"
 
@@ -42,59 +44,42 @@ class RealScan:
     objects: dict[str, list[str]] = field(default_factory=dict)  # run id -> scanned uris
 
 
-def make_real_scan(s3: S3Config, client: Any, bucket: str, env: dict[str, str]) -> RealScan:
-    import ray
-
-    from ood_audit.ray_setup import init_ray
+def make_real_scan(s3: S3Config, client: Any, bucket: str) -> RealScan:
+    """The two nights, scanned on the Ray this process is connected to (the session's shared one)."""
     from ood_audit.scan import ScanConfig, run_scan
     from ood_audit.store.runs import find_run, most_anomalous, run_dataset
 
     root = Path(tempfile.mkdtemp(prefix="ood-audit-realscan-"))
     id_files, incoming, _ = demo_files(seed=3, n_incoming_digits=80, per_kind=20)
     incoming.pop("broken/<script>alert(1)</script>.png", None)
-    _put(client, bucket, "id", id_files)
+    upload(client, bucket, "id", id_files)
     torch.manual_seed(0)
     save_weights(build_model("resnet18", 10, small_input=True), root / "model.safetensors")
     (root / "model.json").write_text(json.dumps(SPEC.to_dict()))
     cal = calibrate(CalibrateConfig(data=f"s3://{bucket}/id", model=str(root / "model.safetensors"),
                                     output=f"s3://{bucket}/bundles", s3=s3, workers=0, k_knn=10,
                                     flag_on=("featurenorm", "csd")))  # explicit: kept even if FN is inverted
-    started = not ray.is_initialized()
-    if started:
-        init_ray(num_cpus=4, object_store_memory=256 * 2**20, runtime_env={"env_vars": env})
     output, inputs = f"s3://{bucket}/audit", f"s3://{bucket}/incoming"
     scan = dict(bundle=cal.bundle_uri, output=output, inputs=(inputs,), s3=s3, chunk_size=100, batch_size=32,
                 workers=2, read_threads=8)
     objects: dict[str, list[str]] = {}
-    try:
-        night1 = dict(incoming)
-        _put(client, bucket, "incoming", night1)
-        run_scan(ScanConfig(run_id="night-1", **scan))
-        objects["night-1"] = [f"{inputs}/{k}" for k in night1]
+    night1 = dict(incoming)
+    upload(client, bucket, "incoming", night1)
+    run_scan(ScanConfig(run_id="night-1", **scan))
+    objects["night-1"] = [f"{inputs}/{k}" for k in night1]
 
-        dropped = sorted(k for k in night1 if k.startswith("digits/"))[0]
-        changed = sorted(k for k in night1 if k.startswith("letters/"))[0]
-        client.delete_object(Bucket=bucket, Key=f"incoming/{dropped}")
-        night2 = {k: v for k, v in night1.items() if k != dropped}
-        night2[changed] = night1[sorted(k for k in night1 if k.startswith("noise/"))[0]]
-        night2[SCRIPT_KEY] = night1[sorted(k for k in night1 if k.startswith("letters/"))[1]]
-        _put(client, bucket, "incoming", {changed: night2[changed], SCRIPT_KEY: night2[SCRIPT_KEY]})
-        run_scan(ScanConfig(run_id="night-2", **scan))
-        objects["night-2"] = [f"{inputs}/{k}" for k in night2]
-    finally:
-        if started:
-            ray.shutdown()
+    dropped = sorted(k for k in night1 if k.startswith("digits/"))[0]
+    changed = sorted(k for k in night1 if k.startswith("letters/"))[0]
+    client.delete_object(Bucket=bucket, Key=f"incoming/{dropped}")
+    night2 = {k: v for k, v in night1.items() if k != dropped}
+    night2[changed] = night1[sorted(k for k in night1 if k.startswith("noise/"))[0]]
+    night2[SCRIPT_KEY] = night1[sorted(k for k in night1 if k.startswith("letters/"))[1]]
+    upload(client, bucket, "incoming", {changed: night2[changed], SCRIPT_KEY: night2[SCRIPT_KEY]})
+    run_scan(ScanConfig(run_id="night-2", **scan))
+    objects["night-2"] = [f"{inputs}/{k}" for k in night2]
     run = find_run(output, "night-2", s3=s3)
     top = most_anomalous(run_dataset(run, s3=s3), 1, run.flag_on, columns=["uri"]).column("uri")[0].as_py()
     client.delete_object(Bucket=bucket, Key=top.split(f"s3://{bucket}/", 1)[1])
     return RealScan(bucket=bucket, output=output, s3=s3, bundle_uri=cal.bundle_uri, inputs=inputs,
                     run_ids=["night-1", "night-2"], deleted_uri=top, changed_uri=f"{inputs}/{changed}",
                     script_uri=f"{inputs}/{SCRIPT_KEY}", objects=objects)
-
-
-def _put(client: Any, bucket: str, prefix: str, files: dict[str, bytes]) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda kv: client.put_object(Bucket=bucket, Key=f"{prefix}/{kv[0]}", Body=kv[1]),
-                      files.items()))

@@ -44,7 +44,7 @@ def test_command_line_flags_exist_in_this_weed(tmp_path: Path) -> None:
 def test_port_base_leaves_both_ranges_free() -> None:
     base = find_port_base()
     for port in [base + i for i in range(5)] + [base + 10000 + i for i in range(5)]:
-        assert embedded._port_free(port)
+        assert embedded.port_free(port)
 
 
 def test_session_server_facts(s3_server: EmbeddedS3, s3_client: Any) -> None:
@@ -96,4 +96,4 @@ def test_foreground_command_prints_env_and_stops_on_ctrl_c() -> None:
             proc.kill()
             proc.wait()
     port = int(exports["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
-    assert embedded._port_free(port)  # the server went away with the command
+    assert embedded.port_free(port)  # the server went away with the command

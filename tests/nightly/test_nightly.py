@@ -27,24 +27,9 @@ def _config(tmp_path, scan, out):
     return p
 
 
-@pytest.fixture
-def ray_env(real_scan, s3_env, s3_server):
-    """A fresh local Ray whose workers get the S3 server's credentials from their environment, as cluster
-    nodes do (the job's S3 settings carry no keys). A Ray left by other tests would lack them."""
-    import ray
-
-    from ood_audit.ray_setup import init_ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray(num_cpus=4, object_store_memory=256 * 2**20, runtime_env={"env_vars": s3_server.env()})
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_two_nights_exports_once_report_and_drift(real_scan, ray_env, tmp_path, capsys):
+def test_two_nights_exports_once_report_and_drift(real_scan, ray_local, s3_env, tmp_path, capsys):
     scan = real_scan
     out = f"s3://{scan.bucket}/nightly"
     cfg = _config(tmp_path, scan, out)

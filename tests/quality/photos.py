@@ -1,4 +1,4 @@
-"""Real photos for the quality tests: scikit-image's and scikit-learn's bundled samples (no downloads)."""
+"""Real photos for the quality tests and benchmarks: scikit-image's and scikit-learn's bundled samples (no downloads)."""
 from __future__ import annotations
 
 import io
@@ -6,19 +6,16 @@ import io
 import numpy as np
 from PIL import Image
 
-# Sharp, normally exposed colour photos. skimage's hubble_deep_field (dark) and colorwheel (a smooth
-# graphic) are left out on purpose: they are not "normal photos" under SPEC §14.
-_SKIMAGE = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+from ood_audit.demo.data import bundled_photos
+
+# Sharp, normally exposed colour photos. hubble_deep_field (dark), camera (grey) and the other bundled
+# photos are left out on purpose: they are not "normal colour photos" under SPEC §14.
+NORMAL_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "china", "flower")
 
 
 def photos() -> dict[str, np.ndarray]:
-    import skimage.data
-    from sklearn.datasets import load_sample_images
-
-    out = {name: getattr(skimage.data, name)() for name in _SKIMAGE}
-    china, flower = load_sample_images().images
-    out.update(china=china, flower=flower)
-    return out
+    """The normal photos, by name, from the one list of bundled photos (:data:`ood_audit.demo.data.PHOTO_SOURCES`)."""
+    return bundled_photos(NORMAL_PHOTOS)
 
 
 def resized(a: np.ndarray, size: tuple[int, int] = (224, 224)) -> np.ndarray:

@@ -39,6 +39,7 @@ class LocalCluster:
                     "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
         self.object_store = str(object_store_mb * 2**20)
         self.nodes: dict[str, subprocess.Popen] = {}
+        self.reservations: dict[str, subprocess.Popen] = {}
         self.port: int | None = None
 
     @property
@@ -57,11 +58,12 @@ class LocalCluster:
         self.nodes[name] = subprocess.Popen([RAY, "start", *args], env=self.env, start_new_session=True,
                                             stdout=log, stderr=subprocess.STDOUT)
 
-    def start_head(self, num_cpus: int) -> None:
+    def start_head(self, num_cpus: int, resources: dict[str, float] | None = None) -> None:
         self.port, dash, env_agent = free_ports(3)
+        extra = ["--resources", json.dumps(resources)] if resources else []
         self._spawn("head", ["--head", "--port", str(self.port), "--num-cpus", str(num_cpus), "--temp-dir",
                              self.temp, "--include-dashboard", "false", "--dashboard-port", str(dash),
-                             "--runtime-env-agent-port", str(env_agent), *self._common()])
+                             "--runtime-env-agent-port", str(env_agent), *extra, *self._common()])
 
     def add_node(self, name: str, num_cpus: int, resources: dict[str, float]) -> None:
         (env_agent,) = free_ports(1)
@@ -103,6 +105,36 @@ class LocalCluster:
                                    f"\n{self.log('head')}")
             time.sleep(1)
 
+    def reserve_cpus(self, node: str, cpus: float, timeout: float = 120.0) -> None:
+        """Take ``cpus`` of the node holding custom resource ``node`` until :meth:`release_cpus`: an idle actor
+        owned by a process of ours, so work scheduled meanwhile fits only in the rest of that node."""
+        code = (
+            "import sys, time, ray\n"
+            f"ray.init(address={self.address!r}, logging_level='ERROR')\n"
+            "@ray.remote\n"
+            "class Reservation:\n"
+            "    def ready(self):\n"
+            "        return True\n"
+            f"r = Reservation.options(num_cpus={cpus!r}, resources={{{node!r}: 0.001}}).remote()\n"
+            f"ray.get(r.ready.remote(), timeout={timeout!r})\n"
+            "print('reserved', flush=True)\n"
+            "time.sleep(1e9)\n")
+        proc = subprocess.Popen([sys.executable, "-c", code], env=self.env, start_new_session=True, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.reservations[node] = proc
+        line = proc.stdout.readline() if proc.stdout else ""
+        while line and line.strip() != "reserved":  # Ray's own start-up lines first
+            line = proc.stdout.readline()
+        if line.strip() != "reserved":
+            self.release_cpus(node)
+            raise RuntimeError(f"cannot reserve {cpus} CPU(s) on {node}\n{self.log('head')}")
+
+    def release_cpus(self, node: str) -> None:
+        """Give back what :meth:`reserve_cpus` took on ``node``: its owner dies, and Ray removes the actor."""
+        proc = self.reservations.pop(node)
+        _killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
     def kill_node(self, name: str) -> None:
         """Lose a node: SIGKILL its whole process group (raylet, agents, workers)."""
         proc = self.nodes.pop(name)
@@ -114,6 +146,8 @@ class LocalCluster:
         return Path(path).read_text()[-3000:] if os.path.exists(path) else ""
 
     def stop(self) -> None:
+        for node in list(self.reservations):
+            self.release_cpus(node)
         for proc in self.nodes.values():
             _killpg(proc.pid, signal.SIGTERM)
         deadline = time.time() + 5

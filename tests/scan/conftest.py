@@ -1,4 +1,4 @@
-"""Scan test fixtures: one local Ray for the package, and one small calibrated bundle.
+"""Scan test fixtures: one small calibrated bundle (the local Ray is the session's: ``ray_local``).
 
 The bundle comes from the real calibration (tiny ResNet18 small_input, 32 px, two stripe classes), so the
 scan is tested against exactly what calibrate writes.
@@ -17,24 +17,6 @@ from ood_audit.models import ModelSpec
 from tests.datagen import labelled_images, write_local
 
 SPEC = ModelSpec("resnet18", 2, small_input=True, image_size=32)
-
-
-@pytest.fixture(scope="package")
-def ray_local(s3_server):
-    """One local Ray for the scan tests; 4 logical CPUs, so actor pools never starve the read tasks.
-
-    Its workers get the test S3 server's ``AWS_*`` variables, as cluster nodes get their credentials from
-    their own environment; the CLI's ``S3Config`` then carries no keys, as in production.
-    """
-    import ray
-
-    from ood_audit.ray_setup import init_ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray(num_cpus=4, object_store_memory=256 * 2**20, runtime_env={"env_vars": s3_server.env()})
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="package")

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pytest
 
 from ood_audit.io.fs import read_bytes
+from ood_audit.scan import ScanConfig
 from ood_audit.store.records import parse_marker, parse_summary
 from ood_audit.store.schema import open_reports
 
@@ -27,12 +28,22 @@ CHUNK = 10
 pytestmark = [pytest.mark.slow]
 
 
+# A scoring actor takes ScanConfig.actor_cpus (0.5) CPU. Until node2 has scored, the node-loss test reserves
+# 1.75 of the head's 2 CPUs: no scoring actor fits on the head (read and write tasks, 0.25, still do), so
+# the pool starts on node2 and node2 holds part of the scan by construction. Left to itself, the scheduler
+# may put both actors on the head, and node2 may never score. The reservation is given back just before
+# node2 is lost, so the head can then host the whole pool.
+SCAN_WORKERS, ACTOR_CPUS = 2, ScanConfig.actor_cpus  # the CLI's scan uses the default
+HEAD_CPUS, NODE2_CPUS, HEAD_RESERVED = 2, 2, 1.75
+assert HEAD_CPUS - HEAD_RESERVED < ACTOR_CPUS and SCAN_WORKERS * ACTOR_CPUS < NODE2_CPUS
+
+
 @pytest.fixture(scope="module")
 def cluster(s3_server):
     c = LocalCluster({**s3_server.env(), "PYTHONPATH": str(ROOT)})
     try:
-        c.start_head(num_cpus=2)
-        c.add_node("node2", num_cpus=2, resources={"node2": 1})
+        c.start_head(num_cpus=HEAD_CPUS, resources={"head": 1})
+        c.add_node("node2", num_cpus=NODE2_CPUS, resources={"node2": 1})
         c.nodes_ids = c.wait_nodes(2)
         yield c
     finally:
@@ -58,7 +69,7 @@ def make_input(s3_client, s3_bucket, bundle_uri):
 def _driver(cluster, scan_input, run_id):
     cmd = [sys.executable, "-m", "ood_audit.cli", "scan", "--bundle", scan_input["bundle"], "--input",
            scan_input["prefix"], "--output", scan_input["output"], "--run-id", run_id, "--chunk-size", str(CHUNK),
-           "--batch-size", "8", "--workers", "2", "--read-threads", "4", "--ray-address", cluster.address]
+           "--batch-size", "8", "--workers", str(SCAN_WORKERS), "--read-threads", "4", "--ray-address", cluster.address]
     log = open(os.path.join(cluster.temp, f"driver-{run_id}-{time.time():.0f}.log"), "w+")
     proc = subprocess.Popen(cmd, env=cluster.env, cwd=ROOT, start_new_session=True, stdout=log,
                             stderr=subprocess.STDOUT)
@@ -126,12 +137,14 @@ def test_driver_killed_mid_scan_then_rerun_finishes_exactly_once(cluster, make_i
     assert sum(e.rows for e in summary.executions) == n - committed * CHUNK  # only the rest
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)  # a safety net: the reservation's process and the pool's restart add to a busy machine
 def test_node_lost_mid_scan_still_one_row_per_object(cluster, make_input, s3_client, s3_bucket, s3_config):
-    # Enough work that node2's actor, which may start well after the head's on a busy machine, joins in.
+    # Enough work that the scan is far from done when node2 first commits (its actors may start slowly on a
+    # busy machine; until then nothing is scored: see HEAD_RESERVED).
     n = 800
     scan_input = make_input(n)
     node2 = cluster.nodes_ids["node2"][:12]
+    cluster.reserve_cpus("head", HEAD_RESERVED)
     proc = _driver(cluster, scan_input, "nodeloss")
     deadline, cache = time.time() + 180, {}
     while True:  # wait until node2's scoring actor has committed work, so it really held part of the scan
@@ -141,8 +154,10 @@ def test_node_lost_mid_scan_still_one_row_per_object(cluster, make_input, s3_cli
         assert proc.poll() is None, f"driver exited early:\n{_output(proc)}"
         assert time.time() < deadline, f"node2 never scored anything:\n{_output(proc)}"
         time.sleep(0.2)
+    cluster.release_cpus("head")  # the head may now host the whole pool; the actors stay on node2 until it is lost
     cluster.kill_node("node2")
-    assert len(markers) < n // CHUNK, "the scan finished before node2 was lost; scan more objects"
+    committed = len(_markers(s3_client, s3_bucket, "nodeloss", cache))
+    assert committed < n // CHUNK, "the scan finished before node2 was lost; scan more objects"
     assert _wait(proc, 240) == 0, _output(proc)
     summary = _check_report(scan_input, s3_config, "nodeloss")
     assert summary.complete and summary.rows_in_files == n

@@ -31,13 +31,9 @@ SMALL = {"chunk_size": CHUNK, "slice_rows": 8, "batch_size": 8, "workers": 1, "r
 
 
 @pytest.fixture
-def server():
-    s = EmbeddedS3()
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
+def server(private_s3: EmbeddedS3) -> EmbeddedS3:
+    """This test's own SeaweedFS, to crash and resume."""
+    return private_s3
 
 
 @pytest.fixture

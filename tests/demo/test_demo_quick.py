@@ -1,0 +1,80 @@
+"""`ood-audit demo --quick` end to end: the full tour's stages on a smaller training set, and the summary's
+quality targets held to what its set sizes allow.
+
+The targets (``demo.summary``) are flag rates: every outlier kind flagged at least 0.85 of the time, unseen
+digits at most 0.08. A night of a few dozen objects per kind realises such a rate with binomial scatter, so
+each kind's flagged count must lie inside the range that a rate exactly at its target leaves with
+probability 1 − α/6 (six targets: the five outlier kinds and the unseen digits; Bonferroni, α = 0.001 for
+the whole test). A count outside that range is evidence, at level α, that the demo misses its target.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+from scipy.stats import binom
+
+import ood_audit.demo as demo
+from ood_audit.cli import main
+from ood_audit.demo.data import OUTLIER_KINDS
+from ood_audit.demo.summary import ID_KIND, TARGET_ID_RATE, TARGET_OUTLIER_RATE
+from ood_audit.demo.tour import COPIES, QUICK
+
+ALPHA = 1e-3
+STAGES = {"train", "calibrate", "scan night 1", "export night 1", "report night 1", "scan night 2", "export night 2",
+          "report night 2"}
+
+
+def fewest_flagged(n: int, rate: float, alpha: float) -> int:
+    """The smallest count of ``n`` that a flag rate of ``rate`` reaches with probability ≥ 1 − alpha."""
+    return int(binom.ppf(alpha, n, rate))
+
+
+def most_flagged(n: int, rate: float, alpha: float) -> int:
+    """The largest count of ``n`` that a flag rate of ``rate`` exceeds with probability ≤ alpha."""
+    return int(binom.isf(alpha, n, rate))
+
+
+def test_binomial_bounds_are_the_tails():
+    assert binom.cdf(fewest_flagged(40, 0.85, 1e-4) - 1, 40, 0.85) <= 1e-4 < binom.cdf(fewest_flagged(40, 0.85, 1e-4), 40, 0.85)
+    assert binom.sf(most_flagged(150, 0.08, 1e-4), 150, 0.08) <= 1e-4 < binom.sf(most_flagged(150, 0.08, 1e-4) - 1, 150, 0.08)
+
+
+@pytest.fixture
+def demo_summary(no_ray, tmp_path, monkeypatch, capsys):
+    """Run ``ood-audit demo --quick`` in this process; return its summary and its console output."""
+    summaries = []
+    run_demo = demo.run_demo
+
+    def keep(*args, **kwargs):
+        summaries.append(run_demo(*args, **kwargs))
+        return summaries[-1]
+
+    monkeypatch.setattr(demo, "run_demo", keep)
+    env = dict(os.environ)
+    try:
+        code = main(["demo", "--quick", "--workdir", str(tmp_path / "demo")])
+    finally:  # the demo points AWS_* at its own S3 server, stopped now
+        os.environ.clear()
+        os.environ.update(env)
+    assert code == 0
+    (summary,) = summaries
+    return summary, capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_quick_demo_runs_every_stage_and_meets_its_quality_targets(demo_summary):
+    summary, out = demo_summary
+    assert "ood-audit demo: summary" in out and "Quality target" in out
+    assert set(summary["stages"]) == STAGES and summary["finetuned"]
+    kinds = summary["kinds"]
+    alpha = ALPHA / (len(OUTLIER_KINDS) + 1)
+    digits = kinds[ID_KIND]
+    assert digits["scored"] == QUICK.incoming_digits
+    assert digits["flagged"] <= most_flagged(digits["scored"], TARGET_ID_RATE, alpha), digits
+    for kind in OUTLIER_KINDS:
+        k = kinds[kind]
+        assert k["scored"] == QUICK.per_kind + (COPIES if kind == "faces" else 0), (kind, k)
+        assert k["flagged"] >= fewest_flagged(k["scored"], TARGET_OUTLIER_RATE, alpha), (kind, k)
+    assert summary["night2"]["objects"] == QUICK.night2_digits + QUICK.night2_faces + COPIES

@@ -14,8 +14,7 @@ import pytest
 
 from ood_audit.embedded.s3 import EmbeddedS3
 
-from tests.fixtures.s3_server import bucket_name, delete_bucket
-
+# Loaded as plugins (not imported here) so that pytest rewrites their assertions.
 pytest_plugins = ["tests.fixtures.s3_server", "tests.fixtures.ray_session"]
 
 
@@ -26,6 +25,7 @@ def real_scan(s3_server: EmbeddedS3, s3_client: Any, shared_ray: Any) -> Iterato
     Built once per session on first use, in its own bucket, on the shared local Ray; the tests that use it
     only read it (or write under their own prefixes of that bucket).
     """
+    from tests.fixtures.s3_server import bucket_name, delete_bucket
     from tests.realscan import make_real_scan
 
     bucket = bucket_name("real-scan")

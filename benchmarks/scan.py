@@ -68,7 +68,7 @@ from ood_audit.models import ModelSpec
 from ood_audit.scan.rows import CHUNK, READ_S, SEQ, RowBuilder
 from ood_audit.scan import read as scan_read
 from ood_audit.scan import ScanConfig, run_scan
-from ood_audit.scan.summary import steady_rate
+from ood_audit.scan.summary import steady_rate, steady_window
 from ood_audit.store.runs import load_report
 from ood_audit.bundle.scorer import scorer_from_bundle
 
@@ -309,14 +309,8 @@ class Phases:
 def steady_cpu_per_img(progress: list[tuple[float, int]], meter: CpuMeter, lo: float = 0.5,
                        hi: float = 0.9) -> float | None:
     """CPU seconds per image of all the scan's processes while its rows went from ``lo`` to ``hi``."""
-    if len(progress) < 3:
-        return None
-    t = np.array([p[0] for p in progress])
-    rows = np.array([p[1] for p in progress])
-    i, j = int(np.searchsorted(rows, lo * rows[-1])), int(np.searchsorted(rows, hi * rows[-1]))
-    if j <= i or t[j] <= t[i]:
-        return None
-    return meter.between(t[i], t[j]) / (rows[j] - rows[i])
+    window = steady_window(progress, lo, hi)
+    return None if window is None else meter.between(window[0], window[1]) / window[2]
 
 
 def read_without_checks(batch: dict[str, np.ndarray], **kwargs) -> dict[str, np.ndarray]:

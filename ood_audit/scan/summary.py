@@ -54,9 +54,9 @@ class PassStats:
         return out
 
 
-def steady_rate(progress: list[tuple[float, int]], lo: float = 0.2, hi: float = 0.9) -> float | None:
-    """Objects/s while the scored rows went from ``lo`` to ``hi`` of an attempt's rows: the pipeline's rate
-    with start-up (actors loading, the first batches) and the drain at the end left out."""
+def steady_window(progress: list[tuple[float, int]], lo: float, hi: float) -> tuple[float, float, int] | None:
+    """(start, end, rows scored between) while the scored rows went from ``lo`` to ``hi`` of an attempt's
+    rows; None when the progress is too short to tell."""
     if len(progress) < 3 or progress[-1][1] == 0:
         return None
     t = np.array([p[0] for p in progress])
@@ -64,7 +64,14 @@ def steady_rate(progress: list[tuple[float, int]], lo: float = 0.2, hi: float = 
     i, j = int(np.searchsorted(rows, lo * rows[-1])), int(np.searchsorted(rows, hi * rows[-1]))
     if j <= i or t[j] <= t[i]:
         return None
-    return round(float((rows[j] - rows[i]) / (t[j] - t[i])), 2)
+    return float(t[i]), float(t[j]), int(rows[j] - rows[i])
+
+
+def steady_rate(progress: list[tuple[float, int]], lo: float = 0.2, hi: float = 0.9) -> float | None:
+    """Objects/s while the scored rows went from ``lo`` to ``hi`` of an attempt's rows: the pipeline's rate
+    with start-up (actors loading, the first batches) and the drain at the end left out."""
+    window = steady_window(progress, lo, hi)
+    return None if window is None else round(window[2] / (window[1] - window[0]), 2)
 
 
 def startup_phases(phases: dict[str, float], passes: list[PassStats]) -> StartupPhases:

@@ -186,3 +186,14 @@ def test_quality_thresholds_are_decided_and_warned_about_once_per_scan(tmp_path,
     summary = find_run(out, "q1").summary
     assert seen[0].blurry is None and summary.quality_thresholds == seen[0].model_dump()
     assert not summary.complete and summary.executions[0].error == "RuntimeError: no cluster in this test"
+
+
+def test_steady_rate_leaves_out_the_start_and_the_drain():
+    from ood_audit.scan.summary import steady_rate, steady_window
+
+    # 10 slow rows of start-up, then 10 rows/s for 8 s, then a slow drain of 10 rows.
+    progress = [(0.0, 0), (5.0, 10)] + [(5.0 + k, 10 + 10 * k) for k in range(1, 9)] + [(23.0, 100)]
+    start, end, rows = steady_window(progress, 0.2, 0.9)
+    assert (start, end, rows) == (6.0, 13.0, 70)  # from 20 rows (20 %) to 90 rows (90 %)
+    assert steady_rate(progress) == 10.0
+    assert steady_window(progress[:2], 0.2, 0.9) is None and steady_rate([(0.0, 0)] * 3) is None

@@ -9,13 +9,9 @@ the whole test). A count outside that range is evidence, at level α, that the d
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 from scipy.stats import binom
 
-import ood_audit.demo as demo
-from ood_audit.cli import main
 from ood_audit.demo.data import OUTLIER_KINDS
 from ood_audit.demo.summary import ID_KIND, TARGET_ID_RATE, TARGET_OUTLIER_RATE
 from ood_audit.demo.tour import COPIES, QUICK
@@ -40,32 +36,12 @@ def test_binomial_bounds_are_the_tails():
     assert binom.sf(most_flagged(150, 0.08, 1e-4), 150, 0.08) <= 1e-4 < binom.sf(most_flagged(150, 0.08, 1e-4) - 1, 150, 0.08)
 
 
-@pytest.fixture
-def demo_summary(no_ray, tmp_path, monkeypatch, capsys):
-    """Run ``ood-audit demo --quick`` in this process; return its summary and its console output."""
-    summaries = []
-    run_demo = demo.run_demo
-
-    def keep(*args, **kwargs):
-        summaries.append(run_demo(*args, **kwargs))
-        return summaries[-1]
-
-    monkeypatch.setattr(demo, "run_demo", keep)
-    env = dict(os.environ)
-    try:
-        code = main(["demo", "--quick", "--workdir", str(tmp_path / "demo")])
-    finally:  # the demo points AWS_* at its own S3 server, stopped now
-        os.environ.clear()
-        os.environ.update(env)
-    assert code == 0
-    (summary,) = summaries
-    return summary, capsys.readouterr().out
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_quick_demo_runs_every_stage_and_meets_its_quality_targets(demo_summary):
-    summary, out = demo_summary
+def test_quick_demo_runs_every_stage_and_meets_its_quality_targets(quick_demo):
+    """The session's one quick demo (:mod:`tests.fixtures.demo_run`), run through the command line."""
+    assert quick_demo.code == 0
+    summary, out = quick_demo.summary, quick_demo.out
     assert "ood-audit demo: summary" in out and "Quality target" in out
     assert set(summary["stages"]) == STAGES and summary["finetuned"]
     kinds = summary["kinds"]

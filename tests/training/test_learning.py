@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from ood_audit.cli import main
+from ood_audit.demo.tour import QUICK
+from ood_audit.training import TrainConfig
 from tests.datagen import png_bytes, write_local
 
 pytestmark = [pytest.mark.slow]
@@ -23,21 +25,24 @@ def digits(tmp_path_factory) -> Path:
     return write_digit_folders(tmp_path_factory.mktemp("digits"), 900, seed=1)
 
 
-@pytest.mark.timeout(420)
-def test_defaults_learn_real_digits(ray_local, digits, tmp_path, capsys) -> None:
-    """Nothing but the data, the architecture and the epochs: the default lr, warm-up, batch and workers."""
-    out = tmp_path / "m.safetensors"
-    rc = main(["train", "--data", str(digits), "--output", str(out), "--small-input", "--epochs", "8",
-               "--storage", str(tmp_path / "runs"), "--run-name", "defaults", "--json", str(tmp_path / "s.json")])
-    assert rc == 0
-    summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["warning"] is None
-    assert summary["val_images"] > 60 and summary["val_accuracy"] >= 0.90, summary["history"]
-    record = json.loads((tmp_path / "m.json").read_text())
-    assert record["val_accuracy"] == summary["val_accuracy"] and record["config"]["lr"] == pytest.approx(0.05)
-    printed = capsys.readouterr()
-    assert f"validation accuracy: {summary['val_accuracy']:.3f}" in printed.out
-    assert "PlacementGroupCleaner" not in printed.out + printed.err  # Ray's own noise stays in its log files
+@pytest.mark.timeout(1800)  # the session's quick demo may start here
+def test_defaults_learn_real_digits(quick_demo) -> None:
+    """Nothing but the data, the architecture and the epochs: the default lr, warm-up, batch and workers.
+
+    The run is the quick demo's cross-entropy training (:mod:`tests.fixtures.demo_run`; the suite trains
+    that model once): ``QUICK.epochs`` epochs of a ResNet18 on real handwritten digits, through ``ood-audit demo``.
+    """
+    assert quick_demo.code == 0
+    ce = quick_demo.trainings[0]
+    defaults = TrainConfig(data="unused", output="unused.safetensors")
+    assert ce.config.mode == defaults.mode == "ce" and ce.config.epochs == QUICK.epochs
+    for name in ("lr", "warmup_epochs", "batch_size", "workers", "optimizer", "weight_decay"):
+        assert getattr(ce.config, name) == getattr(defaults, name), name
+    result = ce.result
+    assert result.warning is None
+    assert result.epochs_completed == QUICK.epochs
+    assert result.val_images > 60 and result.val_accuracy >= 0.90, result.history
+    assert ce.record["val_accuracy"] == result.val_accuracy and ce.record["config"]["lr"] == pytest.approx(0.05)
 
 
 @pytest.mark.timeout(300)
@@ -69,4 +74,6 @@ def test_a_model_stuck_at_chance_warns_and_exits_3(ray_local, tmp_path, capsys) 
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["warning"].startswith("the model did not learn")
     assert summary["val_accuracy"] <= json.loads((tmp_path / "m.json").read_text())["validation"]["learned_above"]
+    assert f"validation accuracy: {summary['val_accuracy']:.3f}" in printed.out
+    assert "PlacementGroupCleaner" not in printed.out + printed.err  # Ray's own noise stays in its log files
     assert (tmp_path / "m.safetensors").exists()  # the weights are still written, for inspection

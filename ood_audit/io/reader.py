@@ -12,9 +12,8 @@ both together, so the GET goes to a URL presigned by the boto3 client (its crede
 addressing style) over one urllib3 connection pool per process.
 
 The body is read as stored and capped while it streams: a ``gzip`` or ``deflate`` ``Content-Encoding`` is
-inflated here, incrementally, and an object that inflates past ``max_bytes`` is ``too_large`` after at most
-``max_bytes`` + 1 inflated bytes (:func:`_capped_body`). Before, urllib3 inflated it whole, so one small
-object could take a worker's memory and stop every night.
+inflated here, incrementally, so an object that inflates past ``max_bytes`` is ``too_large`` without ever
+being held (:func:`_capped_body`), where urllib3 would inflate it whole.
 
 A refusal of one object while the bucket answers others (archived, its KMS key, SSE-C, a key-level deny)
 is the row status ``refused``, and the run goes on; how a refusal is judged to be the object's and not the
@@ -158,13 +157,11 @@ _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate":
 def _capped_body(resp: Any, max_bytes: int) -> tuple[bytes | None, DecodeResult | None]:
     """The body of a 200 answer, never holding more than ``max_bytes`` plus one chunk.
 
-    The body is read as stored (the GET asks urllib3 not to decode it): an object whose stored size
-    (``Content-Length``) is over the limit is refused unread; a body without one is read until it passes the
-    limit. A ``gzip`` or ``deflate`` body (``Content-Encoding``) is inflated here, a chunk at a time, with
-    zlib's ``max_length`` stopping each step one byte past the limit, so an object that inflates far past
-    ``max_bytes`` is ``too_large`` after at most ``max_bytes + 1`` inflated bytes. Other encodings are
-    passed on as stored (the decoder then tells what they are). An inflated body under the limit is copied
-    once into ``bytes``: at most twice its size, which is at most the limit, for that moment.
+    The body is read as stored (urllib3 is told not to decode it): a stored size (``Content-Length``) over
+    the limit is refused unread; a body without one is read until it passes the limit. A ``gzip`` or
+    ``deflate`` body is inflated a chunk at a time, zlib's ``max_length`` stopping one byte past the limit,
+    so a bomb is ``too_large`` after at most ``max_bytes + 1`` inflated bytes. Other encodings pass as
+    stored (the decoder tells what they are). An inflated body under the limit is copied once into ``bytes``.
     """
     length = resp.headers.get("Content-Length")
     if length is not None and int(length) > max_bytes:

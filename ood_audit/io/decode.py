@@ -187,7 +187,7 @@ def decode_file(
         if n > max_bytes:
             return DecodeResult("too_large", f"{n} bytes exceeds max_bytes={max_bytes}")
         with open(path, "rb") as fh:
-            data = fh.read()
+            data = fh.read(max_bytes + 1)  # a file that grew since its size was read: decode_image refuses it
     except FileNotFoundError:
         return DecodeResult("missing", f"{path} does not exist")
     except OSError as exc:

@@ -135,10 +135,11 @@ def _get_s3(parsed: ParsedUri, s3: S3Config, max_bytes: int) -> tuple[bytes | No
         resp.release_conn()
 
 
-def _presign(parsed: ParsedUri, s3: S3Config, method: str = "get_object") -> str:
+def _presign(parsed: ParsedUri, s3: S3Config) -> str:
+    """A presigned GET of the object; the URL is a bearer credential, never put in a message."""
     try:
         return str(s3.client().generate_presigned_url(
-            method, Params={"Bucket": parsed.bucket, "Key": parsed.key},
+            "get_object", Params={"Bucket": parsed.bucket, "Key": parsed.key},
             ExpiresIn=int(max(_PRESIGN_SECONDS, 2 * s3.retry_s + 60))))
     except Exception as exc:  # noqa: BLE001 - botocore: no credentials, bad region and the like
         err = storage_error(exc, s3=s3, uri=str(parsed))

@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                   "re-use it to resume an interrupted run")
     p.add_argument("--incremental", action="store_true",
                    help="skip objects whose (uri, etag) earlier runs under OUTPUT scored with this bundle "
-                        "(ok, decode_error and unsupported count as done; missing and too_large are retried)")
+                        "(ok, decode_error and unsupported count as done; missing, too_large and refused are retried)")
     p.add_argument("--max-pixels", type=int, default=None, help="refuse images whose header claims more pixels")
-    p.add_argument("--max-bytes", type=int, default=None, help="refuse objects larger than this")
+    p.add_argument("--max-bytes", type=int, default=None, help="refuse objects larger than this, stored or once inflated")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, default=None,
                    help="scoring actors (default: one per GPU, else one per 2 CPUs of the cluster)")

@@ -10,6 +10,9 @@ Statuses:
 - ``decode_error``: looks like an image (or is unrecognisable binary) but cannot be decoded: empty,
   truncated, corrupt.
 - ``missing`` is never produced here; the reader (:mod:`ood_audit.io.reader`) sets it.
+- ``refused``: never produced here either; the reader sets it when the store refuses this one object
+  (archived, its KMS key, SSE-C, a key-level deny) while the bucket answers others. Retried by the next run,
+  like ``missing`` and ``too_large`` (an archived object may be restored).
 
 Conversions, so that every image is an ``H×W×3`` uint8 RGB array:
 
@@ -71,8 +74,8 @@ from ood_audit.errors import ConfigError
 from ood_audit.preprocess import Preprocess, ResizeMode
 from ood_audit.io.quality import working_factor
 
-Status = Literal["ok", "decode_error", "missing", "too_large", "unsupported"]
-STATUSES: tuple[str, ...] = ("ok", "decode_error", "missing", "too_large", "unsupported")
+Status = Literal["ok", "decode_error", "missing", "too_large", "unsupported", "refused"]
+STATUSES: tuple[str, ...] = ("ok", "decode_error", "missing", "too_large", "unsupported", "refused")
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 # Below Pillow's own warning threshold (~89.5 M), so Pillow's check never decides for us by default.
@@ -184,7 +187,7 @@ def decode_file(
         if n > max_bytes:
             return DecodeResult("too_large", f"{n} bytes exceeds max_bytes={max_bytes}")
         with open(path, "rb") as fh:
-            data = fh.read()
+            data = fh.read(max_bytes + 1)  # a file that grew since its size was read: decode_image refuses it
     except FileNotFoundError:
         return DecodeResult("missing", f"{path} does not exist")
     except OSError as exc:

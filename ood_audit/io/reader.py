@@ -11,7 +11,15 @@ send a HEAD before their first GET, and boto3's ``get_object`` costs about three
 both together, so the GET goes to a URL presigned by the boto3 client (its credential chain and
 addressing style) over one urllib3 connection pool per process.
 
-A failure of the store itself is never a row status: it raises :class:`~ood_audit.errors.StorageError`
+The body is read as stored and capped while it streams: a ``gzip`` or ``deflate`` ``Content-Encoding`` is
+inflated here, incrementally, so an object that inflates past ``max_bytes`` is ``too_large`` without ever
+being held (:func:`_capped_body`), where urllib3 would inflate it whole.
+
+A refusal of one object while the bucket answers others (archived, its KMS key, SSE-C, a key-level deny)
+is the row status ``refused``, and the run goes on; how a refusal is judged to be the object's and not the
+bucket's is :func:`_per_object`.
+
+Any other failure of the store itself is never a row status: it raises :class:`~ood_audit.errors.StorageError`
 (through :func:`~ood_audit.io.storage_errors.storage_error` and its table), so the scan stops resumable
 instead of writing ``missing`` rows for objects that exist. Connection failures and 5xx answers are retried
 first, for as long as :func:`~ood_audit.io.storage_errors.next_wait` allows (``S3Config.retry_s`` shared
@@ -26,6 +34,7 @@ import logging
 import os
 import re
 import urllib.request
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -57,10 +66,12 @@ def read_object(
     s3: S3Config | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> tuple[bytes | None, DecodeResult | None]:
-    """``(data, None)``, or ``(None, result)`` with status ``missing`` or ``too_large``.
+    """``(data, None)``, or ``(None, result)`` with status ``missing``, ``too_large``, ``refused`` (or
+    ``decode_error`` for a body whose ``Content-Encoding`` does not inflate).
 
     One request per S3 object; an object over ``max_bytes`` is refused from the size in the response,
-    without downloading it.
+    without downloading it, and no more than ``max_bytes`` (plus one chunk) of it is ever held, inflated or
+    not (:func:`_capped_body`).
     """
     try:
         parsed = parse_uri(uri)
@@ -74,7 +85,10 @@ def read_object(
             size = fh.size()
             if size > max_bytes:
                 return None, DecodeResult("too_large", f"{size} bytes exceeds max_bytes={max_bytes}")
-            return fh.read(), None
+            data = fh.read(max_bytes + 1)  # a file that grew since its size was read stops at the cap too
+            if len(data) > max_bytes:
+                return None, DecodeResult("too_large", f"more than max_bytes={max_bytes} bytes")
+            return data, None
     except FileNotFoundError:
         return None, DecodeResult("missing", "object does not exist")
     except IsADirectoryError:
@@ -89,48 +103,183 @@ def read_object(
 
 
 def _get_s3(parsed: ParsedUri, s3: S3Config, max_bytes: int) -> tuple[bytes | None, DecodeResult | None]:
-    """One GET: the body, or ``too_large`` from ``Content-Length``, or ``missing`` from the error code."""
+    """One GET: the body (streamed under the cap, :func:`_capped_body`), ``missing`` from the error code, or
+    ``refused`` for a per-object refusal (:func:`_per_object`)."""
     import urllib3
 
     if not parsed.key:
         return None, DecodeResult("missing", "is a bucket, not an object")
     uri = str(parsed)
-    try:
-        url = s3.client().generate_presigned_url(
-            "get_object", Params={"Bucket": parsed.bucket, "Key": parsed.key},
-            ExpiresIn=int(max(_PRESIGN_SECONDS, 2 * s3.retry_s + 60)))
-    except Exception as exc:  # noqa: BLE001 - botocore: no credentials, bad region and the like
-        err = storage_error(exc, s3=s3, uri=uri)
-        if err is not None:
-            raise err from None
-        raise StorageError(f"cannot sign a request for {uri}: {_short(exc)}; check the AWS_* credentials",
-                           "credentials") from None
+    url = _presign(parsed, s3)
     resp = _get(_http_pool(s3, os.getpid(), _proxy_for(url)), url, s3, uri)
     try:
         if resp.status == 200:
-            length = resp.headers.get("Content-Length")
-            if length is not None and int(length) > max_bytes:
-                return None, DecodeResult("too_large", f"{int(length)} bytes exceeds max_bytes={max_bytes}")
-            if length is not None:
-                return resp.read(), None
-            data = bytearray()  # no Content-Length (chunked): stop one chunk past the limit
-            for part in resp.stream(1 << 20):
-                data += part
-                if len(data) > max_bytes:
-                    return None, DecodeResult("too_large", f"more than max_bytes={max_bytes} bytes")
-            return bytes(data), None
-        code = _error_code(resp.read(8192))
+            data, failed = _capped_body(resp, max_bytes)
+            _READ_FINE[(s3.endpoint, parsed.bucket)] = parsed.key  # the refusal probe's witness
+            return data, failed
+        code = _error_code(resp.read(8192, decode_content=False))
         if code == "NoSuchBucket":
             return None, DecodeResult("missing", "bucket does not exist")
         if code == "NoSuchKey" or (resp.status == 404 and code is None):
             return None, DecodeResult("missing", "object does not exist")
-        raise _refused(resp.status, code, parsed, s3)
+        refusal = _refused(resp.status, code, parsed, s3)
+        if refusal.kind == "denied" and _per_object(code, parsed, s3):
+            detail = f"HTTP {resp.status} {code}" if code else f"HTTP {resp.status}"
+            return None, DecodeResult("refused", f"{detail}: the store refuses this object and answers others")
+        raise refusal
     except (urllib3.exceptions.HTTPError, OSError) as exc:  # cut off mid-body, after the retries
         raise _unreachable(exc, s3, uri) from None
     finally:
         if resp.length_remaining or (resp.length_remaining is None and not resp.isclosed()):
-            resp.close()  # body left unread (refused, cut short): drop the connection rather than drain it
+            resp.close()  # body left unread (refused, over the cap): drop the connection rather than drain it
         resp.release_conn()
+
+
+def _presign(parsed: ParsedUri, s3: S3Config) -> str:
+    """A presigned GET of the object; the URL is a bearer credential, never put in a message."""
+    try:
+        return str(s3.client().generate_presigned_url(
+            "get_object", Params={"Bucket": parsed.bucket, "Key": parsed.key},
+            ExpiresIn=int(max(_PRESIGN_SECONDS, 2 * s3.retry_s + 60))))
+    except Exception as exc:  # noqa: BLE001 - botocore: no credentials, bad region and the like
+        err = storage_error(exc, s3=s3, uri=str(parsed))
+        if err is not None:
+            raise err from None
+        raise StorageError(f"cannot sign a request for {parsed}: {_short(exc)}; check the AWS_* credentials",
+                           "credentials") from None
+
+
+# -- the streamed cap ------------------------------------------------------------------------------------
+
+_CHUNK = 1 << 20
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _capped_body(resp: Any, max_bytes: int) -> tuple[bytes | None, DecodeResult | None]:
+    """The body of a 200 answer, never holding more than ``max_bytes`` plus one chunk.
+
+    The body is read as stored (urllib3 is told not to decode it): a stored size (``Content-Length``) over
+    the limit is refused unread; a body without one is read until it passes the limit. A ``gzip`` or
+    ``deflate`` body is inflated a chunk at a time, zlib's ``max_length`` stopping one byte past the limit,
+    so a bomb is ``too_large`` after at most ``max_bytes + 1`` inflated bytes. Other encodings pass as
+    stored (the decoder tells what they are). An inflated body under the limit is copied once into ``bytes``.
+    """
+    length = resp.headers.get("Content-Length")
+    if length is not None and int(length) > max_bytes:
+        return None, DecodeResult("too_large", f"{int(length)} bytes exceeds max_bytes={max_bytes}")
+    encoding = (resp.headers.get("Content-Encoding") or "").strip().lower()
+    if encoding not in _WBITS:
+        if length is not None:
+            return resp.read(decode_content=False), None
+        data = bytearray()  # no Content-Length (chunked): stop one chunk past the limit
+        for part in resp.stream(_CHUNK, decode_content=False):
+            data += part
+            if len(data) > max_bytes:
+                return None, DecodeResult("too_large", f"more than max_bytes={max_bytes} bytes")
+        return bytes(data), None
+    inflate = _Inflater(encoding, max_bytes)
+    try:
+        for part in resp.stream(_CHUNK, decode_content=False):
+            if not inflate.feed(part):
+                return None, DecodeResult("too_large", f"Content-Encoding {encoding}: inflates to more than "
+                                                       f"max_bytes={max_bytes} bytes")
+        return inflate.result(), None
+    except zlib.error as exc:
+        return None, DecodeResult("decode_error", f"Content-Encoding {encoding}: {exc}")
+
+
+class _Inflater:
+    """Incremental gzip/deflate inflation that stops one byte past ``limit`` (:func:`_capped_body`)."""
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        self.wbits = _WBITS[encoding]
+        self.limit = limit
+        self.out = bytearray()
+        self.inflater: Any = None
+        self.members = 0  # gzip members finished; bytes after the first that do not inflate are ignored
+
+    def feed(self, data: bytes) -> bool:
+        """Inflate ``data``; False once the output is over the limit."""
+        while data:
+            if self.inflater is None:
+                wbits = self.wbits
+                if wbits == zlib.MAX_WBITS and not _zlib_header(data):
+                    wbits = -zlib.MAX_WBITS  # "deflate" sent as a raw stream, as some servers do
+                self.inflater = zlib.decompressobj(wbits)
+            try:
+                # at most one chunk per step: a whole step's output is held twice while it is appended
+                self.out += self.inflater.decompress(data, min(_CHUNK, self.limit + 1 - len(self.out)))
+            except zlib.error:
+                if self.members:  # trailing bytes after a complete stream (padding): ignored, as urllib3 does
+                    return True
+                raise
+            if len(self.out) > self.limit:
+                return False
+            if self.inflater.eof:  # one stream (gzip member) done; another may follow
+                self.members += 1
+                data, self.inflater = self.inflater.unused_data, None
+            else:
+                data = self.inflater.unconsumed_tail
+        return True
+
+    def result(self) -> bytes:
+        if self.inflater is not None and not self.members:
+            raise zlib.error("the compressed stream ends early")
+        return bytes(self.out)
+
+
+def _zlib_header(data: bytes) -> bool:
+    return len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+
+
+# -- per-object refusals ---------------------------------------------------------------------------------
+
+# Refusals about the object's own state, never the principal's: archived (Glacier, Deep Archive) and the
+# object's KMS key. Any other refusal of a GET (AccessDenied, an SSE-C object read without its key, which S3
+# answers 400 InvalidRequest) is per object only if the bucket is seen answering (_bucket_answers).
+_OBJECT_STATE_CODES = ("InvalidObjectState",)
+_READ_FINE: dict[tuple[str, str], str] = {}  # (endpoint, bucket) -> a key this process read fine last
+
+
+def _per_object(code: str | None, parsed: ParsedUri, s3: S3Config) -> bool:
+    """Whether a refused GET (of kind ``denied``) is about this object alone, so it becomes a ``refused`` row.
+
+    Decided the same way for every object, and only when a GET was refused: an object-state code
+    (``InvalidObjectState``, ``KMS.*``) is per object by nature. Anything else (a key-level ``AccessDenied``,
+    SSE-C, a KMS denial that S3 words as ``AccessDenied``) could as well be a deny on the whole bucket or a
+    revoked role, whose rows would all become ``refused`` and hide an incident, so the bucket is asked once
+    more (:func:`_bucket_answers`); when it does not answer, the refusal is the bucket's and stops the run.
+    """
+    if code in _OBJECT_STATE_CODES or (code or "").startswith("KMS."):
+        return True
+    return _bucket_answers(parsed, s3)
+
+
+def _bucket_answers(parsed: ParsedUri, s3: S3Config) -> bool:
+    """Whether the bucket answers this principal now: the first byte of a key this process read fine
+    there (a GET, what the scan's role surely may do), or else a listing of at most one key under the
+    refused key (what a prefix scan did to find it). Either failing, or no answer, counts as no.
+    """
+    import urllib3
+
+    witness = _READ_FINE.get((s3.endpoint, parsed.bucket))
+    if witness is not None and witness != parsed.key:
+        url = _presign(ParsedUri(parsed.scheme, parsed.bucket, witness), s3)
+        try:
+            resp = _http_pool(s3, os.getpid(), _proxy_for(url)).request(
+                "GET", url, headers={"Range": "bytes=0-0"}, preload_content=True, decode_content=False,
+                redirect=False, retries=False)
+        except (urllib3.exceptions.HTTPError, OSError):
+            return False
+        if resp.status in (200, 206):
+            return True
+        if resp.status != 404:
+            return False
+    try:
+        s3.client().list_objects_v2(Bucket=parsed.bucket, Prefix=parsed.key, MaxKeys=1)
+    except Exception:  # noqa: BLE001 - denied, unreachable: the bucket does not answer
+        return False
+    return True
 
 
 class _RedactSignedUrls(logging.Filter):
@@ -160,7 +309,8 @@ def _get(pool: Any, url: str, s3: S3Config, uri: str) -> Any:
     while True:
         attempt += 1
         try:
-            resp = pool.request("GET", url, preload_content=False, redirect=False, retries=False)
+            resp = pool.request("GET", url, preload_content=False, decode_content=False, redirect=False,
+                                retries=False)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             wait = budget.next_wait(s3, attempt, f"GET {uri}")
             if wait is None:

@@ -39,6 +39,7 @@ STATUS_WORDS = {
     "missing": "gone or unreadable when the scan fetched it",
     "too_large": "larger than the scan's size limits",
     "unsupported": "not an image type the scan reads",
+    "refused": "the store refused this object (archived, its key, a per-object deny) while answering others",
 }
 
 

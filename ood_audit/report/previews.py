@@ -6,7 +6,9 @@ large to preview gets a placeholder that says why, drawn at the image's recorded
 ``width``/``height`` from the scan) so the CSD box still lands where it should. Each thumbnail carries the
 image's stored size after EXIF orientation (``Thumb.stored``), from which the CSD box is computed. Objects are read in
 parallel on a bounded thread pool; each is read once, decoded, shrunk and dropped, so memory holds one
-object per thread plus the small JPEGs. Like the scan's decode, thumbnails apply EXIF orientation, so the
+object per thread plus the small JPEGs. Reads go through the scan's reader (:func:`ood_audit.io.reader.read_object`),
+so an object over :data:`MAX_PREVIEW_BYTES`, stored or once inflated, is stopped while it streams, never
+read whole. Like the scan's decode, thumbnails apply EXIF orientation, so the
 CSD box is drawn on the image the model saw.
 """
 from __future__ import annotations
@@ -18,7 +20,9 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageOps
 
-from ood_audit.io.fs import S3Config, read_bytes
+from ood_audit.errors import OodAuditError
+from ood_audit.io.fs import S3Config
+from ood_audit.io.reader import read_object
 from ood_audit.io.thumbs import thumbnail_jpeg
 from ood_audit.report.explain import data_uri
 
@@ -54,14 +58,18 @@ def object_thumbs(uris: Sequence[str], *, sizes: Mapping[str, tuple[int | None, 
 def object_thumb(uri: str, *, size: tuple[int | None, int | None] = (None, None), s3: S3Config | None = None,
                  max_side: int = THUMB_SIDE) -> Thumb:
     """One object's thumbnail, or a placeholder saying why there is none."""
-    try:
-        data = read_bytes(uri, s3=s3)
-    except FileNotFoundError:
-        return placeholder("deleted since the scan", size, max_side)
-    except OSError as exc:
+    try:  # the scan's reader: streamed under the cap, so an object over it (or one that inflates past it)
+        # is never held whole
+        data, failed = read_object(uri, s3=s3, max_bytes=MAX_PREVIEW_BYTES)
+    except OodAuditError as exc:  # the store itself failed (StorageError): still only this thumbnail
         return placeholder(f"cannot be read now: {_short(exc)}", size, max_side)
-    if len(data) > MAX_PREVIEW_BYTES:
-        return placeholder("too large to preview", size, max_side)
+    if failed is not None:
+        if failed.status == "too_large":
+            return placeholder("too large to preview", size, max_side)
+        if failed.status == "missing" and failed.error == "object does not exist":
+            return placeholder("deleted since the scan", size, max_side)
+        return placeholder(f"cannot be read now: {failed.status}: {failed.error}", size, max_side)
+    assert data is not None
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.width * im.height > MAX_PREVIEW_PIXELS:

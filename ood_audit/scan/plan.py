@@ -8,8 +8,8 @@ wrote a row for the same ``(uri, etag)`` with the same ``bundle_id`` and a *fina
 
 - ``ok``, ``decode_error`` and ``unsupported`` are final: they depend only on the bytes (fixed by the
   etag) and the bundle's preprocessing;
-- ``missing`` and ``too_large`` are retried: a read can fail transiently, and the size limits are options
-  of each run, not properties of the object.
+- ``missing``, ``too_large`` and ``refused`` are retried: a read can fail transiently, the size limits are
+  options of each run, not properties of the object, and a refused object may be restored or granted.
 
 Objects without an etag (from a manifest that has none) are always scanned. The done set keeps a sorted
 64-bit hash per done ``(uri, etag)`` (8 bytes each), read from earlier reports with a pyarrow dataset

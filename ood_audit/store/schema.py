@@ -19,7 +19,7 @@ column                    type                      meaning
 ``uri``                   string, not null          ``s3://bucket/key`` or an absolute local path
 ``etag``                  string                    as listed (null when a manifest gives none)
 ``size_bytes``            int64                     as listed (null when a manifest gives none)
-``status``                string, not null          ``ok | decode_error | missing | too_large | unsupported``
+``status``                string, not null          ``ok | decode_error | missing | too_large | unsupported | refused``
 ``error``                 string                    why, when ``status`` is not ``ok``
 ``width``/``height``      int32                     stored size from the image header, when readable
 ``featurenorm`` …         float64                   scores, higher = more in-distribution; null unless ok

@@ -12,17 +12,16 @@ Used by the nightly job (:mod:`ood_audit.nightly.run`, one night at a time per o
   acquisition on an S3 store (endpoint and bucket, once per process), :func:`_S3Store.probe` checks that the
   store refuses a second put-if-absent with 412; a store that accepts it cannot keep two runs apart, and
   the run refuses to start (one line).
-- **Held** by another run: the second run stops with :class:`LeaseHeld` (its own exit status), naming the
-  holder. It touches nothing else.
+- **Held** by another run: the second run stops with :class:`LeaseHeld` (its own exit status), touching nothing.
 - **Renew**: while it runs, the holder rewrites the lease every ``ttl_s / 3`` with a conditional write on
   the ETag it last wrote (S3 ``If-Match``).
 - **Stale** is judged on the *store's* clock only: the lease object's age is the store's ``Date`` (the time
   of the answer that returned it) minus its ``LastModified``; locally, the mtime of a side file touched
   just now minus the lease file's mtime (both set by the file system, also on NFS). Comparing two
-  timestamps of one clock makes a skewed host unable to steal a lease or lose its own. (The other way,
-  watching the ETag stay unchanged for ``ttl_s`` of the taker's monotonic clock, would make every taker
-  wait a whole TTL itself, even for a lease left hours ago.) A lease older than its own ``ttl_s`` is
-  stale, whatever its holder's process: a holder that did not renew has already fenced itself (below).
+  timestamps of one clock makes a skewed host unable to steal a lease or lose its own. (Watching the ETag
+  stay unchanged for ``ttl_s`` of the taker's monotonic clock would make every taker wait a whole TTL,
+  even for a lease left hours ago.) A lease older than its ``ttl_s`` is stale, whatever its holder's
+  process: a holder that did not renew has already fenced itself (below).
   With ``dead_holder_is_stale`` a holder on this host whose process is gone is stale at once (a scan
   driver killed and started again by hand resumes at once). A process is the pid *and* its start time
   (``/proc``), so a pid reused by another process does not keep a dead holder alive. A lease of this very
@@ -40,8 +39,7 @@ Used by the nightly job (:mod:`ood_audit.nightly.run`, one night at a time per o
   that ignores the condition still gets the re-read just before). A run killed without releasing leaves
   a lease that becomes stale after ``ttl_s``.
 
-Locally (a path, not ``s3://``) compare-and-replace and compare-and-delete are guarded by an ``flock`` on a
-side file.
+Locally (a path, not ``s3://``) compare-and-replace and -delete are guarded by an ``flock`` on a side file.
 """
 from __future__ import annotations
 
@@ -256,9 +254,17 @@ def _encode(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, sort_keys=True) + "\n").encode("utf-8")
 
 
+def _decode(data: bytes) -> dict[str, Any]:
+    """The lease document; ``{}`` (stale as unreadable) for anything else."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 _PROBED: set[tuple[str, str]] = set()  # (endpoint, bucket) that refused a second put-if-absent
 _PROBE_LOCK = threading.Lock()
-_REFUSED = ("PreconditionFailed", "ConditionalRequestConflict")
 
 
 class _S3Store:
@@ -307,44 +313,30 @@ class _S3Store:
             except self.client.exceptions.NoSuchKey:
                 return None, None, 0.0
             body = r["Body"].read()
-        date = r.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-        # without a Date header (never seen from S3), this host's clock is the only one left
+        date = r.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")  # S3 always sends one
         now = parsedate_to_datetime(date) if date else datetime.now(timezone.utc)
         age = (now - r["LastModified"]).total_seconds()
-        try:
-            return json.loads(body), r["ETag"], age
-        except ValueError:
-            return {}, r["ETag"], age
+        return _decode(body), r["ETag"], age
 
     def delete(self, etag: str | None) -> None:
-        from botocore.exceptions import ClientError
-
         with self._storage_failures():
-            try:
-                self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=etag or '"none"')
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in _REFUSED:
-                    raise _Conflict() from None
-                raise
+            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=etag or '"none"')
 
     def _put_key(self, key: str, body: bytes, **condition: str) -> str:
-        from botocore.exceptions import ClientError
-
         with self._storage_failures():
-            try:
-                return self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **condition)["ETag"]
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in _REFUSED:
-                    raise _Conflict() from None
-                raise
+            return self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **condition)["ETag"]
 
     @contextmanager
     def _storage_failures(self) -> Iterator[None]:
+        """A refused condition (412, or 409 for a concurrent one) is :class:`_Conflict`; other failures of the
+        store are a ``StorageError``."""
         try:
             yield
-        except _Conflict:
-            raise
         except Exception as exc:  # noqa: BLE001 - only failures of the store are translated
+            resp = getattr(exc, "response", None)  # botocore's ClientError
+            code = resp.get("Error", {}).get("Code") if isinstance(resp, dict) else None
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise _Conflict() from None
             err = storage_error(exc, s3=self.s3, uri=self.uri)
             if err is None:
                 raise
@@ -400,10 +392,7 @@ class _LocalStore:
         with open(self.path + ".lock", "a") as lock:
             os.utime(lock.fileno())
             age = os.fstat(lock.fileno()).st_mtime - mtime
-        try:
-            return json.loads(data), _digest(data), age
-        except ValueError:
-            return {}, _digest(data), age
+        return _decode(data), _digest(data), age
 
     def delete(self, etag: str | None) -> None:
         with self._locked():

@@ -74,7 +74,10 @@ class LeaseHeld(OodAuditError):
 
 
 class LeaseLost(OodAuditError):
-    """This run's lease was taken over, or could not be renewed in time: it must commit nothing more."""
+    """This run's lease was taken over, or could not be renewed in time: it must commit nothing more. Its
+    status is the held lease's: another run has (or may now take) the work, and this one did its share."""
+
+    exit_code = EXIT_LEASE_HELD
 
 
 _LIVE: set[str] = set()  # tokens of the leases this process holds now

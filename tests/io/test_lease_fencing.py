@@ -17,7 +17,7 @@ import pytest
 
 from ood_audit.errors import ConfigError
 from ood_audit.io.fs import S3Config, read_bytes, write_bytes
-from ood_audit.io.lease import Lease, LeaseHeld, check_ttl, process_start
+from ood_audit.io.lease import Lease, LeaseHeld, LeaseLost, _Conflict, check_ttl, process_start
 from ood_audit.scan.config import ScanConfig
 
 from tests.io.lease_relay import HeaderStrippingRelay
@@ -110,6 +110,37 @@ def test_holder_with_a_skewed_clock_neither_loses_nor_has_its_lease_stolen(lease
     finally:
         holder.release()
     Lease(uri, ttl, run="next", s3=s3).acquire().release()  # released: free again
+
+
+def test_holder_cut_off_from_the_store_fences_itself(private_s3):
+    """Nobody took the lease over, but its renewals fail (the store is gone): once the last successful one
+    is older than 2/3 of the TTL, the holder's fence refuses every further commit."""
+    private_s3.client().create_bucket(Bucket="fence-cut-off")
+    s3 = dataclasses.replace(private_s3.s3_config(), retry_s=0.0)  # renewals fail at once
+    lease = Lease("s3://fence-cut-off/out/lease.json", 3.0, run="cut-off", s3=s3).acquire()
+    private_s3.crash()
+    try:
+        deadline = time.monotonic() + 60
+        with pytest.raises(LeaseLost, match="not renewed for"):
+            while time.monotonic() < deadline:
+                lease.check()
+                time.sleep(0.1)
+        assert lease._lost is None  # fenced by its own clock, not told by a taker
+    finally:
+        lease._stop.set()  # the store is down: nothing to release
+
+
+def test_release_deletes_only_the_version_it_holds(lease_uri):
+    uri, s3 = lease_uri
+    lease = Lease(uri, 60, run="mine", s3=s3).acquire()
+    lease._stop.set()
+    lease._thread.join()  # no renewal from here on
+    _, mine, _ = lease.store.read()
+    lease.store.replace({"holder": "other", "run": "taker", "ttl_s": 60}, mine)  # a taker's version
+    with pytest.raises(_Conflict):
+        lease.store.delete(mine)
+    lease.release()  # sees another holder: leaves it
+    assert json.loads(read_bytes(uri, s3=s3))["holder"] == "other"
 
 
 def test_reused_pid_does_not_keep_a_dead_holder_alive(tmp_path):

@@ -1,43 +1,37 @@
 """One holder at a time for a piece of work under an output root: a lease object beside the work's state.
 
 Used by the nightly job (:mod:`ood_audit.nightly.run`, one night at a time per output root) and by the scan
-(one driver per run id, ``<output>/runs/<run_id>/lease.json``). The lease object is::
+(one driver per run id, ``<output>/runs/<run_id>/lease.json``). The lease object is ``{"holder": <random
+token>, "host", "pid", "pid_start", "run", "acquired_at", "renewed_at", "ttl_s"}``; the two times are the
+holder's wall clock, for people reading it: no decision uses them.
 
-    {"holder": <random token>, "host", "pid", "pid_start", "run", "acquired_at", "renewed_at", "ttl_s"}
-
-``acquired_at``/``renewed_at`` are the holder's wall clock, for people reading it; no decision uses them.
-
-- **Acquire** writes it with a conditional write that fails when the object exists (S3 ``If-None-Match:
-  *``; locally a complete file linked into place). Of two starters, exactly one wins. Before the first
-  acquisition on an S3 store (endpoint and bucket, once per process), :func:`_S3Store.probe` checks that the
-  store refuses a second put-if-absent with 412; a store that accepts it cannot keep two runs apart, and
-  the run refuses to start (one line).
+- **Acquire**: a write that fails when the object exists (S3 ``If-None-Match: *``; locally a complete file
+  linked into place); of two starters exactly one wins. First, once per S3 endpoint and bucket in a
+  process, :meth:`_S3Store.probe` checks that the store refuses a second put-if-absent with 412; where it
+  does not, no lease can keep two runs apart and the run refuses to start (one line).
 - **Held** by another run: the second run stops with :class:`LeaseHeld` (its own exit status), touching nothing.
-- **Renew**: while it runs, the holder rewrites the lease every ``ttl_s / 3`` with a conditional write on
-  the ETag it last wrote (S3 ``If-Match``).
-- **Stale** is judged on the *store's* clock only: the lease object's age is the store's ``Date`` (the time
-  of the answer that returned it) minus its ``LastModified``; locally, the mtime of a side file touched
-  just now minus the lease file's mtime (both set by the file system, also on NFS). Comparing two
-  timestamps of one clock makes a skewed host unable to steal a lease or lose its own. (Watching the ETag
-  stay unchanged for ``ttl_s`` of the taker's monotonic clock would make every taker wait a whole TTL,
-  even for a lease left hours ago.) A lease older than its ``ttl_s`` is stale, whatever its holder's
-  process: a holder that did not renew has already fenced itself (below).
-  With ``dead_holder_is_stale`` a holder on this host whose process is gone is stale at once (a scan
-  driver killed and started again by hand resumes at once). A process is the pid *and* its start time
-  (``/proc``), so a pid reused by another process does not keep a dead holder alive. A lease of this very
-  process that it no longer holds (its release failed) is stale too. A stale lease is taken over by a
-  conditional write on the ETag that was read, so of two runs taking over, exactly one wins.
+- **Renew** every ``ttl_s / 3`` by a write conditional on the ETag last written (S3 ``If-Match``).
+- **Stale** is judged on the *store's* clock: the object's age is the answer's ``Date`` minus its
+  ``LastModified`` (locally: the mtime of a side file touched now minus the lease file's, both set by the
+  file system, NFS included). Two stamps of one clock: a skewed host can neither steal a lease nor lose
+  its own. (Watching the ETag stay unchanged for ``ttl_s`` of the taker's monotonic clock would make every
+  taker wait a whole TTL, even for a lease left hours ago.) Older than its ``ttl_s`` is stale, whatever
+  its holder's process, which has fenced itself by then (below). With ``dead_holder_is_stale``, a holder
+  on this host whose process is gone is stale at once (a scan driver started again by hand resumes at
+  once); a process is its pid *and* start time (``/proc``), so a reused pid keeps no dead holder alive.
+  So is a lease of this very process that it no longer holds (its release failed). A stale lease is
+  taken over by a write conditional on the ETag read: of two takers, exactly one wins.
 - **Fence**: :meth:`Lease.check`, called right before each commit and between stages, raises
   :class:`LeaseLost` once another holder was seen, or once ``monotonic() - last successful renewal > 2/3 ·
-  ttl_s``. The renewal's time is taken *before* its write is sent, so the object's ``LastModified`` is no
-  earlier; a taker waits ``ttl_s`` after it, so a frozen or partitioned holder stops committing at least
-  ``ttl_s / 3`` before anyone can take over, whatever the two hosts' clocks say.
-- **TTL and retries**: a request rides out an outage of up to ``--storage-retry-s``; the TTL must be
-  larger (:func:`check_ttl`), or a renewal still retrying would find its lease taken over.
-- **Release** deletes the lease only if it is still ours: re-read and compare the holder, then delete on
-  that ETag (S3 ``DeleteObject`` with ``If-Match``, which SeaweedFS and boto3 >= 1.35.67 support; a store
-  that ignores the condition still gets the re-read just before). A run killed without releasing leaves
-  a lease that becomes stale after ``ttl_s``.
+  ttl_s``. A renewal's time is taken *before* its write is sent, so ``LastModified`` is no earlier, and
+  a taker waits ``ttl_s`` after that: a frozen or cut-off holder stops committing ``ttl_s / 3`` before
+  anyone can take over, whatever the hosts' clocks say. The TTL must exceed ``--storage-retry-s``
+  (:func:`check_ttl`), or a renewal riding out an outage would find its lease taken over; a commit sent
+  just before the fence closes lands in time if ``ttl_s / 3`` also covers its retry window, as the
+  scan's default TTL does (:meth:`ood_audit.scan.config.ScanConfig.lease_ttl`).
+- **Release** deletes the lease only if still ours: re-read and compare the holder, then delete on that
+  ETag (S3 ``DeleteObject`` ``If-Match``: boto3 >= 1.35.67, honoured by SeaweedFS; a store ignoring it
+  still had the re-read just before). A run killed without releasing leaves a lease stale after ``ttl_s``.
 
 Locally (a path, not ``s3://``) compare-and-replace and -delete are guarded by an ``flock`` on a side file.
 """

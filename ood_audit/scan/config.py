@@ -13,7 +13,7 @@ from ood_audit.store.run_ledger import check_run_id
 # the settings recorded in the run summary's ``config``: those that shape the rows and the run's speed
 REPORTED_CONFIG = ("max_pixels", "max_bytes", "batch_size", "workers", "device", "knn_backend", "chunk_size",
                    "slice_rows", "read_threads", "rows_per_file", "max_attempts")
-MIN_LEASE_TTL_S = 300.0  # the default scan lease TTL when twice --storage-retry-s is shorter
+MIN_LEASE_TTL_S = 300.0  # the default scan lease TTL when three times --storage-retry-s is shorter
 
 
 @dataclass
@@ -64,11 +64,13 @@ class ScanConfig:
 
     def lease_ttl(self) -> float:
         """The run lease's TTL: the one set, which must exceed ``--storage-retry-s`` (one-line ``ConfigError``
-        otherwise), or by default twice the retry window and at least :data:`MIN_LEASE_TTL_S`, so that a
-        renewal riding out a whole outage never finds its lease taken over (:mod:`ood_audit.io.lease`)."""
+        otherwise), or by default three times the retry window and at least :data:`MIN_LEASE_TTL_S`: a
+        renewal riding out a whole outage never finds its lease taken over, and a chunk marker sent just
+        before the fence closes (2/3 of the TTL) has its whole retry window to land before anyone may take
+        over (:mod:`ood_audit.io.lease`)."""
         retry = self.s3.retry_s if self.s3 is not None else DEFAULT_RETRY_S
         if self.lease_ttl_s is None:
-            return max(MIN_LEASE_TTL_S, 2.0 * retry)
+            return max(MIN_LEASE_TTL_S, 3.0 * retry)
         check_ttl(self.lease_ttl_s, retry, ttl_name="the scan's lease TTL (lease_ttl_s)")
         return float(self.lease_ttl_s)
 

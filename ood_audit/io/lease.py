@@ -1,29 +1,39 @@
 """One holder at a time for a piece of work under an output root: a lease object beside the work's state.
 
 Used by the nightly job (:mod:`ood_audit.nightly.run`, one night at a time per output root) and by the scan
-(one driver per run id, ``<output>/runs/<run_id>/lease.json``). The lease object is::
+(one driver per run id, ``<output>/runs/<run_id>/lease.json``). The lease object is ``{"holder": <random
+token>, "host", "pid", "pid_start", "run", "acquired_at", "renewed_at", "ttl_s"}``; the two times are the
+holder's wall clock, for people reading it: no decision uses them.
 
-    {"holder": <random token>, "host", "pid", "run", "acquired_at", "renewed_at", "ttl_s"}
+- **Acquire**: a write that fails when the object exists (S3 ``If-None-Match: *``; locally a complete file
+  linked into place); of two starters exactly one wins. First, once per S3 endpoint and bucket in a
+  process, :meth:`_S3Store.probe` checks that the store refuses a second put-if-absent with 412; where it
+  does not, no lease can keep two runs apart and the run refuses to start (one line).
+- **Held** by another run: the second run stops with :class:`LeaseHeld` (its own exit status), touching nothing.
+- **Renew** every ``ttl_s / 3`` by a write conditional on the ETag last written (S3 ``If-Match``).
+- **Stale** is judged on the *store's* clock: the object's age is the answer's ``Date`` minus its
+  ``LastModified`` (locally: the mtime of a side file touched now minus the lease file's, both set by the
+  file system, NFS included). Two stamps of one clock: a skewed host can neither steal a lease nor lose
+  its own. (Watching the ETag stay unchanged for ``ttl_s`` of the taker's monotonic clock would make every
+  taker wait a whole TTL, even for a lease left hours ago.) Older than its ``ttl_s`` is stale, whatever
+  its holder's process, which has fenced itself by then (below). With ``dead_holder_is_stale``, a holder
+  on this host whose process is gone is stale at once (a scan driver started again by hand resumes at
+  once); a process is its pid *and* start time (``/proc``), so a reused pid keeps no dead holder alive.
+  So is a lease of this very process that it no longer holds (its release failed). A stale lease is
+  taken over by a write conditional on the ETag read: of two takers, exactly one wins.
+- **Fence**: :meth:`Lease.check`, called right before each commit and between stages, raises
+  :class:`LeaseLost` once another holder was seen, or once ``monotonic() - last successful renewal > 2/3 ·
+  ttl_s``. A renewal's time is taken *before* its write is sent, so ``LastModified`` is no earlier, and
+  a taker waits ``ttl_s`` after that: a frozen or cut-off holder stops committing ``ttl_s / 3`` before
+  anyone can take over, whatever the hosts' clocks say. The TTL must exceed ``--storage-retry-s``
+  (:func:`check_ttl`), or a renewal riding out an outage would find its lease taken over; a commit sent
+  just before the fence closes lands in time if ``ttl_s / 3`` also covers its retry window, as the
+  scan's default TTL does (:meth:`ood_audit.scan.config.ScanConfig.lease_ttl`).
+- **Release** deletes the lease only if still ours: re-read and compare the holder, then delete on that
+  ETag (S3 ``DeleteObject`` ``If-Match``: boto3 >= 1.35.67, honoured by SeaweedFS; a store ignoring it
+  still had the re-read just before). A run killed without releasing leaves a lease stale after ``ttl_s``.
 
-- **Acquire** writes it with a conditional write that fails when the object exists (S3 ``If-None-Match:
-  *``; locally a complete file linked into place). Of two starters, exactly one wins.
-- **Held** by another run: the second run stops with :class:`LeaseHeld` (its own exit status), naming the
-  holder and when the lease would become stale. It touches nothing else.
-- **Renew**: while it runs, the holder rewrites the lease every ``ttl_s / 3`` with a conditional write on
-  the ETag it last wrote (S3 ``If-Match``). A live holder's lease is therefore never older than a third of
-  its TTL.
-- **Stale** means both: not renewed for ``ttl_s`` (so its holder is dead, or hung beyond recovery), and,
-  when the holder ran on this host, its process is gone. With ``dead_holder_is_stale`` a holder on this
-  host whose process is gone is stale at once, whatever its age (a scan driver killed and started again by
-  hand resumes at once; from another host it waits for the TTL). So is a lease of this very process that
-  it no longer holds (its release failed, e.g. while storage was down). A stale lease is taken over by a conditional
-  write on the ETag that was read, so of two runs taking over, exactly one wins.
-- **Lost**: if a renewal finds another holder (this run was presumed dead, e.g. frozen past its TTL), the
-  run is told at its next stage boundary (:meth:`Lease.check`) and stops instead of racing the new holder.
-- **Release** deletes the lease if it is still ours; a run killed without releasing leaves a lease that
-  becomes stale after ``ttl_s``.
-
-Locally (a path, not ``s3://``) the compare-and-replace is guarded by an ``flock`` on a side file.
+Locally (a path, not ``s3://``) compare-and-replace and -delete are guarded by an ``flock`` on a side file.
 """
 from __future__ import annotations
 
@@ -34,17 +44,21 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
-from ood_audit.errors import EXIT_LEASE_HELD, OodAuditError
+from ood_audit.errors import EXIT_LEASE_HELD, ConfigError, OodAuditError
 from ood_audit.io.fs import S3Config
 from ood_audit.io.storage_errors import storage_error
 from ood_audit.io.uri import parse_uri
 
 log = logging.getLogger(__name__)
+
+FENCE_SHARE = 2.0 / 3.0  # a holder commits nothing once its last renewal is older than this share of the TTL
 
 
 class LeaseHeld(OodAuditError):
@@ -54,7 +68,10 @@ class LeaseHeld(OodAuditError):
 
 
 class LeaseLost(OodAuditError):
-    """This run's lease was taken over while it ran (it was presumed dead)."""
+    """This run's lease was taken over, or could not be renewed in time: it must commit nothing more. Its
+    status is the held lease's: another run has (or may now take) the work, and this one did its share."""
+
+    exit_code = EXIT_LEASE_HELD
 
 
 _LIVE: set[str] = set()  # tokens of the leases this process holds now
@@ -64,8 +81,17 @@ class _Conflict(Exception):
     """A conditional write lost its race."""
 
 
+def check_ttl(ttl_s: float, retry_s: float, *, ttl_name: str, retry_name: str = "--storage-retry-s") -> None:
+    """``ConfigError`` (one line naming both settings) unless the lease TTL is larger than the retry window."""
+    if not float(ttl_s) > float(retry_s):
+        raise ConfigError(f"{ttl_name} ({ttl_s:g} s) must be larger than {retry_name} ({retry_s:g} s): a renewal "
+                          f"that rides out an outage must not find its lease taken over")
+
+
 class Lease:
-    """The lease object at ``uri``. Use as a context manager: ``with Lease(uri, ttl_s, run=...):``."""
+    """The lease object at ``uri``. Use as a context manager: ``with Lease(uri, ttl_s, run=...):``.
+
+    ``now`` (the holder's wall clock) only stamps the informational times; tests inject a skewed one."""
 
     def __init__(self, uri: str, ttl_s: float, *, run: str = "", s3: S3Config | None = None,
                  now: Any = None, dead_holder_is_stale: bool = False) -> None:
@@ -77,27 +103,32 @@ class Lease:
         self._now = now or (lambda: datetime.now(timezone.utc))
         self._etag: str | None = None
         self._lost: str | None = None
+        self._renewed = time.monotonic()  # monotonic time the last successful write of the lease was sent
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- acquire / release ----------------------------------------------------------------------------
 
     def acquire(self) -> Lease:
+        self.store.probe()
         doc = self._doc(acquired=self._now())
+        sent = time.monotonic()
         try:
             self._etag = self.store.create(doc)
         except _Conflict:
-            current, etag = self.store.read()
+            current, etag, age = self.store.read()
             if current is None:  # released between our write and our read: try once more
                 return self.acquire()
-            why = self._stale(current)
+            why = self._stale(current, age)
             if why is None:
-                raise LeaseHeld(self._held_message(current)) from None
+                raise LeaseHeld(self._held_message(current, age)) from None
+            sent = time.monotonic()
             try:
                 self._etag = self.store.replace(doc, etag)
             except _Conflict:
                 raise LeaseHeld(f"lease {self.uri} was just taken over by another run; not starting") from None
             log.warning("took over a stale lease of run %s on %s (%s)", current.get("run"), current.get("host"), why)
+        self._renewed = sent
         _LIVE.add(self.token)
         self._thread = threading.Thread(target=self._renew_loop, name="lease-renew", daemon=True)
         self._thread.start()
@@ -108,14 +139,24 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        current, etag = self.store.read()
+        current, etag, _ = self.store.read()
         if current is not None and current.get("holder") == self.token:
-            self.store.delete(etag)
+            try:
+                self.store.delete(etag)  # only that version: a taker's lease written since stays
+            except _Conflict:
+                log.warning("lease %s changed just before its release; left to its new holder", self.uri)
 
     def check(self) -> None:
-        """Raise :class:`LeaseLost` if another run took the lease over (call between stages)."""
+        """The fence: raise :class:`LeaseLost` if another run took the lease over, or if the last successful
+        renewal is older than 2/3 of the TTL (call right before each commit and between stages)."""
         if self._lost:
             raise LeaseLost(self._lost)
+        since = time.monotonic() - self._renewed
+        if since > FENCE_SHARE * self.ttl_s:
+            raise LeaseLost(f"lease {self.uri} not renewed for {since:.1f} s (more than 2/3 of its ttl "
+                            f"{self.ttl_s:g} s): another run may take it over, so this run commits nothing more")
+
+    fence = check
 
     def __enter__(self) -> Lease:
         return self.acquire()
@@ -127,7 +168,8 @@ class Lease:
 
     def renew(self) -> None:
         """Rewrite the lease with a fresh ``renewed_at``, only if it is still ours."""
-        current, etag = self.store.read()
+        sent = time.monotonic()  # before the read: the write that follows is no earlier than this
+        current, etag, _ = self.store.read()
         if current is None or current.get("holder") != self.token:
             holder = "nobody" if current is None else f"run {current.get('run')} on {current.get('host')}"
             self._lost = f"lease {self.uri} now belongs to {holder}; this run stopped to avoid racing it"
@@ -135,10 +177,12 @@ class Lease:
             log.error(self._lost)
             return
         try:
-            self._etag = self.store.replace(self._doc(acquired=_parse(current["acquired_at"])), etag)
+            self._etag = self.store.replace(self._doc(acquired=current.get("acquired_at")), etag)
         except _Conflict:
             self._lost = f"lease {self.uri} changed while renewing; this run stopped to avoid racing another"
             self._stop.set()
+            return
+        self._renewed = sent
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(max(self.ttl_s / 3.0, 0.05)):
@@ -149,107 +193,147 @@ class Lease:
 
     # -- helpers ---------------------------------------------------------------------------------------
 
-    def _doc(self, *, acquired: datetime) -> dict[str, Any]:
-        return {"holder": self.token, "host": socket.gethostname(), "pid": os.getpid(), "run": self.run,
-                "acquired_at": acquired.isoformat(), "renewed_at": self._now().isoformat(), "ttl_s": self.ttl_s}
+    def _doc(self, *, acquired: Any) -> dict[str, Any]:
+        acquired = acquired.isoformat() if isinstance(acquired, datetime) else acquired
+        return {"holder": self.token, "host": socket.gethostname(), "pid": os.getpid(),
+                "pid_start": process_start(os.getpid()), "run": self.run, "acquired_at": acquired,
+                "renewed_at": self._now().isoformat(), "ttl_s": self.ttl_s}
 
-    def _stale(self, doc: dict[str, Any]) -> str | None:
-        """Why ``doc`` is stale, or None while its holder may be alive."""
+    def _stale(self, doc: dict[str, Any], age: float) -> str | None:
+        """Why ``doc`` (``age`` seconds old on the store's clock) is stale, or None while its holder may live."""
         try:
-            renewed, ttl = _parse(doc["renewed_at"]), float(doc["ttl_s"])
+            ttl = float(doc["ttl_s"])
         except (KeyError, TypeError, ValueError):
             return "its content is unreadable"
-        age = (self._now() - renewed).total_seconds()
         same_host = doc.get("host") == socket.gethostname()
-        if self.dead_holder_is_stale and same_host and not _pid_alive(doc.get("pid")):
+        if self.dead_holder_is_stale and same_host and not holder_alive(doc):
             return f"its process {doc.get('pid')} on this host is gone"
         if self.dead_holder_is_stale and same_host and doc.get("pid") == os.getpid() and doc.get("holder") not in _LIVE:
             return "its holder in this process has ended (it could not be released)"
         if age <= ttl:
             return None
-        if same_host and _pid_alive(doc.get("pid")):
-            return None  # same host, process still there: hung, not dead; a person must decide
-        return f"not renewed for {age:.0f} s > ttl {ttl:.0f} s"
+        return f"not renewed for {age:.0f} s > ttl {ttl:g} s (store clock)"
 
-    def _held_message(self, doc: dict[str, Any]) -> str:
+    def _held_message(self, doc: dict[str, Any], age: float) -> str:
         try:
-            stale_at = _parse(doc["renewed_at"]) + timedelta(seconds=float(doc["ttl_s"]))
-            when = f"; it becomes stale at {stale_at.isoformat(timespec='seconds')} if not renewed"
+            when = f"; it becomes stale in {max(float(doc['ttl_s']) - age, 0):.0f} s if not renewed"
         except (KeyError, TypeError, ValueError):
             when = ""
         return (f"another run holds the lease {self.uri} (run {doc.get('run')!r} on {doc.get('host')} pid "
                 f"{doc.get('pid')}, since {doc.get('acquired_at')}){when}; not starting")
 
 
-def _parse(text: str) -> datetime:
-    return datetime.fromisoformat(text)
+def process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` (clock ticks after boot, ``/proc/<pid>/stat`` field 22), or None
+    where there is no ``/proc``. With the pid it names one process: a pid is reused, the pair is not."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as fh:
+            stat = fh.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[19])  # fields after "(comm)" start at field 3
+    except (OSError, ValueError, IndexError):
+        return None
 
 
-def _pid_alive(pid: Any) -> bool:
+def holder_alive(doc: dict[str, Any]) -> bool:
+    """Whether the process named by the lease ``doc`` (pid and start time) still runs on this host."""
+    pid = doc.get("pid")
     try:
         os.kill(int(pid), 0)
     except (ProcessLookupError, TypeError, ValueError):
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    recorded = doc.get("pid_start")
+    return recorded is None or process_start(int(pid)) in (None, recorded)
 
 
 def _encode(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, sort_keys=True) + "\n").encode("utf-8")
 
 
+def _decode(data: bytes) -> dict[str, Any]:
+    """The lease document; ``{}`` (stale as unreadable) for anything else."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+_PROBED: set[tuple[str, str]] = set()  # (endpoint, bucket) that refused a second put-if-absent
+_PROBE_LOCK = threading.Lock()
+
+
 class _S3Store:
-    """Conditional writes with boto3 (``If-None-Match`` / ``If-Match`` on PutObject). The client's retries
-    keep the storage budget; a failure of the store is a :class:`~ood_audit.errors.StorageError`."""
+    """Conditional writes with boto3 (``If-None-Match`` / ``If-Match`` on PutObject and DeleteObject). The
+    client's retries keep the storage budget; a failure of the store is a :class:`~ood_audit.errors.StorageError`."""
 
     def __init__(self, uri: str, s3: S3Config | None) -> None:
         p = parse_uri(uri)
         self.uri, self.s3 = uri, s3
         self.bucket, self.key = p.bucket, p.key
+        self.endpoint = (s3 or S3Config.from_env()).endpoint_url or "aws"
         self.client = (s3 or S3Config.from_env()).client()
 
+    def probe(self) -> None:
+        """Once per endpoint and bucket: a second put-if-absent of one key must be refused (412), else
+        ``ConfigError``. The probe key sits beside the lease (same permissions) and is deleted."""
+        with _PROBE_LOCK:
+            if (self.endpoint, self.bucket) in _PROBED:
+                return
+            key = f"{self.key}.probe-{secrets.token_hex(4)}"
+            try:
+                self._put_key(key, b"probe\n", IfNoneMatch="*")
+                try:
+                    self._put_key(key, b"probe again\n", IfNoneMatch="*")
+                except _Conflict:
+                    _PROBED.add((self.endpoint, self.bucket))
+                    return
+            finally:
+                with self._storage_failures():
+                    self.client.delete_object(Bucket=self.bucket, Key=key)
+        raise ConfigError(f"object storage {self.endpoint} bucket {self.bucket} accepted a second put-if-absent "
+                          f"(If-None-Match: *) of {key}: it does not honour conditional writes, so a lease "
+                          f"cannot keep two runs apart; not starting")
+
     def create(self, doc: dict[str, Any]) -> str:
-        return self._put(doc, IfNoneMatch="*")
+        return self._put_key(self.key, _encode(doc), IfNoneMatch="*")
 
     def replace(self, doc: dict[str, Any], etag: str | None) -> str:
-        return self._put(doc, IfMatch=etag or '"none"')
+        return self._put_key(self.key, _encode(doc), IfMatch=etag or '"none"')
 
-    def read(self) -> tuple[dict[str, Any] | None, str | None]:
+    def read(self) -> tuple[dict[str, Any] | None, str | None, float]:
+        """The lease, its ETag, and its age on the store's clock (the answer's ``Date`` - ``LastModified``)."""
         with self._storage_failures():
             try:
                 r = self.client.get_object(Bucket=self.bucket, Key=self.key)
             except self.client.exceptions.NoSuchKey:
-                return None, None
+                return None, None, 0.0
             body = r["Body"].read()
-        try:
-            return json.loads(body), r["ETag"]
-        except ValueError:
-            return {}, r["ETag"]
+        date = r.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")  # S3 always sends one
+        now = parsedate_to_datetime(date) if date else datetime.now(timezone.utc)
+        age = (now - r["LastModified"]).total_seconds()
+        return _decode(body), r["ETag"], age
 
     def delete(self, etag: str | None) -> None:
         with self._storage_failures():
-            self.client.delete_object(Bucket=self.bucket, Key=self.key)
+            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=etag or '"none"')
 
-    def _put(self, doc: dict[str, Any], **condition: str) -> str:
-        from botocore.exceptions import ClientError
-
+    def _put_key(self, key: str, body: bytes, **condition: str) -> str:
         with self._storage_failures():
-            try:
-                return self.client.put_object(Bucket=self.bucket, Key=self.key, Body=_encode(doc),
-                                              **condition)["ETag"]
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
-                    raise _Conflict() from None
-                raise
+            return self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **condition)["ETag"]
 
     @contextmanager
     def _storage_failures(self) -> Iterator[None]:
+        """A refused condition (412, or 409 for a concurrent one) is :class:`_Conflict`; other failures of the
+        store are a ``StorageError``."""
         try:
             yield
-        except _Conflict:
-            raise
         except Exception as exc:  # noqa: BLE001 - only failures of the store are translated
+            resp = getattr(exc, "response", None)  # botocore's ClientError
+            code = resp.get("Error", {}).get("Code") if isinstance(resp, dict) else None
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise _Conflict() from None
             err = storage_error(exc, s3=self.s3, uri=self.uri)
             if err is None:
                 raise
@@ -261,6 +345,9 @@ class _LocalStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
+
+    def probe(self) -> None:
+        """Nothing to probe: ``link()`` refuses an existing name on every POSIX file system."""
 
     def create(self, doc: dict[str, Any]) -> str:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -280,39 +367,50 @@ class _LocalStore:
         return _digest(data)
 
     def replace(self, doc: dict[str, Any], etag: str | None) -> str:
-        import fcntl
-
         data = _encode(doc)
-        with open(self.path + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                _, current = self.read()
-                if current != etag:
-                    raise _Conflict()
-                tmp = f"{self.path}.{secrets.token_hex(4)}.tmp"
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, self.path)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with self._locked():
+            if self.read()[1] != etag:
+                raise _Conflict()
+            tmp = f"{self.path}.{secrets.token_hex(4)}.tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, self.path)
         return _digest(data)
 
-    def read(self) -> tuple[dict[str, Any] | None, str | None]:
+    def read(self) -> tuple[dict[str, Any] | None, str | None, float]:
+        """The lease, its digest, and its age on the file system's clock: the mtime of the lock file,
+        touched now (set by the file server on NFS), minus the lease file's."""
         try:
             with open(self.path, "rb") as fh:
                 data = fh.read()
+                mtime = os.fstat(fh.fileno()).st_mtime
         except FileNotFoundError:
-            return None, None
-        try:
-            return json.loads(data), _digest(data)
-        except ValueError:
-            return {}, _digest(data)
+            return None, None, 0.0
+        with open(self.path + ".lock", "a") as lock:
+            os.utime(lock.fileno())
+            age = os.fstat(lock.fileno()).st_mtime - mtime
+        return _decode(data), _digest(data), age
 
     def delete(self, etag: str | None) -> None:
-        try:
-            os.remove(self.path)
-        except FileNotFoundError:
-            pass
+        with self._locked():
+            if self.read()[1] != etag:
+                raise _Conflict()
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with open(self.path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _digest(data: bytes) -> str:

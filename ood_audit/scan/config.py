@@ -6,12 +6,14 @@ from typing import Any
 
 from ood_audit.errors import ConfigError
 from ood_audit.io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from ood_audit.io.fs import S3Config
+from ood_audit.io.fs import DEFAULT_RETRY_S, S3Config
+from ood_audit.io.lease import check_ttl
 from ood_audit.store.run_ledger import check_run_id
 
 # the settings recorded in the run summary's ``config``: those that shape the rows and the run's speed
 REPORTED_CONFIG = ("max_pixels", "max_bytes", "batch_size", "workers", "device", "knn_backend", "chunk_size",
                    "slice_rows", "read_threads", "rows_per_file", "max_attempts")
+MIN_LEASE_TTL_S = 300.0  # the default scan lease TTL when three times --storage-retry-s is shorter
 
 
 @dataclass
@@ -40,7 +42,7 @@ class ScanConfig:
     write_cpus: float = 0.25
     torch_threads: int | None = None
     progress_bars: bool = False
-    lease_ttl_s: float = 60.0       # the run's lease (one driver per run id); renewed every third of it
+    lease_ttl_s: float | None = None  # the run's lease (one driver per run id); None: :meth:`lease_ttl`
     s3: S3Config | None = None
 
     def validate(self, *, need_source: bool = True) -> None:
@@ -58,6 +60,19 @@ class ScanConfig:
             raise ConfigError(f"--device {self.device!r}: choose auto, cpu, cuda or cuda:N")
         if self.run_id is not None:
             check_run_id(self.run_id)
+        self.lease_ttl()
+
+    def lease_ttl(self) -> float:
+        """The run lease's TTL: the one set, which must exceed ``--storage-retry-s`` (one-line ``ConfigError``
+        otherwise), or by default three times the retry window and at least :data:`MIN_LEASE_TTL_S`: a
+        renewal riding out a whole outage never finds its lease taken over, and a chunk marker sent just
+        before the fence closes (2/3 of the TTL) has its whole retry window to land before anyone may take
+        over (:mod:`ood_audit.io.lease`)."""
+        retry = self.s3.retry_s if self.s3 is not None else DEFAULT_RETRY_S
+        if self.lease_ttl_s is None:
+            return max(MIN_LEASE_TTL_S, 3.0 * retry)
+        check_ttl(self.lease_ttl_s, retry, ttl_name="the scan's lease TTL (lease_ttl_s)")
+        return float(self.lease_ttl_s)
 
     def reported(self) -> dict[str, Any]:
         """The settings the run summary records (:data:`REPORTED_CONFIG`)."""

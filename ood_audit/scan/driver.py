@@ -53,7 +53,9 @@ When storage itself fails (``ood_audit.errors.StorageError``):
   the rest exactly once, as after any failed pass.
 - *Two drivers on one run id* would race on the ledger: a lease (:mod:`ood_audit.io.lease`) at
   ``runs/<run_id>/lease.json`` lets only one run; the second stops with ``LeaseHeld`` (exit 75). A lease
-  whose holder is dead (its process gone on this host, or not renewed for its TTL) is taken over.
+  whose holder is dead (its process gone on this host, or not renewed for its TTL) is taken over. The
+  ledger calls the lease's fence before each commit marker, so a driver frozen or cut off past 2/3 of the
+  TTL commits nothing more.
 
 Ray Data's own checkpointing (``DataContext.checkpoint_config``, beta in 2.60) was not used: it filters
 rows only at ``read_*`` datasources by an id column whose values it loads into memory and broadcasts to
@@ -170,8 +172,9 @@ def run_scan(cfg: ScanConfig, *, listing: Iterable[pa.Table] | None = None,
         raise ConfigError(f"--bundle {bundle.uri}: its preprocess has no fixed size; calibrate it again")
 
     layout = RunLayout(cfg.output, run_id)
-    lease = Lease(layout.file(LEASE_NAME), cfg.lease_ttl_s, run=run_id, s3=cfg.s3, dead_holder_is_stale=True)
-    ctx = ScanContext(cfg=cfg, s3=s3, layout=layout, ledger=RunLedger(layout, cfg.s3), lease=lease, bundle=bundle,
+    lease = Lease(layout.file(LEASE_NAME), cfg.lease_ttl(), run=run_id, s3=cfg.s3, dead_holder_is_stale=True)
+    ledger = RunLedger(layout, cfg.s3, fence=lease.check)  # each commit marker is written only while we hold it
+    ctx = ScanContext(cfg=cfg, s3=s3, layout=layout, ledger=ledger, lease=lease, bundle=bundle,
                       preprocess=pre, quality=quality_config(bundle), inputs=inputs, started_at=started_at,
                       phases=phases)
     try:
@@ -339,8 +342,7 @@ def _consume(ctx: ScanContext, ds: Any, tracker: ChunkTracker, ex: PassStats) ->
             ex.scored.append((feed.scanned_max, feed.rows))
             marker = tracker.add(feed)
             if marker is not None:
-                ctx.lease.check()  # taken over (this driver was presumed dead): commit nothing more
-                ctx.ledger.commit(marker)
+                ctx.ledger.commit(marker)  # fenced: raises LeaseLost once this driver may have been taken over
                 markers[marker.chunk] = marker
                 ex.committed += 1
         now = time.perf_counter()

@@ -106,8 +106,10 @@ class Plan:
 class RunLedger:
     """Reads and writes one run's state (see the module docstring)."""
 
-    def __init__(self, layout: RunLayout, s3: S3Config | None = None) -> None:
+    def __init__(self, layout: RunLayout, s3: S3Config | None = None,
+                 fence: Callable[[], None] | None = None) -> None:
         self.layout, self.s3 = layout, s3
+        self.fence = fence  # the run lease's fence (Lease.check): raises instead of a commit by a lost holder
 
     # -- run.json ---------------------------------------------------------------------------------------
 
@@ -189,6 +191,8 @@ class RunLedger:
         return {m.chunk: m for m in markers}
 
     def commit(self, marker: ChunkMarker) -> None:
+        if self.fence is not None:
+            self.fence()
         self._write_json(self.layout.marker(marker.chunk), marker.to_json())
 
     # -- part files ---------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def test_second_run_is_refused_while_the_first_is_alive(root):
 def test_concurrent_starters_exactly_one_wins(root, stale):
     output, s3 = root
     if stale:
-        _plant(output, s3, age_s=120, pid=_dead_pid())
+        _plant(output, s3, age_s=120, pid=_dead_pid(), on_store=True)
     results = []
 
     def start(i):
@@ -63,18 +63,28 @@ def _dead_pid() -> int:
     return p.pid
 
 
-def _plant(output, s3, *, age_s, pid, host=None):
+def _plant(output, s3, *, age_s, pid, host=None, on_store=False):
+    """A lease last renewed ``age_s`` ago by its holder's clock; with ``on_store``, also that old on the
+    store's clock, which is the one staleness is judged by (locally the mtime; on S3, whose LastModified
+    cannot be set, the lease says ttl 1 s and the store's clock is let run past it)."""
+    import os
     import socket
 
     when = datetime.now(timezone.utc) - timedelta(seconds=age_s)
+    ttl = 1 if on_store and s3 is not None else 60
     doc = {"holder": "old", "host": host or socket.gethostname(), "pid": pid, "run": "crashed",
-           "acquired_at": when.isoformat(), "renewed_at": when.isoformat(), "ttl_s": 60}
+           "acquired_at": when.isoformat(), "renewed_at": when.isoformat(), "ttl_s": ttl}
     write_bytes(f"{output}/nightly/lease.json", json.dumps(doc).encode(), s3=s3)
+    if on_store and s3 is None:
+        past = time.time() - age_s
+        os.utime(f"{output}/nightly/lease.json", (past, past))
+    elif on_store:
+        time.sleep(2.05)  # Date - LastModified, both in whole seconds, is then at least 2 > ttl 1
 
 
 def test_stale_lease_of_a_dead_holder_is_taken_over(root):
     output, s3 = root
-    _plant(output, s3, age_s=120, pid=_dead_pid())
+    _plant(output, s3, age_s=120, pid=_dead_pid(), on_store=True)
     with Lease(nightly_lease_uri(output), 60, run="night-2", s3=s3):
         doc = json.loads(read_bytes(f"{output}/nightly/lease.json", s3=s3))
         assert doc["run"] == "night-2"

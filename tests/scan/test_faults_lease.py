@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -72,6 +73,8 @@ def test_stale_lease_from_another_host_is_taken_over_only_after_its_ttl(tmp_path
         doc = {"holder": "x", "host": "other-host", "pid": 1, "run": "r", "acquired_at": when.isoformat(),
                "renewed_at": when.isoformat(), "ttl_s": 60}
         Path(uri).write_text(json.dumps(doc))
+        past = time.time() - age_s  # staleness is judged on the store's clock: the file's mtime
+        os.utime(uri, (past, past))
 
     plant(10)
     with pytest.raises(LeaseHeld):

@@ -36,3 +36,18 @@ def real_scan(s3_server: EmbeddedS3, s3_client: Any, shared_ray: Any) -> Iterato
         yield make_real_scan(s3_server.s3_config(), s3_client, bucket)
     finally:
         delete_bucket(s3_client, bucket)
+
+
+# Under pytest-xdist (``-n 2 --dist loadgroup``, the README's test command) each module's tests run in one
+# worker, so its module-scoped fixtures are built once; and the tests that share one of the expensive session
+# fixtures run in one worker too, so each is built once: the quick demo; the two-night real scan and the
+# Label Studio server (the nightly tests use both).
+XDIST_GROUPS = (("quick-demo", {"quick_demo"}), ("triage", {"real_scan", "label_studio"}))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        group = next((g for g, fixtures in XDIST_GROUPS if names & fixtures), item.nodeid.split("::")[0])
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -50,7 +50,15 @@ def _install_chromium() -> str:
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Path of a system Chromium binary (installed with apt-get on first use when missing)."""
-    return _find_chromium() or _install_chromium()
+    import fcntl
+    import tempfile
+
+    path = _find_chromium()
+    if path:
+        return path
+    with open(Path(tempfile.gettempdir()) / "ood-audit-tests-chromium.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time (parallel test workers share apt's lock)
+        return _find_chromium() or _install_chromium()
 
 
 @pytest.fixture(scope="session")

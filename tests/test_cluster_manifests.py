@@ -463,8 +463,11 @@ def test_iam_policy_is_least_privilege(path):
     doc = json.loads(path.read_text())
     assert set(doc) == {"Version", "Statement"} and doc["Version"] == "2012-10-17"
     for st in doc["Statement"]:
-        assert {"Effect", "Action", "Resource"} <= st.keys() and st["Effect"] == "Allow", st
+        assert {"Effect", "Action", "Resource"} <= st.keys() and st["Effect"] in ("Allow", "Deny"), st
         actions, resources = _list(st["Action"]), _list(st["Resource"])
+        if st["Effect"] == "Deny":  # only the bundle guard: a put under bundles/ without If-None-Match
+            assert st == NEVER_OVERWRITE_A_BUNDLE | {"Sid": st.get("Sid")}, st
+            continue
         assert not [a for a in actions if "*" in a] and "*" not in resources, st
         assert all(a.split(":")[0] in ("s3", "sqs") for a in actions)
         for r in resources:
@@ -475,6 +478,19 @@ def test_iam_policy_is_least_privilege(path):
             assert actions == ["s3:ListBucket"] and st["Condition"]["StringLike"]["s3:prefix"], st
 
 
+NEVER_OVERWRITE_A_BUNDLE = {"Effect": "Deny", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::my-audit/bundles/*",
+                            "Condition": {"Null": {"s3:if-none-match": "true"}}}
+
+
+def test_bundles_can_only_be_created_never_overwritten():
+    """Item 6: whoever may write bundles may only create them (a PUT with If-None-Match, as write_bundle
+    sends), so a pinned bundles/<id>/ cannot be replaced by another bundle's files."""
+    for path in POLICIES:
+        if allows(path.name, "s3:PutObject", "s3://my-audit/bundles/0123/model.safetensors"):
+            statements = json.loads(path.read_text())["Statement"]
+            assert any(st == NEVER_OVERWRITE_A_BUNDLE | {"Sid": st.get("Sid")} for st in statements), path.name
+
+
 def _list(v: Any) -> list:
     return v if isinstance(v, list) else [v]
 
@@ -482,7 +498,7 @@ def _list(v: Any) -> list:
 def allows(policy: str, action: str, uri: str) -> bool:
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     for st in json.loads((CLUSTER / policy).read_text())["Statement"]:
-        if action in _list(st["Action"]):
+        if st["Effect"] == "Allow" and action in _list(st["Action"]):
             if action == "s3:ListBucket":
                 prefixes = st["Condition"]["StringLike"]["s3:prefix"]
                 on_bucket = f"arn:aws:s3:::{bucket}" in _list(st["Resource"])

@@ -50,3 +50,21 @@ def test_scoring_actor_refuses_a_bundle_other_than_the_scans(tmp_path):
     with pytest.raises(BundleError) as err:
         ScoreActor(str(pinned), "run", bundle_id=pinned.name, device="cpu")
     assert foreign.name not in str(err.value)
+
+
+@pytest.mark.s3
+def test_s3_bundle_objects_are_never_overwritten(s3_config, s3_bucket, s3_client):
+    """On S3 each bundle object is put with If-None-Match: an object already at a bundle's key with other
+    content (a half-copied foreign bundle) is refused in one line, not replaced."""
+    meta, tensors = sample(0)
+    root = f"s3://{s3_bucket}/pin"
+    uri = write_bundle(root, meta, tensors=tensors, s3=s3_config)
+    key = uri[len(f"s3://{s3_bucket}/"):]
+    assert write_bundle(root, meta, tensors=tensors, s3=s3_config) == uri  # same content: nothing written
+    s3_client.delete_object(Bucket=s3_bucket, Key=f"{key}/bundle.json")
+    s3_client.put_object(Bucket=s3_bucket, Key=f"{key}/model.safetensors", Body=b"someone else's")
+    with pytest.raises(BundleError) as err:
+        write_bundle(root, meta, tensors=tensors, s3=s3_config)
+    assert "model.safetensors already exists" in str(err.value) and "\n" not in str(err.value)
+    body = s3_client.get_object(Bucket=s3_bucket, Key=f"{key}/model.safetensors")["Body"].read()
+    assert body == b"someone else's"

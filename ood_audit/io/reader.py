@@ -22,7 +22,6 @@ credential until it expires.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import re
 import urllib.request
@@ -131,19 +130,6 @@ def _get_s3(parsed: ParsedUri, s3: S3Config, max_bytes: int) -> tuple[bytes | No
         if resp.length_remaining or (resp.length_remaining is None and not resp.isclosed()):
             resp.close()  # body left unread (refused, cut short): drop the connection rather than drain it
         resp.release_conn()
-
-
-class _RedactSignedUrls(logging.Filter):
-    """urllib3 logs each retry with the request's URL: keep the path, drop the signed query string."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "?" in str(record.msg) or any("?" in str(a) for a in (record.args or ())):
-            record.msg, record.args = _SIGNED_QUERY.sub(r"\1?<signed>", record.getMessage()), None
-        return True
-
-
-_SIGNED_QUERY = re.compile(r"(/[^\s?'\"]*)\?[^\s'\"]*(?:Signature|X-Amz-)[^\s'\"]*")
-logging.getLogger("urllib3.connectionpool").addFilter(_RedactSignedUrls())
 
 
 def _error_code(body: bytes) -> str | None:

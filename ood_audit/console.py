@@ -36,7 +36,8 @@ _BARE = re.compile(rf"(?i)((?:{_SECRET_NAMES})\s*[:=]\s*)(?!['\"]|{MASK})"
 _SIGV4 = re.compile(r"(?i)\b(Signature|Credential)=(?!" + MASK + r")[^\s&'\",;}]+")
 # Environment variables whose values are secrets: the AWS keys and every token the config may name
 # (``token_env``: ``*_TOKEN``, ``*_API_KEY``; nightly.config).
-_SECRET_ENV = re.compile(r"^(AWS_SECRET_ACCESS_KEY|AWS_SESSION_TOKEN|AWS_SECURITY_TOKEN|[A-Z0-9_]*_TOKEN|[A-Z0-9_]*_API_KEY)$")
+_SECRET_ENV = re.compile(r"^(AWS_SECRET_ACCESS_KEY|AWS_SESSION_TOKEN|AWS_SECURITY_TOKEN"
+                         r"|[A-Z0-9_]*_TOKEN|[A-Z0-9_]*_API_KEY)$")
 _MIN_SECRET = 8  # shorter values would mask ordinary words
 
 

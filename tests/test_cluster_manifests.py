@@ -206,7 +206,8 @@ NETWORK_POLICY_SPEC = obj("podSelector", podSelector=obj(matchLabels=STRINGS, ma
                                                               endPort=int)))),
                           egress=ANY)
 
-SPECS = {("networking.k8s.io/v1", "NetworkPolicy"): NETWORK_POLICY_SPEC,("ray.io/v1", "RayCluster"): RAY_CLUSTER_SPEC, ("ray.io/v1", "RayJob"): RAY_JOB_SPEC,
+SPECS = {("networking.k8s.io/v1", "NetworkPolicy"): NETWORK_POLICY_SPEC,
+         ("ray.io/v1", "RayCluster"): RAY_CLUSTER_SPEC, ("ray.io/v1", "RayJob"): RAY_JOB_SPEC,
          ("ray.io/v1", "RayCronJob"): RAY_CRON_JOB_SPEC, ("batch/v1", "CronJob"): CRONJOB_SPEC}
 TOP = {("v1", "ConfigMap"): obj("apiVersion kind metadata data", apiVersion=str, kind=str, metadata=META,
                                 data=STRINGS, immutable=bool),

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from ood_audit.console import MASK, redact_root_handlers
+from ood_audit.cli import main
+from ood_audit.console import MASK, RedactSecrets, redact_root_handlers
 from ood_audit.errors import StorageError
 from ood_audit.io.fs import S3Config
 from ood_audit.io.reader import read_object
@@ -78,3 +79,13 @@ def test_label_studio_token_never_logged(verbose_log, label_studio, tmp_path, mo
     text = verbose_log.read_text()
     assert label_studio.url.split("//")[1] in text or "/api/" in text  # the HTTP calls were logged
     assert label_studio.token not in text and MASK in text
+
+
+def test_the_cli_filters_every_root_handler(tmp_path, capsys):
+    """``ood-audit -v`` (any command) leaves the redaction filter on every handler of the root logger."""
+    for h in logging.getLogger().handlers:  # as a fresh process: none yet (an earlier test may have put them)
+        for f in [f for f in h.filters if isinstance(f, RedactSecrets)]:
+            h.removeFilter(f)
+    assert main(["-v", "bundle", "show", str(tmp_path / "no-bundle")]) == 2
+    handlers = logging.getLogger().handlers
+    assert handlers and all(any(isinstance(f, RedactSecrets) for f in h.filters) for h in handlers)

@@ -8,15 +8,72 @@ workers write stays in the session's log folder, whose path is printed once. The
 from inside Ray workers (training progress) reach the driver through a small Ray queue instead
 (:class:`LogRelay` on the driver, :func:`relay_logs_to_driver` in the worker) and are printed there like
 the driver's own lines.
+
+No secret reaches a log, at any level (:class:`RedactSecrets`): one filter on every handler of the root
+logger masks what botocore's DEBUG lines (request headers), urllib3's retry lines (presigned URLs) and any
+other record could carry.
 """
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 from typing import Any
 
 log = logging.getLogger(__name__)
 PRODUCT_LOGGER = "ood_audit"
+
+
+MASK = "<redacted>"
+_SECRET_NAMES = r"authorization|x-amz-security-token|x-amz-credential|x-amz-signature|awsaccesskeyid"
+# A header or query parameter with its value quoted (botocore prints headers as a dict of bytes).
+_QUOTED = re.compile(rf"(?i)((?:{_SECRET_NAMES})['\"]?\s*[:=]\s*b?)(['\"])(.*?)\2")
+# The same unquoted (a URL's query, a raw header line): the value runs to the next separator.
+_BARE = re.compile(rf"(?i)((?:{_SECRET_NAMES})\s*[:=]\s*)(?!['\"]|{MASK})"
+                   r"(?:(?:Bearer|Token|Basic|AWS4-HMAC-SHA256)\s+)?[^\s&'\",;}]+")
+# SigV4 parts wherever they appear (an Authorization value split across a line).
+_SIGV4 = re.compile(r"(?i)\b(Signature|Credential)=(?!" + MASK + r")[^\s&'\",;}]+")
+# Environment variables whose values are secrets: the AWS keys and every token the config may name
+# (``token_env``: ``*_TOKEN``, ``*_API_KEY``; nightly.config).
+_SECRET_ENV = re.compile(r"^(AWS_SECRET_ACCESS_KEY|AWS_SESSION_TOKEN|AWS_SECURITY_TOKEN"
+                         r"|[A-Z0-9_]*_TOKEN|[A-Z0-9_]*_API_KEY)$")
+_MIN_SECRET = 8  # shorter values would mask ordinary words
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential masked: signed-URL parameters, ``Authorization`` and session-token
+    headers, and the value of every secret environment variable (``_SECRET_ENV``)."""
+    text = _QUOTED.sub(rf"\1\2{MASK}\2", text)
+    text = _BARE.sub(rf"\1{MASK}", text)
+    text = _SIGV4.sub(rf"\1={MASK}", text)
+    for name, value in os.environ.items():  # read per record: a token may be set after logging starts
+        if len(value) >= _MIN_SECRET and value in text and _SECRET_ENV.match(name):
+            text = text.replace(value, MASK)
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    """Masks secrets in a record's message and traceback (:func:`redact`) before any handler writes it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+def redact_root_handlers() -> None:
+    """Put :class:`RedactSecrets` on every handler of the root logger (once each). A handler filter sees the
+    records every library's logger propagates to the root; a logger filter would see only its own."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+            handler.addFilter(RedactSecrets())
 
 
 class _QueueHandler(logging.Handler):

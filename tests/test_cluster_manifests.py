@@ -9,6 +9,10 @@ other and with this repo.
 - *The cluster-launcher config* is validated with the JSON schema Ray itself ships (ray-schema.json).
 - *The IAM policies* must be least privilege: no wildcard actions or resources, S3 listing only under
   prefixes, and they must allow exactly the prefixes the manifests read and write.
+- *Locked down* (issue 21, item 7): Ray token authentication from a Secret on every Ray container, a
+  NetworkPolicy that lets only the workers, the KubeRay operator and the submitter reach a head, a
+  restricted securityContext on every container with emptyDirs where Ray writes, no service-account token
+  where a pod does not call the API, and the image named once (kustomization.yaml).
 - *Cross-checks*: one image everywhere, and it is the one the Dockerfile builds; every `python jobs/X.py`
   exists, answers --help, and accepts the flags the manifests pass; the nightly ConfigMap holds a config
   the nightly job accepts; referenced ConfigMaps, service accounts and the head service exist.
@@ -21,6 +25,7 @@ import fnmatch
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -34,6 +39,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 LAUNCHER = CLUSTER / "cluster-launcher.yaml"
+KUSTOMIZE = (CLUSTER / "kustomization.yaml", CLUSTER / "kustomizeconfig.yaml")  # kustomize's, not Kubernetes'
+IMAGE_NAME = "ood-audit"  # what the manifests say; kustomization.yaml's images: entry turns it into IMAGE
+TOKEN_SECRET = {"name": "ood-audit-ray-token", "key": "auth_token"}
+RESTRICTED = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+              "seccompProfile": {"type": "RuntimeDefault"}, "readOnlyRootFilesystem": True}
+WRITABLE = {"/tmp", "/home/ray/.cache", "/dev/shm"}  # where Ray and its libraries write (the rest is read-only)
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 IMAGE = f"ghcr.io/example/ood-audit:{VERSION}"
 RAY_VERSION = "2.60.0"
@@ -115,6 +126,12 @@ STRINGS = MapOf(str)
 META = obj("name", name=str, namespace=str, labels=STRINGS, annotations=STRINGS)
 RESOURCES = obj(limits=MapOf("quantity"), requests=MapOf("quantity"), claims=ANY)
 REF = obj("name", name=str, optional=bool)
+SECURITY_CONTEXT = obj(runAsNonRoot=bool, runAsUser=int, runAsGroup=int, allowPrivilegeEscalation=bool,
+                       readOnlyRootFilesystem=bool, privileged=bool,
+                       capabilities=obj(drop=ListOf(str), add=ListOf(str)),
+                       seccompProfile=obj("type", type=OneOf(("RuntimeDefault", "Localhost", "Unconfined")),
+                                          localhostProfile=str),
+                       **{k: ANY for k in "appArmorProfile procMount seLinuxOptions windowsOptions".split()})
 CONTAINER = obj(
     "name", name=str, image=str, command=ListOf(str), args=ListOf(str), workingDir=str,
     env=ListOf(obj("name", name=str, value=str, valueFrom=ANY)),
@@ -124,9 +141,9 @@ CONTAINER = obj(
     resources=RESOURCES,
     volumeMounts=ListOf(obj("name mountPath", name=str, mountPath=str, readOnly=bool, subPath=str,
                             subPathExpr=str, mountPropagation=str, recursiveReadOnly=str)),
-    imagePullPolicy=OneOf(("Always", "IfNotPresent", "Never")),
+    imagePullPolicy=OneOf(("Always", "IfNotPresent", "Never")), securityContext=SECURITY_CONTEXT,
     **{k: ANY for k in ("lifecycle livenessProbe readinessProbe startupProbe resizePolicy restartPolicy "
-                        "securityContext stdin stdinOnce terminationMessagePath terminationMessagePolicy "
+                        "stdin stdinOnce terminationMessagePath terminationMessagePolicy "
                         "tty volumeDevices").split()})
 VOLUME = obj("name", open=True, name=str,
              configMap=obj("name", name=str, items=ANY, defaultMode=int, optional=bool),
@@ -165,10 +182,11 @@ WORKER_GROUP = obj("groupName minReplicas maxReplicas template", groupName=str, 
                    scaleStrategy=ANY, suspend=bool)
 AUTOSCALER = obj(upscalingMode=OneOf(("Default", "Aggressive", "Conservative")), idleTimeoutSeconds=int,
                  version=OneOf(("v1", "v2")), image=str, imagePullPolicy=str, resources=RESOURCES,
-                 env=ANY, envFrom=ANY, securityContext=ANY, volumeMounts=ANY)
+                 env=ANY, envFrom=ANY, securityContext=SECURITY_CONTEXT, volumeMounts=ANY)
 RAY_CLUSTER_SPEC = obj("headGroupSpec", headGroupSpec=HEAD_GROUP, workerGroupSpecs=ListOf(WORKER_GROUP),
                        rayVersion=str, enableInTreeAutoscaling=bool, autoscalerOptions=AUTOSCALER,
-                       headServiceAnnotations=STRINGS, suspend=bool, managedBy=str, authOptions=ANY,
+                       headServiceAnnotations=STRINGS, suspend=bool, managedBy=str,
+                       authOptions=obj(mode=OneOf(("disabled", "token")), secretName=str, enableK8sTokenAuth=bool),
                        gcsFaultToleranceOptions=ANY, upgradeStrategy=ANY)
 RAY_JOB_SPEC = obj(entrypoint=str, runtimeEnvYAML=str, rayClusterSpec=RAY_CLUSTER_SPEC,
                    shutdownAfterJobFinishes=bool, ttlSecondsAfterFinished=int, backoffLimit=int,
@@ -179,7 +197,17 @@ RAY_JOB_SPEC = obj(entrypoint=str, runtimeEnvYAML=str, rayClusterSpec=RAY_CLUSTE
                    submitterConfig=ANY, submitterPodTemplate=POD_TEMPLATE)
 RAY_CRON_JOB_SPEC = obj("schedule jobTemplate", schedule=str, jobTemplate=RAY_JOB_SPEC, suspend=bool)
 
-SPECS = {("ray.io/v1", "RayCluster"): RAY_CLUSTER_SPEC, ("ray.io/v1", "RayJob"): RAY_JOB_SPEC,
+PEER = obj(podSelector=obj(matchLabels=STRINGS, matchExpressions=ANY),
+           namespaceSelector=obj(matchLabels=STRINGS, matchExpressions=ANY), ipBlock=ANY)
+NETWORK_POLICY_SPEC = obj("podSelector", podSelector=obj(matchLabels=STRINGS, matchExpressions=ANY),
+                          policyTypes=ListOf(OneOf(("Ingress", "Egress"))),
+                          ingress=ListOf(obj(**{"from": ListOf(PEER)},
+                                             ports=ListOf(obj(protocol=OneOf(("TCP", "UDP", "SCTP")), port=int,
+                                                              endPort=int)))),
+                          egress=ANY)
+
+SPECS = {("networking.k8s.io/v1", "NetworkPolicy"): NETWORK_POLICY_SPEC,
+         ("ray.io/v1", "RayCluster"): RAY_CLUSTER_SPEC, ("ray.io/v1", "RayJob"): RAY_JOB_SPEC,
          ("ray.io/v1", "RayCronJob"): RAY_CRON_JOB_SPEC, ("batch/v1", "CronJob"): CRONJOB_SPEC}
 TOP = {("v1", "ConfigMap"): obj("apiVersion kind metadata data", apiVersion=str, kind=str, metadata=META,
                                 data=STRINGS, immutable=bool),
@@ -209,7 +237,7 @@ def load_yaml(text: str) -> list:
 def _manifests() -> list[tuple[str, dict]]:
     out = []
     for path in sorted(CLUSTER.glob("*.yaml")):
-        if path != LAUNCHER:
+        if path != LAUNCHER and path not in KUSTOMIZE:
             docs = load_yaml(path.read_text())
             out += [(f"{path.name}#{i}" if len(docs) > 1 else path.name, d) for i, d in enumerate(docs)]
     return out
@@ -229,6 +257,10 @@ def ray_cluster_specs() -> Iterator[tuple[str, dict]]:
         yield d["metadata"]["name"], d["spec"]["rayClusterSpec"]
     for d in of_kind("RayCronJob"):
         yield d["metadata"]["name"], d["spec"]["jobTemplate"]["rayClusterSpec"]
+
+
+def kuberay_docs() -> list[dict]:
+    return of_kind("RayCluster") + of_kind("RayJob") + of_kind("RayCronJob")
 
 
 def pod_specs() -> Iterator[dict]:
@@ -348,12 +380,40 @@ def _assert_config_mounted(config_path: str, head_pod: dict) -> None:
 # ---- one image, entrypoints that exist -------------------------------------------------------------------
 
 def test_every_image_is_the_one_the_dockerfile_builds():
-    images = {c["image"] for pod in pod_specs() for c in pod["containers"]}
-    images.add(load_yaml(LAUNCHER.read_text())[0]["docker"]["image"])
-    assert images == {IMAGE}
+    """The image is named once, in kustomization.yaml; every manifest says ``ood-audit`` and kustomize's
+    image paths reach every container (kustomizeconfig.yaml for the KubeRay kinds)."""
+    kustomization = load_yaml(KUSTOMIZE[0].read_text())[0]
+    (entry,) = kustomization["images"]
+    assert entry["name"] == IMAGE_NAME and f"{entry['newName']}:{entry['newTag']}" == IMAGE
+    assert sorted(kustomization["resources"]) == sorted({w.split("#")[0] for w, _ in MANIFESTS})
+    assert {c["image"] for pod in pod_specs() for c in pod["containers"]} == {IMAGE_NAME}
+    assert load_yaml(LAUNCHER.read_text())[0]["docker"]["image"] == IMAGE  # not Kubernetes: named in full
+    reached = 0
+    for spec in load_yaml(KUSTOMIZE[1].read_text())[0]["images"]:
+        for doc in of_kind(spec["kind"]):
+            reached += sum(1 for image in _at(doc, spec["path"].split("/")) if image == IMAGE_NAME)
+    in_kuberay = sum(len(g["template"]["spec"]["containers"]) for _, c in ray_cluster_specs()
+                     for g in [c["headGroupSpec"], *c.get("workerGroupSpecs", [])])
+    assert reached == in_kuberay, "kustomizeconfig.yaml misses a KubeRay container"
+    if shutil.which("kubectl"):  # renders offline; not on every machine
+        rendered = load_yaml(subprocess.run(["kubectl", "kustomize", str(CLUSTER)], capture_output=True, text=True,
+                                            check=True, timeout=120).stdout)
+        images = re.findall(r"'image': '([^']+)'", repr(rendered))
+        assert images and set(images) == {IMAGE}
     labels = " ".join(i.args for i in dockerfile() if i.name == "LABEL")
     assert f'org.opencontainers.image.version="{VERSION}"' in labels
     assert f"docker build -t {IMAGE} ." in (ROOT / "Dockerfile").read_text()
+
+
+def _at(node: Any, parts: list[str]) -> Iterator[Any]:
+    """The values at a kustomize field path (``a/b[]/c``: every item of list b)."""
+    if not parts:
+        yield node
+        return
+    key, many = parts[0].removesuffix("[]"), parts[0].endswith("[]")
+    if isinstance(node, dict) and key in node:
+        for item in (node[key] if many else [node[key]]):
+            yield from _at(item, parts[1:])
 
 
 def test_every_runtime_env_uses_the_image_working_dir():
@@ -463,8 +523,11 @@ def test_iam_policy_is_least_privilege(path):
     doc = json.loads(path.read_text())
     assert set(doc) == {"Version", "Statement"} and doc["Version"] == "2012-10-17"
     for st in doc["Statement"]:
-        assert {"Effect", "Action", "Resource"} <= st.keys() and st["Effect"] == "Allow", st
+        assert {"Effect", "Action", "Resource"} <= st.keys() and st["Effect"] in ("Allow", "Deny"), st
         actions, resources = _list(st["Action"]), _list(st["Resource"])
+        if st["Effect"] == "Deny":  # only the bundle guard: a put under bundles/ without If-None-Match
+            assert st == NEVER_OVERWRITE_A_BUNDLE | {"Sid": st.get("Sid")}, st
+            continue
         assert not [a for a in actions if "*" in a] and "*" not in resources, st
         assert all(a.split(":")[0] in ("s3", "sqs") for a in actions)
         for r in resources:
@@ -475,6 +538,19 @@ def test_iam_policy_is_least_privilege(path):
             assert actions == ["s3:ListBucket"] and st["Condition"]["StringLike"]["s3:prefix"], st
 
 
+NEVER_OVERWRITE_A_BUNDLE = {"Effect": "Deny", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::my-audit/bundles/*",
+                            "Condition": {"Null": {"s3:if-none-match": "true"}}}
+
+
+def test_bundles_can_only_be_created_never_overwritten():
+    """Item 6: whoever may write bundles may only create them (a PUT with If-None-Match, as write_bundle
+    sends), so a pinned bundles/<id>/ cannot be replaced by another bundle's files."""
+    for path in POLICIES:
+        if allows(path.name, "s3:PutObject", "s3://my-audit/bundles/0123/model.safetensors"):
+            statements = json.loads(path.read_text())["Statement"]
+            assert any(st == NEVER_OVERWRITE_A_BUNDLE | {"Sid": st.get("Sid")} for st in statements), path.name
+
+
 def _list(v: Any) -> list:
     return v if isinstance(v, list) else [v]
 
@@ -482,7 +558,7 @@ def _list(v: Any) -> list:
 def allows(policy: str, action: str, uri: str) -> bool:
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     for st in json.loads((CLUSTER / policy).read_text())["Statement"]:
-        if action in _list(st["Action"]):
+        if st["Effect"] == "Allow" and action in _list(st["Action"]):
             if action == "s3:ListBucket":
                 prefixes = st["Condition"]["StringLike"]["s3:prefix"]
                 on_bucket = f"arn:aws:s3:::{bucket}" in _list(st["Resource"])
@@ -579,3 +655,96 @@ def test_dockerfile_copies_what_exists_and_installs_without_cache():
     ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert {".venv", "tests", ".git", "**/__pycache__"} <= ignored
     assert not {"pyproject.toml", "README.md", "ood_audit", "jobs"} & ignored
+
+
+# ---- locked down (issue 21, item 7) -----------------------------------------------------------------------
+
+def _containers(pod: dict) -> list[dict]:
+    return pod.get("initContainers", []) + pod["containers"]
+
+
+def _head_pods() -> list[dict]:
+    return [c["headGroupSpec"]["template"] for _, c in ray_cluster_specs()]
+
+
+def _worker_pods() -> list[dict]:
+    return [g["template"] for _, c in ray_cluster_specs() for g in c.get("workerGroupSpecs", [])]
+
+
+def test_ray_token_authentication_from_a_secret_everywhere():
+    for name, spec in ray_cluster_specs():
+        assert spec["authOptions"] == {"mode": "token", "secretName": TOKEN_SECRET["name"]}, name
+    pods = [t["spec"] for t in _head_pods() + _worker_pods()]
+    pods += [d["spec"]["jobTemplate"]["spec"]["template"]["spec"] for d in of_kind("CronJob")]
+    for pod in pods:
+        for c in _containers(pod):
+            env = {e["name"]: e for e in c.get("env", [])}
+            assert env["RAY_AUTH_MODE"].get("value") == "token", c["name"]
+            assert env["RAY_AUTH_TOKEN"] == {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": TOKEN_SECRET}}
+    launcher = load_yaml(LAUNCHER.read_text())[0]
+    options = " ".join(launcher["docker"]["run_options"])
+    assert "--env RAY_AUTH_MODE=token" in options
+    token_path = re.search(r"--env RAY_AUTH_TOKEN_PATH=(\S+)", options).group(1)
+    assert token_path in launcher["file_mounts"]  # the token file travels to every node
+    for d in of_kind("RayJob") + of_kind("RayCronJob"):  # the operator submits: no submitter pod to let in
+        job = d["spec"] if d["kind"] == "RayJob" else d["spec"]["jobTemplate"]
+        assert job["submissionMode"] == "HTTPMode", d["metadata"]["name"]
+
+
+def test_only_workers_the_operator_and_the_submitter_reach_a_head():
+    (policy,) = of_kind("NetworkPolicy")
+    spec = policy["spec"]
+    selector = spec["podSelector"]["matchLabels"]
+    assert selector.get("ray.io/node-type") == "head" and spec["policyTypes"] == ["Ingress"]
+    own = {k: v for k, v in selector.items() if not k.startswith("ray.io/")}
+    assert own, "the policy must select this project's heads, not every Ray head"
+    for template in _head_pods() + _worker_pods():  # KubeRay adds ray.io/node-type; the rest is ours
+        assert own.items() <= template["metadata"]["labels"].items()
+    peers: dict[str, set[int] | None] = {}
+    for rule in spec["ingress"]:
+        ports = {p["port"] for p in rule["ports"]} if "ports" in rule else None
+        for peer in rule["from"]:
+            labels = peer["podSelector"]["matchLabels"]
+            assert "ipBlock" not in peer and peer["podSelector"]["matchLabels"], peer
+            if labels.get("app.kubernetes.io/name") == "kuberay-operator":
+                peers["operator"] = ports
+            elif labels == {**own, "ray.io/node-type": "worker"} and "namespaceSelector" not in peer:
+                peers["workers"] = ports
+            elif labels.get("app.kubernetes.io/component") == "submitter" and "namespaceSelector" not in peer:
+                peers["submitter"] = ports
+                (cron,) = of_kind("CronJob")
+                assert labels.items() <= cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"].items()
+            else:
+                pytest.fail(f"unexpected peer {peer}")
+    assert set(peers) == {"operator", "workers", "submitter"}
+    assert peers["operator"] and peers["submitter"] and peers["operator"] | peers["submitter"] <= {8265, 6379, 10001}
+    assert 8265 in peers["submitter"] and 8265 in peers["operator"]
+
+
+def test_every_container_is_restricted_and_writes_only_to_empty_dirs():
+    templates = [t["spec"] for t in _head_pods() + _worker_pods()]
+    templates += [d["spec"]["jobTemplate"]["spec"]["template"]["spec"] for d in of_kind("CronJob")]
+    for pod in templates:
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for c in _containers(pod):
+            assert c["securityContext"] == RESTRICTED, c["name"]
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            assert {"/tmp", "/home/ray/.cache"} <= mounts.keys(), c["name"]
+            writable = {path for path, vol in mounts.items() if "emptyDir" in volumes[vol]}
+            assert writable <= WRITABLE and {"/tmp", "/home/ray/.cache"} <= writable
+    for _, spec in ray_cluster_specs():  # the autoscaler sidecar KubeRay adds to the head
+        assert spec["autoscalerOptions"]["securityContext"] == RESTRICTED
+        head_volumes = {v["name"]: v for v in spec["headGroupSpec"]["template"]["spec"]["volumes"]}
+        for m in spec["autoscalerOptions"]["volumeMounts"]:
+            assert "emptyDir" in head_volumes[m["name"]] and m["mountPath"] in WRITABLE
+
+
+def test_service_account_token_only_where_the_kubernetes_api_is_called():
+    """Only a head with the in-tree autoscaler (its sidecar scales the worker pods) gets the token."""
+    for _, spec in ray_cluster_specs():
+        head = spec["headGroupSpec"]["template"]["spec"]
+        assert head["automountServiceAccountToken"] is spec["enableInTreeAutoscaling"]
+        for g in spec.get("workerGroupSpecs", []):
+            assert g["template"]["spec"]["automountServiceAccountToken"] is False, g["groupName"]
+    for d in of_kind("CronJob"):
+        assert d["spec"]["jobTemplate"]["spec"]["template"]["spec"]["automountServiceAccountToken"] is False

@@ -21,6 +21,11 @@ UTF-8) of ``{"format_version", "meta", "files"}``. ``provenance`` (creation time
 outside the hash, so writing the same content twice yields the same id, and the second write changes
 nothing. Loading recomputes the id and every file's SHA-256 and refuses any mismatch.
 
+A bundle is pinned by its directory: ``bundles/<bundle_id>/`` must hold the bundle whose id is that name.
+Loading refuses a directory whose name differs from the ``bundle_id`` inside, so another self-consistent
+bundle copied over a pinned directory is refused, not scanned with. A caller that already knows the id it
+expects (the scan's scoring actors) passes it as ``expected_id``.
+
 Only safetensors, JSON and a few inert formats are allowed: no pickles anywhere.
 """
 
@@ -172,11 +177,12 @@ def compute_bundle_id(meta: Mapping[str, Any], files: Mapping[str, Mapping[str, 
     return hashlib.sha256(canonical_json(payload)).hexdigest()[:ID_HEX_CHARS]
 
 
-def load_bundle(uri: str, *, s3: S3Config | None = None, verify: bool = True) -> Bundle:
+def load_bundle(uri: str, *, s3: S3Config | None = None, verify: bool = True, expected_id: str | None = None) -> Bundle:
     """Load the bundle at ``uri`` (its directory, or its ``bundle.json``).
 
-    Checks the JSON, the id against the content, and (``verify=True``) every file's size and SHA-256,
-    streaming so large banks are not held in memory. Raises ``BundleError`` naming the file at fault.
+    Checks the JSON, the id against the content, the directory's name against the id (the pin; module
+    docstring), the id against ``expected_id`` when given, and (``verify=True``) every file's size and
+    SHA-256, streaming so large banks are not held in memory. Raises ``BundleError`` naming the file at fault.
     """
     bundle_uri = str(parse_uri(uri)).rstrip("/")
     if bundle_uri.endswith("/" + BUNDLE_JSON):
@@ -195,6 +201,13 @@ def load_bundle(uri: str, *, s3: S3Config | None = None, verify: bool = True) ->
             f"{manifest_uri}: bundle_id {doc['bundle_id']} does not match its content ({expected}); "
             "bundle.json was edited or damaged"
         )
+    pinned = bundle_uri.rsplit("/", 1)[-1]
+    if pinned != doc["bundle_id"]:
+        raise BundleError(f"{bundle_uri} holds bundle {doc['bundle_id']}, not the {pinned} its directory pins; "
+                          "a bundle was copied over another, refusing it")
+    if expected_id is not None and doc["bundle_id"] != expected_id:
+        raise BundleError(f"{bundle_uri} now holds bundle {doc['bundle_id']}, not the {expected_id} this run "
+                          "started with; refusing to score with another bundle")
     bundle = Bundle(
         id=doc["bundle_id"],
         uri=bundle_uri,
@@ -209,10 +222,10 @@ def load_bundle(uri: str, *, s3: S3Config | None = None, verify: bool = True) ->
     return bundle
 
 
-def open_bundle(uri: str, *, s3: S3Config | None = None, verify: bool = True) -> Bundle:
+def open_bundle(uri: str, *, s3: S3Config | None = None, verify: bool = True, expected_id: str | None = None) -> Bundle:
     """:func:`load_bundle` for an audit bundle: its metadata is validated against the schema now, so a
     bundle of another schema version fails here, in one line, and not inside a worker."""
-    bundle = load_bundle(uri, s3=s3, verify=verify)
+    bundle = load_bundle(uri, s3=s3, verify=verify, expected_id=expected_id)
     bundle.info  # noqa: B018 - parse and validate once, at load
     return bundle
 

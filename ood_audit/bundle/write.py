@@ -2,6 +2,10 @@
 write changes nothing; ``bundle.json`` goes last, and its presence marks a complete bundle.
 
 The format, the id and reading back with every checksum verified are :mod:`ood_audit.bundle.files`'.
+
+On S3 every object is written with ``If-None-Match: *``: a bundle is never overwritten, by this writer or
+by anyone the bucket policy holds to the same rule (cluster/iam-policy-train.json denies a PutObject under
+``bundles/`` without that header). An object already there with other content is refused in one line.
 """
 from __future__ import annotations
 
@@ -23,8 +27,8 @@ from ood_audit.bundle.files import (
     software_versions,
 )
 from ood_audit.errors import BundleError
-from ood_audit.io.fs import S3Config, exists, file_size, read_bytes, write_bytes
-from ood_audit.io.uri import join_uri
+from ood_audit.io.fs import S3Config, exists, file_size, read_bytes, s3_client, write_bytes
+from ood_audit.io.uri import join_uri, parse_uri
 
 
 def bank_sources(uris: list[str], thumbs: Any) -> bytes:
@@ -86,7 +90,7 @@ def write_bundle(
         target = join_uri(bundle_uri, name)
         if file_size(target, s3=s3) == len(data) and sha256_hex(read_bytes(target, s3=s3)) == listing[name]["sha256"]:
             continue  # left by an interrupted write of this same bundle
-        write_bytes(target, data, s3=s3)
+        _write_new(target, data, s3)
     document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -99,8 +103,27 @@ def write_bundle(
         },
     }
     text = json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    write_bytes(manifest_uri, text.encode("utf-8"), s3=s3)
+    _write_new(manifest_uri, text.encode("utf-8"), s3)
     return bundle_uri
+
+
+def _write_new(uri: str, data: bytes, s3: S3Config | None) -> None:
+    """Write ``data``; on S3 only if no object is there yet (``If-None-Match: *``, one PUT: no multipart
+    upload, whose parts cannot carry the header)."""
+    parsed = parse_uri(uri)
+    if not parsed.is_s3:
+        write_bytes(uri, data, s3=s3)
+        return
+    from botocore.exceptions import ClientError
+
+    try:
+        s3_client(s3).put_object(Bucket=parsed.bucket, Key=parsed.key, Body=data, IfNoneMatch="*")
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status == 412 or exc.response.get("Error", {}).get("Code") == "PreconditionFailed":
+            raise BundleError(f"{uri} already exists with other content; bundles are never overwritten (delete "
+                              "the incomplete bundle deliberately, or write to another root)") from None
+        raise
 
 
 def _collect_files(

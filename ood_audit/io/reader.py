@@ -30,7 +30,6 @@ credential until it expires.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import re
 import urllib.request
@@ -282,17 +281,6 @@ def _bucket_answers(parsed: ParsedUri, s3: S3Config) -> bool:
     return True
 
 
-class _RedactSignedUrls(logging.Filter):
-    """urllib3 logs each retry with the request's URL: keep the path, drop the signed query string."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "?" in str(record.msg) or any("?" in str(a) for a in (record.args or ())):
-            record.msg, record.args = _SIGNED_QUERY.sub(r"\1?<signed>", record.getMessage()), None
-        return True
-
-
-_SIGNED_QUERY = re.compile(r"(/[^\s?'\"]*)\?[^\s'\"]*(?:Signature|X-Amz-)[^\s'\"]*")
-logging.getLogger("urllib3.connectionpool").addFilter(_RedactSignedUrls())
 
 
 def _error_code(body: bytes) -> str | None:

@@ -3,18 +3,33 @@
 Every wrong field is reported in one line that names it by its path in the file (``exports[1].budget``),
 says what was expected and what was given. Unknown fields are errors too: a typo such as ``budjet`` must
 not silently fall back to a default on a job nobody watches.
+
+Every number has an upper bound as well as a lower one: a job nobody watches must not take ``ttl_s: 1e20``
+(the renew thread's sleep overflows) or a 5000-digit integer (which Python refuses to parse) and fail later,
+far from the file. ``token_env`` may name only a token variable (``*_TOKEN``, ``*_API_KEY``, never
+``AWS_*``): with ``url`` it decides which variable is sent to which host.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ood_audit.errors import ConfigError
+from ood_audit.io.fs import DEFAULT_RETRY_S
+from ood_audit.io.lease import check_ttl
 from ood_audit.io.uri import parse_uri
 
-Positive = Annotated[int, Field(gt=0)]
+# Upper bounds: far above any real need, low enough that nothing downstream overflows or sleeps forever.
+Count = Annotated[int, Field(gt=0, le=1_000_000)]            # batch and chunk sizes, budgets, report rows
+Small = Annotated[int, Field(gt=0, le=1024)]                  # workers, threads, attempts, prefix depth
+Bytes = Annotated[int, Field(gt=0, le=1 << 34)]               # 16 GiB: one object, or one image's pixels
+Seconds = Annotated[int, Field(gt=0, le=7 * 86400)]           # a week
+ProjectId = Annotated[int, Field(gt=0, le=2**63 - 1)]         # Label Studio's ids are 64-bit
+# A token variable, and never an AWS one: the key sent with ``url`` must not be the store's credentials.
+TOKEN_ENV = re.compile(r"^[A-Z][A-Z0-9_]*_(TOKEN|API_KEY)$")
 
 
 class _Strict(BaseModel):
@@ -30,19 +45,20 @@ class S3Settings(_Strict):
     """Where S3 is; credentials always come from the standard AWS chain, never from this file."""
 
     endpoint_url: str | None = None
+    retry_s: Annotated[float, Field(ge=0, le=86400)] = DEFAULT_RETRY_S  # ``--storage-retry-s``
 
 
 class ScanSettings(_Strict):
     """``ood-audit scan`` options (same names as its flags)."""
 
-    batch_size: Positive = 64
-    chunk_size: Positive = 10_000
-    workers: Positive | None = None
+    batch_size: Count = 64
+    chunk_size: Count = 10_000
+    workers: Small | None = None
     device: str = "auto"
-    read_threads: Positive = 16
-    max_attempts: Positive = 3
-    max_bytes: Positive | None = None
-    max_pixels: Positive | None = None
+    read_threads: Small = 16
+    max_attempts: Small = 3
+    max_bytes: Bytes | None = None
+    max_pixels: Bytes | None = None
 
 
 def _issues(value: Any) -> list[str]:
@@ -61,7 +77,7 @@ class _Export(_Strict):
     issues, ``exclude_quality`` drops rows with any of them (``any``: any issue)."""
 
     policy: Literal["threshold", "top-k", "disagreement"] = "threshold"
-    budget: Positive | None = None
+    budget: Count | None = None
     per_class: bool = False
     quality: list[str] = []
     exclude_quality: list[str] = []
@@ -88,9 +104,16 @@ class LabelStudioExport(_Export):
     sink: Literal["label-studio"]
     tasks_file: str | None = None
     url: str | None = None
-    project_id: Positive | None = None
+    project_id: ProjectId | None = None
     create_project: str | None = None
     token_env: str = "LABEL_STUDIO_API_KEY"
+
+    @field_validator("token_env")
+    @classmethod
+    def _check_token_env(cls, v: str) -> str:
+        if v.startswith("AWS_") or not TOKEN_ENV.match(v):
+            raise ValueError("must name a token variable (NAME_TOKEN or NAME_API_KEY, upper case), never AWS_*")
+        return v
 
     @field_validator("tasks_file")
     @classmethod
@@ -126,17 +149,18 @@ class ReportSettings(_Strict):
     """``out`` may hold ``{run_id}`` and ``{run_date}``, e.g. ``s3://audit/html/{run_date}.html``."""
 
     out: str
-    top: Positive = 48
-    prefix_depth: Positive = 1
+    top: Count = 48
+    prefix_depth: Small = 1
 
     _check_out = field_validator("out")(_uri)
 
 
 class LeaseSettings(_Strict):
     """The overlap guard: a run holds the lease and renews it every ``ttl_s / 3``; a lease not renewed for
-    ``ttl_s`` belongs to a dead run and is taken over."""
+    ``ttl_s`` belongs to a dead run and is taken over. It must outlast ``s3.retry_s``: a holder riding out
+    a storage outage must not lose its lease for it."""
 
-    ttl_s: Positive = 6 * 3600
+    ttl_s: Seconds = 6 * 3600
 
 
 class NightlyConfig(_Strict):
@@ -159,6 +183,14 @@ class NightlyConfig(_Strict):
     def _check_inputs(cls, v: list[str]) -> list[str]:
         return [_uri(u) for u in v]
 
+    @model_validator(mode="after")
+    def _lease_outlasts_retries(self) -> NightlyConfig:
+        try:  # the rule is the lease's own (one home); pydantic reports a ValueError with the file's other errors
+            check_ttl(self.lease.ttl_s, self.s3.retry_s, ttl_name="lease.ttl_s", retry_name="s3.retry_s")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
 
 def load_config(path: str | Path) -> NightlyConfig:
     """Parse and validate ``path``; ``ConfigError`` naming the file and every wrong field, in one line."""
@@ -172,7 +204,7 @@ def load_config(path: str | Path) -> NightlyConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config {path}: cannot read it ({exc})") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader (below)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -180,6 +212,27 @@ def load_config(path: str | Path) -> NightlyConfig:
     if not isinstance(doc, dict):
         raise ConfigError(f"--config {path}: expected a mapping of fields at the top, got {type(doc).__name__}")
     return parse_config(doc, str(path))
+
+
+def _loader() -> Any:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """``yaml.SafeLoader`` that keeps an integer too long for Python to parse as its text, so the schema
+        refuses it in one line naming its field (Python raises a bare ``ValueError`` beyond 4300 digits)."""
+
+        def construct_yaml_int(self, node: Any) -> Any:
+            try:
+                return super().construct_yaml_int(node)
+            except ValueError:
+                return _TooLong(node.value)
+
+    Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
+    return Loader
+
+
+class _TooLong(str):
+    """An integer literal with more digits than Python parses."""
 
 
 def parse_config(doc: dict[str, Any], where: str = "config") -> NightlyConfig:
@@ -209,6 +262,16 @@ def _describe(error: Any) -> str:
                f"(got {ctx.get('tag')!r})"
     if error["type"] == "missing":
         return f"{loc}: required field missing"
-    given = error.get("input")
-    shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
-    return f"{loc or 'config'}: {msg}{shown}"
+    return f"{loc}: {msg}{_shown(error.get('input'))}" if loc else f"{msg}{_shown(error.get('input'))}"
+
+
+def _shown(given: Any) -> str:
+    """`` (got X)``, short: a huge number or text is cut (a 5000-digit integer cannot even be printed)."""
+    if isinstance(given, (dict, list)) or given is None:
+        return ""
+    if isinstance(given, _TooLong):
+        return f" (got an integer of {len(given.lstrip('+-'))} digits)"
+    if isinstance(given, int) and not isinstance(given, bool) and given.bit_length() > 128:
+        return f" (got an integer of about {int(given.bit_length() * 0.30103) + 1} digits)"
+    text = repr(given)
+    return f" (got {text[:60]}…)" if len(text) > 60 else f" (got {text})"

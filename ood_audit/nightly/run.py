@@ -90,7 +90,7 @@ def run_nightly(cfg: NightlyConfig, *, run_id: str | None = None,
     """Run the job (module docstring). Configuration errors raise; stage failures set ``status``."""
     from ood_audit.store.run_ledger import new_run_id
 
-    s3 = S3Config.from_env(cfg.s3.endpoint_url)
+    s3 = S3Config.from_env(cfg.s3.endpoint_url, retry_s=cfg.s3.retry_s)
     run_id = run_id or new_run_id()
     res = NightlyResult(run_id)
     with Lease(nightly_lease_uri(cfg.output), cfg.lease.ttl_s, run=run_id, s3=s3) as lease:

@@ -73,7 +73,8 @@ def build_pipeline(ctx: ScanContext, todo: list[int], attempt: int, actors: Acto
     ds = ds.map_batches(
         ScoreActor, batch_size=cfg.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=max(1, min(actors.workers, len(slices)))), **resources,
-        fn_constructor_kwargs={"bundle_uri": ctx.bundle.uri, "run_id": ctx.run_id, "s3": cfg.s3,
+        fn_constructor_kwargs={"bundle_uri": ctx.bundle.uri, "bundle_id": ctx.bundle.id, "run_id": ctx.run_id,
+                               "s3": cfg.s3,
                                "device": actors.device, "knn_backend": cfg.knn_backend,
                                "torch_threads": cfg.torch_threads})
     return ds.map_batches(

@@ -1,7 +1,8 @@
 """Scan stage 3: the scoring actor (Ray Data's "callable class" pattern).
 
 The actor loads and verifies the bundle once in ``__init__``
-(:func:`~ood_audit.bundle.scorer.scorer_from_bundle`) and maps one batch (numpy dict from
+(:func:`~ood_audit.bundle.scorer.scorer_from_bundle`), refusing a bundle whose id is not the one the scan
+started with (``bundle_id``: the directory may have been overwritten since), and maps one batch (numpy dict from
 :func:`~ood_audit.scan.read.fetch_decode`) to report rows (:class:`~ood_audit.scan.rows.RowBuilder`):
 one forward pass per batch gives every score (:class:`~ood_audit.scores.scorer.Scorer`); rows that did not
 decode pass through with null scores.
@@ -44,6 +45,8 @@ class ScoreActor:
     Args:
         bundle_uri: the audit bundle (loaded once; ``bundle.json`` and every file used are verified).
         run_id: written into every row.
+        bundle_id: the id the scan loaded on the driver; a bundle with another id at ``bundle_uri`` is
+            refused (``BundleError``), so every row of a run comes from one bundle.
         s3: settings for ``s3://`` bundles.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (decided inside the actor, on its node).
         knn_backend: kNN backend for CSD and kNN (``auto`` = faiss on CPU, torch on CUDA).
@@ -52,14 +55,15 @@ class ScoreActor:
             torch's default outside Ray.
     """
 
-    def __init__(self, bundle_uri: str, run_id: str, *, s3: S3Config | None = None, device: str = "auto",
-                 knn_backend: str = "auto", torch_threads: int | None = None) -> None:
+    def __init__(self, bundle_uri: str, run_id: str, *, bundle_id: str | None = None, s3: S3Config | None = None,
+                 device: str = "auto", knn_backend: str = "auto", torch_threads: int | None = None) -> None:
         start = time.perf_counter()
         threads = torch_threads or threads_for_cpus(_assigned_cpus())
         if threads:
             torch.set_num_threads(threads)
         self.device = resolve_actor_device(device)
-        bundle = open_bundle(bundle_uri, s3=s3, verify=False)  # each file is verified as it is read below
+        # Each file is verified as it is read below.
+        bundle = open_bundle(bundle_uri, s3=s3, verify=False, expected_id=bundle_id)
         self.scorer = scorer_from_bundle(bundle, device=self.device, knn_backend=knn_backend)
         sources = bundle.bank_sources() if bundle.info.near_duplicates is not None else None
         self.rows = RowBuilder(bundle.info, bundle.id, run_id, self.scorer.score_names,

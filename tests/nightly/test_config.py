@@ -52,3 +52,42 @@ def test_bad_fields_named_in_one_line(tmp_path, edit, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("tasks_file: s3://my-audit/exports/tasks.json}",
+      "url: 'http://ls.example', project_id: 1, token_env: AWS_SECRET_ACCESS_KEY}"),
+     "exports[0].token_env: must name a token variable"),
+    (("tasks_file: s3://my-audit/exports/tasks.json}", "url: 'http://ls.example', project_id: 1, token_env: HOME}"),
+     "exports[0].token_env: must name a token variable"),
+    (("{ttl_s: 600}", "{ttl_s: 1e20}"), "lease.ttl_s: "),
+    (("{ttl_s: 600}", "{ttl_s: 604801}"), "lease.ttl_s: Input should be less than or equal to 604800"),
+    (("{ttl_s: 600}", "{ttl_s: 100}"), "lease.ttl_s (100 s) must be larger than s3.retry_s (120 s)"),
+    (("output: s3://my-audit/audit", "output: s3://my-audit/audit\ns3: {retry_s: 900}"),
+     "lease.ttl_s (600 s) must be larger than s3.retry_s (900 s)"),
+    (("scan: {batch_size: 32}", "scan: {batch_size: 32, read_threads: 100000}"),
+     "scan.read_threads: Input should be less"),
+    (("budget: 500", "budget: 100000000"), "exports[1].budget: Input should be less than or equal to"),
+    (("report: {out: s3://my-audit/reports/latest.html}", "report: {out: s3://my-audit/r.html, top: 10000000}"),
+     "report.top: Input should be less than or equal to"),
+    (("{ttl_s: 600}", "{ttl_s: " + "9" * 5000 + "}"), "lease.ttl_s: "),
+    (("budget: 500", "budget: " + "9" * 5000), "exports[1].budget: "),
+])
+def test_bounds_and_token_variable_one_line_naming_the_field(tmp_path, edit, message):
+    """Upper bounds on every number, ``token_env`` never an AWS variable: one line naming the field, even for
+    a number with more digits than Python parses (which would otherwise escape as a bare ValueError)."""
+    p = tmp_path / "nightly.yaml"
+    assert edit[0] in GOOD
+    p.write_text(GOOD.replace(*edit))
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    text = str(err.value)
+    assert message in text and "\n" not in text and str(p) in text and len(text) < 400
+
+
+def test_allowed_token_variables(tmp_path):
+    p = tmp_path / "nightly.yaml"
+    for name in ("LABEL_STUDIO_API_KEY", "LS_TOKEN"):
+        p.write_text(GOOD.replace("tasks_file: s3://my-audit/exports/tasks.json}",
+                                  f"url: 'http://ls.example', project_id: 1, token_env: {name}}}"))
+        assert load_config(p).exports[0].token_env == name

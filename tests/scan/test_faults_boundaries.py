@@ -84,6 +84,7 @@ def test_bundle_of_another_format_version(capsys, tmp_path, bundle_uri):
     doc["meta"]["schema_version"] = 99
     doc["bundle_id"] = compute_bundle_id(doc["meta"], doc["files"])  # a consistent bundle, just newer
     (bundle / "bundle.json").write_text(json.dumps(doc))
+    bundle = bundle.rename(bundle.with_name(doc["bundle_id"]))  # where that bundle would live (its id pins it)
     rc, err = _scan(capsys, str(bundle), str(tmp_path / "out"))
     assert rc == EXIT_CONFIG and "schema version 99" in err
 

@@ -4,7 +4,8 @@ Layout under the scan's output root (local or ``s3://``)::
 
     <output>/exports/<kind>-<digest>/destination.json          what the digest stands for (informational)
     <output>/exports/<kind>-<digest>/<queue>/<run_id>.<keys digest>.parquet
-                                                                one file per confirmed batch: key, uri, etag, bundle_id
+                                        one file per confirmed batch: key, uri, etag, bundle_id, scanned_in
+    <output>/exports/<kind>-<digest>/<queue>/lease.json  held while one export sends (one sender at a time)
 
 ``<kind>`` is the sink (``label-studio``, ``sqs``, ``jsonl``), ``<digest>`` 12 hex digits of SHA-256 of the
 normalised destination (project URL, queue URL, manifest prefix), and ``<queue>`` the selection's queue
@@ -33,8 +34,10 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
@@ -47,8 +50,12 @@ log = logging.getLogger(__name__)
 
 EXPORTS_DIR = "exports"
 DESTINATION_JSON = "destination.json"
+PAIR_SEP = "\x00"  # between uri and etag in sent_pairs (neither holds a NUL)
+LEASE_JSON = "lease.json"  # <ledger root>/lease.json: one sender per (destination, queue) (ood_audit.io.lease)
+# scanned_in: the run whose row was sent (absent in files written before catch-up exports: read as null)
 _SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("uri", pa.string(), nullable=False),
-                     pa.field("etag", pa.string()), pa.field("bundle_id", pa.string(), nullable=False)])
+                     pa.field("etag", pa.string()), pa.field("bundle_id", pa.string(), nullable=False),
+                     pa.field("scanned_in", pa.string())])
 
 
 def destination_digest(kind: str, destination: str) -> str:
@@ -70,14 +77,48 @@ class ExportLedger:
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.File
                       and i.base_name.endswith(".parquet") and not i.base_name.startswith("."))
 
+    @property
+    def lease_uri(self) -> str:
+        """The lease every sender to this destination and queue takes (``ood-audit export`` and the nightly)."""
+        return join_uri(self.root, LEASE_JSON)
+
+    def _dataset(self, names: Sequence[str] | None = None) -> pads.Dataset | None:
+        names = self.files() if names is None else names
+        if not names:
+            return None
+        fs, path = resolve(self.root, self.s3)
+        return pads.dataset([f"{path}/{n}" for n in names], format="parquet", filesystem=fs, schema=_SCHEMA)
+
     def load(self) -> set[str]:
         """Every key recorded so far (all batch files, read in one parallel scan)."""
-        names = self.files()
-        if not names:
-            return set()
-        fs, path = resolve(self.root, self.s3)
-        ds = pads.dataset([f"{path}/{n}" for n in names], format="parquet", filesystem=fs, schema=_SCHEMA)
-        return set(ds.to_table(columns=["key"]).column("key").to_pylist())
+        ds = self._dataset()
+        return set() if ds is None else set(ds.to_table(columns=["key"]).column("key").to_pylist())
+
+    def sent_pairs(self, bundle_id: str) -> pa.Array:
+        """``uri``, NUL, ``etag`` (a null etag as "", as in the key) of every row sent with ``bundle_id``."""
+        ds = self._dataset()
+        if ds is None:
+            return pa.array([], pa.string())
+        t = ds.to_table(columns=["uri", "etag"], filter=pads.field("bundle_id") == bundle_id)
+        pairs = pc.binary_join_element_wise(t.column("uri"), pc.coalesce(t.column("etag"), ""), PAIR_SEP)
+        return pairs.combine_chunks() if isinstance(pairs, pa.ChunkedArray) else pairs
+
+    def unsent_filter(self, bundle_id: str) -> Any:
+        """A scanner expression true for rows of ``bundle_id`` this ledger has not recorded: a catch-up
+        selection applies it *before* its budget, so rows already sent never take a budget's place."""
+        pair = pc.Expression._call("binary_join_element_wise", [
+            pc.field("uri"), pc.Expression._call("coalesce", [pc.field("etag"), pc.scalar("")]),
+            pc.scalar(PAIR_SEP)])
+        return ~pair.isin(self.sent_pairs(bundle_id))
+
+    def sent_by(self, run_id: str) -> tuple[int, int]:
+        """``(rows, rows scanned by an earlier run)`` that export run ``run_id`` recorded here."""
+        ds = self._dataset([n for n in self.files() if n.startswith(f"{run_id}.")])
+        if ds is None:
+            return 0, 0
+        scanned = ds.to_table(columns=["scanned_in"]).column("scanned_in")
+        earlier = pc.sum(pc.and_kleene(pc.is_valid(scanned), pc.not_equal(scanned, run_id))).as_py() or 0
+        return len(scanned), int(earlier)
 
     def record(self, run_id: str, items: Sequence[ExportItem]) -> str | None:
         """Write one immutable batch file for ``items`` (confirmed sent); returns its URI."""
@@ -90,8 +131,8 @@ class ExportLedger:
         meta = {"ood_audit.export_run_id": run_id, "ood_audit.sent_at": _now(),
                 "ood_audit.destination": self.destination}
         table = pa.table({"key": [i.key for i in items], "uri": [i.uri for i in items],
-                          "etag": [i.etag for i in items], "bundle_id": [i.bundle_id for i in items]},
-                         schema=_SCHEMA.with_metadata(meta))
+                          "etag": [i.etag for i in items], "bundle_id": [i.bundle_id for i in items],
+                          "scanned_in": [i.run_id for i in items]}, schema=_SCHEMA.with_metadata(meta))
         write_part(table, uri, s3=self.s3)
         log.debug("ledger: %d keys -> %s", len(items), uri)
         return uri
@@ -107,8 +148,24 @@ class ExportLedger:
         write_bytes(uri, json.dumps(doc, indent=2).encode(), s3=self.s3)
 
 
+def export_ledgers(output: str, *, s3: S3Config | None = None) -> list[ExportLedger]:
+    """Every ledger (destination and queue) under ``output``, from the ``destination.json`` files."""
+    fs, path = resolve(join_uri(output, EXPORTS_DIR), s3)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, max_recursion=1, allow_not_found=True))
+    out = []
+    for info in infos:
+        if info.type != pafs.FileType.File or info.base_name != DESTINATION_JSON:
+            continue
+        doc = json.loads(read_bytes(join_uri(output, EXPORTS_DIR, info.path[len(path):].strip("/")), s3=s3))
+        scope = info.path[len(path):].strip("/").split("/")[0]
+        queues = fs.get_file_info(pafs.FileSelector(f"{path}/{scope}", recursive=False))
+        out += [ExportLedger(output, doc["kind"], doc["destination"], q.base_name, s3=s3)
+                for q in sorted(queues, key=lambda q: q.base_name) if q.type == pafs.FileType.Directory]
+    return out
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["EXPORTS_DIR", "ExportLedger", "destination_digest"]
+__all__ = ["EXPORTS_DIR", "ExportLedger", "destination_digest", "export_ledgers"]

@@ -10,7 +10,7 @@ inputs: [s3://my-datasets/incoming/]
 output: s3://my-audit/audit
 scan: {batch_size: 32}
 exports:
-  - {sink: label-studio, tasks_file: s3://my-audit/exports/tasks.json}
+  - {sink: label-studio, tasks_file: 's3://my-audit/exports/tasks-{run_id}.json'}
   - {sink: jsonl, policy: top-k, budget: 500, prefix: s3://my-audit/exports/manifests/}
   - {sink: sqs, policy: disagreement, queue: "https://sqs.us-east-1.amazonaws.com/1/q.fifo"}
 report: {out: s3://my-audit/reports/latest.html}

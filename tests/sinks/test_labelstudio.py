@@ -31,10 +31,10 @@ def test_create_import_and_read_back_with_legacy_token(tmp_path, label_studio):
                           row("s3://data/c.png", pct=60.0, pred_class=1),
                           row("s3://data/d.png", status="decode_error")], bundle_id=BUNDLE_1)
     sink = LabelStudioSink(url=label_studio.url, token=label_studio.token, create_project="legacy-import",
-                           tasks_file=str(tmp_path / "tasks.json"))
+                           tasks_file=str(tmp_path / "tasks-{run_id}.json"))
     summary = export(out, sink, Selection(policy="top-k", budget=3))
     assert summary.sent_now == 3 and summary.destination == f"{label_studio.url}/projects/{sink.project_id}"
-    written = json.loads((tmp_path / "tasks.json").read_text())
+    written = json.loads((tmp_path / "tasks-n1.json").read_text())
     tasks = {t["data"]["image"]: t for t in _tasks(label_studio, sink.project_id)}
     assert sorted(tasks) == ["s3://data/a.png", "s3://data/b.png", "s3://data/c.png"]
     assert sorted(t["data"]["image"] for t in written) == sorted(tasks)
@@ -81,11 +81,11 @@ def test_dedupe_across_nights(tmp_path, label_studio):
         assert sorted(t["data"]["image"] for t in tasks) == sorted(want[night]), night
     assert {t["predictions"][0]["model_version"] for t in tasks} == {BUNDLE_2}
     # a tasks file alone is its own destination, with its own ledger
-    file_sink = LabelStudioSink(tasks_file=str(tmp_path / "t.json"))
+    file_sink = LabelStudioSink(tasks_file=str(tmp_path / "t-{run_id}.json"))
     assert export(out, file_sink, Selection(), run_id="night-1").sent_now == len(want["night-1"])
-    assert export(out, LabelStudioSink(tasks_file=str(tmp_path / "t.json")), Selection(),
+    assert export(out, LabelStudioSink(tasks_file=str(tmp_path / "t-{run_id}.json")), Selection(),
                   run_id="night-1").sent_now == 0
-    assert json.loads((tmp_path / "t.json").read_text()) == []
+    assert json.loads((tmp_path / "t-night-1.json").read_text()) == []
 
 
 @pytest.mark.parametrize("case", ["legacy", "pat", "unreachable", "no-project"])

@@ -142,6 +142,12 @@ def _send(run: RunInfo, sink: Sink, selection: Selection, ledger: ExportLedger, 
             keys.add(item.key)
             items.append(item)
     log.info("run %s: %d rows selected by %s", run.run_id, len(items), selection.describe())
+    present = getattr(sink, "present", None)  # a sink whose answers can be lost reconciles first
+    for note, noted in ledger.in_flight() if present is not None else ():
+        found = present(set(noted.column("key").to_pylist()))
+        log.warning("%s %s: a batch of %d sent earlier got no answer; %d of it found there, recorded",
+                    sink.kind, sink.destination, noted.num_rows, len(found))
+        ledger.settle(note, noted, found)
     sent = ledger.load()
     pending = [i for i in items if i.key not in sent]
     summary = ExportSummary(run_id=run.run_id, bundle_id=run.bundle_id, policy=selection.policy,
@@ -155,16 +161,21 @@ def _send(run: RunInfo, sink: Sink, selection: Selection, ledger: ExportLedger, 
     for start in range(0, len(pending), sink.batch_size):
         batch = pending[start:start + sink.batch_size]
         lease.check()  # taken over meanwhile: stop before sending, not after
+        note = ledger.intend(run.run_id, batch) if present is not None else None
         try:
             sink.send(batch)
         except PartialSend as exc:
             done = set(exc.confirmed)
             confirmed = [i for i in batch if i.key in done]
             ledger.record(run.run_id, confirmed)
+            if note is not None:
+                ledger.settle(note)  # the sink said which were confirmed: nothing is in doubt
             _count(summary, run, confirmed)
             raise ExportError(f"{exc} ({summary.sent_now} sent and recorded this time, "
                               f"{len(pending) - summary.sent_now} not; re-run to send the rest)") from None
         ledger.record(run.run_id, batch)
+        if note is not None:
+            ledger.settle(note)
         _count(summary, run, batch)
         summary.batches += 1
         log.info("%s: %d/%d sent", sink.kind, summary.sent_now, len(pending))

@@ -6,6 +6,8 @@ Layout under the scan's output root (local or ``s3://``)::
     <output>/exports/<kind>-<digest>/<queue>/<run_id>.<keys digest>.parquet
                                         one file per confirmed batch: key, uri, etag, bundle_id, scanned_in
     <output>/exports/<kind>-<digest>/<queue>/lease.json  held while one export sends (one sender at a time)
+    <output>/exports/<kind>-<digest>/<queue>/inflight/<run_id>.<keys digest>.parquet
+                                        a batch being sent to a sink whose answer can be lost (Label Studio)
 
 ``<kind>`` is the sink (``label-studio``, ``sqs``, ``jsonl``), ``<digest>`` 12 hex digits of SHA-256 of the
 normalised destination (project URL, queue URL, manifest prefix), and ``<queue>`` the selection's queue
@@ -23,6 +25,11 @@ Why a sample is never lost and never sent twice (beyond one batch's window):
   file name, because it is a digest of the batch's keys: it overwrites rather than adds. That one batch can be
   sent twice: the ledger write can only follow the send. SQS FIFO queues absorb it with
   ``MessageDeduplicationId`` (the same key); for other sinks it is the documented at-least-once window.
+- *An answer lost in transit* (Label Studio applied the import, the reply never arrived): before such a
+  sink sends a batch, the batch is noted under ``inflight/``; the note goes once the batch is recorded.
+  A note still there at the next export (under the export lease, so no sender is mid-batch) means the
+  answer was lost: the sink is asked which of its keys the destination already has (for Label Studio,
+  the ``export_key`` of the project's tasks), those are recorded, and only the rest are sent again.
 - *Keys* are :func:`~ood_audit.sinks.items.item_key` of ``(uri, etag, bundle_id)``: a changed object or a new
   bundle is a new key, which is exactly when SPEC §12 wants a sample sent again.
 """
@@ -40,6 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from ood_audit.io.fs import S3Config, read_bytes, resolve, write_bytes
 from ood_audit.io.uri import join_uri
@@ -51,7 +59,8 @@ log = logging.getLogger(__name__)
 EXPORTS_DIR = "exports"
 DESTINATION_JSON = "destination.json"
 PAIR_SEP = "\x00"  # between uri and etag in sent_pairs (neither holds a NUL)
-LEASE_JSON = "lease.json"  # <ledger root>/lease.json: one sender per (destination, queue) (ood_audit.io.lease)
+LEASE_JSON = "lease.json"
+INFLIGHT_DIR = "inflight"  # <ledger root>/inflight/: batches sent whose answer has not come back (yet)  # <ledger root>/lease.json: one sender per (destination, queue) (ood_audit.io.lease)
 # scanned_in: the run whose row was sent (absent in files written before catch-up exports: read as null)
 _SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("uri", pa.string(), nullable=False),
                      pa.field("etag", pa.string()), pa.field("bundle_id", pa.string(), nullable=False),
@@ -122,19 +131,49 @@ class ExportLedger:
 
     def record(self, run_id: str, items: Sequence[ExportItem]) -> str | None:
         """Write one immutable batch file for ``items`` (confirmed sent); returns its URI."""
-        if not items:
-            return None
+        return self._write(self.root, run_id, _table(items)) if items else None
+
+    # -- batches in flight (sinks whose answer can be lost after the batch was applied) ---------------------
+
+    def intend(self, run_id: str, items: Sequence[ExportItem]) -> str:
+        """Note a batch about to be sent, under ``inflight/``; :meth:`settle` removes the note."""
+        return self._write(join_uri(self.root, INFLIGHT_DIR), run_id, _table(items))
+
+    def in_flight(self) -> list[tuple[str, pa.Table]]:
+        """The notes of batches whose send never got an answer (the export stopped, or its answer was lost)."""
+        fs, path = resolve(join_uri(self.root, INFLIGHT_DIR), self.s3)
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+        out = []
+        for info in sorted(infos, key=lambda i: i.base_name):
+            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet"):
+                with fs.open_input_file(info.path) as fh:
+                    out.append((join_uri(self.root, INFLIGHT_DIR, info.base_name), pq.read_table(fh)))
+        return out
+
+    def settle(self, note: str, table: pa.Table | None = None, present: set[str] | None = None) -> None:
+        """Record the rows of in-flight ``note`` whose keys are ``present`` at the destination, then drop
+        the note (the others were not delivered: the selection sends them again)."""
+        if table is not None and present:
+            run_id = (table.schema.metadata or {}).get(b"ood_audit.export_run_id", b"reconciled").decode()
+            mask = pc.is_in(table.column("key"), pa.array(sorted(present), pa.string()))
+            found = table.filter(mask)
+            if found.num_rows:
+                self._write(self.root, run_id, found.cast(_SCHEMA))
+        fs, path = resolve(note, self.s3)
+        try:
+            fs.delete_file(path)
+        except FileNotFoundError:
+            pass
+
+    def _write(self, folder: str, run_id: str, table: pa.Table) -> str:
         self._describe()
-        keys = sorted(i.key for i in items)
+        keys = sorted(table.column("key").to_pylist())
         digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
-        uri = join_uri(self.root, f"{run_id}.{digest}.parquet")
+        uri = join_uri(folder, f"{run_id}.{digest}.parquet")
         meta = {"ood_audit.export_run_id": run_id, "ood_audit.sent_at": _now(),
                 "ood_audit.destination": self.destination}
-        table = pa.table({"key": [i.key for i in items], "uri": [i.uri for i in items],
-                          "etag": [i.etag for i in items], "bundle_id": [i.bundle_id for i in items],
-                          "scanned_in": [i.run_id for i in items]}, schema=_SCHEMA.with_metadata(meta))
-        write_part(table, uri, s3=self.s3)
-        log.debug("ledger: %d keys -> %s", len(items), uri)
+        write_part(table.replace_schema_metadata(meta), uri, s3=self.s3)
+        log.debug("ledger: %d keys -> %s", table.num_rows, uri)
         return uri
 
     def _describe(self) -> None:
@@ -162,6 +201,12 @@ def export_ledgers(output: str, *, s3: S3Config | None = None) -> list[ExportLed
         out += [ExportLedger(output, doc["kind"], doc["destination"], q.base_name, s3=s3)
                 for q in sorted(queues, key=lambda q: q.base_name) if q.type == pafs.FileType.Directory]
     return out
+
+
+def _table(items: Sequence[ExportItem]) -> pa.Table:
+    return pa.table({"key": [i.key for i in items], "uri": [i.uri for i in items], "etag": [i.etag for i in items],
+                     "bundle_id": [i.bundle_id for i in items], "scanned_in": [i.run_id for i in items]},
+                    schema=_SCHEMA)
 
 
 def _now() -> str:

@@ -230,6 +230,16 @@ class LabelStudioSink:
             raise ExportError(f"Label Studio at {self.client.url} created {n} of {len(items)} tasks in project "
                               f"{self.project_id}; check the project before re-running")
 
+    def present(self, keys: set[str]) -> set[str]:
+        """Which of ``keys`` the project already has as tasks (``data.export_key``): the reconciliation of
+        a batch whose import answer was lost (:mod:`ood_audit.sinks.export_ledger`). Reads every task of
+        the project, once per lost batch. A tasks file alone has nothing to reconcile."""
+        if self.client is None:
+            return set()
+        assert self.project_id is not None
+        there = {(t.get("data") or {}).get("export_key") for t in self.client.tasks(self.project_id)}
+        return keys & there
+
     def close(self) -> None:
         if self.client is not None:
             self.client.session.close()

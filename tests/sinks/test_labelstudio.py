@@ -14,7 +14,7 @@ from ood_audit.sinks.select import Selection
 
 from tests.reports import row, write_run
 from tests.sinks.nights import BUNDLE_1, BUNDLE_2, write_nights
-from tests.sinks.servers import free_port
+from tests.sinks.servers import Relay, free_port
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -122,3 +122,30 @@ def _fake_pat():
 
     claims = base64.urlsafe_b64encode(json.dumps({"token_type": "refresh", "user_id": 1}).encode()).decode()
     return f"eyJhbGciOiJIUzI1NiJ9.{claims.rstrip('=')}.c2lnbmF0dXJl"
+
+
+def test_an_import_answer_lost_in_transit_is_reconciled_without_duplicates(tmp_path, label_studio):
+    """The first import reaches the project but its answer is dropped by a relay: the export fails, and the
+    next one asks the project which of that batch's keys it has, records them and sends only the rest."""
+    out = str(tmp_path / "audit")
+    uris = [f"s3://data/lost/{i}.png" for i in range(5)]
+    write_run(out, "n1", [row(u, pct=1.0 + i / 2) for i, u in enumerate(uris)], bundle_id=BUNDLE_1)  # all flagged
+    relay = Relay(label_studio.port)
+    try:
+        title = f"lost-answer-{tmp_path.name}"
+        relay.drop_next_answer(b"/import?")
+        sink = LabelStudioSink(url=relay.url, token=label_studio.token, create_project=title, batch_size=2)
+        with pytest.raises(ExportError):
+            export(out, sink, Selection(), run_id="n1")
+        assert relay.dropped.is_set()
+        applied = _tasks(label_studio, sink.project_id)
+        assert len(applied) == 2  # the first batch is in the project, though its sender never heard so
+        ledger = ExportLedger(out, "label-studio", sink.destination, "outliers")
+        assert ledger.load() == set() and len(ledger.in_flight()) == 1
+        again = LabelStudioSink(url=relay.url, token=label_studio.token, create_project=title, batch_size=2)
+        summary = export(out, again, Selection(), run_id="n1")
+        assert summary.already_sent == 2 and summary.sent_now == 3 and ledger.in_flight() == []
+        tasks = _tasks(label_studio, sink.project_id)
+        assert sorted(t["data"]["image"] for t in tasks) == uris  # each once: no duplicate task
+    finally:
+        relay.cut()

@@ -154,10 +154,19 @@ class Relay:
         self._server: socket.socket | None = None
         self._drop_marker: bytes | None = None
         self.dropped = threading.Event()  # set once the server answered and the answer was thrown away
+        self._hold_marker: bytes | None = None
+        self._release = threading.Event()
+        self.holding = threading.Event()
         self.restore()
 
     def drop_next_answer(self, marker: bytes) -> None:
         self._drop_marker = marker
+
+    def hold_next(self, marker: bytes) -> threading.Event:
+        """The next request holding ``marker`` waits in the relay until the returned event is set;
+        :attr:`holding` is set once it waits (its sender is then mid-send)."""
+        self._hold_marker, self._release = marker, threading.Event()
+        return self._release
 
     def restore(self) -> None:
         srv = socket.socket()
@@ -202,6 +211,12 @@ class Relay:
                 with self._lock:
                     if request and self._drop_marker is not None and self._drop_marker in data:
                         self._drop_marker, state["drop"] = None, True  # one-shot, set before the server sees it
+                    hold = request and self._hold_marker is not None and self._hold_marker in data
+                    if hold:
+                        self._hold_marker = None
+                if hold:
+                    self.holding.set()
+                    self._release.wait()
                 if not request and state["drop"]:
                     self.dropped.set()
                     break  # the answer arrived: throw it away and close both sides

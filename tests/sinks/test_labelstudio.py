@@ -1,11 +1,14 @@
 """Label Studio on a real server: project creation, imports read back through the API, both token forms,
 dedupe across nights, and one-line failures that leave the ledger unchanged."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import requests
 
-from ood_audit.errors import ConfigError
+from ood_audit.errors import EXIT_LEASE_HELD, ConfigError
 from ood_audit.sinks.export import export
 from ood_audit.sinks.items import ExportError
 from ood_audit.sinks.labelstudio import LabelStudioClient, LabelStudioSink, is_personal_access_token
@@ -149,3 +152,31 @@ def test_an_import_answer_lost_in_transit_is_reconciled_without_duplicates(tmp_p
         assert sorted(t["data"]["image"] for t in tasks) == uris  # each once: no duplicate task
     finally:
         relay.cut()
+
+
+def test_two_concurrent_exports_one_exits_75_and_each_key_is_sent_once(tmp_path, label_studio):
+    """Export A is held inside its first import (by the relay) while holding the destination's lease; export B,
+    started then, exits 75 having sent nothing; released, A sends everything once."""
+    out = str(tmp_path / "audit")
+    uris = [f"s3://data/two/{i}.png" for i in range(4)]
+    write_run(out, "n1", [row(u, pct=1.0) for u in uris], bundle_id=BUNDLE_1)
+    project = LabelStudioClient(label_studio.url, label_studio.token).create_project(f"two-{tmp_path.name}")
+    relay = Relay(label_studio.port)
+    env = {**os.environ, "LABEL_STUDIO_API_KEY": label_studio.token}
+    cmd = [sys.executable, "-c", "import sys; from ood_audit.cli import main; sys.exit(main())", "export",
+           "--report", out, "--to", "label-studio", "--label-studio-url", relay.url, "--project-id", str(project),
+           "--batch-size", "2"]
+    try:
+        release = relay.hold_next(b"/import?")
+        a = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert relay.holding.wait(120), a.communicate()  # A is mid-send, under the lease
+        b = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert b.returncode == EXIT_LEASE_HELD, b.stderr
+        assert len(b.stderr.strip().splitlines()) == 1 and "lease" in b.stderr
+        release.set()
+        stdout, stderr = a.communicate(timeout=120)
+        assert a.returncode == 0, stderr
+    finally:
+        relay.cut()
+    tasks = _tasks(label_studio, project)
+    assert sorted(t["data"]["image"] for t in tasks) == uris

@@ -190,13 +190,13 @@ class ExportLedger:
 def export_ledgers(output: str, *, s3: S3Config | None = None) -> list[ExportLedger]:
     """Every ledger (destination and queue) under ``output``, from the ``destination.json`` files."""
     fs, path = resolve(join_uri(output, EXPORTS_DIR), s3)
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, max_recursion=1, allow_not_found=True))
+    scopes = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
     out = []
-    for info in infos:
-        if info.type != pafs.FileType.File or info.base_name != DESTINATION_JSON:
-            continue
-        doc = json.loads(read_bytes(join_uri(output, EXPORTS_DIR, info.path[len(path):].strip("/")), s3=s3))
-        scope = info.path[len(path):].strip("/").split("/")[0]
+    for scope in sorted(s.base_name for s in scopes if s.type == pafs.FileType.Directory):
+        try:
+            doc = json.loads(read_bytes(join_uri(output, EXPORTS_DIR, scope, DESTINATION_JSON), s3=s3))
+        except FileNotFoundError:
+            continue  # not a ledger (e.g. a tasks file written under exports/)
         queues = fs.get_file_info(pafs.FileSelector(f"{path}/{scope}", recursive=False))
         out += [ExportLedger(output, doc["kind"], doc["destination"], q.base_name, s3=s3)
                 for q in sorted(queues, key=lambda q: q.base_name) if q.type == pafs.FileType.Directory]

@@ -6,6 +6,7 @@ import os
 from ood_audit.cli import main
 from ood_audit.errors import EXIT_CONFIG, EXIT_LEASE_HELD
 from ood_audit.io.lease import Lease
+from ood_audit.report.build import SentLine, sent_lines
 from ood_audit.sinks.export import export
 from ood_audit.sinks.export_ledger import ExportLedger
 from ood_audit.sinks.manifest import ManifestSink
@@ -41,6 +42,7 @@ def test_catch_up_sends_every_earlier_nights_rows_once(tmp_path):
     assert export(out, again, Selection(), run_id="n3", catch_up=True).sent_now == 0 and _sent(again) == []
     ledger = ExportLedger(out, "jsonl", prefix, "outliers")
     assert ledger.sent_by("n3") == (6, 5)  # 1 row of n3 itself, 5 scanned by earlier runs
+    assert sent_lines(out, "n3", None) == [SentLine("jsonl", prefix, "outliers", 6, 5)]  # the report's line
 
 
 def test_catch_up_leaves_sent_rows_out_before_the_budget(tmp_path):

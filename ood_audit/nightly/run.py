@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ood_audit.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_OK, EXIT_TRIAGE, BundleError, ConfigError, \
-    OodAuditError, StorageError
+    OodAuditError, ReportError, StorageError
 from ood_audit.io.fs import S3Config
 from ood_audit.nightly.config import Export, LabelStudioExport, NightlyConfig, SqsExport
 from ood_audit.errors import EXIT_LEASE_HELD
@@ -183,8 +183,11 @@ def _report(cfg: NightlyConfig, run_id: str, s3: S3Config, res: NightlyResult) -
 
     assert cfg.report is not None
     out = _fill(cfg.report.out, run_id)
-    write_report(cfg.output, out, run_id, s3=s3,
-                 options=ReportOptions(top=cfg.report.top, prefix_depth=cfg.report.prefix_depth))
+    try:
+        write_report(cfg.output, out, run_id, s3=s3,
+                     options=ReportOptions(top=cfg.report.top, prefix_depth=cfg.report.prefix_depth))
+    except OSError as exc:  # a report that cannot be written fails its stage (exit 5), not the whole job
+        raise ReportError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
     res.report = out
 
 

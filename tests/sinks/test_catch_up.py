@@ -86,3 +86,29 @@ def test_tasks_file_without_run_id_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == EXIT_CONFIG and len(err) == 1 and "{run_id}" in err[0] and "tasks.json" in err[0]
     assert not (tmp_path / "tasks.json").exists()
+
+
+def test_a_stray_part_file_is_read_by_no_reader(tmp_path):
+    """A part file no marker names (a killed attempt's) is not in load_report, an export, a catch-up or the
+    done-set; `ood-audit runs sweep` removes it and says so."""
+    import pyarrow as pa
+
+    from ood_audit.scan.plan import DoneSet
+    from ood_audit.store.runs import find_run, load_report
+    from ood_audit.store.schema import list_parts, part_name, report_schema, write_part
+    from tests.reports import BASE_TIME
+
+    out, prefix = str(tmp_path / "audit"), str(tmp_path / "m")
+    partition = write_run(out, "n1", [row("s3://d/a.png", pct=1.0)])
+    stray = row("s3://d/stray.png", pct=1.0)
+    schema = report_schema()
+    cols = {f.name: [stray.get(f.name)] for f in schema}
+    cols.update(run_id=["n1"], bundle_id=["b" * 32], scanned_at=[BASE_TIME])
+    write_part(pa.Table.from_pydict(cols, schema=schema), f"{partition}/{part_name('n1', 7, 2, 'd1')}")
+    assert len(list_parts(partition)) == 2
+    assert load_report(out, "n1").column("uri").to_pylist() == ["s3://d/a.png"]
+    sink = ManifestSink(prefix)
+    assert export(out, sink, Selection(), catch_up=True).sent_now == 1 and _sent(sink) == ["s3://d/a.png"]
+    assert len(DoneSet.from_reports(out, find_run(out, "n1").bundle_id)) == 1  # the stray object is scanned again
+    assert main(["runs", "sweep", out]) == 0
+    assert list_parts(partition) == [part_name("n1", 0, 1, "d0")]

@@ -48,7 +48,9 @@ log = logging.getLogger(__name__)
 
 class Sink(Protocol):
     """What :func:`export` needs from a sink. ``send`` raises on failure (``PartialSend`` when some of the
-    batch was confirmed); returning means the whole batch was delivered."""
+    batch was confirmed); returning means the whole batch was delivered. A sink whose answer can be lost
+    after the batch was applied also has ``present(keys) -> set[str]`` (the keys the destination has):
+    its batches are noted in flight and reconciled with it (:mod:`~ood_audit.sinks.export_ledger`)."""
 
     kind: str
     destination: str

@@ -12,7 +12,8 @@ import pyarrow as pa
 from ood_audit.io.fs import S3Config, write_bytes
 from ood_audit.io.uri import join_uri
 from ood_audit.store.schema import SPEC_SCORES, part_name, partition_uri, report_schema, write_part
-from ood_audit.store.runs import SUMMARY_JSON, run_dir
+from ood_audit.store.records import ChunkMarker
+from ood_audit.store.runs import MARKERS_DIR, RUN_JSON, SUMMARY_JSON, run_dir
 
 BASE_TIME = datetime(2026, 11, 1, 2, 0, tzinfo=timezone.utc)
 FORMATS = {"featurenorm", "csd"}
@@ -39,6 +40,18 @@ def row(uri: str, *, status: str = "ok", pct: float | None = 50.0, flagged: bool
     return r
 
 
+def commit_run(output: str, run_id: str, run_date: str, files: Sequence[tuple[str, int]], *,
+               bundle_id: str = "b" * 32, s3: S3Config | None = None) -> None:
+    """What the scan writes to commit part files: ``run.json``, then one marker per (file, rows), chunk i."""
+    doc = {"ledger_version": 1, "run_id": run_id, "run_date": run_date, "identity": {"bundle_id": bundle_id},
+           "attempts": []}
+    write_bytes(join_uri(run_dir(output, run_id), RUN_JSON), json.dumps(doc).encode(), s3=s3)
+    for chunk, (name, rows) in enumerate(files):
+        marker = ChunkMarker(chunk=chunk, rows=rows, attempt=1, files=[name])
+        write_bytes(join_uri(run_dir(output, run_id), MARKERS_DIR, f"c{chunk:06d}.json"),
+                    json.dumps(marker.to_json()).encode(), s3=s3)
+
+
 def write_run(output: str, run_id: str, rows: Sequence[Mapping[str, Any]], *, bundle_id: str = "b" * 32,
               bundle_uri: str = "", day: int = 0, s3: S3Config | None = None, inputs: Sequence[str] = (),
               rows_per_file: int = 1000, summary: Mapping[str, Any] | None = None) -> str:
@@ -47,14 +60,17 @@ def write_run(output: str, run_id: str, rows: Sequence[Mapping[str, Any]], *, bu
     run_date = f"{created:%Y-%m-%d}"
     schema = report_schema()
     partition = partition_uri(output, run_date)
+    files = []
     for chunk, start in enumerate(range(0, len(rows), rows_per_file)):  # no rows, no part files
         part = rows[start:start + rows_per_file]
         cols = {f.name: [r.get(f.name) for r in part] for f in schema}
         cols["run_id"] = [run_id] * len(part)
         cols["bundle_id"] = [bundle_id] * len(part)
         cols["scanned_at"] = [created] * len(part)
-        write_part(pa.Table.from_pydict(cols, schema=schema), join_uri(partition, part_name(run_id, chunk, 1, "d0")),
-                   s3=s3)
+        name = part_name(run_id, chunk, 1, "d0")
+        write_part(pa.Table.from_pydict(cols, schema=schema), join_uri(partition, name), s3=s3)
+        files.append((name, len(part)))
+    commit_run(output, run_id, run_date, files, bundle_id=bundle_id, s3=s3)
     counts = {s: sum(r.get("status", "ok") == s for r in rows)
               for s in ("ok", "decode_error", "missing", "too_large", "unsupported")}
     doc = {"run_id": run_id, "run_date": run_date, "reports": partition, "complete": True,

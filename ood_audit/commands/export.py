@@ -18,9 +18,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "FeatureNorm and CSD disagree on), optionally only those with (or without) given data-quality "
                     "issues, and send them to a labeling queue. A ledger under "
                     "REPORT/exports/ records what each destination already has, keyed by (uri, etag, bundle), "
-                    "so later nights send only new or changed objects; a failed export re-run sends the rest.")
+                    "so later nights send only new or changed objects; a failed export re-run sends the rest. "
+                    "--catch-up (what the nightly job does) selects instead from every committed row of the run's "
+                    "bundle, of any earlier run too, that the destination has not received: a night whose scan "
+                    "stopped or whose export failed is delivered by the next one. One sender per destination: "
+                    "while another export to it runs, this one exits 75 having sent nothing. A duplicate URI is "
+                    "sent once.")
     p.add_argument("--report", required=True, help="the scan's output root (local or s3://)")
-    p.add_argument("--run-id", default=None, help="the run to export (default: the latest)")
+    p.add_argument("--run-id", default=None, help="the run to export (default: the latest); with --catch-up, "
+                                                  "the run whose bundle and flags are used")
+    p.add_argument("--catch-up", action="store_true",
+                   help="every committed row of the run's bundle not yet sent here, whichever run scanned it "
+                        "(the nightly's selection), instead of that run's rows only")
     p.add_argument("--to", required=True, choices=SINKS, help="sink: " + ", ".join(SINKS))
     g = p.add_argument_group("selection")
     g.add_argument("--policy", default="threshold", choices=("threshold", "top-k", "disagreement"),
@@ -38,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"leave out rows with any of these issues (same names; {ANY_QUALITY_ISSUE}: every row "
                         "with an issue)")
     ls = p.add_argument_group("label-studio")
-    ls.add_argument("--tasks-file", default=None, help="write this run's new tasks (import format) to this JSON file; "
-                                                            "{run_id} in the name gives each run its own file")
+    ls.add_argument("--tasks-file", default=None, help="write this run's new tasks (import format) to this JSON "
+                                                            "file; it must contain {run_id} (each run its own file)")
     ls.add_argument("--label-studio-url", default=None,
                     help="import into this server (default with --project-id/--create-project: $LABEL_STUDIO_URL); "
                          "token from $LABEL_STUDIO_API_KEY (legacy token or personal access token)")
@@ -94,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     selection = Selection(policy=args.policy, budget=args.budget, per_class=args.per_class,
                           quality=args.quality, exclude_quality=args.exclude_quality)
     s3 = s3_from_args(args)
-    summary = export(args.report, build_sink(args, s3), selection, run_id=args.run_id, s3=s3)
+    summary = export(args.report, build_sink(args, s3), selection, run_id=args.run_id, catch_up=args.catch_up,
+                     s3=s3)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:

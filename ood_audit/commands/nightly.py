@@ -12,10 +12,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "nightly", help="the scheduled job: incremental scan, exports and report, one run at a time",
         description="Run one nightly audit from a YAML config: an incremental scan of the configured prefixes "
                     "with the configured bundle, then each export, then the HTML report with drift against the "
-                    "previous run. A lease under the output root keeps two runs from overlapping. Exit status: "
+                    "previous run. A lease under the output root keeps two runs from overlapping. Each export "
+                    "catches up: it sends every committed row of the bundle not yet sent to its destination, from "
+                    "tonight's run or any earlier one, so a night whose scan stopped (its committed chunks are "
+                    "not scanned again) or whose export failed is delivered by the next night. Exit status: "
                     "0 done (whatever was found), 2 bad configuration or input, 3/6/7/8 storage unreachable, "
                     "credentials refused, no bucket, access denied, 4 scan incomplete (the next "
-                    "run scans the rest), 5 an export or the report failed (re-run to finish them), 75 another "
+                    "run scans the rest and exports what was committed), 5 an export or the report failed (the "
+                    "next night sends what is missing; or re-run), 75 another "
                     "run holds the lease, 1 unexpected error.")
     p.add_argument("--config", required=True, help="the job's YAML file (see the README for an example)")
     p.add_argument("--run-id", default=None, help="name of the run (default: start time + random)")

@@ -118,6 +118,10 @@ class LabelStudioExport(_Export):
     @field_validator("tasks_file")
     @classmethod
     def _check_tasks(cls, v: str | None) -> str | None:
+        from ood_audit.sinks.labelstudio import RUN_ID_FIELD  # the sink's rule; imported late (requests)
+
+        if v is not None and RUN_ID_FIELD not in v:  # refused at load (exit 2), not at the night's export
+            raise ValueError(f"must contain {RUN_ID_FIELD} (each export writes its own file; e.g. tasks-{{run_id}}.json)")
         return None if v is None else _uri(v)
 
     @model_validator(mode="after")

@@ -8,8 +8,13 @@ Order, and what each failure leaves behind:
 2. **Scan**, incremental by default: only objects new or changed since earlier runs with this bundle.
    A scan that cannot finish (S3 down for longer than its retries) is a failure (:data:`EXIT_SCAN`); its
    committed chunks are kept, so the next night scans only the rest.
-3. **Exports**, in the configured order. Each is idempotent (its ledger): one that fails is reported and
-   the others still run, then the job fails (:data:`EXIT_TRIAGE`); re-running sends exactly the rest.
+3. **Exports**, in the configured order, each a *catch-up* (:mod:`ood_audit.sinks.export`): every committed
+   row of the bundle, from tonight's run or any earlier one, that the export's ledger has not sent. So a
+   night whose scan stopped (its committed chunks count as done, and the next scan skips them) or whose
+   export failed is delivered by the next night that gets this far, without anyone re-running it. Each is
+   idempotent (its ledger) and takes its destination's export lease (a manual ``ood-audit export`` to the
+   same place makes it fail for tonight, and the next night sends the rest). One that fails is reported
+   and the others still run, then the job fails (:data:`EXIT_TRIAGE`).
 4. **Report**, with drift against the previous run. A report failure is also :data:`EXIT_TRIAGE`.
 
 Between stages the lease is checked: a run that was presumed dead and taken over stops instead of racing.
@@ -29,7 +34,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ood_audit.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_OK, EXIT_TRIAGE, BundleError, ConfigError, \
-    OodAuditError, StorageError
+    OodAuditError, ReportError, StorageError
 from ood_audit.io.fs import S3Config
 from ood_audit.nightly.config import Export, LabelStudioExport, NightlyConfig, SqsExport
 from ood_audit.errors import EXIT_LEASE_HELD
@@ -77,7 +82,8 @@ class NightlyResult:
                            f"{d.earlier_runs} of earlier runs' objects)")
         for e in self.exports:
             out.append(f"  export {e['sink']} ({e['policy']}): selected {e['selected']}, already sent "
-                       f"{e['already_sent']}, sent now {e['sent_now']}")
+                       f"{e['already_sent']}, sent now {e['sent_now']} ({e['from_earlier_runs']} from earlier "
+                       "nights)")
         if self.report:
             out.append(f"  report: {self.report}")
         out += [f"  FAILED: {e}" for e in self.errors]
@@ -167,7 +173,8 @@ def _export(cfg: NightlyConfig, e: Export, run_id: str, s3: S3Config, res: Night
         sink = ManifestSink(e.prefix, s3=s3)
     selection = Selection(policy=e.policy, budget=e.budget, per_class=e.per_class, quality=tuple(e.quality),
                           exclude_quality=tuple(e.exclude_quality))
-    summary = export(cfg.output, sink, selection, run_id=run_id, s3=s3)
+    summary = export(cfg.output, sink, selection, run_id=run_id, catch_up=True, s3=s3,
+                     lease_ttl_s=cfg.lease.ttl_s)
     res.exports.append(summary.to_dict())
 
 
@@ -176,8 +183,11 @@ def _report(cfg: NightlyConfig, run_id: str, s3: S3Config, res: NightlyResult) -
 
     assert cfg.report is not None
     out = _fill(cfg.report.out, run_id)
-    write_report(cfg.output, out, run_id, s3=s3,
-                 options=ReportOptions(top=cfg.report.top, prefix_depth=cfg.report.prefix_depth))
+    try:
+        write_report(cfg.output, out, run_id, s3=s3,
+                     options=ReportOptions(top=cfg.report.top, prefix_depth=cfg.report.prefix_depth))
+    except OSError as exc:  # a report that cannot be written fails its stage (exit 5), not the whole job
+        raise ReportError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
     res.report = out
 
 

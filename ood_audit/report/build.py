@@ -47,6 +47,29 @@ GRID_COLUMNS = ("uri", "status", "width", "height", "csd_view", "pred_class", "k
 
 
 @dataclass(frozen=True)
+class SentLine:
+    """Rows the exports under this run's id recorded at one destination and queue, and how many of them an
+    earlier run scanned (the nightly's catch-up: rows of a night whose scan stopped or whose export failed)."""
+
+    sink: str
+    destination: str
+    queue: str
+    rows: int
+    from_earlier: int
+
+
+def sent_lines(output: str, run_id: str, s3: S3Config | None) -> list[SentLine]:
+    from ood_audit.sinks.export_ledger import export_ledgers
+
+    out = []
+    for ledger in export_ledgers(output, s3=s3):
+        rows, earlier = ledger.sent_by(run_id)
+        if rows:
+            out.append(SentLine(ledger.kind, ledger.destination, ledger.queue, rows, earlier))
+    return out
+
+
+@dataclass(frozen=True)
 class ReportOptions:
     top: int = DEFAULT_TOP
     prefix_depth: int = 1
@@ -150,6 +173,7 @@ class ReportData:
     # bundle, so the page embeds it as it is); None without a readable bundle
     selection_html: str | None = None
     quality: QualityView = field(default_factory=lambda: QualityView(present=False))
+    sent: list[SentLine] = field(default_factory=list)  # what this run's exports sent, per destination
 
     @property
     def grid_quality_counts(self) -> dict[str, int]:
@@ -227,7 +251,7 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
                       prefixes=prefixes, drift=drift, failures=col.failures, failures_total=col.failures_total,
                       inputs=inputs, warnings=warnings,
                       generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      selection_html=selection_html, quality=quality)
+                      selection_html=selection_html, quality=quality, sent=sent_lines(output, run.run_id, s3))
 
 
 def _rows(run: RunInfo, s3: S3Config | None) -> Any:

@@ -96,6 +96,9 @@ written to <span class="mono">{{ d.run.output }}</span>.</p>
 (chance {{ d.training.chance_accuracy | pct }}){% endif %}.{% else %}Model validation accuracy: not recorded in the bundle.{% endif %}
 {% if d.training and d.training.warning %}<span class="note">{{ d.training.warning }}</span>{% endif %}</p>
 {% for w in d.warnings %}<div class="warn">{{ w }}</div>{% endfor %}
+{% if d.sent %}<p class="lede" id="sent">Sent to labelers under this run:
+{% for e in d.sent %}<b>{{ e.rows | thousands }}</b> to {{ e.sink }} <span class="mono">{{ e.destination }}</span> ({{ e.queue }}),
+<b>{{ e.from_earlier | thousands }}</b> of them from earlier nights{% if not loop.last %}; {% endif %}{% endfor %}.</p>{% endif %}
 </header>
 <main>
 <h2>How to read this report</h2>

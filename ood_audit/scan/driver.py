@@ -86,12 +86,11 @@ from ood_audit.scan.pipeline import actor_resources, build_pipeline
 from ood_audit.scan.plan import DoneSet, Skipped, check_inputs, listing_pages, rechunk, skip_done
 from ood_audit.scan.summary import PassStats, build_summary, startup_phases
 from ood_audit.store.records import ChunkMarker, ListingInfo, RunSummary, feed_rows
-from ood_audit.store.run_ledger import ChunkTracker, Plan, RunLayout, RunLedger, new_run_id
+from ood_audit.store.run_ledger import ChunkTracker, LEASE_NAME, Plan, RunLayout, RunLedger, new_run_id, sweep_output
 from ood_audit.store.schema import partition_uri
 
 log = logging.getLogger(__name__)
 
-LEASE_NAME = "lease.json"
 
 
 class ScanIncomplete(OodAuditError):
@@ -219,6 +218,7 @@ def _run_leased(ctx: ScanContext, listing: Iterable[pa.Table] | None,
     ctx.run_doc = ledger.open(identity, now=ctx.started_at)
     log.info("scan run %s (attempt %d), reports in %s", run_id, len(ctx.run_doc["attempts"]), ctx.partition)
 
+    sweep_output(cfg.output, s3=cfg.s3, skip_run=run_id)  # other runs' strays; our own are swept below
     plan = ledger.plan()
     if plan is None:
         plan = _make_plan(ctx, listing)

@@ -4,12 +4,18 @@ Everything here streams pyarrow pages (:data:`~ood_audit.io.listing.LISTING_SCHE
 ``size``); no step holds one Python object per key beyond the page in hand.
 
 Incremental scans (:class:`DoneSet`): an object is skipped when an earlier run under the same output root
-wrote a row for the same ``(uri, etag)`` with the same ``bundle_id`` and a *final* status:
+*committed* a row (a part file a chunk marker names, :func:`~ood_audit.store.runs.committed_parts`; a
+stray part file of a crashed attempt is never counted, so its objects are scanned again) for the same
+``(uri, etag)`` with the same ``bundle_id`` and a *final* status:
 
 - ``ok``, ``decode_error`` and ``unsupported`` are final: they depend only on the bytes (fixed by the
   etag) and the bundle's preprocessing;
 - ``missing``, ``too_large`` and ``refused`` are retried: a read can fail transiently, the size limits are
   options of each run, not properties of the object, and a refused object may be restored or granted.
+
+The committed rows of a run that stopped (exit 4) count as done although that run never finished: the
+next night does not scan them again, and the nightly's catch-up export (:mod:`ood_audit.sinks.export`)
+sends them, since it selects from every committed row its ledger has not sent, whatever run wrote it.
 
 Objects without an etag (from a manifest that has none) are always scanned. The done set keeps a sorted
 64-bit hash per done ``(uri, etag)`` (8 bytes each), read from earlier reports with a pyarrow dataset
@@ -31,7 +37,8 @@ from ood_audit.errors import ConfigError
 from ood_audit.io.fs import S3Config
 from ood_audit.io.listing import LISTING_SCHEMA, iter_listing_pages, iter_manifest_pages
 from ood_audit.io.uri import parse_uri
-from ood_audit.store.schema import open_reports, report_schema
+from ood_audit.store.runs import all_committed_parts, parts_dataset
+from ood_audit.store.schema import report_schema
 
 FINAL_STATUSES = ("ok", "decode_error", "unsupported")
 
@@ -102,12 +109,11 @@ class DoneSet:
     @classmethod
     def from_reports(cls, output: str, bundle_id: str, *, s3: S3Config | None = None,
                      exclude_run: str | None = None) -> DoneSet:
-        dataset = open_reports(output, s3=s3, schema=report_schema())
+        parts = all_committed_parts(output, s3=s3, bundle_id=bundle_id, exclude_run=exclude_run)
+        dataset = parts_dataset(parts, s3=s3, schema=report_schema())
         if dataset is None:
             return cls(np.zeros(0, np.uint64))
         cond = (pc.field("bundle_id") == bundle_id) & pc.field("status").isin(list(FINAL_STATUSES))
-        if exclude_run:
-            cond = cond & (pc.field("run_id") != exclude_run)
         parts = []
         scanner = pads.Scanner.from_dataset(dataset, columns=["uri", "etag"], filter=cond, batch_size=1 << 16)
         for batch in scanner.to_batches():

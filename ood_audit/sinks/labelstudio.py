@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_ENV = "LABEL_STUDIO_API_KEY"
 URL_ENV = "LABEL_STUDIO_URL"
+RUN_ID_FIELD = "{run_id}"
 
 
 def is_personal_access_token(token: str) -> bool:
@@ -186,6 +187,10 @@ class LabelStudioSink:
             raise ConfigError("--label-studio-url needs exactly one of --project-id and --create-project")
         if batch_size <= 0:
             raise ConfigError(f"--batch-size must be > 0, got {batch_size}")
+        if tasks_file is not None and RUN_ID_FIELD not in tasks_file:
+            # without it every export overwrites the last one's file, even with [] after its tasks were recorded
+            raise ConfigError(f"tasks_file {tasks_file!r} must contain {RUN_ID_FIELD} (each export writes its "
+                              "own file; e.g. tasks-{run_id}.json)")
         self.client = LabelStudioClient(url, token or "", timeout=timeout) if url else None
         self.project_id, self.create_title, self.tasks_file = project_id, create_project, tasks_file
         self.batch_size, self.s3 = batch_size, s3
@@ -210,7 +215,7 @@ class LabelStudioSink:
         if self.tasks_file:
             # ``{run_id}`` gives each night its own file; the ledger stays keyed by the template, so
             # deduplication still spans the nights.
-            path = self.tasks_file.replace("{run_id}", run_id)
+            path = self.tasks_file.replace(RUN_ID_FIELD, run_id)
             body = json.dumps([label_studio_task(i) for i in items], indent=1, allow_nan=False)
             write_bytes(path, body.encode("utf-8"), s3=self.s3)
             self.written = path
@@ -224,6 +229,16 @@ class LabelStudioSink:
         if n != len(items):
             raise ExportError(f"Label Studio at {self.client.url} created {n} of {len(items)} tasks in project "
                               f"{self.project_id}; check the project before re-running")
+
+    def present(self, keys: set[str]) -> set[str]:
+        """Which of ``keys`` the project already has as tasks (``data.export_key``): the reconciliation of
+        a batch whose import answer was lost (:mod:`ood_audit.sinks.export_ledger`). Reads every task of
+        the project, once per lost batch. A tasks file alone has nothing to reconcile."""
+        if self.client is None:
+            return set()
+        assert self.project_id is not None
+        there = {(t.get("data") or {}).get("export_key") for t in self.client.tasks(self.project_id)}
+        return keys & there
 
     def close(self) -> None:
         if self.client is not None:

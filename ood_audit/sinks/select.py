@@ -203,11 +203,14 @@ def payload_columns(schema: pa.Schema, flag_on: Sequence[str]) -> list[str]:
 
 
 def select_rows(ds: pads.Dataset, flag_on: Sequence[str], selection: Selection, *,
-                where: str = "this run") -> pa.Table:
-    """The rows ``selection`` exports from one run's dataset, ranked, with an ``anomaly`` column
-    (``where`` names the run in errors)."""
+                where: str = "this run", restrict: Any = None) -> pa.Table:
+    """The rows ``selection`` exports from a dataset (one run's, or a catch-up's many), ranked, with an
+    ``anomaly`` column (``where`` names the rows in errors). ``restrict``, a scanner expression, narrows
+    the candidates before ranking and the budget (a catch-up's "not sent yet")."""
     columns = payload_columns(ds.schema, flag_on)
     ok = pc.field("status") == "ok"
+    if restrict is not None:
+        ok = ok & restrict
     quality = quality_filter(selection, ds.schema, where)
     if quality is not None:  # candidates are ok rows that pass the quality filters, whatever the policy
         ok = ok & quality

@@ -22,6 +22,10 @@ Rules that make a run exactly-once (the argument is in :mod:`ood_audit.scan.driv
   positions cover ``[0, n_c)`` exactly once (:class:`ChunkTracker`).
 - Before an attempt scans, and after it ends, every part file of the run that no marker names is deleted
   (:meth:`RunLedger.sweep`): leftovers of crashed attempts and of tasks that outlived their driver.
+- Readers never depend on that sweep: they read only the files markers name
+  (:func:`~ood_audit.store.runs.committed_parts`). :func:`sweep_output` (``ood-audit runs sweep``, and the
+  start of every scan) removes the stray files of *every* run, each under that run's own lease, so a run
+  still in progress is left alone.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ import re
 import secrets
 import socket
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -48,12 +51,14 @@ from ood_audit.io.fs import S3Config, read_bytes, resolve, write_bytes
 from ood_audit.io.listing import LISTING_SCHEMA
 from ood_audit.io.uri import join_uri
 from ood_audit.scan.read import PlanSlice
-from ood_audit.store.records import ChunkMarker, FeedRow, ListingInfo, RunSummary, parse_marker
-from ood_audit.store.schema import delete_parts, list_parts, partition_uri
-from ood_audit.store.runs import run_dir
+from ood_audit.store.records import ChunkMarker, FeedRow, ListingInfo, RunSummary
+from ood_audit.store.schema import PARTITION_KEY, delete_parts, list_parts, parse_part_name, partition_uri, reports_root
+from ood_audit.store.runs import MARKERS_DIR, committed_parts, read_markers, run_dir
 
 log = logging.getLogger(__name__)
 
+LEASE_NAME = "lease.json"  # runs/<run_id>/lease.json: one driver per run id (the scan's, and the sweep's)
+SWEEP_LEASE_TTL_S = 120.0  # held only while one run's stray files are deleted
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 LEDGER_VERSION = 1
 
@@ -87,7 +92,7 @@ class RunLayout:
         return self.file("plan", f"c{chunk:06d}.parquet")
 
     def marker(self, chunk: int) -> str:
-        return self.file("chunks", f"c{chunk:06d}.json")
+        return self.file(MARKERS_DIR, f"c{chunk:06d}.json")
 
 
 @dataclass
@@ -181,14 +186,7 @@ class RunLedger:
 
     def markers(self) -> dict[int, ChunkMarker]:
         """Every committed chunk's marker, by chunk number."""
-        fs, path = resolve(self.layout.file("chunks"), self.s3)
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".json"))
-        uris = [self.layout.file("chunks", n) for n in names]
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            docs = list(pool.map(self._read_json, uris))
-        markers = (parse_marker(d, uri) for d, uri in zip(docs, uris) if d is not None)
-        return {m.chunk: m for m in markers}
+        return read_markers(self.layout.output, self.layout.run_id, s3=self.s3)
 
     def commit(self, marker: ChunkMarker) -> None:
         if self.fence is not None:
@@ -249,6 +247,82 @@ class RunLedger:
         fs, path = resolve(self.layout.file(name), self.s3)
         if fs.get_file_info(path).type == pafs.FileType.Directory:
             fs.delete_dir_contents(path, missing_dir_ok=True)
+
+
+@dataclass
+class SweepResult:
+    """What :func:`sweep_output` did: the part files it removed, and the runs it left alone (in progress)."""
+
+    removed: list[str] = field(default_factory=list)
+    busy_runs: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"removed {len(self.removed)} part file(s) that no commit marker names"]
+        out += [f"  {u}" for u in self.removed]
+        if self.busy_runs:
+            out.append(f"left alone (a live scan holds its lease): {', '.join(self.busy_runs)}")
+        return out
+
+
+def sweep_output(output: str, *, s3: S3Config | None = None, skip_run: str | None = None) -> SweepResult:
+    """Delete every part file under ``<output>/reports/`` that no commit marker names (module docstring).
+
+    A file whose run has no ``run.json`` is an orphan and goes at once. Otherwise the run's lease is taken
+    first (a dead or stale holder is taken over, a live one is left alone: its files may be a chunk in
+    flight) and its markers are read under it. ``skip_run`` is the caller's own run (it sweeps its own).
+    """
+    from ood_audit.io.lease import Lease, LeaseHeld
+
+    result = SweepResult()
+    fs, root = resolve(reports_root(output), s3)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True))
+    partitions = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
+                        and i.base_name.startswith(f"{PARTITION_KEY}="))
+    by_run: dict[str, dict[str, list[str]]] = {}
+    for d in partitions:
+        partition = join_uri(reports_root(output), d)
+        for name in list_parts(partition, s3=s3):
+            run = parse_part_name(name)[0]  # type: ignore[index]  # list_parts returns part names only
+            if run != skip_run:
+                by_run.setdefault(run, {}).setdefault(partition, []).append(name)
+
+    def stray(run: str, found: dict[str, list[str]]) -> dict[str, list[str]]:
+        parts = committed_parts(output, run, s3=s3)
+        keep = set(parts.names) if parts is not None else set()
+        return {p: [n for n in names if not (parts is not None and p == parts.partition and n in keep)]
+                for p, names in found.items()}
+
+    for run, found in sorted(by_run.items()):
+        if not any(stray(run, found).values()):
+            continue
+        layout = RunLayout(output, run)
+        lease = Lease(layout.file(LEASE_NAME), SWEEP_LEASE_TTL_S, run=f"sweep-{run}"[:64], s3=s3,
+                      dead_holder_is_stale=True)
+        has_run = read_bytes_or_none(layout.file("run.json"), s3) is not None
+        try:
+            if has_run:
+                lease.acquire()
+        except LeaseHeld:
+            result.busy_runs.append(run)
+            continue
+        try:
+            for partition, names in stray(run, found).items():  # again, under the lease
+                if names:
+                    delete_parts(partition, names, s3=s3)
+                    result.removed += [join_uri(partition, n) for n in names]
+        finally:
+            if has_run:
+                lease.release()
+    if result.removed:
+        log.info("removed %d part file(s) that no commit marker names under %s", len(result.removed), output)
+    return result
+
+
+def read_bytes_or_none(uri: str, s3: S3Config | None) -> bytes | None:
+    try:
+        return read_bytes(uri, s3=s3)
+    except FileNotFoundError:
+        return None
 
 
 class ChunkTracker:

@@ -6,8 +6,12 @@ Everything after the scan (exports, the HTML report, notebooks) starts here, so 
   finishes, and parsed once here into a :class:`~ood_audit.store.records.RunSummary` (older formats
   through its migration). Runs are ordered by the start of their first attempt (``created_at``), then by id; the *latest*
   run is the last of that order, and a run's *previous* run is the one just before it.
-- A run's rows are only its own part files in its own ``run_date`` partition (the file names carry the run
-  id), so reading one run never lists or opens another's files, however many nights the root holds.
+- A run's rows are exactly the part files its commit markers (``runs/<run_id>/chunks/*.json``) name, in
+  its own ``run_date`` partition (:func:`committed_parts`, the one home of "the committed part files of a
+  run", used by every reader: this module, the incremental scan's done-set, the exports, the report and
+  its drift). A part file no marker names (a crashed attempt's leftover that no sweep removed yet) is
+  never read: it may hold rows of a chunk that was never completed. Reading one run never lists or opens
+  another's files, however many nights the root holds.
 - Every part file records ``ood_audit.report_format`` in its schema metadata. A version this code does not
   know is refused with one line, rather than read with silently missing or misread columns.
 - Rows are read with column projection and filters pushed down to pyarrow's dataset scanner, and the
@@ -35,17 +39,18 @@ import pyarrow.fs as pafs
 from ood_audit.errors import ReportError
 from ood_audit.io.fs import S3Config, read_bytes, resolve
 from ood_audit.io.uri import join_uri
-from ood_audit.store.records import RunSummary, parse_summary
+from ood_audit.store.records import ChunkMarker, RunSummary, parse_marker, parse_summary
 from ood_audit.store.schema import (
     PARTITION_KEY,
     SUPPORTED_REPORT_FORMATS,
-    list_parts,
     partition_uri,
     report_schema,
 )
 
 RUNS_DIR = "runs"
 SUMMARY_JSON = "summary.json"
+RUN_JSON = "run.json"
+MARKERS_DIR = "chunks"
 FORMAT_KEY = b"ood_audit.report_format"
 DEFAULT_FLAG_ON = ("featurenorm", "csd")  # calibration's default, for summaries that predate ``flag_on``
 
@@ -53,6 +58,89 @@ DEFAULT_FLAG_ON = ("featurenorm", "csd")  # calibration's default, for summaries
 def run_dir(output: str, run_id: str) -> str:
     """``<output>/runs/<run_id>``: a run's own state (plan, markers, summary)."""
     return join_uri(output, RUNS_DIR, run_id)
+
+
+def run_ids(output: str, *, s3: S3Config | None = None) -> list[str]:
+    """Every run directory under ``output`` (finished or not), sorted by id (which sorts by start time)."""
+    fs, path = resolve(join_uri(output, RUNS_DIR), s3)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def _json(uri: str, s3: S3Config | None) -> dict[str, Any] | None:
+    try:
+        return json.loads(read_bytes(uri, s3=s3))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{uri} is not valid JSON: {exc}") from None
+
+
+def read_markers(output: str, run_id: str, *, s3: S3Config | None = None) -> dict[int, ChunkMarker]:
+    """Every committed chunk's marker of one run, by chunk number."""
+    base = join_uri(run_dir(output, run_id), MARKERS_DIR)
+    fs, path = resolve(base, s3)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".json"))
+    uris = [join_uri(base, n) for n in names]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        docs = list(pool.map(lambda u: _json(u, s3), uris))
+    markers = (parse_marker(d, uri) for d, uri in zip(docs, uris) if d is not None)
+    return {m.chunk: m for m in markers}
+
+
+@dataclass(frozen=True)
+class CommittedParts:
+    """The part files one run committed (named by its markers), and what its ``run.json`` says of it."""
+
+    run_id: str
+    partition: str
+    names: tuple[str, ...]
+    bundle_id: str | None  # the bundle the run was started with (run.json), None when it predates it
+
+    @property
+    def uris(self) -> list[str]:
+        return [join_uri(self.partition, n) for n in self.names]
+
+
+def committed_parts(output: str, run_id: str, *, s3: S3Config | None = None,
+                    run_date: str | None = None) -> CommittedParts | None:
+    """The committed part files of ``run_id`` (module docstring); None when the run never started
+    (no ``run.json``). ``run_date`` saves reading ``run.json`` when the caller knows it."""
+    doc = _json(join_uri(run_dir(output, run_id), RUN_JSON), s3)
+    if doc is None and run_date is None:
+        return None
+    run_date = run_date or str(doc["run_date"])  # type: ignore[index]
+    bundle = ((doc or {}).get("identity") or {}).get("bundle_id")
+    names = sorted({f for m in read_markers(output, run_id, s3=s3).values() for f in m.files})
+    return CommittedParts(run_id, partition_uri(output, run_date), tuple(names), bundle)
+
+
+def all_committed_parts(output: str, *, s3: S3Config | None = None, bundle_id: str | None = None,
+                        exclude_run: str | None = None) -> list[CommittedParts]:
+    """:func:`committed_parts` of every run under ``output`` with any (only ``bundle_id``'s when given),
+    stopped and unfinished runs included: a committed chunk is final whatever happened to its run."""
+    ids = [r for r in run_ids(output, s3=s3) if r != exclude_run]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = list(pool.map(lambda r: committed_parts(output, r, s3=s3), ids))
+    return [p for p in found if p is not None and p.names and (bundle_id is None or p.bundle_id in (None, bundle_id))]
+
+
+def parts_dataset(parts: Sequence[CommittedParts], *, s3: S3Config | None = None,
+                  schema: pa.Schema | None = None) -> pads.Dataset | None:
+    """The given committed part files as one dataset (no ``run_date`` column); None when there are none.
+    Without ``schema`` the first file's is used and its report format checked."""
+    parts = [p for p in parts if p.names]
+    if not parts:
+        return None
+    fs, paths = None, []
+    for p in parts:
+        fs, path = resolve(p.partition, s3)
+        paths += [f"{path}/{n}" for n in p.names]
+    ds = pads.dataset(paths, format="parquet", filesystem=fs, schema=schema)
+    if schema is None:
+        check_format(ds.schema, parts[0].uris[0])
+    return ds
 
 
 @dataclass(frozen=True)
@@ -80,19 +168,12 @@ class RunInfo:
 
 def list_runs(output: str, *, s3: S3Config | None = None) -> list[RunInfo]:
     """Every run under ``output`` that has a summary, oldest first (see the module docstring)."""
-    fs, path = resolve(join_uri(output, RUNS_DIR), s3)
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
-    ids = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+    ids = run_ids(output, s3=s3)
 
     def load(run_id: str) -> RunInfo | None:
         uri = join_uri(run_dir(output, run_id), SUMMARY_JSON)
-        try:
-            doc = json.loads(read_bytes(uri, s3=s3))
-        except FileNotFoundError:
-            return None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ReportError(f"{uri} is not valid JSON: {exc}") from None
-        return run_info(output, parse_summary(doc, uri))
+        doc = _json(uri, s3)
+        return None if doc is None else run_info(output, parse_summary(doc, uri))
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         runs = [r for r in pool.map(load, ids) if r is not None]
@@ -126,17 +207,15 @@ def previous_run(output: str, run: RunInfo, *, s3: S3Config | None = None,
 
 
 def run_dataset(run: RunInfo, *, s3: S3Config | None = None) -> pads.Dataset:
-    """The run's part files as one dataset (no ``run_date`` column). Refuses unknown report formats."""
-    names = list_parts(run.partition, s3=s3, run_id=run.run_id)
-    if not names and not run.summary.objects:
+    """The run's committed part files as one dataset (no ``run_date`` column). Refuses unknown report formats."""
+    parts = committed_parts(run.output, run.run_id, s3=s3, run_date=run.run_date)
+    ds = parts_dataset([parts] if parts is not None else [], s3=s3)
+    if ds is None and not run.summary.objects:
         # A night with nothing new (an incremental scan that skipped everything) has no rows: an empty
         # report, not an error.
         return pads.dataset(report_schema().empty_table())
-    if not names:
-        raise ReportError(f"run {run.run_id} has no report files under {run.partition}")
-    fs, path = resolve(run.partition, s3)
-    ds = pads.dataset([f"{path}/{n}" for n in names], format="parquet", filesystem=fs)
-    check_format(ds.schema, f"{run.partition}/{names[0]}")
+    if ds is None:
+        raise ReportError(f"run {run.run_id} has no committed report files under {run.partition}")
     return ds
 
 
@@ -220,5 +299,6 @@ def run_info(output: str, summary: RunSummary) -> RunInfo:
                    started_at=summary.created_at or summary.started_at or "", summary=summary)
 
 
-__all__ = ["PARTITION_KEY", "RunInfo", "anomaly", "check_format", "find_run", "iter_batches", "list_runs",
-           "load_report", "most_anomalous", "previous_run", "run_dataset", "run_dir", "run_info"]
+__all__ = ["PARTITION_KEY", "CommittedParts", "RunInfo", "all_committed_parts", "anomaly", "check_format",
+           "committed_parts", "find_run", "iter_batches", "list_runs", "load_report", "most_anomalous",
+           "parts_dataset", "previous_run", "read_markers", "run_dataset", "run_dir", "run_ids", "run_info"]

@@ -10,7 +10,7 @@ inputs: [s3://my-datasets/incoming/]
 output: s3://my-audit/audit
 scan: {batch_size: 32}
 exports:
-  - {sink: label-studio, tasks_file: s3://my-audit/exports/tasks.json}
+  - {sink: label-studio, tasks_file: 's3://my-audit/exports/tasks-{run_id}.json'}
   - {sink: jsonl, policy: top-k, budget: 500, prefix: s3://my-audit/exports/manifests/}
   - {sink: sqs, policy: disagreement, queue: "https://sqs.us-east-1.amazonaws.com/1/q.fifo"}
 report: {out: s3://my-audit/reports/latest.html}
@@ -55,10 +55,10 @@ def test_missing_file(tmp_path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (("tasks_file: s3://my-audit/exports/tasks.json}",
+    (("tasks_file: 's3://my-audit/exports/tasks-{run_id}.json'}",
       "url: 'http://ls.example', project_id: 1, token_env: AWS_SECRET_ACCESS_KEY}"),
      "exports[0].token_env: must name a token variable"),
-    (("tasks_file: s3://my-audit/exports/tasks.json}", "url: 'http://ls.example', project_id: 1, token_env: HOME}"),
+    (("tasks_file: 's3://my-audit/exports/tasks-{run_id}.json'}", "url: 'http://ls.example', project_id: 1, token_env: HOME}"),
      "exports[0].token_env: must name a token variable"),
     (("{ttl_s: 600}", "{ttl_s: 1e20}"), "lease.ttl_s: "),
     (("{ttl_s: 600}", "{ttl_s: 604801}"), "lease.ttl_s: Input should be less than or equal to 604800"),
@@ -88,6 +88,17 @@ def test_bounds_and_token_variable_one_line_naming_the_field(tmp_path, edit, mes
 def test_allowed_token_variables(tmp_path):
     p = tmp_path / "nightly.yaml"
     for name in ("LABEL_STUDIO_API_KEY", "LS_TOKEN"):
-        p.write_text(GOOD.replace("tasks_file: s3://my-audit/exports/tasks.json}",
+        p.write_text(GOOD.replace("tasks_file: 's3://my-audit/exports/tasks-{run_id}.json'}",
                                   f"url: 'http://ls.example', project_id: 1, token_env: {name}}}"))
         assert load_config(p).exports[0].token_env == name
+
+
+def test_a_tasks_file_without_run_id_is_refused_at_load(tmp_path):
+    """Every night would overwrite the last one's file (even with [] once its tasks are recorded)."""
+    p = tmp_path / "n.yaml"
+    p.write_text("bundle: s3://b/bundles/x\ninputs: [s3://b/in]\noutput: s3://b/audit\n"
+                 "exports:\n  - {sink: label-studio, tasks_file: /tmp/tasks.json}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(p))
+    msg = str(err.value)
+    assert "\n" not in msg and "tasks_file" in msg and "{run_id}" in msg, msg

@@ -18,7 +18,7 @@ from ood_audit.store.runs import list_runs
 def _config(tmp_path, scan, out):
     doc = {"bundle": scan.bundle_uri, "inputs": [scan.inputs], "output": out,
            "scan": {"batch_size": 32, "chunk_size": 100, "workers": 2, "read_threads": 8},
-           "exports": [{"sink": "label-studio", "tasks_file": f"{out}/exports/tasks.json"},
+           "exports": [{"sink": "label-studio", "tasks_file": f"{out}/exports/tasks-{{run_id}}.json"},
                        {"sink": "jsonl", "policy": "top-k", "budget": 10, "prefix": f"{out}/exports/manifests"}],
            "report": {"out": f"{out}/html/{{run_id}}.html", "top": 12},
            "lease": {"ttl_s": 600}}
@@ -36,7 +36,7 @@ def test_two_nights_exports_once_report_and_drift(real_scan, ray_local, s3_env, 
     assert main(["nightly", "--config", str(cfg), "--run-id", "n1"]) == 0
     first = capsys.readouterr().out
     assert "nightly run n1: done (exit 0)" in first
-    tasks1 = json.loads(read_bytes(f"{out}/exports/tasks.json", s3=scan.s3))
+    tasks1 = json.loads(read_bytes(f"{out}/exports/tasks-n1.json", s3=scan.s3))
     assert tasks1 and all(t["data"]["image"].startswith(f"s3://{scan.bucket}/incoming/") for t in tasks1)
     assert exists(f"{out}/html/n1.html", s3=scan.s3)
 

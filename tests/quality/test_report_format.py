@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from ood_audit.scan.rows import CHUNK, DIGEST, QUALITY, READ_S, SEQ, RowBuilder
 from ood_audit.store.records import RunSummary
+from tests.reports import commit_run
 from ood_audit.store.schema import part_name, partition_uri, report_schema, write_part
 from ood_audit.store.runs import RunInfo, check_format, run_dataset
 
@@ -35,6 +36,7 @@ def _old_run(tmp_path, version: str, absent: tuple[str, ...], **values):
                   complete=True, started_at="", summary=RunSummary(run_id="r0", objects=1))
     write_part(pa.Table.from_pylist([row], schema=old),
                f"{partition_uri(str(tmp_path), run.run_date)}/{part_name('r0', 0, 1, '0' * 16)}")
+    commit_run(str(tmp_path), "r0", run.run_date, [(part_name('r0', 0, 1, '0' * 16), 1)], bundle_id="b")
     ds = run_dataset(run)
     assert check_format(ds.schema, "old") == version
     return ds.to_table()

@@ -9,7 +9,7 @@ from ood_audit.errors import ConfigError
 from ood_audit.io.listing import LISTING_SCHEMA
 from ood_audit.store.run_ledger import ChunkTracker, RunLedger, Plan, RunLayout, check_run_id, new_run_id
 from ood_audit.scan.plan import DoneSet, Skipped, check_inputs, rechunk, skip_done
-from ood_audit.scan.rows import RowBuilder
+from ood_audit.scan.rows import CHUNK, RowBuilder
 from ood_audit.scan.write import write_parts
 from ood_audit.store.records import ChunkMarker, FeedRow, ListingInfo, feed_rows
 from ood_audit.store.schema import list_parts, open_reports, partition_uri
@@ -91,15 +91,23 @@ def test_write_parts_names_depend_only_on_rows(tmp_path):
     assert first[0].counts["missing"] == 5 and first[0].seqs == [0, 1, 2, 3, 4]
 
 
+def _commit(output, run_id, bundle_id, feeds, day=datetime(2026, 1, 2, tzinfo=timezone.utc)):
+    """Commit the chunk ``feeds`` cover, as the scan does: run.json, then the chunk's marker."""
+    ledger = RunLedger(RunLayout(str(output), run_id))
+    ledger.open({"bundle_id": bundle_id}, now=day)
+    rows = sum(len(f.seqs) for f in feeds)
+    ledger.commit(ChunkMarker.of_feeds(feeds[0].chunk, rows, feeds, 1))
+
+
 def test_done_set_counts_only_final_statuses_of_the_same_bundle(tmp_path):
     part = partition_uri(str(tmp_path), "2026-01-02")
     statuses = ["ok", "decode_error", "unsupported", "missing", "too_large"]
     batch = _batch(statuses)
     scores = {"featurenorm": np.array([1.0])}
-    write_parts(RowBuilder({}, "b1", "old", ["featurenorm"]).build(batch, scores), partition=part, run_id="old",
-                attempt=1)
-    write_parts(RowBuilder({}, "b2", "other", ["featurenorm"]).build(_batch(["ok"] * 5), {"featurenorm": np.ones(5)}),
-                partition=part, run_id="other", attempt=1)
+    _commit(tmp_path, "old", "b1", feed_rows(write_parts(RowBuilder({}, "b1", "old", ["featurenorm"]).build(
+        batch, scores), partition=part, run_id="old", attempt=1)))
+    _commit(tmp_path, "other", "b2", feed_rows(write_parts(RowBuilder({}, "b2", "other", ["featurenorm"]).build(
+        _batch(["ok"] * 5), {"featurenorm": np.ones(5)}), partition=part, run_id="other", attempt=1)))
     assert open_reports(str(tmp_path)).count_rows() == 10
     done = DoneSet.from_reports(str(tmp_path), "b1")
     assert len(done) == 3
@@ -110,6 +118,41 @@ def test_done_set_counts_only_final_statuses_of_the_same_bundle(tmp_path):
     kept = list(skip_done([listing.append_column("size", pa.array([1] * 6, pa.int64()))], done, counter))
     assert counter.listed == 6 and counter.skipped == 2 and kept[0].num_rows == 4
     assert len(DoneSet.from_reports(str(tmp_path / "nothing"), "b1")) == 0
+
+
+def test_stray_part_files_are_invisible_and_swept(tmp_path):
+    """A part file no marker names (a crashed attempt's) is read by no reader, and `runs sweep` removes it."""
+    from ood_audit.store.run_ledger import sweep_output
+    from ood_audit.store.runs import all_committed_parts, committed_parts, parts_dataset
+
+    out = str(tmp_path)
+    part = partition_uri(out, "2026-01-02")
+    ok = {"featurenorm": np.ones(5)}
+    committed = feed_rows(write_parts(RowBuilder({}, "b1", "r1", ["featurenorm"]).build(_batch(["ok"] * 5), ok),
+                                      partition=part, run_id="r1", attempt=1))
+    _commit(tmp_path, "r1", "b1", committed)
+    stray = _batch(["ok"] * 5)
+    stray["uri"] = np.array([f"s3://b/stray{i}.png" for i in range(5)], dtype=object)
+    stray[CHUNK] = np.ones(5, np.int32)  # chunk 1 of r1: written, never committed
+    stray_feeds = feed_rows(write_parts(RowBuilder({}, "b1", "r1", ["featurenorm"]).build(stray, ok), partition=part,
+                                        run_id="r1", attempt=2))
+    orphan = feed_rows(write_parts(RowBuilder({}, "b1", "gone", ["featurenorm"]).build(stray, ok), partition=part,
+                                   run_id="gone", attempt=1))
+    assert len(list_parts(part)) == 3
+    parts = committed_parts(out, "r1")
+    assert parts is not None and list(parts.names) == [f.file for f in committed]
+    assert [p.run_id for p in all_committed_parts(out)] == ["r1"]  # "gone" has no run.json, nothing committed
+    rows = parts_dataset(all_committed_parts(out)).to_table(columns=["uri"]).column("uri").to_pylist()
+    assert sorted(rows) == sorted(_batch(["ok"] * 5)["uri"].tolist())
+    done = DoneSet.from_reports(out, "b1")
+    assert len(done) == 5
+    listing = pa.table({"uri": stray["uri"].tolist(), "etag": stray["etag"].tolist()}, schema=LISTING_SCHEMA.remove(2))
+    assert not done.contains(listing).any()  # the stray rows are scanned again
+    result = sweep_output(out)
+    assert sorted(result.removed) == sorted(partition_uri(out, "2026-01-02") + "/" + f.file
+                                            for f in stray_feeds + orphan)
+    assert list_parts(part) == [f.file for f in committed] and result.busy_runs == []
+    assert sweep_output(out).removed == []
 
 
 def test_inputs_and_run_ids():

@@ -142,7 +142,9 @@ class MotoServer:
 
 class Relay:
     """A TCP relay to ``127.0.0.1:target``. ``cut()`` closes every connection and refuses new ones (the
-    endpoint is down, the server behind keeps its state); ``restore()`` listens again on the same port."""
+    endpoint is down, the server behind keeps its state); ``restore()`` listens again on the same port.
+    ``drop_next_answer(marker)``: the next request whose bytes hold ``marker`` reaches the server, and its
+    answer is read from the server and thrown away, the client's connection closed (a reply lost in transit)."""
 
     def __init__(self, target: int) -> None:
         self.target, self.port = target, free_port()
@@ -150,7 +152,21 @@ class Relay:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._server: socket.socket | None = None
+        self._drop_marker: bytes | None = None
+        self.dropped = threading.Event()  # set once the server answered and the answer was thrown away
+        self._hold_marker: bytes | None = None
+        self._release = threading.Event()
+        self.holding = threading.Event()
         self.restore()
+
+    def drop_next_answer(self, marker: bytes) -> None:
+        self._drop_marker = marker
+
+    def hold_next(self, marker: bytes) -> threading.Event:
+        """The next request holding ``marker`` waits in the relay until the returned event is set;
+        :attr:`holding` is set once it waits (its sender is then mid-send)."""
+        self._hold_marker, self._release = marker, threading.Event()
+        return self._release
 
     def restore(self) -> None:
         srv = socket.socket()
@@ -185,13 +201,25 @@ class Relay:
                     return
                 upstream = socket.create_connection(("127.0.0.1", self.target))
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            state = {"drop": False}
+            threading.Thread(target=self._pump, args=(client, upstream, state, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, state, False), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, state: dict, request: bool) -> None:
         try:
             while data := src.recv(65536):
+                with self._lock:
+                    if request and self._drop_marker is not None and self._drop_marker in data:
+                        self._drop_marker, state["drop"] = None, True  # one-shot, set before the server sees it
+                    hold = request and self._hold_marker is not None and self._hold_marker in data
+                    if hold:
+                        self._hold_marker = None
+                if hold:
+                    self.holding.set()
+                    self._release.wait()
+                if not request and state["drop"]:
+                    self.dropped.set()
+                    break  # the answer arrived: throw it away and close both sides
                 dst.sendall(data)
         except OSError:
             pass

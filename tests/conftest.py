@@ -40,14 +40,25 @@ def real_scan(s3_server: EmbeddedS3, s3_client: Any, shared_ray: Any) -> Iterato
 
 # Under pytest-xdist (``-n 2 --dist loadgroup``, the README's test command) each module's tests run in one
 # worker, so its module-scoped fixtures are built once; and the tests that share one of the expensive session
-# fixtures run in one worker too, so each is built once: the quick demo; the two-night real scan and the
-# Label Studio server (the nightly tests use both).
+# fixtures run in one worker too, so each is built once: the quick demo; the two-night real scan and Label
+# Studio (the nightly tests and the failure matrix use both). Those two groups are the longest, so they are
+# put first, one per worker, and the modules follow in their order: xdist's own reordering (by test count)
+# would start the quick demo last, and the suite would end waiting on it alone.
 XDIST_GROUPS = (("quick-demo", {"quick_demo"}), ("triage", {"real_scan", "label_studio"}))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank: dict[str, int] = {}
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
-        group = next((g for g, fixtures in XDIST_GROUPS if names & fixtures), item.nodeid.split("::")[0])
+        index, group = next(((i, g) for i, (g, fixtures) in enumerate(XDIST_GROUPS) if names & fixtures),
+                            (len(XDIST_GROUPS), item.nodeid.split("::")[0]))
         item.add_marker(pytest.mark.xdist_group(group))
+        rank[item.nodeid] = index
+    items.sort(key=lambda item: rank[item.nodeid])  # stable: the modules keep their order

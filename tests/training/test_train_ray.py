@@ -26,6 +26,7 @@ from ood_audit.training import TrainConfig, train
 pytestmark = [pytest.mark.slow]
 
 BASE = dict(arch="resnet18", small_input=True, batch_size=8, workers=2, cpus_per_worker=1.0, log_every_s=5.0)
+RESUME_LR = 0.05
 
 
 def _s3_objects(client: Any, bucket: str, prefix: str) -> dict[str, bytes]:
@@ -187,8 +188,10 @@ def test_killed_worker_recovers_from_last_checkpoint(ray_local, local_data, tmp_
 @pytest.mark.timeout(240)
 def test_rerun_same_name_resumes_alpa_finetune(ray_local, small_data, init_weights, tmp_path, capsys) -> None:
     common = dict(data=str(small_data), run_name="resume", storage=str(tmp_path / "runs"))
+    # A learning rate that moves the objective well past its step-to-step noise in two steps (the default, scaled
+    # to a global batch of 16 and warmed up over the first epoch, barely moves it), the same in both runs.
     first = train(TrainConfig(output=str(tmp_path / "a.safetensors"), mode="alpa-finetune", init=str(init_weights),
-                              epochs=1, **common, **BASE))
+                              epochs=1, lr=RESUME_LR, warmup_epochs=0.0, **common, **BASE))
     assert first.epochs_completed == 1 and first.global_step == 2  # 29 training images / 2 ranks / batch 8
 
     # The same run name and storage again, through the CLI, with more epochs: it starts at epoch 1, with the
@@ -197,6 +200,7 @@ def test_rerun_same_name_resumes_alpa_finetune(ray_local, small_data, init_weigh
     rc = main(["train", "--data", common["data"], "--output", str(out), "--small-input", "--epochs", "2",
                "--mode", "alpa-finetune", "--init", str(init_weights), "--batch-size", "8", "--workers", "2",
                "--cpus-per-worker", "1", "--run-name", "resume", "--storage", common["storage"],
+               "--lr", str(RESUME_LR), "--warmup-epochs", "0",
                "--json", str(tmp_path / "summary.json")])
     assert rc == 0
     summary = json.loads((tmp_path / "summary.json").read_text())

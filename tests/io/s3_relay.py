@@ -3,13 +3,15 @@
 Every other request is forwarded unchanged (the Host header included, so SigV4 signatures still hold). A rule
 gets the method and the path (``/bucket/key``, unquoted, without the query) and returns ``(status, code)``
 to refuse it, or None to forward it. Used to make one key refused (``AccessDenied``, ``InvalidObjectState``)
-while the bucket answers, or the whole bucket refused.
+while the bucket answers, or the whole bucket refused; and, with :func:`forward_all`, to count the requests a
+reader sends (``methods``).
 """
 from __future__ import annotations
 
 import dataclasses
 import http.client
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +31,7 @@ class _Relay(ThreadingHTTPServer):
         self.upstream = urlsplit(upstream).netloc
         self.rule = rule
         self.refused: list[tuple[str, str]] = []
+        self.methods: Counter[str] = Counter()  # every request, by method
         self.lock = threading.Lock()
 
 
@@ -40,6 +43,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
         path = unquote(urlsplit(self.path).path)
+        with self.server.lock:
+            self.server.methods[self.command] += 1
         refusal = self.server.rule(self.command, path)
         if refusal is not None:
             with self.server.lock:
@@ -88,6 +93,11 @@ def relay(s3: S3Config, rule: Rule) -> Iterator[tuple[_Relay, S3Config]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def forward_all(method: str, path: str) -> None:
+    """Refuse nothing."""
+    return None
 
 
 def deny_key(bucket: str, key: str, status: int = 403, code: str = "AccessDenied") -> Rule:

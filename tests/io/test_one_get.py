@@ -3,76 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
-import http.client
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
 from ood_audit.errors import StorageError
 from ood_audit.io.fs import S3Config
 from ood_audit.io.reader import read_object
-
-
-class _Counting(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, upstream: str) -> None:
-        super().__init__(("127.0.0.1", 0), _Forward)
-        self.upstream = urlsplit(upstream).netloc
-        self.methods: Counter[str] = Counter()
-        self.lock = threading.Lock()
-
-
-class _Forward(BaseHTTPRequestHandler):
-    """Forwards each request unchanged (Host header included, so signatures hold) and counts its method."""
-
-    protocol_version = "HTTP/1.1"
-    server: _Counting
-
-    def _forward(self) -> None:
-        with self.server.lock:
-            self.server.methods[self.command] += 1
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
-        conn = http.client.HTTPConnection(self.server.upstream, timeout=30)
-        conn.request(self.command, self.path, body=body, headers=dict(self.headers))
-        resp = conn.getresponse()
-        data = resp.read()
-        self.send_response(resp.status)
-        for key, value in resp.getheaders():
-            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)) if self.command != "HEAD" else
-                         resp.getheader("Content-Length", "0"))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-        conn.close()
-
-    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
-
-    def log_message(self, *args: Any) -> None:
-        pass
+from tests.io.s3_relay import forward_all, relay
 
 
 @pytest.fixture
-def counting(s3_config: S3Config) -> Iterator[tuple[_Counting, S3Config]]:
-    server = _Counting(s3_config.endpoint_url or "")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server, dataclasses.replace(s3_config, endpoint_url=f"http://127.0.0.1:{server.server_port}")
-    finally:
-        server.shutdown()
-        server.server_close()
+def counting(s3_config: S3Config) -> Iterator[tuple[Any, S3Config]]:
+    """A relay that forwards every request and counts them by method (:mod:`tests.io.s3_relay`)."""
+    with relay(s3_config, forward_all) as (server, s3):
+        yield server, s3
 
 
-def test_one_get_per_object(counting: tuple[_Counting, S3Config], s3_bucket: str, s3_client: Any) -> None:
+def test_one_get_per_object(counting: tuple[Any, S3Config], s3_bucket: str, s3_client: Any) -> None:
     server, s3 = counting
     s3_client.put_object(Bucket=s3_bucket, Key="dir/a b ü.bin", Body=b"x" * 1000)
     base = f"s3://{s3_bucket}/"

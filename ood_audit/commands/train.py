@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--supcon-temperature", type=float, default=0.1)
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP ranks)")
     p.add_argument("--device", default="auto", help="auto (GPUs when the cluster has them), cpu or gpu (cuda)")
+    p.add_argument("--precision", default="auto",
+                   help="the forward pass's activations: auto (bf16 autocast on a GPU with bf16 or a CPU with AMX, "
+                        "else fp32), float32 or bfloat16; weights, optimizer and losses stay fp32")
     p.add_argument("--cpus-per-worker", type=float, default=None, help="default: the cluster's CPUs shared out")
     p.add_argument("--run-name", default=None, help="names the run in --storage; reuse it to resume")
     p.add_argument("--storage", default=None, help="checkpoint storage: s3://bucket/prefix or a local directory "
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, val_fraction=args.val_fraction, alpa_weight=args.alpa_weight,
         supcon_temperature=args.supcon_temperature, workers=args.workers, device=args.device,
+        precision=args.precision,
         cpus_per_worker=args.cpus_per_worker, run_name=args.run_name, storage=args.storage,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         max_failures=args.max_failures, seed=args.seed, decode_threads=args.decode_threads,

@@ -16,6 +16,7 @@ from ood_audit.models import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD
 MODES: tuple[str, ...] = ("ce", "alpa-finetune", "joint")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
+TRAIN_PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
 
 # Learning rates for a global batch of REFERENCE_BATCH images, used when --lr is not given; fine-tuning
 # starts from trained weights, so it moves gently. The rate actually used is scaled to the run's global
@@ -69,6 +70,7 @@ class TrainConfig:
     alpa_chunk: int = 64
     workers: int = 2
     device: str = "auto"                        # auto (GPUs when the cluster has them), cpu, gpu (or cuda)
+    precision: str = "auto"                     # the forward's activations (models.precision.training_precision)
     cpus_per_worker: float | None = None        # default: the cluster's CPUs shared out, at most what fits
     run_name: str | None = None
     storage: str | None = None                  # s3://bucket/prefix or a local directory
@@ -113,6 +115,8 @@ class TrainConfig:
             self.device = "gpu"
         if self.device not in DEVICES:
             raise ConfigError(f"--device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ConfigError(f"--precision {self.precision!r}: choose one of {', '.join(TRAIN_PRECISIONS)}")
         if self.mode == "alpa-finetune" and not self.init:
             raise ConfigError("--mode alpa-finetune needs --init: the trained weights to fine-tune (SPEC §8, MODE-F)")
         for flag, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),

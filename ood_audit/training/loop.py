@@ -123,6 +123,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     from ood_audit.console import relay_logs_to_driver
     from ood_audit.models import build_model, load_state_strict
+    from ood_audit.models.precision import training_precision
 
     cfg: TrainConfig = config["cfg"]
     ctx = ray.train.get_context()
@@ -146,7 +147,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     global_batch = GlobalBatch.create(rank, world) if cfg.two_views else GlobalBatch()
     net = TrainNet(model, cfg.mode, image_size=cfg.size, mean=cfg.mean, std=cfg.std, alpa_weight=cfg.alpa_weight,
                    supcon_temperature=cfg.supcon_temperature, supcon_dim=cfg.supcon_dim,
-                   alpa_chunk=cfg.alpa_chunk, global_batch=global_batch).to(device)
+                   alpa_chunk=cfg.alpa_chunk, global_batch=global_batch,
+                   precision=training_precision(cfg.precision, device)).to(device)
     optimizer = make_optimizer(cfg, [p for p in net.parameters() if p.requires_grad])
     identity = {"arch": cfg.arch, "num_classes": len(class_names), "small_input": cfg.small_input,
                 "image_size": cfg.size, "mode": cfg.mode, "class_names": class_names, "optimizer": cfg.optimizer,
@@ -179,8 +181,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         where = f"resuming from {resumed_from} (epoch {state['epoch']}, step {state['global_step']})" \
             if resumed_from else "starting from scratch" if not cfg.init else f"starting from {cfg.init}"
         log.info("training %s (%s) on %d image(s) + %d held out for validation, %d class(es), %d worker(s), "
-                 "global batch %d, lr %.4g, warm-up %d step(s): %s", cfg.arch, cfg.mode, len(train_rows),
-                 len(val_rows), len(class_names), world, cfg.global_batch, cfg.base_lr, warmup_steps, where)
+                 "global batch %d, lr %.4g, warm-up %d step(s), %s activations: %s", cfg.arch, cfg.mode,
+                 len(train_rows), len(val_rows), len(class_names), world, cfg.global_batch, cfg.base_lr, warmup_steps,
+                 net.precision, where)
 
     ddp = net
     if world > 1:

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 
 from ood_audit.errors import CheckpointError
 from ood_audit.models import TapModel, load_state_strict
+from ood_audit.models.precision import check_precision, forward_precision
+from ood_audit.models.taps import Taps
 from ood_audit.scores.alpa import ALPAHead, alpa_loss_from_projections
 from ood_audit.scores.supcon import supcon_loss
 from ood_audit.training.gather import GlobalBatch
@@ -44,9 +46,11 @@ class TrainNet(nn.Module):
 
     def __init__(self, model: nn.Module, mode: str, *, image_size: int, mean: Sequence[float],
                  std: Sequence[float], alpa_weight: float = 1.0, supcon_temperature: float = 0.1,
-                 supcon_dim: int = 128, alpa_chunk: int = 64, global_batch: GlobalBatch | None = None) -> None:
+                 supcon_dim: int = 128, alpa_chunk: int = 64, global_batch: GlobalBatch | None = None,
+                 precision: str = "float32") -> None:
         super().__init__()
         self.mode = mode
+        self.precision = check_precision(precision)  # the training forward's activations (training_precision)
         self.global_batch = global_batch or GlobalBatch()
         self.taps = TapModel(model, mean=mean, std=std)
         self._model = [model]  # the classifier itself (shares parameters with taps); saved as model.safetensors
@@ -95,7 +99,11 @@ class TrainNet(nn.Module):
             load_state_strict(head, part, source=f"heads.safetensors ({name})")
 
     def forward(self, pixels: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.taps(pixels)
+        # Only the network runs under the training precision; the heads and every loss take fp32 inputs.
+        with forward_precision(self.precision, pixels.device):
+            out = self.taps(pixels)
+        if self.precision != "float32":
+            out = Taps(logits=out.logits.float(), penultimate=out.penultimate.float(), last_map=out.last_map.float())
         if self.mode == "ce":
             loss = F.cross_entropy(out.logits, labels)
             return {"loss": loss, "objective": loss.detach()}

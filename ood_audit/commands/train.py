@@ -30,7 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="input size in px (default 32 with --small-input, else 224)")
     p.add_argument("--mode", default="ce", help="ce, alpa-finetune or joint (default ce)")
     p.add_argument("--init", default=None,
-                   help="starting weights (safetensors, local or s3://); required by alpa-finetune")
+                   help="starting weights (safetensors, local or s3://); required by alpa-finetune. A classifier "
+                        "head with another number of classes is re-initialised (said in one line)")
+    p.add_argument("--freeze-backbone-epochs", type=int, default=None, metavar="N",
+                   help="with --init: train only the new layers (head, projectors) for the first N epochs, a "
+                        "linear-probe warm-up, then the whole network (default 0)")
+    p.add_argument("--backbone-lr-scale", type=float, default=None, metavar="S",
+                   help="with --init: the pretrained layers learn at lr x S, the head at lr (default 0.1 for ce "
+                        "and joint, 1 for alpa-finetune, MODE-F)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64,
                    help="images per worker per step (contrastive modes feed 2 views of each)")
@@ -76,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, output=args.output, arch=args.arch, small_input=args.small_input,
         image_size=args.image_size, mode=args.mode, init=args.init, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
-        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, val_fraction=args.val_fraction, alpa_weight=args.alpa_weight,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, val_fraction=args.val_fraction,
+        freeze_backbone_epochs=args.freeze_backbone_epochs, backbone_lr_scale=args.backbone_lr_scale,
+        alpa_weight=args.alpa_weight,
         supcon_temperature=args.supcon_temperature, workers=args.workers, device=args.device,
         precision=args.precision,
         cpus_per_worker=args.cpus_per_worker, run_name=args.run_name, storage=args.storage,

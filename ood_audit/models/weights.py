@@ -41,6 +41,23 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     model.load_state_dict(state, strict=True)
 
 
+def load_state_new_head(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> list[str]:
+    """Load ``state`` strictly, except that classifier-head tensors of another shape (another number of
+    classes) keep ``model``'s fresh initialisation (SPEC §16, "New head"). Returns one
+    ``"<key> <checkpoint shape> -> <model shape>"`` per re-initialised tensor; empty when nothing differed.
+    Any other mismatch is :func:`load_state_strict`'s one-line error."""
+    own = model.state_dict()
+    prefix = arch_spec(model).head + "."
+    head = [k for k in own if k.startswith(prefix)]
+    if not any(k in state and state[k].shape != own[k].shape for k in head):
+        load_state_strict(model, state, source=source)
+        return []
+    # The whole head goes (weight and bias together): a bias sized for the old classes means nothing here.
+    changed = [f"{k} {tuple(state[k].shape)} -> {tuple(own[k].shape)}" for k in head if k in state]
+    load_state_strict(model, {**state, **{k: own[k] for k in head if k in state}}, source=source)
+    return changed
+
+
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Strictly load a local safetensors file into ``model`` and return it."""
     load_state_strict(model, read_state(path), source=str(path))

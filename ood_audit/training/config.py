@@ -27,6 +27,9 @@ REFERENCE_LR = {
     "adamw": {"ce": 1e-3, "alpa-finetune": 1e-4, "joint": 1e-3},
 }
 DEFAULT_WARMUP_EPOCHS = 1.0
+# The rate of the pretrained layers relative to the new ones when fine-tuning a classifier from --init (see
+# TrainConfig.lr_scale): the head learns at the scratch rate, the backbone ten times slower.
+PRETRAINED_BACKBONE_LR_SCALE = 0.1
 
 
 def scaled_lr(optimizer: str, mode: str, global_batch: int) -> float:
@@ -63,6 +66,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: float = DEFAULT_WARMUP_EPOCHS
+    freeze_backbone_epochs: int | None = None   # linear-probe warm-up with --init (default 0, see freeze_epochs)
+    backbone_lr_scale: float | None = None      # lr of the pretrained layers / lr (default: see lr_scale)
     val_fraction: float = 0.1                   # held out by object key for validation (0 = none)
     alpa_weight: float = 1.0                    # λ in L_SupCon + λ·L_ALPA (joint mode)
     supcon_temperature: float = 0.1
@@ -100,6 +105,36 @@ class TrainConfig:
         return self.lr if self.lr is not None else scaled_lr(self.optimizer, self.mode, self.global_batch)
 
     @property
+    def freeze_epochs(self) -> int:
+        """Epochs in which only the new layers train (the classifier head, the training-only projectors)."""
+        return self.freeze_backbone_epochs if self.freeze_backbone_epochs is not None else 0
+
+    @property
+    def lr_scale(self) -> float:
+        """The pretrained layers' learning rate over ``base_lr``; the head and the projectors get ``base_lr``.
+
+        Defaults: from scratch 1 (nothing is pretrained). From ``--init`` in ``ce`` and ``joint``
+        mode :data:`PRETRAINED_BACKBONE_LR_SCALE` (0.1), the usual fine-tuning recipe: the head, often new,
+        learns at the scratch rate while the backbone moves ten times slower, so that the large early
+        gradients of a fresh head (also tamed by the warm-up) do not wash out the pretrained features
+        (Kumar et al., "Fine-Tuning can Distort Pretrained Features", ICLR 2022). ``alpa-finetune`` is the
+        MODE paper's MODE-F (SPEC §8): L_ALPA updates the backbone and the projectors together, so 1; its
+        base rate is already a tenth of the scratch rate (:data:`REFERENCE_LR`).
+        """
+        if self.backbone_lr_scale is not None:
+            return self.backbone_lr_scale
+        return PRETRAINED_BACKBONE_LR_SCALE if self.init and self.mode != "alpa-finetune" else 1.0
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The training recipe as recorded in the weights' provenance (common to resumes of a run)."""
+        return {"mode": self.mode, "epochs": self.epochs, "lr": self.base_lr, "optimizer": self.optimizer,
+                "momentum": self.momentum, "weight_decay": self.weight_decay, "warmup_epochs": self.warmup_epochs,
+                "freeze_backbone_epochs": self.freeze_epochs, "backbone_lr_scale": self.lr_scale,
+                "batch_size": self.batch_size, "workers": self.workers, "global_batch": self.global_batch,
+                "image_size": self.size, "small_input": self.small_input, "seed": self.seed}
+
+    @property
     def two_views(self) -> bool:
         return self.mode in ("alpa-finetune", "joint")
 
@@ -125,13 +160,18 @@ class TrainConfig:
                                  ("--keep-checkpoints", self.keep_checkpoints, 1),
                                  ("--max-failures", self.max_failures, -1),
                                  ("--decode-threads", self.decode_threads, 1),
-                                 ("--supcon-dim", self.supcon_dim, 1), ("--alpa-chunk", self.alpa_chunk, 1)):
+                                 ("--supcon-dim", self.supcon_dim, 1), ("--alpa-chunk", self.alpa_chunk, 1),
+                                 ("--freeze-backbone-epochs", self.freeze_backbone_epochs, 0)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
                 raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}")
         for flag, value in (("--lr", self.lr), ("--supcon-temperature", self.supcon_temperature),
-                            ("--cpus-per-worker", self.cpus_per_worker)):
+                            ("--cpus-per-worker", self.cpus_per_worker),
+                            ("--backbone-lr-scale", self.backbone_lr_scale)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{flag} must be a positive number, got {value!r}")
+        if not self.init and (self.freeze_backbone_epochs or (self.backbone_lr_scale or 1.0) != 1.0):
+            flag = "--freeze-backbone-epochs" if self.freeze_backbone_epochs else "--backbone-lr-scale"
+            raise ConfigError(f"{flag} applies to pretrained layers: it needs --init")
         for flag, value in (("--momentum", self.momentum), ("--weight-decay", self.weight_decay),
                             ("--warmup-epochs", self.warmup_epochs), ("--alpa-weight", self.alpa_weight),
                             ("--log-every", self.log_every_s)):
@@ -164,6 +204,7 @@ class TrainConfig:
         out.pop("s3", None)
         out["mean"], out["std"] = list(self.mean), list(self.std)
         out["image_size"], out["lr"] = self.size, self.base_lr
+        out["freeze_backbone_epochs"], out["backbone_lr_scale"] = self.freeze_epochs, self.lr_scale
         return out
 
 

@@ -42,10 +42,16 @@ def lr_at(step: int, total_steps: int, base_lr: float, warmup_steps: int) -> flo
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
 
 
-def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter],
+                   backbone: list[torch.nn.Parameter] | None = None) -> torch.optim.Optimizer:
+    """SGD or AdamW over ``params`` at the base rate and, as a second group, ``backbone`` (the pretrained
+    layers) at ``cfg.lr_scale`` times it. Each group's ``lr_scale`` is what :func:`lr_at` is multiplied by."""
+    groups: list[dict[str, Any]] = [{"params": params, "lr_scale": 1.0}]
+    if backbone:
+        groups.append({"params": backbone, "lr_scale": cfg.lr_scale})
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        return torch.optim.AdamW(groups, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                            nesterov=cfg.momentum > 0)
 
 
@@ -124,6 +130,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from ood_audit.console import relay_logs_to_driver
     from ood_audit.models import build_model, load_state_strict
     from ood_audit.models.precision import training_precision
+    from ood_audit.models.weights import load_state_new_head
 
     cfg: TrainConfig = config["cfg"]
     ctx = ray.train.get_context()
@@ -142,14 +149,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, num_classes=len(class_names), small_input=cfg.small_input)
-    if config["init_ref"] is not None:
-        load_state_strict(model, safetensors_bytes_to_state(ray.get(config["init_ref"])), source=str(cfg.init))
+    new_head = False
+    if config["init_ref"] is not None:  # the driver has said (once) which head tensors are re-initialised
+        new_head = bool(load_state_new_head(model, safetensors_bytes_to_state(ray.get(config["init_ref"])),
+                                            source=str(cfg.init)))
     global_batch = GlobalBatch.create(rank, world) if cfg.two_views else GlobalBatch()
     net = TrainNet(model, cfg.mode, image_size=cfg.size, mean=cfg.mean, std=cfg.std, alpa_weight=cfg.alpa_weight,
                    supcon_temperature=cfg.supcon_temperature, supcon_dim=cfg.supcon_dim,
-                   alpa_chunk=cfg.alpa_chunk, global_batch=global_batch,
+                   alpa_chunk=cfg.alpa_chunk, global_batch=global_batch, new_head=new_head,
                    precision=training_precision(cfg.precision, device)).to(device)
-    optimizer = make_optimizer(cfg, [p for p in net.parameters() if p.requires_grad])
+    # One group, in parameter order, at scale 1: the layout of checkpoints written before --backbone-lr-scale.
+    if cfg.lr_scale == 1.0:
+        optimizer = make_optimizer(cfg, [p for p in net.parameters() if p.requires_grad])
+    else:
+        optimizer = make_optimizer(cfg, *net.parameter_groups())
     identity = {"arch": cfg.arch, "num_classes": len(class_names), "small_input": cfg.small_input,
                 "image_size": cfg.size, "mode": cfg.mode, "class_names": class_names, "optimizer": cfg.optimizer,
                 "val_fraction": cfg.val_fraction}
@@ -179,15 +192,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     warmup_steps = int(round(cfg.warmup_epochs * steps_epoch))
     if rank == 0:
         where = f"resuming from {resumed_from} (epoch {state['epoch']}, step {state['global_step']})" \
-            if resumed_from else "starting from scratch" if not cfg.init else f"starting from {cfg.init}"
+            if resumed_from else "starting from scratch" if not cfg.init else \
+            f"starting from {cfg.init} (backbone lr x{cfg.lr_scale:g}, head-only epochs {cfg.freeze_epochs})"
         log.info("training %s (%s) on %d image(s) + %d held out for validation, %d class(es), %d worker(s), "
                  "global batch %d, lr %.4g, warm-up %d step(s), %s activations: %s", cfg.arch, cfg.mode,
                  len(train_rows), len(val_rows), len(class_names), world, cfg.global_batch, cfg.base_lr, warmup_steps,
                  net.precision, where)
 
-    ddp = net
-    if world > 1:
-        ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    def wrap(frozen: bool) -> torch.nn.Module:
+        """The module to step, with the backbone frozen or not. DDP registers the parameters that need a
+        gradient when it is built, so it is built again when the linear-probe phase ends."""
+        net.freeze_backbone(frozen)
+        if world == 1:
+            return net
+        return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    frozen = state["epoch"] < cfg.freeze_epochs
+    ddp = wrap(frozen)
     net.train()
 
     norm = {"mean": tuple(cfg.mean), "std": tuple(cfg.std)}
@@ -217,6 +238,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     diverged: dict[str, Any] | None = None
     while state["epoch"] < cfg.epochs and diverged is None:
         epoch = state["epoch"]
+        if frozen and epoch >= cfg.freeze_epochs:
+            frozen = False
+            ddp = wrap(frozen)
+            if rank == 0:
+                log.info("epoch %d: linear-probe warm-up over, training the whole network", epoch + 1)
         start_step = min(steps_epoch, state["epoch_images"] // (cfg.batch_size * world))
         rows = train_rows[epoch_shard(len(train_rows), world, rank, epoch, cfg.seed)]
         reader = ShardReader(uris, labels, rows, batch_size=cfg.batch_size, steps=steps_epoch,
@@ -234,7 +260,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 pixels = augment(pixels, size=cfg.size, small_input=cfg.small_input, generator=gen)
             lr = lr_at(state["global_step"], total_steps, cfg.base_lr, warmup_steps)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             out = ddp(pixels, targets)
             value = _mean_over_ranks(float(out["objective"]), world, device)
             if not math.isfinite(value):

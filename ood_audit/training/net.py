@@ -3,7 +3,9 @@ each mode (SPEC §8).
 
 - ``ce``: cross-entropy on the logits.
 - ``alpa-finetune`` (MODE-F): L = L_ALPA on the last-stage map; the backbone and the ALPA projectors are
-  updated, the classifier head is frozen (it is unused by the loss and keeps the ``--init`` weights).
+  updated, the classifier head is frozen (it is unused by the loss and keeps the ``--init`` weights). When
+  ``--init`` had another number of classes (``new_head``, SPEC §16) the re-initialised head is trained as in
+  ``joint`` mode, by cross-entropy on the detached penultimate vector, so the saved model has usable logits.
 - ``joint`` (MODE-T): L = L_SupCon + λ·L_ALPA. SupCon runs on a small MLP projector of the pooled
   penultimate vector (L2-normalised inside :func:`supcon_loss`). The classifier head is trained alongside
   by cross-entropy on the *detached* penultimate vector (``head_ce``), so the saved model has usable logits
@@ -47,7 +49,7 @@ class TrainNet(nn.Module):
     def __init__(self, model: nn.Module, mode: str, *, image_size: int, mean: Sequence[float],
                  std: Sequence[float], alpa_weight: float = 1.0, supcon_temperature: float = 0.1,
                  supcon_dim: int = 128, alpa_chunk: int = 64, global_batch: GlobalBatch | None = None,
-                 precision: str = "float32") -> None:
+                 new_head: bool = False, precision: str = "float32") -> None:
         super().__init__()
         self.mode = mode
         self.precision = check_precision(precision)  # the training forward's activations (training_precision)
@@ -63,9 +65,23 @@ class TrainNet(nn.Module):
             self.alpa = ALPAHead(channels, chunk_size=alpa_chunk)
             if mode == "joint":
                 self.supcon = SupConProjector(dim, supcon_dim)
-        if mode == "alpa-finetune":
+        self.train_head_on_features = mode == "joint" or (mode == "alpa-finetune" and new_head)
+        if mode == "alpa-finetune" and not new_head:
             for p in self.taps.head.parameters():
                 p.requires_grad_(False)
+        head = {id(p) for p in self.taps.head.parameters()}
+        self.backbone_params = [p for p in model.parameters() if id(p) not in head]
+
+    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(new layers: the classifier head and the projectors; the backbone), trainable ones, in a fixed order."""
+        backbone = {id(p) for p in self.backbone_params}
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return [p for p in trainable if id(p) not in backbone], [p for p in trainable if id(p) in backbone]
+
+    def freeze_backbone(self, frozen: bool) -> None:
+        """Linear-probe phase: no gradient reaches the backbone (its BatchNorm statistics still follow the data)."""
+        for p in self.backbone_params:
+            p.requires_grad_(not frozen)
 
     @property
     def model(self) -> nn.Module:
@@ -115,7 +131,11 @@ class TrainNet(nn.Module):
         alpa = alpa_loss_from_projections(q, k, v, all_labels, inv_temp=self.alpa.inv_temp,
                                           chunk_size=self.alpa.chunk_size, anchors=anchors)
         if self.mode == "alpa-finetune":
-            return {"loss": alpa, "objective": alpa.detach(), "alpa": alpa.detach()}
+            out_f = {"loss": alpa, "objective": alpa.detach(), "alpa": alpa.detach()}
+            if self.train_head_on_features:
+                head_ce = F.cross_entropy(self.taps.head(out.penultimate.detach()), labels)
+                out_f.update(loss=alpa + head_ce, head_ce=head_ce.detach())
+            return out_f
         assert self.supcon is not None
         sup = supcon_loss(g.gather(self.supcon(out.penultimate)), all_labels, temperature=self.supcon_temperature,
                           anchors=anchors)

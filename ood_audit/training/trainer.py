@@ -8,7 +8,12 @@ A run is named (``run_name``) and lives under ``storage``. Starting a run whose 
 checkpoints there resumes from the latest one (Ray Train V2 reloads the run's checkpoint list from
 storage), so ``epochs`` can be raised on a finished run to train further; the cosine learning-rate schedule
 is then stretched over the new total. The model-defining settings (architecture, classes, input size,
-mode, optimizer) must stay the same, or the run is refused with a :class:`CheckpointError`.
+mode, optimizer) must stay the same, or the run is refused with a :class:`CheckpointError`; a resume keeps
+the run's ``freeze_backbone_epochs`` and ``backbone_lr_scale`` (giving other values is refused too).
+
+``init`` weights whose classifier head has another number of classes get a new head (SPEC §16), said in
+one line. The metadata (``<stem>.json``) records the weights' provenance: trained by this run, from which
+init (with its sha256), with which recipe.
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ def train(config: TrainConfig) -> TrainResult:
         log.warning("--val-fraction %g held out no image of %d: training without validation", cfg.val_fraction,
                     len(dataset))
     init_bytes = _read_init(cfg, dataset) if cfg.init else None
+    init_sha256 = hashlib.sha256(init_bytes).hexdigest() if init_bytes is not None else None
     run_name = cfg.run_name or f"{cfg.arch}-{cfg.mode}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
     init_ray(cfg.address, runtime_env={"env_vars": s3.env()} if s3 else None)
@@ -65,7 +71,8 @@ def train(config: TrainConfig) -> TrainResult:
     identity = {"arch": cfg.arch, "num_classes": dataset.num_classes, "small_input": cfg.small_input,
                 "image_size": cfg.size, "mode": cfg.mode, "class_names": list(dataset.class_names),
                 "optimizer": cfg.optimizer, "val_fraction": cfg.val_fraction}
-    _log_resume(run_name, storage_path, storage_fs, storage_label, identity, cfg.epochs)
+    saved_recipe = _log_resume(run_name, storage_path, storage_fs, storage_label, identity, cfg.epochs)
+    cfg = _keep_recipe(cfg, saved_recipe, run_name)
     log.info("run %s: %d image(s), %d class(es), %d worker(s) on %s (%.2g CPU each); checkpoints under %s/%s",
              run_name, len(dataset), dataset.num_classes, cfg.workers, "GPU" if use_gpu else "CPU", cpus,
              storage_label, run_name)
@@ -108,7 +115,7 @@ def train(config: TrainConfig) -> TrainResult:
                   "method": "sha256('val:' + key under --data) / 2^64 < fraction",
                   "chance_accuracy": chance_accuracy(labels[val_rows], dataset.num_classes)}
     validation["learned_above"] = learned_margin(validation["chance_accuracy"], len(val_rows))
-    out = _write_output(cfg, result.checkpoint, run_name, storage_label, returned, validation)
+    out = _write_output(cfg, result.checkpoint, run_name, storage_label, returned, validation, init_sha256)
     out.seconds = round(time.perf_counter() - started, 2)
     return out
 
@@ -117,7 +124,8 @@ def _read_init(cfg: TrainConfig, dataset: LabelledDataset) -> bytes:
     """The ``--init`` weights' bytes, after checking they load strictly into the model being trained."""
     from safetensors.torch import load as load_safetensors
 
-    from ood_audit.models import build_model, load_state_strict
+    from ood_audit.models import build_model
+    from ood_audit.models.weights import load_state_new_head
 
     try:
         data = read_bytes(cfg.init, s3=cfg.s3)
@@ -128,8 +136,28 @@ def _read_init(cfg: TrainConfig, dataset: LabelledDataset) -> bytes:
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise CheckpointError(f"--init {cfg.init} is not a readable safetensors file: {e}") from None
     model = build_model(cfg.arch, num_classes=dataset.num_classes, small_input=cfg.small_input)
-    load_state_strict(model, state, source=f"--init {cfg.init} (for {cfg.arch} with {dataset.num_classes} classes)")
+    changed = load_state_new_head(model, state,
+                                  source=f"--init {cfg.init} (for {cfg.arch} with {dataset.num_classes} classes)")
+    if changed:  # the one line that says so (SPEC §16); the workers load the same way without a word
+        log.info("--init %s: new classifier head for %d classes, %d tensor(s) re-initialised: %s", cfg.init,
+                 dataset.num_classes, len(changed), ", ".join(changed))
     return data
+
+
+def _keep_recipe(cfg: TrainConfig, saved: dict[str, Any] | None, run_name: str) -> TrainConfig:
+    """``cfg`` with the fine-tuning settings resolved: a resumed run keeps its checkpoint's values, and a
+    flag that asks for others is refused (the schedule would change under the optimizer's state)."""
+    resolved: dict[str, Any] = {"freeze_backbone_epochs": cfg.freeze_epochs, "backbone_lr_scale": cfg.lr_scale}
+    if saved is None:
+        return replace(cfg, **resolved)
+    legacy = {"freeze_backbone_epochs": 0, "backbone_lr_scale": 1.0}  # runs checkpointed before these settings
+    for key in resolved:
+        value = saved.get(key, legacy[key])
+        if getattr(cfg, key) is not None and getattr(cfg, key) != value:
+            raise CheckpointError(f"run {run_name!r} was trained with --{key.replace('_', '-')} {value:g} but this "
+                                  f"run asks for {getattr(cfg, key):g}; use a new --run-name or leave the flag out")
+        resolved[key] = value
+    return replace(cfg, **resolved)
 
 
 def _resources(cfg: TrainConfig, cluster: dict[str, float]) -> tuple[bool, float]:
@@ -170,8 +198,9 @@ def _storage(cfg: TrainConfig, s3: S3Config | None) -> tuple[str | None, Any, st
 
 
 def _log_resume(run_name: str, storage_path: str | None, storage_fs: Any, label: str,
-                identity: dict[str, Any], epochs: int) -> None:
-    """Say whether this run resumes, and refuse early when its saved model settings differ."""
+                identity: dict[str, Any], epochs: int) -> dict[str, Any] | None:
+    """Say whether this run resumes, and refuse early when its saved model settings differ. Returns the
+    saved run's config (its fine-tuning settings are kept), or None for a new run."""
     import pyarrow.fs as pafs
     import ray.train
     from ray.train.constants import DEFAULT_STORAGE_PATH
@@ -181,22 +210,23 @@ def _log_resume(run_name: str, storage_path: str | None, storage_fs: Any, label:
     run_path = f"{base.rstrip('/')}/{run_name}"
     try:
         if fs.get_file_info(run_path).type != pafs.FileType.Directory:
-            return
+            return None
         latest = ray.train.Result.from_path(run_path, storage_filesystem=fs).checkpoint
     except (RuntimeError, OSError) as e:  # a run folder without a checkpoint list: nothing to resume
         log.debug("no resumable checkpoint under %s: %s", run_path, e)
-        return
+        return None
     if latest is None:
-        return
+        return None
     with latest.filesystem.open_input_stream(f"{latest.path}/{STATE_FILE}") as f:
         saved = json.loads(f.read())
     check_compatible(saved.get("model", {}), identity, run_name)
     if saved.get("epoch", 0) >= epochs:
         log.info("run %s under %s already has %d epoch(s), --epochs is %d: nothing to train, writing its weights",
                  run_name, label, saved.get("epoch", 0), epochs)
-        return
+        return saved.get("config") or {}
     log.info("run %s exists under %s: resuming from %s (epoch %d, step %d)", run_name, label,
              os.path.basename(latest.path), saved.get("epoch", 0), saved.get("global_step", 0))
+    return saved.get("config") or {}
 
 
 def _user_error(error: Exception) -> OodAuditError | None:
@@ -228,7 +258,7 @@ def learned_check(final: dict[str, Any], validation: dict[str, Any], num_classes
 
 
 def _write_output(cfg: TrainConfig, checkpoint: Any, run_name: str, storage_label: str,
-                  returned: dict[str, Any], validation: dict[str, Any]) -> TrainResult:
+                  returned: dict[str, Any], validation: dict[str, Any], init_sha256: str | None) -> TrainResult:
     """Copy the final checkpoint's weights to ``cfg.output`` and write ``<stem>.json`` next to them."""
     import ray
     import torch
@@ -271,6 +301,9 @@ def _write_output(cfg: TrainConfig, checkpoint: Any, run_name: str, storage_labe
         "skipped_images": skipped.get("count", 0), "skipped_examples": skipped.get("examples", []),
         "software": {"ood_audit": ood_audit.__version__, "torch": torch.__version__, "ray": ray.__version__},
         "config": cfg.to_json(),
+        # Where the weights came from (shared with `weights import` and the bundle): trained by this run.
+        "provenance": {"how": "trained", "source": None, "source_sha256": None, "run": run_name,
+                       "init": cfg.init, "init_sha256": init_sha256, "recipe": cfg.recipe},
     }
     metadata_uri = _sibling(cfg.output, ".json")
     write_bytes(metadata_uri, json.dumps(meta, indent=2).encode(), s3=cfg.s3)

@@ -20,6 +20,7 @@ _LAZY = {
     "build_model": "ood_audit.models",
     "load_weights": "ood_audit.models",
     "save_weights": "ood_audit.models",
+    "import_weights": "ood_audit.models.importer",
     "energy": "ood_audit.scores",
     "feature_norm": "ood_audit.scores",
     "feature_norm_two_sided": "ood_audit.scores",

@@ -1,4 +1,4 @@
 """Sub-commands: each module has ``register(subparsers)`` and sets ``func`` to its runner."""
-from ood_audit.commands import blocks, bundle, calibrate, demo, evaluate, export, nightly, report, runs, scan, train
+from ood_audit.commands import blocks, bundle, calibrate, demo, evaluate, export, nightly, report, runs, scan, train, weights
 
-COMMANDS = (blocks, evaluate, train, calibrate, bundle, scan, export, report, nightly, runs, demo)
+COMMANDS = (blocks, evaluate, train, calibrate, bundle, scan, export, report, nightly, runs, demo, weights)

@@ -14,7 +14,11 @@ from ood_audit.errors import ConfigError
 
 # ood_audit.models.build.ARCHITECTURES
 ARCHITECTURES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "wide_resnet50_2", "vgg11_bn", "vgg16_bn",
-                                  "mobilenet_v2", "mobilenet_v3_large", "densenet121")
+                                  "mobilenet_v2", "mobilenet_v3_large", "densenet121", "resnext50_32x4d",
+                                  "resnext101_32x8d", "wide_resnet101_2", "convnext_tiny", "convnext_small",
+                                  "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
+                                  "efficientnet_v2_s", "regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf",
+                                  "regnet_y_3_2gf", "regnet_y_8gf")
 # ood_audit.calibration.selection.SELECTORS and DEFAULT_SELECTOR
 SELECTORS: tuple[str, ...] = ("normratio", "robust", "validated")
 DEFAULT_SELECTOR = "robust"

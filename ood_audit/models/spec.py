@@ -14,7 +14,7 @@ from pydantic import ValidationError, model_validator
 
 from ood_audit.bundle.schema import ModelPart
 from ood_audit.errors import ConfigError
-from ood_audit.models.build import ARCHITECTURES, build_model
+from ood_audit.models.build import ARCHITECTURES, build_model, skeleton
 from ood_audit.models.weights import infer_num_classes, load_state_strict
 from ood_audit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, ResizeMode
 
@@ -66,8 +66,10 @@ class ModelSpec(ModelPart):
         return Preprocess(size=self.image_size, mode=mode, mean=tuple(self.mean), std=tuple(self.std))
 
     def build(self, state: dict[str, torch.Tensor] | None = None, source: str = "checkpoint") -> nn.Module:
-        """The model in eval mode, with ``state`` strictly loaded when given."""
-        model = build_model(self.arch, self.num_classes, small_input=self.small_input)
-        if state is not None:
-            load_state_strict(model, state, source=source)
+        """The model in eval mode, with ``state`` strictly loaded when given (into a skeleton: the random
+        initialisation it would replace is never computed)."""
+        if state is None:
+            return build_model(self.arch, self.num_classes, small_input=self.small_input).eval()
+        model = skeleton(self.arch, self.num_classes, small_input=self.small_input)
+        load_state_strict(model, state, source=source, assign=True)
         return model.eval()

@@ -80,10 +80,10 @@ class TapModel(nn.Module):
 def last_map_hw(arch: str, num_classes: int, small_input: bool, input_hw: tuple[int, int]) -> tuple[int, int]:
     """``(H, W)`` of the last-stage map (SPEC §7) that ``arch`` gives for an input of ``input_hw``; shapes only:
     the model is built and run on the ``meta`` device, so no weights are made and nothing is computed."""
-    from ood_audit.models.build import build_model
+    from ood_audit.models.build import skeleton
 
+    model = skeleton(arch, num_classes, small_input=small_input).eval()
     with torch.device("meta"):
-        model = build_model(arch, num_classes, small_input=small_input).eval()
         spec = arch_spec(model)
         extractor = create_feature_extractor(model, return_nodes={spec.last_map: "last_map"})
         out = extractor(torch.zeros(1, 3, *input_hw))["last_map"]

@@ -22,8 +22,12 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"cannot read safetensors file {p}: {e}") from None
 
 
-def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Load a state dict, failing with a one-line message when keys or shapes do not match."""
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
+                      assign: bool = False) -> None:
+    """Load a state dict, failing with a one-line message when keys or shapes do not match.
+
+    ``assign=True`` puts ``state``'s tensors (cast to the model's dtypes) in place of the model's, which is
+    how a :func:`~ood_audit.models.build.skeleton` on the meta device gets its weights."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -38,7 +42,9 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
             k = shapes[0]
             parts.append(f"shape mismatch at {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
         raise CheckpointError(f"{source} does not match the architecture: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
+    if assign:
+        state = {k: v.to(own[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=assign)
 
 
 def load_state_new_head(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> list[str]:

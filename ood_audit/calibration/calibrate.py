@@ -303,9 +303,9 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     t2 = time.perf_counter()
     kw = {**common, "block": block, "states": {"csd": csd_state, "knn": knn_state},
           "banks": {"csd": csd_tensors["bank"].numpy(), "knn": knn_tensors["bank"].numpy()},
-          "knn_backend": cfg.knn_backend}
+          "knn_backend": cfg.knn_backend, "labelled": labelled}
     held_uris = [uris[i] for i in held_idx]
-    held_scores, held_failures = score_images({**kw, "labelled": labelled}, held_uris, workers=cfg.workers, batch_size=cfg.batch_size,
+    held_scores, held_failures = score_images(kw, held_uris, workers=cfg.workers, batch_size=cfg.batch_size,
                                               device=cfg.device)
     failed = {u for u, _, _ in held_failures}
     heldout = {"uri": np.array([u for u in held_uris if u not in failed], dtype=object),

@@ -24,7 +24,10 @@ simply lack the finding; older ood-audit ignores them): ``quality`` (the calibra
 threshold and, later, the held-out ``grayscale_share``), ``near_duplicates`` (τ of
 :mod:`ood_audit.flagging.neardup`) and ``per_class``
 (:mod:`ood_audit.flagging.perclass`). Their models live here, with the rest of the schema, so reading
-a bundle needs neither numpy nor torch; the formulas that fill them live in those modules.
+a bundle needs neither numpy nor torch; the formulas that fill them live in those modules. Also within
+schema 2 (SPEC §16): ``labelled`` (false for a bundle calibrated on unlabelled ID images: only the label-free
+detectors were fitted and no class is predicted; older bundles read as labelled) and ``weights``, where the
+weights came from (:class:`~ood_audit.bundle.provenance.WeightsProvenance`; absent in older bundles).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ood_audit.bundle.provenance import WeightsProvenance
 from ood_audit.errors import BundleError
 from ood_audit.preprocess import Preprocess, upgrade_stored
 
@@ -307,6 +311,8 @@ class BundleMeta(_Part):
     quality: QualityPart | None = None
     near_duplicates: NearDupPart | None = None
     per_class: PerClassThresholds | None = None
+    labelled: bool = True                  # False: calibrated without labels (SPEC §16), no logit scores
+    weights: WeightsProvenance | None = None
 
     @property
     def block(self) -> str:

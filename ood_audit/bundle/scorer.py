@@ -29,9 +29,10 @@ def load_state_bytes(data: bytes, source: str = "weights") -> dict[str, torch.Te
 
 
 def make_scorer(state: dict[str, torch.Tensor], spec: ModelSpec, block: str, *, detectors: Iterable[Any] = (),
-                device: str = "cpu", precision: str = "float32", extra_blocks: tuple[str, ...] = ()) -> Any:
+                device: str = "cpu", precision: str = "float32", extra_blocks: tuple[str, ...] = (),
+                labelled: bool = True) -> Any:
     """A Scorer whose model taps ``block`` (and ``extra_blocks``), scoring with ``detectors`` (default: the
-    stateless ones)."""
+    stateless ones); not ``labelled`` (SPEC §16): no ``pred_class``."""
     from ood_audit.scores.scorer import Scorer
 
     model = spec.build(state)
@@ -40,7 +41,7 @@ def make_scorer(state: dict[str, torch.Tensor], spec: ModelSpec, block: str, *, 
     blocks = tuple(dict.fromkeys((block, *extra_blocks)))
     tap = TapModel(model, blocks=blocks, mean=spec.mean, std=spec.std, precision=precision)
     dets = list(detectors)
-    return Scorer(tap, block, detectors=dets or None, device=device)
+    return Scorer(tap, block, detectors=dets or None, device=device, predict_class=labelled)
 
 
 def detector_states(bundle: Any) -> tuple[dict[str, DetectorPart], dict[str, Any]]:
@@ -61,12 +62,12 @@ def detector_states(bundle: Any) -> tuple[dict[str, DetectorPart], dict[str, Any
 
 
 def restore_detectors(block: str, states: dict[str, DetectorPart], banks: dict[str, Any], *,
-                      device: str = "cpu", knn_backend: str = "auto") -> list[Any]:
-    """The stateless detectors at ``block`` and the fitted ones restored from their parts (``states``) and
-    ``banks``."""
+                      device: str = "cpu", knn_backend: str = "auto", labelled: bool = True) -> list[Any]:
+    """The stateless detectors at ``block`` (not ``labelled``: featurenorm only, no logit score, SPEC §16)
+    and the fitted ones restored from their parts (``states``) and ``banks``."""
     from ood_audit.scores.detectors import LOGIT_DETECTORS, detector_from_state, make_detectors
 
-    dets = list(make_detectors(("featurenorm", *LOGIT_DETECTORS), block=block).values())
+    dets = list(make_detectors(("featurenorm", *(LOGIT_DETECTORS if labelled else ())), block=block).values())
     for name, config in states.items():
         tensors = {"bank": torch.as_tensor(banks[name])} if name in banks else None
         dets.append(detector_from_state(name, config, tensors, device=device, knn_backend=knn_backend))
@@ -85,15 +86,16 @@ def scorer_from_bundle(bundle: Any, *, device: str = "cpu", knn_backend: str = "
     state = load_state_bytes(bundle.file_bytes("model.safetensors"), f"bundle {bundle.uri} file model.safetensors")
     states, banks = detector_states(bundle)
     return make_scorer(state, info.model.spec(), info.block, device=device, precision=info.precision.activations,
-                       detectors=restore_detectors(info.block, states, banks, device=device, knn_backend=knn_backend))
+                       detectors=restore_detectors(info.block, states, banks, device=device, knn_backend=knn_backend,
+                                                   labelled=info.labelled), labelled=info.labelled)
 
 
 def score_worker_kwargs(bundle: Any, *, device: str = "cpu", knn_backend: str = "auto") -> dict[str, Any]:
     """The :class:`~ood_audit.calibration.workers.ScoreWorker` arguments that score like the bundle's scan:
-    its weights, block, precision policy and every fitted detector's state."""
+    its weights, block, precision policy, every fitted detector's state and whether it was labelled."""
     info: BundleMeta = bundle.info
     states, banks = detector_states(bundle)
     return {"model": bundle.file_bytes("model.safetensors"), "spec": info.model.spec().to_dict(),
             "preprocess": dict(info.preprocess), "block": info.block, "states": states,
             "banks": {k: v.numpy() for k, v in banks.items()}, "s3": bundle.s3, "device": device,
-            "precision": info.precision.activations, "knn_backend": knn_backend}
+            "precision": info.precision.activations, "knn_backend": knn_backend, "labelled": info.labelled}

@@ -12,6 +12,12 @@ Two distributed phases over Ray Data actor pools (or in-process with ``workers=0
    kNN-bank distances, :mod:`.neardup`) and, with ``per_class_thresholds``, thresholds per predicted class
    (:mod:`.perclass`). Each is an optional typed part of the bundle.
 
+Without labels (SPEC §16: ``labelled=False``, or ``None`` and data without class folders or a ``label``
+column) the model's head is not one of the ID classes: only the label-free detectors (featurenorm,
+featurenorm2, csd, knn) are fitted and no class is predicted; per-class thresholds and logit scores are
+refused. Everything else is as usual. The bundle also records where the weights came from
+(:mod:`ood_audit.bundle.provenance`).
+
 The bundle is a typed :class:`~ood_audit.bundle.schema.BundleMeta`. ``evaluate`` runs this same
 function in-process (``workers=0``).
 """
@@ -32,10 +38,11 @@ from ood_audit.io.fs import S3Config, exists, read_bytes
 from ood_audit.io.uri import join_uri, parent_uri
 from ood_audit.models import ModelSpec
 from ood_audit.models.precision import DEFAULT_PRECISION, check_precision
-from ood_audit.scores.detectors import DETECTORS, make_detectors
+from ood_audit.scores.detectors import DETECTORS, LOGIT_DETECTORS, make_detectors
 from ood_audit.scores.probes import DEFAULT_PROBES, check_probes
 from ood_audit.vocab import SCORE_NAMES
 from ood_audit.bundle.files import BANK_SOURCES
+from ood_audit.bundle.provenance import read_weights_provenance
 from ood_audit.bundle.write import bank_sources, write_bundle
 from ood_audit.calibration.evidence import outlier_evidence, probe_evidence
 from ood_audit.bundle.schema import BundleMeta, OutlierEvidence, QualityPart, TrainingPart
@@ -84,6 +91,7 @@ class CalibrateConfig:
     min_heldout: int = 20
     per_class_thresholds: bool = False # also thresholds per predicted class (flagging.perclass)
     per_class_min_images: int = DEFAULT_MIN_CLASS_IMAGES  # held-out images a class needs for its own
+    labelled: bool | None = True       # False: no labels (SPEC §16); None: from the data's layout, with a notice
 
     def validate(self) -> None:
         if not 0.0 < self.heldout_fraction < 1.0:
@@ -112,6 +120,19 @@ class CalibrateConfig:
             self.probes = check_probes(tuple(self.probes))
         except ValueError as e:
             raise ConfigError(f"probes: {e}") from None
+        if self.labelled is False:
+            check_unlabelled(self)
+
+
+def check_unlabelled(cfg: CalibrateConfig) -> None:
+    """Refuse, in one line naming the flag, what needs labels (SPEC §16): per-class thresholds, logit scores."""
+    if cfg.per_class_thresholds:
+        raise ConfigError("--per-class-thresholds needs labelled ID data (class folders or a label column); "
+                          "this calibration is unlabelled: drop --per-class-thresholds")
+    logits = [s for s in cfg.flag_on or () if s in LOGIT_DETECTORS]
+    if logits:
+        raise ConfigError(f"--flag-on {logits[0]}: a logit score needs labelled ID data; an unlabelled calibration "
+                          "fits featurenorm, featurenorm2, csd and knn only")
 
 
 @dataclass
@@ -161,6 +182,25 @@ def read_training_record(uri: str, model_bytes: bytes, s3: S3Config | None) -> T
     validation = record.get("validation") or {}
     return TrainingPart.model_validate({**record, "val_images": validation.get("images_scored"),
                                         "val_fraction": validation.get("fraction")})
+
+
+def id_images(cfg: CalibrateConfig) -> tuple[list[str], int, bool]:
+    """:func:`list_id_images` and whether the calibration is labelled: ``cfg.labelled``, or when None, whether
+    the data is a labelled set (:func:`ood_audit.io.dataset.load_labelled`: class folders, a label column)."""
+    from ood_audit.io.dataset import load_labelled
+
+    if cfg.labelled is not None:
+        return (*list_id_images(cfg.data, cfg.s3), cfg.labelled)
+    try:
+        ds = load_labelled(cfg.data, s3=cfg.s3)
+        return sorted(ds.uris()), ds.skipped, True
+    except DataError as exc:
+        uris, skipped = list_id_images(cfg.data, cfg.s3)
+        reason = " ".join(str(exc).split()).split(";")[0]
+        log.warning("calibrating without labels (%s): featurenorm, featurenorm2, csd and knn only, no "
+                    "predicted class; pass --unlabelled to say so", reason)
+        check_unlabelled(cfg)
+        return uris, skipped, False
 
 
 def list_id_images(data: str, s3: S3Config | None) -> tuple[list[str], int]:
@@ -216,12 +256,12 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
 
     cfg.validate()
     t0 = time.perf_counter()
+    uris, skipped_ext, labelled = id_images(cfg)  # first: an unlabelled refusal needs no model
     model_bytes, spec = read_model(cfg.model, cfg.spec, cfg.s3)
     blocks = block_candidates(spec.build())
     if cfg.block is not None and cfg.block not in blocks:
         raise ConfigError(f"unknown block {cfg.block!r}; valid blocks: {', '.join(blocks)}")
     pre = spec.preprocess(cfg.resize_mode)  # type: ignore[arg-type]
-    uris, skipped_ext = list_id_images(cfg.data, cfg.s3)
     held = heldout_mask(uris, cfg.heldout_fraction, cfg.seed)
     bank_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
     if held_idx.size < cfg.min_heldout or bank_idx.size < max(cfg.k_knn, 2):
@@ -263,14 +303,14 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     t2 = time.perf_counter()
     kw = {**common, "block": block, "states": {"csd": csd_state, "knn": knn_state},
           "banks": {"csd": csd_tensors["bank"].numpy(), "knn": knn_tensors["bank"].numpy()},
-          "knn_backend": cfg.knn_backend}
+          "knn_backend": cfg.knn_backend, "labelled": labelled}
     held_uris = [uris[i] for i in held_idx]
     held_scores, held_failures = score_images(kw, held_uris, workers=cfg.workers, batch_size=cfg.batch_size,
                                               device=cfg.device)
     failed = {u for u, _, _ in held_failures}
     heldout = {"uri": np.array([u for u in held_uris if u not in failed], dtype=object),
                "csd_view": held_scores.pop("csd_view", np.zeros(0)).astype(np.int64),
-               "pred_class": held_scores.pop("pred_class", np.zeros(0)).astype(np.int64),
+               "pred_class": held_scores.pop("pred_class", np.zeros(0)),  # NaN when unlabelled: no class
                "nn_dist": held_scores.pop("nn_dist", np.zeros(0)),
                "laplacian_var": held_scores.pop("laplacian_var", np.zeros(0)),
                "grayscale": held_scores.pop("grayscale", np.zeros(0))}
@@ -293,6 +333,8 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
                if lap.size else None)
     nn = heldout["nn_dist"][np.isfinite(heldout["nn_dist"])]
     near_dup = near_duplicate_threshold(nn) if nn.size else None
+    if labelled:
+        heldout["pred_class"] = heldout["pred_class"].astype(np.int64)
     per_class = (per_class_thresholds(held_scores, heldout["pred_class"], flag_on, cfg.id_flag_rate,
                                       min_images=cfg.per_class_min_images, num_classes=spec.num_classes)
                  if cfg.per_class_thresholds else None)
@@ -313,12 +355,13 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
                "seed": cfg.seed, "bank_images": n_bank, "heldout_images": n_held},
         data={"source": cfg.data, "listed_images": len(uris), "skipped_non_images": skipped_ext,
               "decode_failures": len(failures)},
-        quality=quality, near_duplicates=near_dup, per_class=per_class)
+        quality=quality, near_duplicates=near_dup, per_class=per_class, labelled=labelled,
+        weights=read_weights_provenance(cfg.model, model_bytes, cfg.s3))
     meta = info.to_json()
     uri = write_bundle(cfg.output, meta, s3=cfg.s3, files={"model.safetensors": model_bytes, BANK_SOURCES: sources},
                        tensors={csd_state.file: csd_tensors, knn_state.file: knn_tensors})
     total = time.perf_counter() - t0
-    summary = {"bundle": uri, "images": len(uris), "selector": cfg.selector, "selected_block": block,
+    summary = {"bundle": uri, "images": len(uris), "labelled": labelled, "selector": cfg.selector, "selected_block": block,
                "selection_warnings": selection.warnings, "flag_on": flag_on, "failures": failures[:20],
                "blurry_threshold": quality.blurry if quality else None,
                "grayscale_id_share": quality.grayscale_share if quality else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ood_audit.calibration.evidence_view import evidence_lines
+from ood_audit.bundle.provenance import provenance_lines
 from ood_audit.bundle.schema import BundleMeta, SelectionPart, TrainingPart
 
 
@@ -15,7 +16,11 @@ def format_bundle(b: Any) -> str:
              f"  created: {b.provenance.get('created_at', '?')}",
              f"  model: {mod.arch} ({mod.num_classes} classes, {mod.image_size} px"
              f"{', small input' if mod.small_input else ''}); {m.precision.activations} activations",
-             _training_line(m.training), ""]
+             _training_line(m.training)]
+    if not m.labelled:
+        lines.append("  labels: none (calibrated on unlabelled ID images, SPEC §16): featurenorm, featurenorm2, csd "
+                     "and knn only; no class is predicted")
+    lines += [*provenance_lines(m.weights), ""]
     lines += _selection_lines(m.selection)
     lines += ["", f"thresholds at target ID false-flag rate {th.target_id_flag_rate} "
                   f"(held-out {th.heldout_images} images; flagged = any of {th.flag_on} below its "

@@ -144,15 +144,17 @@ class ScoreWorker:
     (:func:`~ood_audit.io.quality.measure`): ``laplacian_var``, the Laplacian variance, and ``grayscale``,
     1.0 where the image is grey by the SPEC test, of the decoder's working copy of the whole image
     (``working_size``, 256 px by default), the copy the scan's read task measures too: not of the model's
-    crop, whose size depends on the bundle."""
+    crop, whose size depends on the bundle. Not ``labelled`` (SPEC §16): no logit score, ``pred_class`` NaN."""
 
     def __init__(self, model: Any, spec: dict, preprocess: Preprocess | dict, block: str, *, states: dict[str, Any],
                  banks: dict[str, Any], s3: S3Config | None = None, device: str = "cpu", precision: str = "float32",
-                 knn_backend: str = "auto", threads: int = 8, working_size: int = DEFAULT_WORKING_SIZE) -> None:
+                 knn_backend: str = "auto", threads: int = 8, working_size: int = DEFAULT_WORKING_SIZE,
+                 labelled: bool = True) -> None:
         dets = restore_detectors(block, states, {k: _resolve(v) for k, v in banks.items()}, device=device,
-                                 knn_backend=knn_backend)
+                                 knn_backend=knn_backend, labelled=labelled)
         self.scorer = make_scorer(load_state_bytes(_resolve(model)), ModelSpec.from_dict(spec), block,
-                                  detectors=dets, device=device, precision=precision)
+                                  detectors=dets, device=device, precision=precision, labelled=labelled)
+        self.labelled = labelled
         self.pre, self.s3, self.threads = Preprocess.from_dict(preprocess), s3, threads
         self.working_size, self.quality = working_size, QualityConfig(working_size=working_size)
 
@@ -165,7 +167,7 @@ class ScoreWorker:
             out[s] = np.full(n, np.nan, dtype=np.float64)
         if x is not None:
             scores = self.scorer(x)
-            for s in [*names, "pred_class"]:
+            for s in [*names, *(["pred_class"] if self.labelled else [])]:  # unlabelled: stays NaN, no class
                 out[s][ok] = scores[s]
             if "knn_nn_dist" in scores:
                 out["nn_dist"][ok] = np.asarray(scores["knn_nn_dist"])[:, 0]

@@ -13,7 +13,8 @@ MAX_CLASSES_LISTED = 20  # per line; a 1000-class bundle still prints a readable
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bundle", help="inspect audit bundles")
     bsub = p.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
-    show = bsub.add_parser("show", help="print blocks and ratios, selected block, thresholds, findings, sizes")
+    show = bsub.add_parser("show", help="print blocks and ratios, selected block, thresholds, findings, sizes, "
+                                           "labels and where the weights came from")
     show.add_argument("uri", help="bundle directory (local or s3://.../bundles/<id>)")
     show.add_argument("--json", action="store_true",
                       help="print bundle.json's metadata as JSON (with its quality, near_duplicates and "

@@ -15,7 +15,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "with the evidence of pseudo-OOD probes recorded either way), build the CSD and "
                                    "kNN banks, set thresholds at the target ID false-flag rate on held-out data, "
                                    "and write an immutable bundle.")
-    p.add_argument("--data", required=True, help="ID images: prefix (local or s3://) or manifest (.parquet/.csv)")
+    p.add_argument("--data", required=True,
+                   help="ID images: prefix (local or s3://) or manifest (.parquet/.csv); class folders or a label "
+                        "column make a labelled calibration, anything else an unlabelled one (with a notice)")
+    p.add_argument("--unlabelled", action="store_true",
+                   help="calibrate without labels (SPEC §16): the model's head is not one of these images' classes "
+                        "(e.g. a backbone trained on other data). Only featurenorm, featurenorm2, csd and knn are "
+                        "fitted, no class is predicted; --per-class-thresholds and logit scores are refused")
     p.add_argument("--model", required=True, help="safetensors weights (local or s3://)")
     p.add_argument("--output", required=True, help="bundle root; the bundle goes to OUTPUT/bundles/<id>/")
     add_model_args(p)
@@ -78,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
                           bank_dtype=args.bank_dtype, workers=args.workers, batch_size=args.batch_size,
                           device=resolve_device(args.device), s3=s3,
                           per_class_thresholds=args.per_class_thresholds,
-                          per_class_min_images=args.per_class_min_images)
+                          per_class_min_images=args.per_class_min_images,
+                          labelled=False if args.unlabelled else None)
     cfg.validate()
     if cfg.workers > 0:
         start_ray(args, s3)

@@ -174,6 +174,7 @@ class ReportData:
     selection_html: str | None = None
     quality: QualityView = field(default_factory=lambda: QualityView(present=False))
     sent: list[SentLine] = field(default_factory=list)  # what this run's exports sent, per destination
+    labelled: bool = True  # False: a bundle calibrated without labels (SPEC §16): no class, no logit score
 
     @property
     def grid_quality_counts(self) -> dict[str, int]:
@@ -226,6 +227,9 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
     names = set(ds.schema.names)
     # the flagging scores and SPEC §6-8's; variants (``msp+fn``, ``featurenorm2``) only when they flag
     present = [s for s in dict.fromkeys([*flag_on, *SPEC_SCORES]) if s in names]
+    labelled = info is None or info.labelled
+    if not labelled:  # only what the bundle calibrated: its logit-score columns are null
+        present = [s for s in present if s in th.per_score]
     edges = {}
     for s in present:
         e = score_edges(ds, s, quantiles.get(s), th.per_score.get(s))
@@ -251,7 +255,8 @@ def build_report(output: str, run_id: str | None = None, *, s3: S3Config | None 
                       prefixes=prefixes, drift=drift, failures=col.failures, failures_total=col.failures_total,
                       inputs=inputs, warnings=warnings,
                       generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      selection_html=selection_html, quality=quality, sent=sent_lines(output, run.run_id, s3))
+                      selection_html=selection_html, quality=quality, sent=sent_lines(output, run.run_id, s3),
+                      labelled=labelled)
 
 
 def _rows(run: RunInfo, s3: S3Config | None) -> Any:

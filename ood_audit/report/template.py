@@ -95,6 +95,8 @@ written to <span class="mono">{{ d.run.output }}</span>.</p>
 <b>{{ d.training.val_accuracy | pct }}</b> on {{ d.training.val_images }} held-out images{% if d.training.chance_accuracy is not none %}
 (chance {{ d.training.chance_accuracy | pct }}){% endif %}.{% else %}Model validation accuracy: not recorded in the bundle.{% endif %}
 {% if d.training and d.training.warning %}<span class="note">{{ d.training.warning }}</span>{% endif %}</p>
+{% if not d.labelled %}<p class="lede" id="unlabelled">No class was predicted: the bundle was calibrated on unlabelled
+ID images, so only the label-free scores (FeatureNorm, CSD, kNN) were computed, not the classifier's logit scores.</p>{% endif %}
 {% for w in d.warnings %}<div class="warn">{{ w }}</div>{% endfor %}
 {% if d.sent %}<p class="lede" id="sent">Sent to labelers under this run:
 {% for e in d.sent %}<b>{{ e.rows | thousands }}</b> to {{ e.sink }} <span class="mono">{{ e.destination }}</span> ({{ e.queue }}),

@@ -22,10 +22,13 @@ class Scorer:
     ``detectors`` default to the stateless ones (featurenorm and the logit scores); ``featurenorm2`` =
     (center, scale) adds the two-sided score. Fitted bank detectors (csd, knn) come from calibration or
     :func:`~ood_audit.bundle.scorer.scorer_from_bundle`. The wrapped :class:`TapModel` must tap ``block``.
+    ``predict_class=False`` (a bundle calibrated without labels, SPEC §16) leaves out ``pred_class``: the
+    head was not trained on these classes.
     """
 
     def __init__(self, tap: TapModel, block: str, *, detectors: Iterable[Detector] | None = None,
-                 device: str | torch.device = "cpu", featurenorm2: tuple[float, float] | None = None) -> None:
+                 device: str | torch.device = "cpu", featurenorm2: tuple[float, float] | None = None,
+                 predict_class: bool = True) -> None:
         if block not in tap.blocks:
             raise ValueError(f"TapModel does not tap the selected block {block!r}")
         self.tap, self.block = tap.eval().to(device), block
@@ -38,6 +41,7 @@ class Scorer:
             dets.append(FeatureNorm2(block, float(featurenorm2[0]), float(featurenorm2[1])))
         order = list(DETECTORS)
         self.detectors = sorted(dets, key=lambda d: order.index(d.name))
+        self.predict_class = predict_class
 
     @property
     def score_names(self) -> list[str]:
@@ -59,5 +63,6 @@ class Scorer:
         out: dict[str, torch.Tensor] = {}
         for d in self.detectors:
             out.update(d.score(f))
-        out["pred_class"] = f.logits.argmax(1)
+        if self.predict_class:
+            out["pred_class"] = f.logits.argmax(1)
         return {k: torch.as_tensor(v).cpu().numpy() for k, v in out.items()}

@@ -140,6 +140,9 @@ class SelectionPart(_Part):
     warnings: list[str] = Field(default_factory=list)
     evidence: ProbeEvidence | None = None
     outliers: OutlierEvidence | None = None
+    # Whether the family's block outputs are post-ReLU (SPEC §16). False (ConvNeXt, EfficientNet, ...): FeatureNorm
+    # applies its ReLU to residual streams that can be negative, so its evidence matters more. None: not recorded.
+    blocks_post_relu: bool | None = None
 
 
 class FeatureNorm2Part(_Part):

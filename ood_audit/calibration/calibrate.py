@@ -252,13 +252,14 @@ def _bank_phase(cfg: CalibrateConfig, common: dict[str, Any], uris: list[str], b
 
 def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     """Run both phases and write the bundle. Deterministic for fixed data, weights and config."""
-    from ood_audit.models import block_candidates
+    from ood_audit.models import arch_spec, skeleton
 
     cfg.validate()
     t0 = time.perf_counter()
     uris, skipped_ext, labelled = id_images(cfg)  # first: an unlabelled refusal needs no model
     model_bytes, spec = read_model(cfg.model, cfg.spec, cfg.s3)
-    blocks = block_candidates(spec.build())
+    taps = arch_spec(skeleton(spec.arch, spec.num_classes, spec.small_input))  # names only: no weights needed
+    blocks = list(taps.candidates)
     if cfg.block is not None and cfg.block not in blocks:
         raise ConfigError(f"unknown block {cfg.block!r}; valid blocks: {', '.join(blocks)}")
     pre = spec.preprocess(cfg.resize_mode)  # type: ignore[arg-type]
@@ -340,7 +341,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
                  if cfg.per_class_thresholds else None)
     selection = selection_meta(selector=cfg.selector, selected=block, forced=cfg.block is not None, ratios=nr.ratios,
                                images=bank["count"], seed=cfg.seed, grid=3, evidence=evidence, outliers=outliers,
-                               notes=[reason] if reason else [])
+                               notes=[reason] if reason else [], post_relu=taps.post_relu)
     info = BundleMeta(
         model=spec.to_dict(), training=read_training_record(cfg.model, model_bytes, cfg.s3),
         preprocess=pre, precision={"activations": cfg.precision}, selection=selection,

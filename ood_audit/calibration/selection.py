@@ -121,7 +121,7 @@ def resolve_flag_on(flag_on: list[str], evidence: ProbeEvidence | None,
 
 def selection_meta(*, selector: str, selected: str, forced: bool, ratios: dict[str, float], images: int,
                    seed: int, grid: int, evidence: ProbeEvidence | None, outliers: OutlierEvidence | None,
-                   notes: Sequence[str] = ()) -> SelectionPart:
+                   notes: Sequence[str] = (), post_relu: bool | None = None) -> SelectionPart:
     """The bundle's ``selection`` part: every selector's choice, the evidence and the warnings (then ``notes``,
     such as why ``flag_on`` changed)."""
     choices = {"normratio": normratio_choice(ratios)}
@@ -135,4 +135,5 @@ def selection_meta(*, selector: str, selected: str, forced: bool, ratios: dict[s
     return SelectionPart(selector=selector, seed=seed, grid=grid, images=images, candidates=list(ratios),
                          ratios=ratios, normratio_choice=choices["normratio"], choices=choices, selected=selected,
                          forced=forced, inverted_probes=evidence.inverted(selected) if evidence is not None else [],
-                         warnings=[*warnings, *notes], evidence=evidence, outliers=outliers)
+                         warnings=[*warnings, *notes], evidence=evidence, outliers=outliers,
+                         blocks_post_relu=post_relu)

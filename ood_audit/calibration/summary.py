@@ -57,6 +57,9 @@ def _selection_lines(sel: SelectionPart) -> list[str]:
     forced = " (forced with --block)" if sel.forced else ""
     lines = [f"block selection: {sel.selector} selected {sel.selected}{forced}; NormRatio over "
              f"{sel.images} images, seed {sel.seed}"]
+    if sel.blocks_post_relu is False:
+        lines.append("  this family's blocks are not post-ReLU: FeatureNorm takes the ReLU of each block's output "
+                     "(SPEC §16); read its evidence below before flagging on it")
     if sel.choices:
         lines.append("  choices: " + ", ".join(f"{k} -> {v}" for k, v in sel.choices.items()))
     if sel.evidence is not None or sel.outliers is not None:

@@ -134,3 +134,16 @@ def test_views_mark_the_choice_and_escape_names():
     assert frag.startswith("<section") and "<svg" in frag and frag.endswith("</section>")
     assert "<script>" not in frag and "&lt;script&gt;" in frag and "no&lt;i&gt;se" in frag
     assert "<img" not in frag
+
+
+@pytest.mark.parametrize("post_relu", [True, False, None])
+def test_bundle_says_when_the_blocks_are_not_post_relu(post_relu):
+    """SPEC §16: the family's blocks being post-ReLU or not is recorded, and `bundle show` warns when not."""
+    from ood_audit.calibration.summary import _selection_lines
+
+    sel = selection_meta(selector="normratio", selected="layer4.0", forced=False,
+                         ratios={b: 1.0 + i for i, b in enumerate(BLOCKS)}, images=10, seed=0, grid=3,
+                         evidence=None, outliers=None, post_relu=post_relu)
+    assert sel.blocks_post_relu is post_relu
+    warned = any("not post-ReLU" in line for line in _selection_lines(sel))
+    assert warned == (post_relu is False)

@@ -120,6 +120,7 @@ def test_calibrate_then_scan_scores_hold_the_target_rate(arch, digits, tmp_path)
                                     workers=0, k_knn=5, k_csd=5, max_probe=10, min_heldout=20,
                                     selector="normratio", probes=("jigsaw",)))
     bundle = open_bundle(res.bundle_uri)
+    assert bundle.info.selection.blocks_post_relu is arch_spec(skeleton(arch, 10, True)).post_relu  # SPEC §16
     th = bundle.info.thresholds
     scores = scorer_from_bundle(bundle)(fresh)
     n_cal, n_test = th.heldout_images, len(fresh)

@@ -35,7 +35,7 @@ def test_a_bf16_step_keeps_fp32_parameters_losses_and_gradients(mode):
         grads = [p.grad for p in net.parameters() if p.requires_grad and p.grad is not None]
         assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
         assert all(p.dtype == torch.float32 for p in net.parameters())
-        losses[precision] = float(out["loss"])
+        losses[precision] = out["loss"].item()
     # bf16 keeps 8 bits of mantissa: the same step's loss agrees with fp32's to a few percent over a ResNet18's
     # depth. A broken mixed-precision path (bf16 statistics that overflow, a head fed bf16) would not.
     assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.05)

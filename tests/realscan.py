@@ -50,8 +50,7 @@ def make_real_scan(s3: S3Config, client: Any, bucket: str) -> RealScan:
     from ood_audit.store.runs import find_run, most_anomalous, run_dataset
 
     root = Path(tempfile.mkdtemp(prefix="ood-audit-realscan-"))
-    # 500 ID digits: the model is untrained, so more would only make calibration slower.
-    id_files, incoming, _ = demo_files(seed=3, n_incoming_digits=80, per_kind=20, n_train=500)
+    id_files, incoming, _ = demo_files(seed=3, n_incoming_digits=80, per_kind=20)
     incoming.pop("broken/<script>alert(1)</script>.png", None)
     upload(client, bucket, "id", id_files)
     torch.manual_seed(0)

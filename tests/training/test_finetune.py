@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.stats import wilcoxon
 
 from ood_audit.cli import main
 from ood_audit.models import IMAGENET_MEAN, IMAGENET_STD, build_model, load_weights, save_weights
@@ -75,8 +76,9 @@ def _train(args: list[str], tmp_path: Path, name: str, caplog: pytest.LogCapture
     return rc, json.loads((tmp_path / f"{name}.json").read_text()) if rc in (0, 3) else {}, head
 
 
-def _correct(weights: Path, data: Path) -> np.ndarray:
-    """Which held-out images (the run's own split) the 2-class model classifies right, in eval mode."""
+def _held_out(weights: Path, data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """On the run's own held-out images, in eval mode: which ones the 2-class model classifies right, and its
+    cross-entropy on each."""
     from ood_audit.io.dataset import load_labelled
     from ood_audit.models import TapModel
     from ood_audit.training.data import validation_split
@@ -87,35 +89,37 @@ def _correct(weights: Path, data: Path) -> np.ndarray:
     x = torch.from_numpy(np.stack([np.asarray(Image.open(uris[i]).convert("RGB")) for i in val]))
     model = TapModel(load_weights(build_model("resnet18", 2, small_input=True), weights), mean=IMAGENET_MEAN,
                      std=IMAGENET_STD).eval()
+    labels = torch.from_numpy(dataset.labels()[val]).long()
     with torch.no_grad():
-        predicted = model(x.permute(0, 3, 1, 2).float() / 255.0).logits.argmax(1).numpy()
-    return predicted == dataset.labels()[val]
+        logits = model(x.permute(0, 3, 1, 2).float() / 255.0).logits
+    nll = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    return (logits.argmax(1) == labels).numpy(), nll.numpy()
 
 
 @pytest.mark.timeout(900)
 def test_a_new_head_on_a_pretrained_init_learns_and_beats_scratch(ray_local, digits_init, faces, tmp_path,
                                                                    caplog) -> None:
-    """Two epochs with the defaults from the digits model, then the same two from scratch, on the same split."""
-    rc, tuned, head = _train(["--data", str(faces), "--init", str(digits_init), "--epochs", "2"], tmp_path, "tuned",
+    """One epoch with the defaults from the digits model, then the same one from scratch, on the same split."""
+    rc, tuned, head = _train(["--data", str(faces), "--init", str(digits_init), "--epochs", "1"], tmp_path, "tuned",
                              caplog)
     assert rc == 0 and len(head) == 1, (rc, head)
     assert "2 tensor(s) re-initialised: fc.weight (10, 512) -> (2, 512), fc.bias (10,) -> (2,)" in head[0]
-    rc, scratch, head = _train(["--data", str(faces), "--epochs", "2"], tmp_path, "scratch", caplog)
+    rc, scratch, head = _train(["--data", str(faces), "--epochs", "1"], tmp_path, "scratch", caplog)
     assert rc in (0, 3) and not head, rc
 
     assert tuned["validation"]["images_scored"] == scratch["validation"]["images_scored"] >= 70
     # Clearly above chance: the binomial bound the product itself applies (training/data.learned_margin).
     assert tuned["val_accuracy"] > tuned["validation"]["learned_above"], tuned["history"]
-    # Faster than from scratch: after the same two epochs, more accurate on the same held-out images, beyond
-    # chance. Paired (McNemar's exact test): of the images exactly one model gets right, a tie in skill gives
-    # each model each image with probability 1/2, so the tuned model's share is Binomial(n, 1/2).
-    right = {name: _correct(tmp_path / f"{name}.safetensors", faces) for name in ("tuned", "scratch")}
-    assert right["tuned"].mean() == pytest.approx(tuned["val_accuracy"])       # the images the run validated on
-    assert right["scratch"].mean() == pytest.approx(scratch["val_accuracy"])
-    only_tuned = int((right["tuned"] & ~right["scratch"]).sum())
-    discordant = only_tuned + int((right["scratch"] & ~right["tuned"]).sum())
-    p_tie = sum(math.comb(discordant, k) for k in range(only_tuned, discordant + 1)) / 2 ** discordant
-    assert p_tie < 0.01, (only_tuned, discordant, tuned["history"], scratch["history"])
+    # Faster than from scratch: after the same first epoch, further along on the same held-out images. Paired,
+    # per image: the tuned model's cross-entropy is lower than scratch's (one-sided Wilcoxon signed-rank test).
+    # Its per-image losses carry far more evidence than right/wrong, which on 86 images of an easy task leaves
+    # too few images that only one model gets right for a test at this level.
+    tuned_right, tuned_nll = _held_out(tmp_path / "tuned.safetensors", faces)
+    scratch_right, scratch_nll = _held_out(tmp_path / "scratch.safetensors", faces)
+    assert tuned_right.mean() == pytest.approx(tuned["val_accuracy"])       # the images the run validated on
+    assert scratch_right.mean() == pytest.approx(scratch["val_accuracy"])
+    p_tie = wilcoxon(tuned_nll, scratch_nll, alternative="less").pvalue
+    assert p_tie < 0.01, (p_tie, tuned["val_loss"], scratch["val_loss"], tuned["val_accuracy"], scratch["val_accuracy"])
 
     # The defaults for a pretrained init, and the provenance the bundle reads.
     prov = tuned["provenance"]

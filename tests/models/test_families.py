@@ -105,10 +105,8 @@ def _fresh_count_range(n_cal: int, n_test: int, alpha: float = 2 * norm.sf(4.0))
     return int(dist.ppf(alpha / 2)), int(dist.isf(alpha / 2))
 
 
-# One family here: calibration costs 30-80 s a family on this suite's machine (ConvNeXt the most), over the
-# suite's budget for all four; the others pass it too (README "Your own model" has the figures).
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("arch", ["regnet_y_400mf"])
+@pytest.mark.parametrize("arch", NEW_FAMILIES)
 def test_calibrate_then_scan_scores_hold_the_target_rate(arch, digits, tmp_path):
     root, fresh = digits
     torch.manual_seed(0)

@@ -21,7 +21,6 @@ fine-tuned / scratch. Ratios compare runs made in this one process, on this mach
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import os
 import tempfile
@@ -31,27 +30,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tests.datagen import photo_sources, png_bytes, write_local
+
 SCORES = ("csd", "featurenorm")
-
-
-def _png(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def write(root: Path, files: dict[str, bytes]) -> Path:
-    for name, data in files.items():
-        p = root / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    return root
 
 
 def photo_task(n: int, seed: int) -> dict[str, bytes]:
     """``<photo>/<i>.png``: ``n`` random 96-256 px crops of the bundled photographs at 48 px, class = source."""
-    from tests.datagen import photo_sources
-
     sources = photo_sources(min_side=256)
     names = sorted(sources)
     rng = np.random.default_rng(seed)
@@ -62,7 +47,7 @@ def photo_task(n: int, seed: int) -> dict[str, bytes]:
         side = int(rng.integers(96, 257))
         y, x = int(rng.integers(0, src.shape[0] - side + 1)), int(rng.integers(0, src.shape[1] - side + 1))
         crop = Image.fromarray(np.ascontiguousarray(src[y:y + side, x:x + side])).resize((48, 48), Image.BILINEAR)
-        out[f"{name}/{i:05d}.png"] = _png(np.asarray(crop))
+        out[f"{name}/{i:05d}.png"] = png_bytes(np.asarray(crop))
     return out
 
 
@@ -118,9 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="ood-audit-bench-finetune-") as tmp:
         work = Path(tmp)
         id_files, incoming, _ = demo_files(seed=0, n_train=args.digits)
-        id_train = write(work / "id", id_files)
-        inc = write(work / "incoming", {k: v for k, v in incoming.items() if not k.startswith("broken/")})
-        pre = write(work / "photos", photo_task(args.pretrain_images, seed=1))
+        id_train = write_local(work / "id", id_files)
+        inc = write_local(work / "incoming", {k: v for k, v in incoming.items() if not k.startswith("broken/")})
+        pre = write_local(work / "photos", photo_task(args.pretrain_images, seed=1))
 
         t = time.perf_counter()
         pretrained = train_run(pre, work, "pretrain", args.pretrain_epochs)

@@ -157,6 +157,11 @@ class LabelStudioClient:
                            params={"page": page, "page_size": 100})
             if r.status_code == 404 and out:
                 return out
+            if r.status_code == 404 and page == 1:
+                # Label Studio answers 404 for the first page of a project without tasks (1.23); an unknown
+                # project is told apart by check_project, which raises.
+                self.check_project(project_id)
+                return out
             if r.status_code != 200:
                 raise ExportError(f"Label Studio at {self.url}: GET /api/projects/{project_id}/tasks answered "
                                   f"HTTP {r.status_code} {_detail(r)}")

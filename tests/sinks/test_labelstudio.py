@@ -180,3 +180,14 @@ def test_two_concurrent_exports_one_exits_75_and_each_key_is_sent_once(tmp_path,
         relay.cut()
     tasks = _tasks(label_studio, project)
     assert sorted(t["data"]["image"] for t in tasks) == uris
+
+
+def test_an_empty_project_has_no_tasks_and_an_unknown_one_is_refused(label_studio):
+    """Label Studio answers 404 for the first page of a project without tasks: that is an empty list (the
+    in-flight reconciliation asks an empty project after a night whose import never arrived), while a project
+    that does not exist is still refused in one line."""
+    client = LabelStudioClient(label_studio.url, label_studio.token)
+    project = client.create_project("empty-project-tasks")
+    assert client.tasks(project) == []
+    with pytest.raises(ConfigError, match=f"--project-id {project + 10_000}: no such project"):
+        client.tasks(project + 10_000)

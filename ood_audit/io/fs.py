@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import os
 import secrets
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -97,9 +98,10 @@ class S3Config:
         Without ``config_kwargs`` the client is cached per process (boto3 clients are thread-safe);
         ``config_kwargs`` go to ``botocore.config.Config`` and give a fresh client.
         """
-        if not config_kwargs:
-            return _boto3_client(self, os.getpid(), _env_credentials(self))
-        return _make_boto3_client(self, config_kwargs)
+        with _CLIENT_LOCK:  # the reader's threads ask at once: one builds the client, the others then reuse it
+            if not config_kwargs:
+                return _boto3_client(self, os.getpid(), _env_credentials(self))
+            return _make_boto3_client(self, config_kwargs)
 
     def env(self) -> dict[str, str]:
         """``AWS_*`` variables equivalent to this config, for subprocesses and Ray ``runtime_env``."""
@@ -142,8 +144,10 @@ def _split_endpoint(endpoint_url: str) -> tuple[str, str]:
 
 def _env_credentials(config: S3Config) -> tuple[str | None, ...]:
     """The environment's keys when the config has none: part of the cache key, so rotated keys take effect."""
-    if config.access_key is not None:
-        return ()
+    return () if config.access_key is not None else _environment_keys()
+
+
+def _environment_keys() -> tuple[str | None, ...]:
     return tuple(os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                                              "AWS_PROFILE"))
 
@@ -164,13 +168,27 @@ def _pyarrow_s3(config: S3Config, pid: int, env_keys: tuple[str | None, ...], at
     return pafs.S3FileSystem(**kwargs)
 
 
+_CLIENT_LOCK = threading.RLock()
+
+
 @functools.lru_cache(maxsize=16)
 def _boto3_client(config: S3Config, pid: int, env_keys: tuple[str | None, ...] = ()) -> Any:
     return _make_boto3_client(config, {})
 
 
-def _make_boto3_client(config: S3Config, config_kwargs: Mapping[str, Any]) -> Any:
+@functools.lru_cache(maxsize=4)
+def _boto3_session(pid: int, env_keys: tuple[str | None, ...]) -> Any:
+    """One boto3 session per process (and environment keys, so rotated keys take effect).
+
+    A session parses botocore's service model once: a client made from it costs milliseconds, where a
+    client from a new session parses the model again (about 0.1 s of CPU, far more when every read thread
+    of every Ray worker does it). Sessions are not thread-safe: clients are made under ``_CLIENT_LOCK``."""
     import boto3
+
+    return boto3.session.Session()
+
+
+def _make_boto3_client(config: S3Config, config_kwargs: Mapping[str, Any]) -> Any:
     from botocore.config import Config
 
     # One attempt for botocore: retries are the budget's hook's, which asks the outage clock (storage_errors).
@@ -180,13 +198,11 @@ def _make_boto3_client(config: S3Config, config_kwargs: Mapping[str, Any]) -> An
         # Custom endpoints (SeaweedFS, MinIO, moto) rarely resolve bucket.host names.
         options["s3"] = {"addressing_style": "path"}
     options.update(config_kwargs)
-    session = boto3.session.Session(
-        aws_access_key_id=config.access_key,
-        aws_secret_access_key=config.secret_key,
-        aws_session_token=config.session_token,
-        region_name=config.region,
-    )
-    client = session.client("s3", endpoint_url=config.endpoint_url, config=Config(**options))
+    # Explicit keys go to the client; without them the session's chain (environment, profile, instance role).
+    session = _boto3_session(os.getpid(), _environment_keys())
+    client = session.client("s3", region_name=config.region, endpoint_url=config.endpoint_url,
+                            aws_access_key_id=config.access_key, aws_secret_access_key=config.secret_key,
+                            aws_session_token=config.session_token, config=Config(**options))
     if "retries" not in config_kwargs:  # a caller's own retries (e.g. a readiness poll) are left alone
         client.meta.events.register("needs-retry.s3", budget.boto_retry_hook(config))
     return client

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Iterator
@@ -112,3 +113,23 @@ def _quiet_ray_data() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if getattr(handler, "stream", None) in (sys.stderr, sys.stdout):
             handler.setLevel(logging.ERROR)
+
+
+def release_failed_pipeline(exc: BaseException) -> None:
+    """Give back the actor pool of a Ray Dataset whose iteration raised ``exc``; call it in the handler.
+
+    Ray Data gives an actor pool back by dropping its actor handles, not by killing the actors. When a pipeline
+    fails, the frames of the loop that consumed it (kept by ``exc``'s traceback, and in a reference cycle with
+    Ray Data's executor) still hold those handles, so the actors and the CPUs they reserve stay taken until the
+    garbage collector happens to find the cycle. The next pass of a scan, or the next job in this process (a
+    training run asks for every CPU of the cluster), would wait for them. The tracebacks are dropped (the
+    message stays) and the cycle is collected now.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.with_traceback(None)
+        e = e.__cause__ or e.__context__
+    gc.collect()
+

@@ -36,6 +36,8 @@ def run_phase(worker_cls: type, kwargs: dict[str, Any], table: pa.Table, *, work
         return
     import ray
 
+    from ood_audit.ray_setup import release_failed_pipeline
+
     cuda = device.startswith("cuda")
     kwargs = {k: _put_large(v) for k, v in kwargs.items()}
     step = max(batch_size, -(-table.num_rows // (4 * workers)))  # >= 4 blocks per actor
@@ -44,7 +46,11 @@ def run_phase(worker_cls: type, kwargs: dict[str, Any], table: pa.Table, *, work
         worker_cls, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=0 if cuda else 0.5,
         num_gpus=1 if cuda else 0)
-    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+    try:
+        yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+    except Exception as exc:
+        release_failed_pipeline(exc)
+        raise
 
 
 def score_images(kwargs: dict[str, Any], uris: list[str], *, workers: int, batch_size: int,

@@ -83,6 +83,7 @@ from ood_audit.io.quality import QualityConfig
 from ood_audit.scan.config import ScanConfig
 from ood_audit.scan.duplicates import prefix_chars_for, resolve_duplicates
 from ood_audit.scan.pipeline import actor_resources, build_pipeline
+from ood_audit.ray_setup import release_failed_pipeline
 from ood_audit.scan.plan import DoneSet, Skipped, check_inputs, listing_pages, rechunk, skip_done
 from ood_audit.scan.summary import PassStats, build_summary, startup_phases
 from ood_audit.store.records import ChunkMarker, ListingInfo, RunSummary, feed_rows
@@ -313,9 +314,11 @@ def _scan_until_done(ctx: ScanContext) -> list[PassStats]:
         tracker = ChunkTracker(plan, attempt)
         try:
             _consume(ctx, build_pipeline(ctx, todo, attempt, actors), tracker, ex)
-        except OodAuditError:
+        except OodAuditError as exc:  # a lost lease, a refused commit: this driver stops
+            release_failed_pipeline(exc)
             raise
         except Exception as exc:  # noqa: BLE001 - any Ray failure: keep committed chunks, try the rest again
+            release_failed_pipeline(exc)
             err = storage_error(exc, s3=cfg.s3)
             if err is not None:  # retried for the outage window already: another pass would fail the same way
                 ex.seconds = time.perf_counter() - ex.started

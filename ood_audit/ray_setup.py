@@ -15,6 +15,10 @@ _ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
     "RAY_DEDUP_LOGS": "1",
+    # Ray ends a worker process beyond its soft limit (one per CPU) after 1 s idle. A scan's read tasks (a
+    # quarter CPU each) run more workers than that between its batches, and each new one imports Ray Data and
+    # pandas again (seconds of CPU): a local Ray keeps them for a minute instead.
+    "RAY_idle_worker_killing_time_threshold_ms": "60000",
 }
 
 

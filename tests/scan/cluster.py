@@ -36,7 +36,8 @@ class LocalCluster:
         self.temp = tempfile.mkdtemp(prefix="oars-", dir="/tmp")  # short: socket paths are length-limited
         self.env = {**os.environ, **env, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
                     # notice a lost node within ~3 s instead of ~15 s
-                    "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+                    "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
+                    "RAY_idle_worker_killing_time_threshold_ms": "60000"}  # as a local Ray (ood_audit.ray_setup)
         self.object_store = str(object_store_mb * 2**20)
         self.nodes: dict[str, subprocess.Popen] = {}
         self.reservations: dict[str, subprocess.Popen] = {}

@@ -20,7 +20,7 @@ def test_scan_reports_digests_and_quality_issues(ray_local, bundle_uri, s3_clien
     files["broken/0.png"] = b"\x89PNG garbage"
     prefix = upload(s3_client, s3_bucket, "imgs", files)
     cfg = ScanConfig(bundle=bundle_uri, output=str(tmp_path / "out"), inputs=(prefix,), run_id="findings",
-                     s3=s3_config, chunk_size=8, slice_rows=4, batch_size=8, workers=2, read_threads=4)
+                     s3=s3_config, chunk_size=8, slice_rows=4, batch_size=8, workers=1, read_threads=4)
     res = run_scan(cfg)
     quality = open_bundle(bundle_uri).info.quality  # calibrated: the bundle's thresholds, not the defaults
     blurry, grey_share = quality.blurry, quality.grayscale_share
@@ -52,7 +52,7 @@ def test_duplicate_of_within_a_run_and_across_nights(ray_local, bundle_uri, s3_c
     prefix = upload(s3_client, s3_bucket, "dups", files)
     out = str(tmp_path / "out")
     cfg = ScanConfig(bundle=bundle_uri, output=out, inputs=(prefix,), run_id="night1", s3=s3_config, chunk_size=3,
-                     slice_rows=2, batch_size=4, workers=2, read_threads=4)
+                     slice_rows=2, batch_size=4, workers=1, read_threads=4)
     res = run_scan(cfg)
     first_of = {}  # expected, from the bytes and S3's lexicographic listing order
     for key in sorted(files):
@@ -68,7 +68,7 @@ def test_duplicate_of_within_a_run_and_across_nights(ray_local, bundle_uri, s3_c
     night2 = upload(s3_client, s3_bucket, "dups2", {"reupload.png": files[originals[1]],
                                                    "new.png": png_bytes(np.full((40, 40, 3), 90, np.uint8))})
     res2 = run_scan(ScanConfig(bundle=bundle_uri, output=out, inputs=(night2,), run_id="night2", s3=s3_config,
-                               chunk_size=3, slice_rows=2, batch_size=4, workers=2, read_threads=4))
+                               chunk_size=3, slice_rows=2, batch_size=4, workers=1, read_threads=4))
     rows2 = {r["uri"]: r["duplicate_of"] for r in open_reports(out).to_table().to_pylist() if r["run_id"] == "night2"}
     assert rows2 == {f"{night2}/reupload.png": f"{prefix}/{originals[1]}", f"{night2}/new.png": None}
     assert res2.summary.duplicates.earlier_runs == 1

@@ -12,7 +12,8 @@ from ood_audit.store.schema import open_reports
 from tests.datagen import labelled_images, upload
 from tests.io.s3_relay import deny_key, relay
 
-SMALL = {"chunk_size": 8, "slice_rows": 4, "batch_size": 8, "workers": 2, "read_threads": 4}
+# One scoring actor: each is a process that imports torch.
+SMALL = {"chunk_size": 8, "slice_rows": 4, "batch_size": 8, "workers": 1, "read_threads": 4}
 
 
 @pytest.mark.timeout(180)

@@ -20,7 +20,8 @@ from ood_audit.store.schema import list_parts, open_reports, partition_uri
 from tests.datagen import labelled_images, upload
 from tests.scan.hostile import MAX_BYTES, hostile_objects
 
-SMALL = {"chunk_size": 8, "slice_rows": 4, "batch_size": 8, "workers": 2, "read_threads": 4}
+# One scoring actor: each is a process that imports torch.
+SMALL = {"chunk_size": 8, "slice_rows": 4, "batch_size": 8, "workers": 1, "read_threads": 4}
 
 
 def _report(output, s3, run_id=None):
@@ -48,7 +49,7 @@ def test_hostile_inputs_one_row_each_and_good_scores_unaffected(ray_local, bundl
     output = f"s3://{s3_bucket}/audit"
     rc = main(["scan", "--bundle", bundle_uri, "--input", f"s3://{s3_bucket}/in", "--output", output,
                "--run-id", "hostile", "--max-bytes", str(MAX_BYTES), "--chunk-size", "8", "--batch-size", "8",
-               "--workers", "2", "--read-threads", "4", "--s3-endpoint", s3_config.endpoint_url])
+               "--workers", "1", "--read-threads", "4", "--s3-endpoint", s3_config.endpoint_url])
     assert rc == 0
     table = _report(output, s3_config)
     _assert_exactly_once(table, list(expected))

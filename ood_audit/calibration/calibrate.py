@@ -35,7 +35,7 @@ import torch
 from ood_audit.errors import ConfigError, DataError
 from ood_audit.io.quality import BLURRY_PERCENTILE, blurry_threshold, grayscale_share
 from ood_audit.io.fs import S3Config, exists, read_bytes
-from ood_audit.io.uri import join_uri, parent_uri
+from ood_audit.io.uri import join_uri, object_key, parent_uri
 from ood_audit.models import ModelSpec
 from ood_audit.models.precision import DEFAULT_PRECISION, check_precision
 from ood_audit.scores.detectors import DETECTORS, LOGIT_DETECTORS, make_detectors
@@ -263,15 +263,18 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     if cfg.block is not None and cfg.block not in blocks:
         raise ConfigError(f"unknown block {cfg.block!r}; valid blocks: {', '.join(blocks)}")
     pre = spec.preprocess(cfg.resize_mode)  # type: ignore[arg-type]
-    held = heldout_mask(uris, cfg.heldout_fraction, cfg.seed)
+    # The key under the data root, not the URI: a copy of the set elsewhere gets the same split.
+    keys = [object_key(u, cfg.data) for u in uris]
+    held = heldout_mask(keys, cfg.heldout_fraction, cfg.seed)
     bank_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
     if held_idx.size < cfg.min_heldout or bank_idx.size < max(cfg.k_knn, 2):
         raise DataError(f"{len(uris)} ID images give {bank_idx.size} bank and {held_idx.size} held-out images; "
                         f"need >= {cfg.k_knn} bank and >= {cfg.min_heldout} held-out (add data or raise heldout_fraction)")
     bank_uris = [uris[i] for i in bank_idx]
-    select = subsample_mask(bank_uris, cfg.max_select, cfg.seed)
+    bank_keys = [keys[i] for i in bank_idx]
+    select = subsample_mask(bank_keys, cfg.max_select, cfg.seed)
     # the same hash order, so the evidence rows are always a subset of the NormRatio rows
-    evidence_rows = subsample_mask(bank_uris, min(cfg.max_probe, cfg.max_select or cfg.max_probe), cfg.seed)
+    evidence_rows = subsample_mask(bank_keys, min(cfg.max_probe, cfg.max_select or cfg.max_probe), cfg.seed)
     common = {"model": model_bytes, "spec": spec.to_dict(), "preprocess": pre, "s3": cfg.s3,
               "device": cfg.device, "precision": cfg.precision}
     log.info("calibrating on %d ID images: %d bank (%d for NormRatio, %d for the probe evidence), %d held-out",
@@ -352,7 +355,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
                     "flag_on": flag_on, "flag": flag_th, "flag_alpha": alpha, "flag_on_reason": reason},
         heldout_quantiles={s: quantile_table(v) for s, v in held_scores.items()},
         heldout_stats={s: score_stats(v) for s, v in held_scores.items()},
-        split={"method": "blake2b(seed, uri) < fraction", "heldout_fraction": cfg.heldout_fraction,
+        split={"method": "blake2b(seed, key under the data root) < fraction", "heldout_fraction": cfg.heldout_fraction,
                "seed": cfg.seed, "bank_images": n_bank, "heldout_images": n_held},
         data={"source": cfg.data, "listed_images": len(uris), "skipped_non_images": skipped_ext,
               "decode_failures": len(failures)},
@@ -380,7 +383,8 @@ def _outlier_evidence(cfg: CalibrateConfig, common: dict[str, Any], held_uris: l
                       blocks: list[str]) -> OutlierEvidence:
     """FN at every block of the known outliers and of (up to ``max_probe``) held-out ID images."""
     out_uris, _ = list_id_images(cfg.outliers, cfg.s3)  # type: ignore[arg-type]
-    ref = [u for u, m in zip(held_uris, subsample_mask(held_uris, cfg.max_probe, cfg.seed)) if m]
+    keys = [object_key(u, cfg.data) for u in held_uris]
+    ref = [u for u, m in zip(held_uris, subsample_mask(keys, cfg.max_probe, cfg.seed)) if m]
     table = pa.table({"uri": ref + out_uris, "index": pa.array(np.arange(len(ref) + len(out_uris)), pa.int64())})
     norms = np.full((table.num_rows, len(blocks)), np.nan)
     for out in run_phase(NormWorker, common, table, workers=cfg.workers, batch_size=cfg.batch_size,

@@ -97,3 +97,11 @@ def parent_uri(uri: str | os.PathLike[str]) -> str:
         return os.path.dirname(parsed.key.rstrip(os.sep)) or os.sep
     key = parsed.key.rstrip("/")
     return s3_uri(parsed.bucket, key.rpartition("/")[0])
+
+
+def object_key(uri: str, source: str) -> str:
+    """The part of ``uri`` under the dataset's root ``source`` (the whole URI for manifests): what the
+    training and calibration splits hash, so a set keeps its splits when it is copied to another bucket or
+    disk."""
+    base = source if source.endswith(("/", os.sep)) else source + ("/" if source.startswith("s3://") else os.sep)
+    return uri[len(base):] if uri.startswith(base) else uri

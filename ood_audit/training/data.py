@@ -24,6 +24,7 @@ from ood_audit.errors import DataError
 from ood_audit.preprocess import Preprocess, decoded_to_unit
 from ood_audit.io.fs import S3Config
 from ood_audit.io.reader import load_images
+from ood_audit.io.uri import object_key
 
 MAX_LISTED_FAILURES = 20
 
@@ -115,13 +116,6 @@ class ShardReader:
                 if i + 1 < remaining:
                     pending = pool.submit(self._decode_batch)
                 yield batch
-
-
-def object_key(uri: str, source: str) -> str:
-    """The part of ``uri`` under the dataset's root ``source`` (the whole URI for manifests): what the
-    validation split hashes, so a set keeps its split when it is copied to another bucket or disk."""
-    base = source if source.endswith(("/", os.sep)) else source + ("/" if source.startswith("s3://") else os.sep)
-    return uri[len(base):] if uri.startswith(base) else uri
 
 
 def validation_split(uris: Sequence[str], source: str, fraction: float) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ from ood_audit.bundle.files import load_bundle
 from ood_audit.calibration.calibrate import list_id_images
 from ood_audit.bundle.scorer import scorer_from_bundle
 from ood_audit.calibration.split import heldout_mask
+from ood_audit.io.uri import object_key
 from ood_audit.flagging.thresholds import threshold_at
 from ood_audit.cli import main
 from ood_audit.io.dataset import decode_dataset
@@ -64,7 +65,7 @@ def test_robust_selector_is_recorded_with_evidence_and_featurenorm2(setup, capsy
     scorer = scorer_from_bundle(b)
     assert "featurenorm2" in scorer.score_names
     uris, _ = list_id_images(str(data), None)
-    held = [u for u, h in zip(uris, heldout_mask(uris, 0.35, 0)) if h]
+    held = [u for u, h in zip(uris, heldout_mask([object_key(u, str(data)) for u in uris], 0.35, 0)) if h]
     x = torch.from_numpy(decode_dataset(held, size=32).images).permute(0, 3, 1, 2)
     s = scorer(x)
     np.testing.assert_array_equal(s["featurenorm2"], feature_norm_two_sided(torch.from_numpy(s["featurenorm"]),

@@ -66,9 +66,11 @@ def test_session_server_facts(s3_server: EmbeddedS3, s3_client: Any) -> None:
 def test_foreground_command_prints_env_and_stops_on_ctrl_c() -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    # Started as a script's background job is (SIGINT ignored, which Python keeps): Ctrl+C must stop it anyway.
     proc = subprocess.Popen(
         [sys.executable, "-m", "ood_audit.embedded.s3", "--bucket", "demo-images"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     lines: list[str] = []
     try:

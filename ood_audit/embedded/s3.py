@@ -344,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="keep objects here (default: a temporary dir)")
     parser.add_argument("--bucket", action="append", default=[], help="create this bucket (repeatable)")
     args = parser.parse_args(argv)
+    # Ctrl+C stops it even when started from a parent that ignores SIGINT (a background job of a script,
+    # some supervisors): Python leaves an inherited "ignore" in place, and the server would never stop.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     server = EmbeddedS3(access_key=args.access_key, secret_key=args.secret_key, data_dir=args.data_dir)
     with server:

@@ -1,5 +1,6 @@
-"""One rank of the global-batch check (spawned by test_global_batch.py): DDP over gloo, a joint-mode or
-alpa-finetune TrainNet, this rank's half of a fixed batch; writes the loss and DDP-averaged gradients."""
+"""One rank of the global-batch check (spawned by test_global_batch.py): DDP over gloo, for each mode
+(joint, alpa-finetune) a TrainNet on this rank's half of a fixed batch; writes the loss and DDP-averaged
+gradients under ``<out_dir>/<mode>/``. Both modes share one pair of processes (each costs a torch import)."""
 from __future__ import annotations
 
 import json
@@ -34,29 +35,37 @@ def build(mode: str, global_batch=None):
     return net
 
 
-def run_rank(rank: int, world: int, mode: str, store_path: str, out_dir: str) -> None:
+def run_rank(rank: int, world: int, modes: tuple[str, ...], store_path: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
+    try:
+        for mode in modes:
+            _one_mode(rank, world, mode, os.path.join(out_dir, mode))
+    finally:
+        dist.destroy_process_group()
+
+
+def _one_mode(rank: int, world: int, mode: str, out_dir: str) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
     from torch.nn.parallel import DistributedDataParallel
 
     from ood_audit.training.gather import GlobalBatch
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
-    try:
-        net = build(mode, GlobalBatch.create(rank, world))
-        ddp = DistributedDataParallel(net)
-        pixels, labels = fixed_batch(world)
-        rows = slice(rank * 2 * BATCH, (rank + 1) * 2 * BATCH)
-        out = ddp(pixels[rows], labels[rows])
-        out["loss"].backward()
-        share = torch.tensor([float(out["objective"])], dtype=torch.float64)
-        dist.all_reduce(share)
-        grads = {n: p.grad.detach().contiguous() for n, p in net.named_parameters() if p.grad is not None}
-        if rank == 0:
-            save_file(grads, os.path.join(out_dir, "grads.safetensors"))
-            Path(out_dir, "loss.json").write_text(json.dumps({"loss": share.item() / world,
-                                                             "parts": {k: float(v) for k, v in out.items()
-                                                                       if k != "loss"}}))
-    finally:
-        dist.destroy_process_group()
+    net = build(mode, GlobalBatch.create(rank, world))
+    ddp = DistributedDataParallel(net)
+    pixels, labels = fixed_batch(world)
+    rows = slice(rank * 2 * BATCH, (rank + 1) * 2 * BATCH)
+    out = ddp(pixels[rows], labels[rows])
+    out["loss"].backward()
+    share = torch.tensor([float(out["objective"])], dtype=torch.float64)
+    dist.all_reduce(share)
+    grads = {n: p.grad.detach().contiguous() for n, p in net.named_parameters() if p.grad is not None}
+    if rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        save_file(grads, os.path.join(out_dir, "grads.safetensors"))
+        Path(out_dir, "loss.json").write_text(json.dumps({"loss": share.item() / world,
+                                                         "parts": {k: float(v) for k, v in out.items()
+                                                                   if k != "loss"}}))

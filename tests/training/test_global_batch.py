@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,19 +13,28 @@ from safetensors.torch import load_file
 from tests.training.global_batch_case import build, fixed_batch, run_rank
 
 
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize("mode", ["joint", "alpa-finetune"])
-def test_two_ranks_equal_one_process_on_the_concatenated_batch(mode, tmp_path) -> None:
+MODES = ("joint", "alpa-finetune")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both modes on two spawned gloo ranks, once: ``<dir>/<mode>/loss.json`` and ``grads.safetensors``."""
+    out = tmp_path_factory.mktemp("global-batch")
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=run_rank, args=(r, 2, mode, str(tmp_path / "store"), str(tmp_path)))
-             for r in range(2)]
+    procs = [ctx.Process(target=run_rank, args=(r, 2, MODES, str(out / "store"), str(out))) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(150)
+        p.join(240)
     assert [p.exitcode for p in procs] == [0, 0]
-    distributed = json.loads((tmp_path / "loss.json").read_text())
-    grads = load_file(str(tmp_path / "grads.safetensors"))
+    return out
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", MODES)
+def test_two_ranks_equal_one_process_on_the_concatenated_batch(mode, two_ranks) -> None:
+    distributed = json.loads((two_ranks / mode / "loss.json").read_text())
+    grads = load_file(str(two_ranks / mode / "grads.safetensors"))
 
     net = build(mode)  # one process, no gathering: the reference
     pixels, labels = fixed_batch(2)

@@ -35,6 +35,17 @@ WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 # - ConvNeXt from timm (``timm/convnext_tiny.*`` on the Hugging Face hub): stem / stages.S.(downsample|blocks)
 #   / head, and ``gamma`` of shape [C] is torchvision's ``layer_scale`` of shape [C, 1, 1].
 # - ResNet / ResNeXt / Wide ResNet from timm use torchvision's names already (conv1, layer1.0..., fc).
+# - EfficientNet from timm (``efficientnet_b0``..``b3``: the same tensors and the same forward as torchvision's):
+#   conv_stem/bn1, blocks.S.B, conv_head/bn2, classifier. Stage 0 is a depthwise-separable block (dw, se, pw)
+#   whose ``bn1``/``bn2`` are other layers than in the inverted-residual blocks of stages 1-6: its rules come
+#   first. timm's ``tf_efficientnet_b*`` have the same names and shapes, so they load, but compute something
+#   else (TF "same" padding, BatchNorm eps 1e-3): nothing in a state dict tells them apart. No timm model is
+#   torchvision's ``efficientnet_v2_s`` (``efficientnetv2_s``: eps 1e-5, not 1e-3; ``tf_efficientnetv2_s``:
+#   "same" padding), and their other block layout (conv_exp...) is refused by the strict load.
+# - RegNetY from timm: ``regnety_004``, ``regnety_008_tv``, ``regnety_016``, ``regnety_032``, ``regnety_080_tv``
+#   are torchvision's 400mf, 800mf, 1.6gf, 3.2gf, 8gf. stem.conv|bn, sS.bB.conv1|conv2|conv3|se|downsample,
+#   head.fc. torchvision's block registers ``proj`` (the downsample) before ``f``: the rules go by name, never
+#   by order. ``regnety_008`` and ``regnety_080`` have other widths and fail the strict load on a shape.
 KEY_MAPS: dict[str, dict[str, Any]] = {
     "convnext": {
         "detect": re.compile(r"^(stem\.|stages\.)"),
@@ -50,7 +61,46 @@ KEY_MAPS: dict[str, dict[str, Any]] = {
             (r"^head\.fc\.", "classifier.2."),
         ],
     },
+    "efficientnet": {
+        "detect": re.compile(r"^(conv_stem\.|blocks\.\d+\.\d+\.)"),
+        "rules": [
+            (r"^conv_stem\.", "features.0.0."),
+            (r"^bn1\.", "features.0.1."),
+            (r"^blocks\.0\.(\d+)\.conv_dw\.", r"features.1.\1.block.0.0."),
+            (r"^blocks\.0\.(\d+)\.bn1\.", r"features.1.\1.block.0.1."),
+            (r"^blocks\.0\.(\d+)\.se\.conv_reduce\.", r"features.1.\1.block.1.fc1."),
+            (r"^blocks\.0\.(\d+)\.se\.conv_expand\.", r"features.1.\1.block.1.fc2."),
+            (r"^blocks\.0\.(\d+)\.conv_pw\.", r"features.1.\1.block.2.0."),
+            (r"^blocks\.0\.(\d+)\.bn2\.", r"features.1.\1.block.2.1."),
+            (r"^blocks\.(\d+)\.(\d+)\.(conv_pw|bn1|conv_dw|bn2|se\.conv_reduce|se\.conv_expand|conv_pwl|bn3)\.",
+             lambda m: f"features.{int(m[1]) + 1}.{m[2]}.block.{_EFFNET_IR[m[3]]}."),
+            (r"^conv_head\.", "features.8.0."),   # b0..b3 have 7 stages of blocks: features.1..7
+            (r"^bn2\.", "features.8.1."),
+            (r"^classifier\.(weight|bias)$", r"classifier.1.\1"),  # classifier.0 is the dropout
+        ],
+    },
+    "regnet": {
+        "detect": re.compile(r"^(stem\.conv\.|s\d+\.b\d+\.)"),
+        "rules": [
+            (r"^stem\.conv\.", "stem.0."),
+            (r"^stem\.bn\.", "stem.1."),
+            (r"^s(\d+)\.b(\d+)\.(conv1|conv2|conv3|downsample)\.(conv|bn)\.",
+             lambda m: f"{_regnet_block(m)}.{_REGNET_PART[m[3]]}.{0 if m[4] == 'conv' else 1}."),
+            (r"^s(\d+)\.b(\d+)\.se\.(fc1|fc2)\.", lambda m: f"{_regnet_block(m)}.f.se.{m[3]}."),
+            (r"^head\.fc\.", "fc."),
+        ],
+    },
 }
+# timm's inverted-residual parts -> torchvision's MBConv ``block`` indices (expand, depthwise, SE, project).
+_EFFNET_IR = {"conv_pw": "0.0", "bn1": "0.1", "conv_dw": "1.0", "bn2": "1.1", "se.conv_reduce": "2.fc1",
+              "se.conv_expand": "2.fc2", "conv_pwl": "3.0", "bn3": "3.1"}
+# timm's bottleneck parts -> torchvision's: ``f.a`` 1x1, ``f.b`` grouped 3x3, ``f.c`` 1x1, ``proj`` shortcut.
+_REGNET_PART = {"conv1": "f.a", "conv2": "f.b", "conv3": "f.c", "downsample": "proj"}
+
+
+def _regnet_block(m: re.Match) -> str:
+    # timm counts blocks from 1 (s1.b1), torchvision from 0 (block1-0)
+    return f"trunk_output.block{m[1]}.block{m[1]}-{int(m[2]) - 1}"
 
 
 @dataclass(frozen=True)
@@ -142,7 +192,9 @@ def import_weights(src: str, arch: str, output: str, *, image_size: int = 224, s
     spec = ModelSpec(arch, num_classes, small_input, image_size,
                      class_names=list(class_names) if class_names is not None else None, **extra)
     model = skeleton(arch, spec.num_classes, small_input=small_input)
-    load_state_strict(model, state, source=f"{src} (as {arch})", assign=True)
+    # after a key map the mismatch is named in torchvision's terms: say so, the file itself has timm's names
+    mapped = f", its {arch_spec(shape).family} names mapped from timm's" if renamed else ""
+    load_state_strict(model, state, source=f"{src} (as {arch}{mapped})", assign=True)
     from safetensors.torch import save
 
     blob = save({k: v.detach().contiguous() for k, v in model.state_dict().items()})

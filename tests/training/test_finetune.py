@@ -29,13 +29,16 @@ COMMON = ["--small-input", "--batch-size", "16", "--workers", "1", "--val-fracti
 
 @pytest.fixture(scope="module")
 def digits_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ResNet18 (small input) trained for 2 epochs on 320 real digits, in process: the 'pretrained' model."""
+    """A ResNet18 (small input) trained for 2 epochs on 320 real digits, in process: the 'pretrained' model.
+    Under the training precision the product would pick here (bf16 autocast on a CPU with AMX)."""
     from ood_audit.demo.data import digit_variants
+    from ood_audit.models.precision import training_precision
 
     images, labels = digit_variants(320, seed=3)
     torch.manual_seed(0)
     model = build_model("resnet18", 10, small_input=True)
-    net = TrainNet(model, "ce", image_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    net = TrainNet(model, "ce", image_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                   precision=training_precision("auto", "cpu"))
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3)  # learns the digits in a few steps (loss ~0.4 after 10)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     y = torch.from_numpy(labels).long()

@@ -136,4 +136,3 @@ def release_failed_pipeline(exc: BaseException) -> None:
         e.with_traceback(None)
         e = e.__cause__ or e.__context__
     gc.collect()
-

@@ -80,10 +80,10 @@ from ood_audit.io.decode import Preprocess
 from ood_audit.io.fs import S3Config, check_writable, storage_error
 from ood_audit.io.lease import Lease
 from ood_audit.io.quality import QualityConfig
+from ood_audit.ray_setup import release_failed_pipeline
 from ood_audit.scan.config import ScanConfig
 from ood_audit.scan.duplicates import prefix_chars_for, resolve_duplicates
 from ood_audit.scan.pipeline import actor_resources, build_pipeline
-from ood_audit.ray_setup import release_failed_pipeline
 from ood_audit.scan.plan import DoneSet, Skipped, check_inputs, listing_pages, rechunk, skip_done
 from ood_audit.scan.summary import PassStats, build_summary, startup_phases
 from ood_audit.store.records import ChunkMarker, ListingInfo, RunSummary, feed_rows

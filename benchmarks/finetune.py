@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.datagen import photo_sources, png_bytes, write_local
+from tests.datagen import lfw_faces, photo_sources, png_bytes, write_local
 
 SCORES = ("csd", "featurenorm")
 
@@ -72,15 +72,10 @@ FACES_VAL = 0.45  # of 200 images: about 90 held out, enough to tell epochs apar
 def faces_task(root: Path) -> tuple[Path, Path, Path]:
     """``lfw_subset`` at 32 px under ``face/`` and ``other/``: (all, the training split, the held-out split),
     split as training splits them (by key, ``FACES_VAL``)."""
-    from skimage.data import lfw_subset
-
     from ood_audit.io.dataset import load_labelled
     from ood_audit.training.data import validation_split
 
-    files = {}
-    for i, a in enumerate(lfw_subset()):
-        im = Image.fromarray((a * 255).round().astype(np.uint8)).resize((32, 32), Image.BILINEAR)
-        files[f"{'face' if i < 100 else 'other'}/{i:03d}.png"] = png_bytes(np.repeat(np.asarray(im)[..., None], 3, 2))
+    files = lfw_faces(32)
     everything = write_local(root / "faces", files)
     dataset = load_labelled(str(everything))
     uris = dataset.uris()

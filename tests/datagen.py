@@ -94,6 +94,18 @@ def photo_set(n: int, seed: int, sources: dict[str, np.ndarray] | None = None) -
     return out
 
 
+def lfw_faces(size: int = 32) -> dict[str, bytes]:
+    """``face/NNN.png`` and ``other/NNN.png``: scikit-image's ``lfw_subset`` (100 faces, then 100 non-face crops),
+    25 px grey -> ``size`` px RGB PNGs."""
+    from skimage.data import lfw_subset
+
+    files = {}
+    for i, a in enumerate(lfw_subset()):
+        im = Image.fromarray((a * 255).round().astype(np.uint8)).resize((size, size), Image.BILINEAR)
+        files[f"{'face' if i < 100 else 'other'}/{i:03d}.png"] = png_bytes(np.repeat(np.asarray(im)[..., None], 3, 2))
+    return files
+
+
 def write_local(root: Path, files: dict[str, bytes]) -> Path:
     for name, data in files.items():
         p = root / name

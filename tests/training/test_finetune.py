@@ -20,7 +20,7 @@ from scipy.stats import wilcoxon
 from ood_audit.cli import main
 from ood_audit.models import IMAGENET_MEAN, IMAGENET_STD, build_model, load_weights, save_weights
 from ood_audit.training.net import TrainNet
-from tests.datagen import png_bytes, write_local
+from tests.datagen import lfw_faces, write_local
 
 pytestmark = [pytest.mark.slow]
 
@@ -59,13 +59,7 @@ def digits_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``face/`` and ``other/``: the 100 faces and 100 non-face crops of ``lfw_subset``, 25 px grey -> 32 px RGB."""
-    from skimage.data import lfw_subset
-
-    files = {}
-    for i, a in enumerate(lfw_subset()):
-        im = Image.fromarray((a * 255).round().astype(np.uint8)).resize((32, 32), Image.BILINEAR)
-        files[f"{'face' if i < 100 else 'other'}/{i:03d}.png"] = png_bytes(np.repeat(np.asarray(im)[..., None], 3, 2))
-    return write_local(tmp_path_factory.mktemp("faces"), files)
+    return write_local(tmp_path_factory.mktemp("faces"), lfw_faces(32))
 
 
 def _train(args: list[str], tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture) -> tuple[int, dict, list[str]]:

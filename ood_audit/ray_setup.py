@@ -21,6 +21,10 @@ _ENV_DEFAULTS = {
     "RAY_idle_worker_killing_time_threshold_ms": "60000",
 }
 
+# Only for a Ray started here, on this one machine: Ray Train's preemption watcher (an actor per training run)
+# follows the draining of cluster nodes, which a single machine never sees; it would only cost a process.
+_LOCAL_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
 
 def apply_env_defaults() -> None:
     """Set Ray environment defaults (no auth token or usage stats for local runs) unless already set."""
@@ -70,7 +74,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
         # A local Ray's processes inherit this process's environment: env_vars given to them that way,
         # rather than as the job's runtime_env, keep the workers Ray prestarts usable (a job runtime_env
         # makes every task and actor wait for workers started for it) and skip the runtime-env agent.
-        local_env = dict((runtime_env or {}).get("env_vars") or {})
+        local_env = {k: v for k, v in _LOCAL_ENV_DEFAULTS.items() if k not in os.environ}
+        local_env.update((runtime_env or {}).get("env_vars") or {})
         rest = {k: v for k, v in (runtime_env or {}).items() if k != "env_vars"}
         with _environment(local_env):
             ctx = ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory, include_dashboard=False,

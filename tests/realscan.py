@@ -50,14 +50,16 @@ def make_real_scan(s3: S3Config, client: Any, bucket: str) -> RealScan:
     from ood_audit.store.runs import find_run, most_anomalous, run_dataset
 
     root = Path(tempfile.mkdtemp(prefix="ood-audit-realscan-"))
-    id_files, incoming, _ = demo_files(seed=3, n_incoming_digits=80, per_kind=20)
+    # 600 ID digits and the probe evidence on 200 of them: enough for every bundle part the triage tests read
+    # (the model is untrained; how well it separates is not what they test).
+    id_files, incoming, _ = demo_files(seed=3, n_incoming_digits=80, per_kind=20, n_train=600)
     incoming.pop("broken/<script>alert(1)</script>.png", None)
     upload(client, bucket, "id", id_files)
     torch.manual_seed(0)
     save_weights(build_model("resnet18", 10, small_input=True), root / "model.safetensors")
     (root / "model.json").write_text(json.dumps(SPEC.to_dict()))
     cal = calibrate(CalibrateConfig(data=f"s3://{bucket}/id", model=str(root / "model.safetensors"),
-                                    output=f"s3://{bucket}/bundles", s3=s3, workers=0, k_knn=10,
+                                    output=f"s3://{bucket}/bundles", s3=s3, workers=0, k_knn=10, max_probe=200,
                                     flag_on=("featurenorm", "csd")))  # explicit: kept even if FN is inverted
     output, inputs = f"s3://{bucket}/audit", f"s3://{bucket}/incoming"
     scan = dict(bundle=cal.bundle_uri, output=output, inputs=(inputs,), s3=s3, chunk_size=100, batch_size=32,

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +51,14 @@ XDIST_GROUPS = (("quick-demo", {"quick_demo"}), ("triage", {"real_scan", "label_
 def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
+    # The in-process torch work of a test (calibrations with workers=0, small trainings) shares the machine's
+    # cores with the other xdist workers: each takes its share of threads, not all of them (torch's default),
+    # which on 2 cores ran 4 threads and wasted CPU in the suite, which is CPU-bound.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -1,9 +1,12 @@
 """The demo's per-kind table and quality verdict, against sklearn on the same arrays."""
 import numpy as np
+import pytest
+from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 
 from ood_audit.demo.data import demo_files, kind_of
-from ood_audit.demo.summary import format_kinds, per_kind, quality
+from ood_audit.demo.summary import (ID_KIND, TARGET_ID_RATE, TARGET_OUTLIER_RATE, format_kinds, per_kind,
+                                    quality, wilson_interval)
 
 
 def _rows(rng, kind, n, loc, flag_rate, prefix="s3://b/in"):
@@ -34,8 +37,8 @@ def test_per_kind_metrics_match_sklearn_and_the_target():
         thr = np.percentile([r[s] for r in ids], 5)  # 95% of ID at or above
         fpr = np.mean([r[s] >= thr for r in faces])
         assert abs(kinds["faces"][s]["fpr95"] - fpr) <= 1 / len(faces) + 1e-9
-    ok, misses = quality(kinds)
-    assert not ok and any(m.startswith("letters") for m in misses)  # absent kinds are misses, not passes
+    verdict, misses = quality(kinds)
+    assert verdict == "MISSED" and "letters: nothing scored" in misses  # absent kinds are misses, not passes
     assert any("faces" in line and "(bad input)" not in line for line in format_kinds(kinds))
 
 
@@ -55,3 +58,32 @@ def test_demo_data_is_real_and_night_two_plants_faces_in_digits():
                                     for k in copies)
     again = [k for k in night2_copies if k.startswith("digits/again-")]
     assert len(again) == 3 and all(night2_copies[k] in night1.values() for k in again)
+
+
+@pytest.mark.parametrize("k,n", [(0, 40), (13, 150), (34, 40), (40, 40), (1, 3)])
+def test_wilson_interval_is_scipys(k, n):
+    want = binomtest(k, n).proportion_ci(0.95, method="wilson")
+    assert wilson_interval(k, n) == pytest.approx((want.low, want.high), abs=2e-4)  # z = 1.96 vs 1.95996...
+
+
+def _kinds(id_flagged, id_n=150, outlier_flagged=40, outlier_n=40):
+    from ood_audit.demo.data import OUTLIER_KINDS
+    kinds = {k: {"flagged": outlier_flagged, "scored": outlier_n} for k in OUTLIER_KINDS}
+    kinds[ID_KIND] = {"flagged": id_flagged, "scored": id_n}
+    return kinds
+
+
+def test_verdict_tells_a_miss_from_sampling_scatter():
+    assert quality(_kinds(12)) == ("MET", [])                        # 12/150 = 0.08: on the target
+    # 13/150 = 0.087 is over 0.08, but 0.08 lies inside its 95% interval: no evidence of a miss.
+    assert binomtest(13, 150).proportion_ci(method="wilson").low < TARGET_ID_RATE
+    verdict, misses = quality(_kinds(13))
+    assert verdict == "consistent with the target" and misses == [
+        "unseen digits flagged 13/150 = 0.087, not <= 0.08 (but 95% interval 0.051-0.143)"]
+    # 25/150 = 0.167: the interval's low end is above 0.08.
+    assert binomtest(25, 150).proportion_ci(method="wilson").low > TARGET_ID_RATE
+    assert quality(_kinds(25))[0] == "MISSED"
+    # An outlier kind at 30/40 = 0.75: its interval (0.60-0.86) still reaches 0.85; at 25/40 it does not.
+    assert quality(_kinds(6, outlier_flagged=30))[0] == "consistent with the target"
+    assert binomtest(25, 40).proportion_ci(method="wilson").high < TARGET_OUTLIER_RATE
+    assert quality(_kinds(6, outlier_flagged=25))[0] == "MISSED"

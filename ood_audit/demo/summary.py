@@ -70,8 +70,10 @@ def quality(kinds: Mapping[str, Mapping[str, Any]]) -> tuple[str, list[str]]:
         low, high = wilson_interval(k, n)
         inside = low <= target <= high
         clear = clear or not inside
-        misses.append(f"{name} flagged {k}/{n} = {rate:.3f}, not {side} {target:.2f} "
-                      f"({'but ' if inside else ''}95% interval {low:.3f}-{high:.3f})")
+        wrong_side = "<" if side == ">=" else ">"
+        misses.append(f"{name} flagged {k}/{n} = {rate:.3f} {wrong_side} {target:.2f}, "
+                      + (f"but the 95% interval of that count ({low:.3f}-{high:.3f}) contains {target:.2f}" if inside
+                         else f"and the 95% interval of that count ({low:.3f}-{high:.3f}) is clear of {target:.2f}"))
     return ("MISSED" if clear else "consistent with the target" if misses else "MET"), misses
 
 
@@ -103,7 +105,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
               "threshold, ID positive; AUROC ID vs kind):"]
     lines += format_kinds(s["kinds"])
     lines += ["", f"Quality target: every outlier kind flagged >= {TARGET_OUTLIER_RATE:.2f}, unseen digits "
-                  f"<= {TARGET_ID_RATE:.2f}: {verdict}" + (f" ({'; '.join(misses)})" if misses else "")]
+                  f"<= {TARGET_ID_RATE:.2f}: {verdict}"] + [f"  {line}" for line in misses]
     if s.get("duplicates"):
         d = s["duplicates"]
         lines += ["", f"Duplicates: night 1 has {d['exact_night1']} exact copies of its own objects and "

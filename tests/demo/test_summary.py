@@ -79,11 +79,14 @@ def test_verdict_tells_a_miss_from_sampling_scatter():
     assert binomtest(13, 150).proportion_ci(method="wilson").low < TARGET_ID_RATE
     verdict, misses = quality(_kinds(13))
     assert verdict == "consistent with the target" and misses == [
-        "unseen digits flagged 13/150 = 0.087, not <= 0.08 (but 95% interval 0.051-0.143)"]
+        "unseen digits flagged 13/150 = 0.087 > 0.08, but the 95% interval of that count (0.051-0.143) contains 0.08"]
     # 25/150 = 0.167: the interval's low end is above 0.08.
     assert binomtest(25, 150).proportion_ci(method="wilson").low > TARGET_ID_RATE
     assert quality(_kinds(25))[0] == "MISSED"
     # An outlier kind at 30/40 = 0.75: its interval (0.60-0.86) still reaches 0.85; at 25/40 it does not.
     assert quality(_kinds(6, outlier_flagged=30))[0] == "consistent with the target"
     assert binomtest(25, 40).proportion_ci(method="wilson").high < TARGET_OUTLIER_RATE
-    assert quality(_kinds(6, outlier_flagged=25))[0] == "MISSED"
+    verdict, misses = quality(_kinds(6, outlier_flagged=25))
+    ci = binomtest(25, 40).proportion_ci(method="wilson")
+    assert verdict == "MISSED" and len(misses) == 5  # each of the five outlier kinds
+    assert misses[0].endswith(f"({ci.low:.3f}-{ci.high:.3f}) is clear of 0.85"), misses[0]

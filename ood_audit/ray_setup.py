@@ -5,6 +5,8 @@ import contextlib
 import gc
 import logging
 import os
+import threading
+import time
 from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,7 @@ def _quiet_ray_data() -> None:
             handler.setLevel(logging.ERROR)
 
 
-def release_failed_pipeline(exc: BaseException) -> None:
+def release_failed_pipeline(exc: BaseException, wait_s: float = 30.0) -> None:
     """Give back the actor pool of a Ray Dataset whose iteration raised ``exc``; call it in the handler.
 
     Ray Data gives an actor pool back by dropping its actor handles, not by killing the actors. When a pipeline
@@ -133,6 +135,11 @@ def release_failed_pipeline(exc: BaseException) -> None:
     garbage collector happens to find the cycle. The next pass of a scan, or the next job in this process (a
     training run asks for every CPU of the cluster), would wait for them. The tracebacks are dropped (the
     message stays) and the cycle is collected now.
+
+    The executor's scheduling thread holds the cycle too until it has seen its shutdown, and Ray Data waits
+    for it only 2 s: on a busy machine it can still run when this is called, and what it leaves behind, by
+    then in the oldest generation, waits for a full collection that may not come for minutes. So the threads
+    of executors already shut down are joined (up to ``wait_s`` in all) before collecting.
     """
     seen: set[int] = set()
     e: BaseException | None = exc
@@ -140,4 +147,9 @@ def release_failed_pipeline(exc: BaseException) -> None:
         seen.add(id(e))
         e.with_traceback(None)
         e = e.__cause__ or e.__context__
+    deadline = time.monotonic() + wait_s
+    for thread in threading.enumerate():
+        # StreamingExecutor is the thread itself; only those already told to stop are waited for.
+        if thread.name.startswith("StreamingExecutor-") and getattr(thread, "_shutdown", False):
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
     gc.collect()

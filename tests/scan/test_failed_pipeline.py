@@ -6,6 +6,7 @@ keep their CPUs until the garbage collector happens to run: a training run start
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -38,6 +39,9 @@ def test_a_failed_pipeline_gives_its_actors_cpus_back(ray_local):
         except Exception as exc:
             release_failed_pipeline(exc)
             raise
+    # The executor's scheduling thread, which holds the pool too, was waited for before the collection.
+    assert not [t.name for t in threading.enumerate()
+                if t.name.startswith("StreamingExecutor-") and getattr(t, "_shutdown", False) and t.is_alive()]
     deadline = time.monotonic() + 60
     while ray.available_resources().get("CPU", 0.0) < total:  # the actor's exit is asynchronous
         assert time.monotonic() < deadline, f"{ray.available_resources().get('CPU')} of {total} CPUs free"

@@ -86,6 +86,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     _LOG_TO_DRIVER = to_console
     session = (getattr(ctx, "address_info", None) or {}).get("session_dir")
     _LOG_DIR = os.path.join(session, "logs") if session else None
+    _reap_failed_pools()
     if not to_console:
         _quiet_ray_data()
         where = _LOG_DIR or "the Ray head node's session folder (/tmp/ray/session_latest/logs)"
@@ -126,15 +127,65 @@ def _quiet_ray_data() -> None:
             handler.setLevel(logging.ERROR)
 
 
-def release_failed_pipeline(exc: BaseException, wait_s: float = 30.0) -> None:
-    """Give back the actor pool of a Ray Dataset whose iteration raised ``exc``; call it in the handler.
+def _reap_failed_pools() -> None:
+    """Have Ray Data kill the pool actors of every execution that fails in this process (:class:`PoolReaper`)."""
+    try:
+        from ray.data import DataContext
+    except ImportError:
+        return
+    classes = DataContext.get_current().custom_execution_callback_classes
+    if PoolReaper not in classes:
+        classes.append(PoolReaper)
 
-    Ray Data gives an actor pool back by dropping its actor handles, not by killing the actors. When a pipeline
-    fails, the frames of the loop that consumed it (kept by ``exc``'s traceback, and in a reference cycle with
-    Ray Data's executor) still hold those handles, so the actors and the CPUs they reserve stay taken until the
-    garbage collector happens to find the cycle. The next pass of a scan, or the next job in this process (a
-    training run asks for every CPU of the cluster), would wait for them. The tracebacks are dropped (the
-    message stays) and the cycle is collected now.
+
+class PoolReaper:
+    """A Ray Data execution callback (``ExecutionCallback``'s methods): kills a failed execution's pool actors.
+
+    Why: Ray Data shuts a failed execution down without force: it only drops its actor handles and leaves the
+    actors to Ray's reference counting. But its actors may be restarted, so Ray keeps each one alive while
+    anything still refers to it or to the blocks it produced (lineage), and after a failure something often
+    does: frames of the failed iteration, in a reference cycle with the executor, or blocks still in flight.
+    The pool then holds its CPUs until a garbage collection or later; a scan's next pass, or a training run
+    (it asks for every CPU of the cluster) started next in the same process, waits for them. The pools'
+    actors are noted at every step of the execution's loop (the pools drop them before the failure is
+    reported) and killed when it fails; only the last step's are held, so an actor a pool retires while
+    the execution runs still exits as usual.
+    """
+
+    def __init__(self) -> None:
+        self._actors: list = []
+
+    def before_execution_starts(self, executor) -> None:  # noqa: ANN001 - Ray Data's StreamingExecutor
+        self._actors = []
+
+    def on_execution_step(self, executor) -> None:  # noqa: ANN001
+        actors = []
+        for op in executor._topology:
+            pool = getattr(op, "_actor_pool", None)
+            if pool is not None:
+                actors.extend(getattr(pool, "_running_actors", ()))
+                actors.extend(getattr(pool, "_pending_actors", {}).values())
+        self._actors = actors
+
+    def after_execution_succeeds(self, executor) -> None:  # noqa: ANN001
+        self._actors = []
+
+    def after_execution_fails(self, executor, error: Exception) -> None:  # noqa: ANN001
+        import ray
+
+        actors, self._actors = self._actors, []
+        for actor in actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+
+
+def release_failed_pipeline(exc: BaseException, wait_s: float = 30.0) -> None:
+    """Free what a Ray Dataset whose iteration raised ``exc`` still holds; call it in the handler.
+
+    Its pool's actors are killed as the execution fails (:class:`PoolReaper`, registered by :func:`init_ray`).
+    The frames of the loop that consumed it (kept by ``exc``'s traceback, and in a reference cycle with Ray
+    Data's executor) still hold the executor, its blocks and the actors' handles until the garbage collector
+    happens to find the cycle: the tracebacks are dropped (the message stays) and the cycle is collected now.
 
     The executor's scheduling thread holds the cycle too until it has seen its shutdown, and Ray Data waits
     for it only 2 s: on a busy machine it can still run when this is called, and what it leaves behind, by

@@ -54,6 +54,11 @@ class TrainNet(nn.Module):
         self.mode = mode
         self.precision = check_precision(precision)  # the training forward's activations (training_precision)
         self.global_batch = global_batch or GlobalBatch()
+        if self.precision == "bfloat16":
+            # bf16 convolutions (AMX on a CPU, tensor cores on a GPU) are fastest on NHWC: a ResNet18 step on a CPU
+            # with AMX costs about a fifth less CPU time with the weights channels-last. The activations follow the
+            # weights' layout; checkpoints are written contiguous (NCHW) all the same.
+            model.to(memory_format=torch.channels_last)
         self.taps = TapModel(model, mean=mean, std=std)
         self._model = [model]  # the classifier itself (shares parameters with taps); saved as model.safetensors
         self.alpa_weight = float(alpa_weight)

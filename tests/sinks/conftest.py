@@ -1,7 +1,7 @@
 """Servers for the sink tests, each started once per session on first use and stopped at the end.
 
 - ``label_studio``: a real Label Studio (PyPI ``label-studio``, installed on first use into a cached venv
-  under ``~/.cache/ood-audit-tests/``; about 3.5 min once, then a ~45 s first start for its migrations).
+  under ``~/.cache/ood-audit-tests/``; about 40 s once, then a ~45 s first start for its migrations).
 - ``moto``: moto's standalone server, for SQS (``moto_server`` from this venv).
 Tests that use them are marked ``slow``.
 """

@@ -26,7 +26,7 @@ def free_port() -> int:
 
 
 def label_studio_venv() -> Path:
-    """The cached venv with label-studio installed; installs it (about 3.5 min) when missing."""
+    """The cached venv with label-studio installed; installs it (about 40 s on 2 cores) when missing."""
     venv = CACHE / f"label-studio-{LS_VERSION}"
     marker = venv / ".installed"
     if marker.exists():

@@ -43,8 +43,10 @@ def real_scan(s3_server: EmbeddedS3, s3_client: Any, shared_ray: Any) -> Iterato
 # worker, so its module-scoped fixtures are built once; and the tests that share one of the expensive session
 # fixtures run in one worker too, so each is built once: the quick demo; the two-night real scan and Label
 # Studio (the nightly tests and the failure matrix use both). Those two groups are the longest, so they are
-# put first, one per worker, and the modules follow in their order: xdist's own reordering (by test count)
-# would start the quick demo last, and the suite would end waiting on it alone.
+# put first, one per worker. The modules follow, those with slow tests first (in their order), then the fast
+# ones: a worker that frees up takes the next module, so the fast modules fill in at the end instead of a
+# minute-long module starting last on one worker while the other has nothing left. xdist's own reordering (by
+# test count) would start the quick demo last, and the suite would end waiting on it alone.
 XDIST_GROUPS = (("quick-demo", {"quick_demo"}), ("triage", {"real_scan", "label_studio"}))
 
 
@@ -63,11 +65,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank: dict[str, int] = {}
+    slow_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    rank: dict[str, tuple[int, int]] = {}
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
+        module = item.nodeid.split("::")[0]
         index, group = next(((i, g) for i, (g, fixtures) in enumerate(XDIST_GROUPS) if names & fixtures),
-                            (len(XDIST_GROUPS), item.nodeid.split("::")[0]))
+                            (len(XDIST_GROUPS), module))
         item.add_marker(pytest.mark.xdist_group(group))
-        rank[item.nodeid] = index
-    items.sort(key=lambda item: rank[item.nodeid])  # stable: the modules keep their order
+        rank[item.nodeid] = (index, int(index == len(XDIST_GROUPS) and module not in slow_modules))
+    items.sort(key=lambda item: rank[item.nodeid])  # stable: the modules keep their order within each rank

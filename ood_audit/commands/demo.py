@@ -9,7 +9,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", default=None, help="where the embedded S3 keeps its data (default: a temp dir)")
     p.add_argument("--quick", action="store_true",
                    help="the same stages on a smaller training set with fewer epochs (a few minutes)")
-    p.add_argument("--epochs", type=int, default=None, help="cross-entropy epochs (default 10; 8 with --quick)")
+    p.add_argument("--epochs", type=int, default=None, help="cross-entropy epochs (default 10; 7 with --quick)")
     p.add_argument("--finetune-epochs", type=int, default=None,
                    help="ALPA fine-tuning epochs after it (0: none; default 1)")
     p.add_argument("--keep-server", action="store_true", help="leave the embedded S3 running until Ctrl-C")

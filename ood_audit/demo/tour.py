@@ -48,7 +48,7 @@ class DemoSize:
 FULL = DemoSize(epochs=10, finetune_epochs=1, n_train=None, incoming_digits=150, per_kind=40, night2_digits=40,
                 night2_faces=30)
 # ``--quick``: the same stages and incoming kinds, a smaller training set and fewer epochs (a few minutes).
-QUICK = DemoSize(epochs=8, finetune_epochs=1, n_train=1200, incoming_digits=150, per_kind=40, night2_digits=40,
+QUICK = DemoSize(epochs=7, finetune_epochs=1, n_train=1000, incoming_digits=150, per_kind=40, night2_digits=40,
                  night2_faces=30)
 
 

@@ -132,7 +132,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from ood_audit.models.precision import training_precision
     from ood_audit.models.weights import load_state_new_head
 
-    cfg: TrainConfig = config["cfg"]
+    cfg: TrainConfig = ray.get(config["cfg_ref"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if rank == 0:

@@ -17,7 +17,8 @@ import pytest
 from ood_audit.embedded.s3 import EmbeddedS3
 
 # Loaded as plugins (not imported here) so that pytest rewrites their assertions.
-pytest_plugins = ["tests.fixtures.s3_server", "tests.fixtures.ray_session", "tests.fixtures.demo_run"]
+pytest_plugins = ["tests.fixtures.s3_server", "tests.fixtures.ray_session", "tests.fixtures.demo_run",
+                  "tests.fixtures.installs"]
 
 
 @pytest.fixture(scope="session")

@@ -25,9 +25,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _label_studio_dir() -> Path:
+    return CACHE / f"label-studio-{LS_VERSION}"
+
+
+def label_studio_installed() -> bool:
+    return (_label_studio_dir() / ".installed").exists()
+
+
 def label_studio_venv() -> Path:
-    """The cached venv with label-studio installed; installs it (about 40 s on 2 cores) when missing."""
-    venv = CACHE / f"label-studio-{LS_VERSION}"
+    """The cached venv with label-studio installed; installs it (about 35 s on 2 cores) when missing (the suite
+    starts that early, in the background: :mod:`tests.fixtures.installs`)."""
+    venv = _label_studio_dir()
     marker = venv / ".installed"
     if marker.exists():
         return venv

@@ -80,10 +80,10 @@ def train(config: TrainConfig) -> TrainResult:
     relay = LogRelay()
     # Ray Train's controller unpickles this dict: every value is a plain one or an object ref, so that it
     # imports none of this package (nor torchvision), which would add about 1.5 s to every run's start.
-    loop_config = {"cfg_ref": ray.put(cfg), "data_ref": ray.put(dataset.table), "class_names": list(dataset.class_names),
-                   "split_ref": ray.put((train_rows, val_rows)), "log_queue": relay.queue,
-                   "init_ref": ray.put(init_bytes) if init_bytes is not None else None, "use_gpu": use_gpu,
-                   "torch_threads": max(1, int(cpus))}
+    loop_config = {"cfg_ref": ray.put(cfg), "data_ref": ray.put(dataset.table),
+                   "class_names": list(dataset.class_names), "split_ref": ray.put((train_rows, val_rows)),
+                   "log_queue": relay.queue, "init_ref": ray.put(init_bytes) if init_bytes is not None else None,
+                   "use_gpu": use_gpu, "torch_threads": max(1, int(cpus))}
     resources = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -37,19 +37,18 @@ def label_studio_venv() -> Path:
     """The cached venv with label-studio installed; installs it (about 35 s on 2 cores) when missing (the suite
     starts that early, in the background: :mod:`tests.fixtures.installs`)."""
     venv = _label_studio_dir()
-    marker = venv / ".installed"
-    if marker.exists():
+    if label_studio_installed():
         return venv
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / f"label-studio-{LS_VERSION}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time (parallel sessions)
-        if not marker.exists():
+        if not label_studio_installed():
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
             # --no-compile: byte-compiling every installed module costs about 18 of the install's 52 CPU-seconds
             # (measured here); the server compiles only what it imports, once, on its first start.
             subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-compile", f"label-studio=={LS_VERSION}"],
                            check=True, timeout=1200)
-            marker.touch()
+            (venv / ".installed").touch()
     return venv
 
 

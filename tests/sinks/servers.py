@@ -43,11 +43,15 @@ def label_studio_venv() -> Path:
     with open(CACHE / f"label-studio-{LS_VERSION}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time (parallel sessions)
         if not label_studio_installed():
-            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
             # --no-compile: byte-compiling every installed module costs about 18 of the install's 52 CPU-seconds
             # (measured here); the server compiles only what it imports, once, on its first start.
-            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-compile", f"label-studio=={LS_VERSION}"],
-                           check=True, timeout=1200)
+            for cmd in ([sys.executable, "-m", "venv", "--clear", str(venv)],
+                        [str(venv / "bin" / "pip"), "install", "-q", "--no-compile", f"label-studio=={LS_VERSION}"]):
+                # pip's output is kept for the error: an install in the background would print over the tests
+                res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+                if res.returncode != 0:
+                    tail = " | ".join((res.stderr or res.stdout).strip().splitlines()[-3:])
+                    raise RuntimeError(f"`{' '.join(cmd)}` exited {res.returncode}: {tail}")
             (venv / ".installed").touch()
     return venv
 

@@ -39,11 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = logging.StreamHandler()
+    from ood_audit.console import ConsoleHandler, redact_root_handlers
+
+    handler = ConsoleHandler()
     handler.setFormatter(_ConsoleFormatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
-    from ood_audit.console import redact_root_handlers
-
     redact_root_handlers()  # no secret in any log line, at any level (-v included)
     # Libraries' INFO lines (botocore's "Found credentials in environment variables", faiss' loader) are
     # not progress for people; -v shows them.

@@ -76,6 +76,39 @@ def redact_root_handlers() -> None:
             handler.addFilter(RedactSecrets())
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """The command line's handler: on a terminal, log lines go above the one progress line that
+    :class:`ood_audit.progress.Progress` keeps updating (``tqdm.write``); elsewhere, plain lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not _isatty(self.stream):
+            super().emit(record)
+            return
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - as logging does: a console that fails never stops the run
+            self.handleError(record)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def console_stream() -> Any | None:
+    """The stream of the root logger's console handler (None without one)."""
+    return next((h.stream for h in logging.getLogger().handlers if isinstance(h, ConsoleHandler)), None)
+
+
+def console_is_tty() -> bool:
+    """True when the product's console is a terminal: progress is then one line updated in place."""
+    return _isatty(console_stream())
+
+
 class _QueueHandler(logging.Handler):
     def __init__(self, queue: Any) -> None:
         super().__init__(logging.INFO)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +38,7 @@ from ood_audit.io.fs import S3Config, exists, read_bytes
 from ood_audit.io.uri import join_uri, object_key, parent_uri
 from ood_audit.models import ModelSpec
 from ood_audit.models.precision import DEFAULT_PRECISION, check_precision
+from ood_audit.progress import Progress
 from ood_audit.scores.detectors import DETECTORS, LOGIT_DETECTORS, make_detectors
 from ood_audit.scores.probes import DEFAULT_PROBES, check_probes
 from ood_audit.vocab import SCORE_NAMES
@@ -223,6 +224,7 @@ def _bank_phase(cfg: CalibrateConfig, common: dict[str, Any], uris: list[str], b
     sums, count, keep, views, feats, thumbs, failures = None, 0, [], [], [], [], []
     fn_id, fn_probe = [], []
     done, pids = 0, set()
+    progress = Progress("calibrate, bank phase", table.num_rows, unit="images")
     for out in run_phase(BankWorker, {**common, "seed": cfg.seed, "probes": cfg.probes}, table,
                          workers=cfg.workers, batch_size=cfg.batch_size, device=cfg.device):
         ok = out["status"] == "ok"
@@ -240,8 +242,8 @@ def _bank_phase(cfg: CalibrateConfig, common: dict[str, Any], uris: list[str], b
         failures += [(uris[i], s, e) for i, s, e in zip(out["index"][~ok], out["status"][~ok], out["error"][~ok])]
         done += len(ok)
         pids.update(np.unique(out["worker"]).tolist())
-        log.info("calibrate bank phase: %d/%d images (%.1f img/s)", done, table.num_rows,
-                 done / max(time.perf_counter() - t1, 1e-9))
+        progress.update(done)
+    progress.finish()
     kept = np.concatenate(keep)
     order = np.argsort(kept, kind="stable")
     return {"sums": sums, "count": count, "rows": kept[order], "views": np.concatenate(views)[order],
@@ -270,7 +272,6 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     if held_idx.size < cfg.min_heldout or bank_idx.size < max(cfg.k_knn, 2):
         raise DataError(f"{len(uris)} ID images give {bank_idx.size} bank and {held_idx.size} held-out images; "
                         f"need >= {cfg.k_knn} bank and >= {cfg.min_heldout} held-out (add data or raise heldout_fraction)")
-    bank_uris = [uris[i] for i in bank_idx]
     bank_keys = [keys[i] for i in bank_idx]
     select = subsample_mask(bank_keys, cfg.max_select, cfg.seed)
     # the same hash order, so the evidence rows are always a subset of the NormRatio rows
@@ -310,7 +311,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
           "knn_backend": cfg.knn_backend, "labelled": labelled}
     held_uris = [uris[i] for i in held_idx]
     held_scores, held_failures = score_images(kw, held_uris, workers=cfg.workers, batch_size=cfg.batch_size,
-                                              device=cfg.device)
+                                              device=cfg.device, what="calibrate, held-out phase")
     failed = {u for u, _, _ in held_failures}
     heldout = {"uri": np.array([u for u in held_uris if u not in failed], dtype=object),
                "csd_view": held_scores.pop("csd_view", np.zeros(0)).astype(np.int64),

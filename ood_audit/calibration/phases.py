@@ -53,22 +53,29 @@ def run_phase(worker_cls: type, kwargs: dict[str, Any], table: pa.Table, *, work
         raise
 
 
-def score_images(kwargs: dict[str, Any], uris: list[str], *, workers: int, batch_size: int,
-                 device: str) -> tuple[dict[str, np.ndarray], list[tuple[str, str, str]]]:
+def score_images(kwargs: dict[str, Any], uris: list[str], *, workers: int, batch_size: int, device: str,
+                 what: str | None = None) -> tuple[dict[str, np.ndarray], list[tuple[str, str, str]]]:
     """Every score of ``uris`` through :class:`~.workers.ScoreWorker` (``kwargs``), in ``uris`` order, for
-    the images that decoded; and (uri, status, error) of those that did not."""
+    the images that decoded; and (uri, status, error) of those that did not. ``what`` names the phase in
+    progress lines (none without it)."""
     from ood_audit.calibration.workers import ScoreWorker
+    from ood_audit.progress import Progress
 
     table = pa.table({"uri": uris, "index": pa.array(np.arange(len(uris)), pa.int64())})
     parts: dict[str, list[np.ndarray]] = {}
     index: list[np.ndarray] = []
     failures: list[tuple[str, str, str]] = []
+    progress = Progress(what, len(uris), unit="images") if what else None
     for out in run_phase(ScoreWorker, kwargs, table, workers=workers, batch_size=batch_size, device=device):
         ok = out["status"] == "ok"
+        if progress is not None:
+            progress.update(progress.done + len(ok))
         failures += [(uris[i], s, e) for i, s, e in zip(out["index"][~ok], out["status"][~ok], out["error"][~ok])]
         index.append(out["index"][ok])
         for k, v in out.items():
             if k not in ("index", "status", "error"):
                 parts.setdefault(k, []).append(np.asarray(v, dtype=np.float64)[ok])
+    if progress is not None:
+        progress.finish()
     order = np.argsort(np.concatenate(index), kind="stable") if index else np.zeros(0, np.int64)
     return {k: np.concatenate(v)[order] for k, v in parts.items()}, failures

@@ -76,14 +76,15 @@ import pyarrow as pa
 from ood_audit.bundle.files import open_bundle
 from ood_audit.bundle.schema import quality_notices
 from ood_audit.errors import EXIT_INCOMPLETE, ConfigError, OodAuditError, StorageError
-from ood_audit.io.decode import Preprocess
+from ood_audit.io.decode import STATUSES, Preprocess
 from ood_audit.io.fs import S3Config, check_writable, storage_error
 from ood_audit.io.lease import Lease
 from ood_audit.io.quality import QualityConfig
+from ood_audit.progress import Progress, status_counts
 from ood_audit.ray_setup import release_failed_pipeline
 from ood_audit.scan.config import ScanConfig
 from ood_audit.scan.duplicates import prefix_chars_for, resolve_duplicates
-from ood_audit.scan.pipeline import actor_resources, build_pipeline
+from ood_audit.scan.pipeline import Actors, actor_resources, build_pipeline
 from ood_audit.scan.plan import DoneSet, Skipped, check_inputs, listing_pages, rechunk, skip_done
 from ood_audit.scan.summary import PassStats, build_summary, startup_phases
 from ood_audit.store.records import ChunkMarker, ListingInfo, RunSummary, feed_rows
@@ -300,43 +301,59 @@ def _scan_until_done(ctx: ScanContext) -> list[PassStats]:
     cfg, ledger, plan, markers = ctx.cfg, ctx.ledger, ctx.plan, ctx.markers
     passes: list[PassStats] = []
     actors = actor_resources(cfg)
-    for _ in range(cfg.max_attempts):
-        todo = [c for c in range(len(plan.chunk_rows)) if c not in markers]
-        if not todo:
-            break
-        ctx.run_doc["executions"] = attempt = int(ctx.run_doc.get("executions", 0)) + 1
-        ledger.save_run(ctx.run_doc)
-        ledger.sweep(ctx.run_date, markers)
-        ex = PassStats(attempt)
-        passes.append(ex)
-        log.info("pipeline pass %d: %d chunk(s), %d object(s), %d %s scoring actor(s)", attempt, len(todo),
-                 sum(plan.chunk_rows[c] for c in todo), actors.workers, actors.device)
-        tracker = ChunkTracker(plan, attempt)
-        try:
-            _consume(ctx, build_pipeline(ctx, todo, attempt, actors), tracker, ex)
-        except OodAuditError as exc:  # a lost lease, a refused commit: this driver stops
-            release_failed_pipeline(exc)
-            raise
-        except Exception as exc:  # noqa: BLE001 - any Ray failure: keep committed chunks, try the rest again
-            release_failed_pipeline(exc)
-            err = storage_error(exc, s3=cfg.s3)
-            if err is not None:  # retried for the outage window already: another pass would fail the same way
-                ex.seconds = time.perf_counter() - ex.started
-                raise err from None
-            ex.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-            log.warning("pipeline pass %d failed after %d committed chunk(s): %s", attempt, ex.committed, ex.error)
-        else:
-            if tracker.pending or tracker.conflicted:
-                ex.error = f"{tracker.pending} chunk(s) incomplete, {len(tracker.conflicted)} with rows written twice"
-                log.warning("pipeline pass %d ended with %s; scanning them again", attempt, ex.error)
-        ex.seconds = time.perf_counter() - ex.started
+    progress = Progress(f"scan {ctx.run_id}", plan.objects, done=sum(m.rows for m in markers.values()))
+    try:
+        for _ in range(cfg.max_attempts):
+            todo = [c for c in range(len(plan.chunk_rows)) if c not in markers]
+            if not todo:
+                break
+            ctx.run_doc["executions"] = attempt = int(ctx.run_doc.get("executions", 0)) + 1
+            ledger.save_run(ctx.run_doc)
+            ledger.sweep(ctx.run_date, markers)
+            ex = PassStats(attempt)
+            passes.append(ex)
+            _one_pass(ctx, todo, actors, ex, progress)
+    finally:
+        progress.finish()  # how far it got, also when it stops
     return passes
 
 
-def _consume(ctx: ScanContext, ds: Any, tracker: ChunkTracker, ex: PassStats) -> None:
-    """Read the pass's feed rows; commit each chunk as soon as its files cover it exactly once."""
-    markers, n_chunks = ctx.markers, len(ctx.plan.chunk_rows)
-    last_log = time.perf_counter()
+def _one_pass(ctx: ScanContext, todo: list[int], actors: Actors, ex: PassStats, progress: Progress) -> None:
+    """One pipeline pass over chunks ``todo``: a failure of Ray is recorded in ``ex`` (the next pass retries);
+    a storage failure or a lost lease is raised."""
+    log.info("pipeline pass %d: %d chunk(s), %d object(s), %d %s scoring actor(s)", ex.attempt, len(todo),
+             sum(ctx.plan.chunk_rows[c] for c in todo), actors.workers, actors.device)
+    tracker = ChunkTracker(ctx.plan, ex.attempt)
+    try:
+        _consume(ctx, build_pipeline(ctx, todo, ex.attempt, actors), tracker, ex, progress)
+    except OodAuditError as exc:  # a lost lease, a refused commit: this driver stops
+        release_failed_pipeline(exc)
+        raise
+    except Exception as exc:  # noqa: BLE001 - any Ray failure: keep committed chunks, try the rest again
+        release_failed_pipeline(exc)
+        err = storage_error(exc, s3=ctx.cfg.s3)
+        if err is not None:  # retried for the outage window already: another pass would fail the same way
+            ex.seconds = time.perf_counter() - ex.started
+            raise err from None
+        ex.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        log.warning("pipeline pass %d failed after %d committed chunk(s): %s", ex.attempt, ex.committed, ex.error)
+    else:
+        if tracker.pending or tracker.conflicted:
+            ex.error = f"{tracker.pending} chunk(s) incomplete, {len(tracker.conflicted)} with rows written twice"
+            log.warning("pipeline pass %d ended with %s; scanning them again", ex.attempt, ex.error)
+    ex.seconds = time.perf_counter() - ex.started
+
+
+def _consume(ctx: ScanContext, ds: Any, tracker: ChunkTracker, ex: PassStats, progress: Progress) -> None:
+    """Read the pass's feed rows; commit each chunk as soon as its files cover it exactly once.
+
+    Progress counts the committed chunks' objects plus what this pass has scored since (so a pass that
+    starts again does not count its predecessor's uncommitted rows twice)."""
+    markers = ctx.markers
+    before = list(markers.values())
+    done0 = sum(m.rows for m in before)
+    counts = {s: sum(m.counts.get(s, 0) for m in before) for s in STATUSES}
+    flagged = sum(m.flagged for m in before)
     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for feed in feed_rows(block):
             ex.rows += feed.rows
@@ -348,11 +365,10 @@ def _consume(ctx: ScanContext, ds: Any, tracker: ChunkTracker, ex: PassStats) ->
                 ctx.ledger.commit(marker)  # fenced: raises LeaseLost once this driver may have been taken over
                 markers[marker.chunk] = marker
                 ex.committed += 1
-        now = time.perf_counter()
-        if now - last_log >= 10.0:
-            last_log = now
-            log.info("%d/%d chunks committed, %d objects this attempt (%.1f obj/s)", len(markers), n_chunks,
-                     ex.rows, ex.rows / max(now - ex.started, 1e-9))
+            for s, n in feed.counts.items():
+                counts[s] = counts.get(s, 0) + n
+            flagged += feed.flagged
+        progress.update(min(ctx.plan.objects, done0 + ex.rows), status_counts(counts, flagged))
 
 
 __all__ = ["ScanConfig", "ScanContext", "ScanIncomplete", "ScanResult", "quality_config", "run_scan"]

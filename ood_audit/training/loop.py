@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ood_audit.preprocess import Preprocess, decoded_to_unit
+from ood_audit.progress import fmt_eta
 from ood_audit.training.augment import augment, contrastive_view
 from ood_audit.training.checkpoint import check_compatible, read_checkpoint, write_checkpoint
 from ood_audit.training.config import TrainConfig
@@ -68,11 +69,6 @@ def param_checksum(model: torch.nn.Module) -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _fmt_eta(seconds: float) -> str:
-    s = int(max(0, seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 class _Status:
@@ -282,7 +278,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 log.info("  epoch %d/%d  step %d/%d  loss %.4f  val acc %s  %.1f img/s  ETA %s", epoch + 1,
                          cfg.epochs, step_in_epoch + 1, steps_epoch, loss_sum / loss_n,
                          "-" if last_val is None else f"{last_val:.3f}", rate * cfg.batch_size * world,
-                         _fmt_eta((total_steps - state["global_step"]) / max(rate, 1e-9)))
+                         fmt_eta((total_steps - state["global_step"]) / max(rate, 1e-9)))
             if (cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0
                     and step_in_epoch + 1 < steps_epoch):
                 save_and_report({"epoch": epoch, "global_step": state["global_step"], "loss": loss_sum / loss_n})
@@ -314,7 +310,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             val = "no validation images" if not v_n else \
                 f"val acc {record['val_accuracy']:.3f} (loss {record['val_loss']:.4f}, {int(v_n)} images)"
             log.info("epoch %d/%d  loss %.4f  %s  %.1f img/s  ETA %s%s", epoch + 1, cfg.epochs, record["loss"], val,
-                     record["images_per_second"], _fmt_eta((total_steps - state["global_step"]) / max(rate, 1e-9)),
+                     record["images_per_second"], fmt_eta((total_steps - state["global_step"]) / max(rate, 1e-9)),
                      f"  ({len(skips.bad)} unreadable image(s) skipped)" if skips.bad else "")
         save_and_report(record)
     checksums = _all_gather(param_checksum(model), world)

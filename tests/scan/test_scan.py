@@ -1,6 +1,7 @@
 """End-to-end scans on real SeaweedFS and a local Ray: hostile input, vanished objects, incremental runs,
 resuming a run whose attempt died half-way. Every test counts rows exactly."""
 import json
+import logging
 
 import numpy as np
 import pyarrow.compute as pc
@@ -99,7 +100,7 @@ def test_object_deleted_after_listing_is_missing(ray_local, bundle_uri, s3_clien
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_incremental_scans_only_new_and_changed_objects(ray_local, bundle_uri, s3_client, s3_bucket, s3_config,
-                                                        tmp_path):
+                                                        tmp_path, caplog):
     files = labelled_images(8, seed=4)
     prefix = upload(s3_client, s3_bucket, "imgs", files)
     s3_client.put_object(Bucket=s3_bucket, Key="imgs/broken.jpg", Body=b"\xff\xd8\xff not really")
@@ -109,8 +110,14 @@ def test_incremental_scans_only_new_and_changed_objects(ray_local, bundle_uri, s
         return run_scan(ScanConfig(bundle=bundle_uri, output=out, inputs=(prefix,), run_id=run_id, incremental=True,
                                    s3=s3_config, **SMALL)).summary
 
-    first = scan("night1")
+    with caplog.at_level(logging.INFO, logger="ood_audit.progress"):
+        first = scan("night1")
     assert first.objects == 17 and first.listing.skipped_done == 0
+    # the progress line at the end: done / total, and the statuses as the summary counts them
+    (last,) = [r.getMessage() for r in caplog.records if r.name == "ood_audit.progress"][-1:]
+    errors = ", ".join(f"{s} {n}" for s, n in first.counts.items() if s != "ok" and n)
+    assert last.startswith("scan night1: 17/17 objects (100%), ") and "ETA 0:00:00" in last, last
+    assert last.endswith(f"; ok {first.counts['ok']}, flagged {first.flagged}, {errors}"), last
     second = scan("night2")  # nothing changed
     assert second.objects == 0 and second.listing.skipped_done == 17 and second.complete
     new = labelled_images(9, seed=9)

@@ -216,7 +216,7 @@ def run_id_set(name: str, work: Path, args: argparse.Namespace) -> dict:
     from ood_audit.calibration.selection import choose_block
     from ood_audit.calibration.split import heldout_mask
     from ood_audit.metrics import fpr_at_tpr
-    from ood_audit.models import ModelSpec, TapModel, read_state
+    from ood_audit.models import TapModel, read_state
     from ood_audit.scores.featurenorm import feature_norm_two_sided, two_sided_stats
 
     train, test, test_labels, ood, seen, unseen = build_id_set(name, args.seed)

@@ -15,7 +15,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ood_audit.bundle.files import (
-    BANK_SOURCES,
     BUNDLE_JSON,
     FORMAT,
     FORMAT_VERSION,

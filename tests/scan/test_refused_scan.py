@@ -5,7 +5,6 @@ from __future__ import annotations
 import pyarrow.compute as pc
 import pytest
 
-from ood_audit.io.listing import iter_listing_pages
 from ood_audit.scan import ScanConfig, run_scan
 from ood_audit.store.schema import open_reports
 

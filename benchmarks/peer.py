@@ -41,12 +41,9 @@ log = logging.getLogger("bench")
 
 def recipe(prefix: str, output: str, weights: str, spec: ModelSpec, pre: dict, s3) -> int:
     """The docs' batch-inference pipeline; returns the rows written. Each batch's time goes in column ``t``."""
-    import pyarrow.fs as pafs
     import ray
 
-    endpoint = s3.endpoint_url.split("://", 1)
-    fs = pafs.S3FileSystem(endpoint_override=endpoint[1], scheme=endpoint[0], access_key=s3.access_key,
-                           secret_key=s3.secret_key, region="us-east-1")
+    fs = _fs(s3)
 
     def preprocess(batch: dict) -> dict:
         import io
@@ -92,6 +89,15 @@ def recipe(prefix: str, output: str, weights: str, spec: ModelSpec, pre: dict, s
     return _rows(output, fs)
 
 
+def _fs(s3):
+    """pyarrow's S3 filesystem for the embedded server, as a Ray user would configure it."""
+    import pyarrow.fs as pafs
+
+    scheme, host = s3.endpoint_url.split("://", 1)
+    return pafs.S3FileSystem(endpoint_override=host, scheme=scheme, access_key=s3.access_key,
+                             secret_key=s3.secret_key, region="us-east-1")
+
+
 def _rows(output: str, fs) -> int:
     import pyarrow.dataset as pads
 
@@ -100,12 +106,8 @@ def _rows(output: str, fs) -> int:
 
 def _recipe_steady(output: str, s3) -> float | None:
     import pyarrow.dataset as pads
-    import pyarrow.fs as pafs
 
-    endpoint = s3.endpoint_url.split("://", 1)
-    fs = pafs.S3FileSystem(endpoint_override=endpoint[1], scheme=endpoint[0], access_key=s3.access_key,
-                           secret_key=s3.secret_key, region="us-east-1")
-    t = np.sort(pads.dataset(output.removeprefix("s3://"), filesystem=fs).to_table(columns=["t"])
+    t = np.sort(pads.dataset(output.removeprefix("s3://"), filesystem=_fs(s3)).to_table(columns=["t"])
                 .column("t").to_numpy())
     return steady_rate([(float(x), i + 1) for i, x in enumerate(t)])
 

@@ -79,7 +79,7 @@ def make_night_plan(args: argparse.Namespace, s3: Any) -> Any:
     from ood_audit.scan.summary import rows_steady_rate
 
     bundle = open_bundle(args.bundle, s3=s3)
-    inputs = check_inputs(args.input, args.output or args.scratch or tempfile.gettempdir()) if args.input else []
+    inputs = check_inputs(args.input, args.output) if args.input else []
     done = DoneSet.from_reports(args.output, bundle.id, s3=s3) if args.output else None
     sampler = _Reservoir(args.sample, args.seed)
     already = 0

@@ -43,8 +43,8 @@ from ood_audit.store.schema import report_schema
 FINAL_STATUSES = ("ok", "decode_error", "unsupported")
 
 
-def check_inputs(inputs: Sequence[str], output: str) -> list[str]:
-    """Normalised input prefixes; refuses overlapping prefixes and an output inside an input."""
+def check_inputs(inputs: Sequence[str], output: str | None) -> list[str]:
+    """Normalised input prefixes; refuses overlapping prefixes and an output (when given) inside an input."""
     norm = []
     for raw in inputs:
         try:
@@ -57,6 +57,8 @@ def check_inputs(inputs: Sequence[str], output: str) -> list[str]:
             if i != j and b.startswith(a):
                 raise ConfigError(f"--input {norm[j]} lies inside --input {norm[i]}; its objects would be scanned "
                                   "twice (give each prefix once)")
+    if output is None:
+        return norm
     out = str(parse_uri(output)).rstrip("/") + "/"
     for prefix, d in zip(norm, dirs):
         if out.startswith(d):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import tempfile
 import time
 import uuid
@@ -75,13 +74,13 @@ def make_night_plan(args: argparse.Namespace, s3: Any) -> Any:
     from ood_audit.bundle.files import open_bundle
     from ood_audit.scan import ScanConfig, run_scan
     from ood_audit.scan.plan import DoneSet, check_inputs, listing_pages
-    from ood_audit.scan.sizing import SampleRun, make_plan, tally
+    from ood_audit.scan.sizing import SampleRun, UniformSample, make_plan, tally
     from ood_audit.scan.summary import rows_steady_rate
 
     bundle = open_bundle(args.bundle, s3=s3)
     inputs = check_inputs(args.input, args.output) if args.input else []
     done = DoneSet.from_reports(args.output, bundle.id, s3=s3) if args.output else None
-    sampler = _Reservoir(args.sample, args.seed)
+    sampler = UniformSample(args.sample, args.seed)
     already = 0
 
     def pages() -> Iterator[Any]:
@@ -100,7 +99,7 @@ def make_night_plan(args: argparse.Namespace, s3: Any) -> Any:
     inventory.listing_s = round(time.perf_counter() - t, 3)
     inventory.already_done = already if done is not None else None
     sample = sampler.table()
-    if sample.num_rows == 0:
+    if sample is None or sample.num_rows == 0:
         raise ConfigError("nothing to scan: the inputs hold no object" + (" not already scanned" if done else ""))
 
     start_ray(args, s3)
@@ -139,30 +138,6 @@ def _remove(root: str, s3: Any) -> None:
         fs.delete_dir(path)
     except (OSError, FileNotFoundError):
         log.warning("could not remove the sample's scratch folder %s; it is safe to delete", root)
-
-
-class _Reservoir:
-    """A uniform random sample of ``k`` rows of a stream of listing pages (Algorithm R), in O(k) memory."""
-
-    def __init__(self, k: int, seed: int) -> None:
-        self.k, self.rng, self.seen, self.rows = k, random.Random(seed), 0, []  # type: ignore[var-annotated]
-
-    def add(self, page: Any) -> None:
-        for row in page.to_pylist():
-            self.seen += 1
-            if len(self.rows) < self.k:
-                self.rows.append(row)
-            else:
-                j = self.rng.randrange(self.seen)
-                if j < self.k:
-                    self.rows[j] = row
-
-    def table(self) -> Any:
-        import pyarrow as pa
-
-        from ood_audit.io.listing import LISTING_SCHEMA
-
-        return pa.Table.from_pylist(sorted(self.rows, key=lambda r: r["uri"]), schema=LISTING_SCHEMA)
 
 
 def plan_lines(plan: Any) -> list[str]:

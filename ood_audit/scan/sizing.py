@@ -18,6 +18,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,6 +72,30 @@ def tally(pages: Iterable[pa.Table], prefixes: Sequence[str]) -> Inventory:
             inv.objects += 1
             inv.bytes += size
     return inv
+
+
+class UniformSample:
+    """A uniform random sample of ``k`` rows from a stream of listing pages, in O(k) memory: every row gets a
+    seeded random key and the ``k`` smallest keys are kept (bottom-k sampling), a page at a time in numpy."""
+
+    def __init__(self, k: int, seed: int) -> None:
+        self.k, self.rng = k, np.random.default_rng(seed)
+        self.kept: pa.Table | None = None
+        self.keys = np.zeros(0)
+
+    def add(self, page: pa.Table) -> None:
+        keys = np.concatenate([self.keys, self.rng.random(page.num_rows)])
+        table = page if self.kept is None else pa.concat_tables([self.kept, page.select(self.kept.column_names)])
+        if len(keys) > self.k:
+            keep = np.sort(np.argpartition(keys, self.k)[:self.k])
+            table, keys = table.take(pa.array(keep)), keys[keep]
+        self.kept, self.keys = table, keys
+
+    def table(self) -> pa.Table | None:
+        """The sample in URI order (None before any page)."""
+        if self.kept is None:
+            return None
+        return self.kept.sort_by("uri")
 
 
 class SampleRun(_Model):

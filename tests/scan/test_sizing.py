@@ -4,7 +4,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from ood_audit.scan.sizing import Inventory, SampleRun, busiest_stage, estimate, extension, make_plan, tally
+from ood_audit.scan.sizing import (Inventory, SampleRun, UniformSample, busiest_stage, estimate, extension, make_plan,
+                                    tally)
 
 
 def page(rows):
@@ -67,3 +68,20 @@ def test_busiest_stage_and_plan():
                      nodes=[1, 3], price_per_node_hour=None)
     assert [e.nodes for e in plan.estimates] == [1, 3] and plan.busiest_stage == "score"
     assert type(plan).model_validate(plan.model_dump()) == plan  # the JSON round-trips
+
+
+def test_uniform_sample_keeps_k_rows_of_the_stream_evenly_and_reproducibly():
+    pages = [page([(f"s3://b/{p:03d}-{i:03d}.png", 1) for i in range(100)]) for p in range(50)]  # 5000 rows
+    a, b = UniformSample(200, seed=1), UniformSample(200, seed=1)
+    for pg in pages:
+        a.add(pg)
+        b.add(pg)
+    got = a.table().column("uri").to_pylist()
+    assert len(got) == len(set(got)) == 200 and got == sorted(got) == b.table().column("uri").to_pylist()
+    # every page is equally likely: 50 pages of 100 rows, 4 expected per page. The count from the first
+    # half of the stream is Hypergeometric(5000, 2500, 200): mean 100, sd 7.1; 5 sd either side.
+    first_half = sum(u < "s3://b/025" for u in got)
+    assert 100 - 36 <= first_half <= 100 + 36, first_half
+    small = UniformSample(10, seed=0)
+    small.add(page([("s3://b/x.png", 1), ("s3://b/y.png", 2)]))
+    assert small.table().num_rows == 2 and UniformSample(3, seed=0).table() is None

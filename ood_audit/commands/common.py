@@ -35,6 +35,14 @@ QUALITY_ISSUES: tuple[str, ...] = ("dark", "light", "blurry", "low_information",
 ANY_QUALITY_ISSUE = "any"
 
 
+def add_input_args(p: argparse.ArgumentParser) -> None:
+    """What a scan reads, shared by `scan` and `plan` so that a plan sizes exactly what the scan would read."""
+    p.add_argument("--bundle", required=True, help="audit bundle directory (local or s3://.../bundles/<id>)")
+    p.add_argument("--input", action="append", default=[], metavar="PREFIX",
+                   help="objects to scan: an s3:// prefix or local folder; repeatable")
+    p.add_argument("--manifest", default=None, help="scan the URIs in this .parquet/.csv manifest instead")
+
+
 def add_s3_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--s3-endpoint", default=None,
                    help="S3 endpoint URL (default: $AWS_ENDPOINT_URL; credentials from the standard AWS chain)")

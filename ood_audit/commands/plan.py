@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from ood_audit.commands.common import add_ray_args, add_s3_args, start_ray
+from ood_audit.commands.common import add_input_args, add_ray_args, add_s3_args, start_ray
 from ood_audit.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -25,10 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "and print the estimated wall time of the full scan on this cluster and on --nodes nodes "
                     "like it, its busiest stage, and its cost at --price-per-node-hour. Nothing is written to "
                     "the output: the sample's rows go to a scratch folder that is removed afterwards.")
-    p.add_argument("--bundle", required=True, help="audit bundle directory (local or s3://.../bundles/<id>)")
-    p.add_argument("--input", action="append", default=[], metavar="PREFIX",
-                   help="objects to scan: an s3:// prefix or local folder; repeatable")
-    p.add_argument("--manifest", default=None, help="the URIs in this .parquet/.csv manifest instead")
+    add_input_args(p)
     p.add_argument("--output", default=None,
                    help="the scan's output root: with it, objects an --incremental scan would skip are counted")
     p.add_argument("--sample", type=int, default=500, help="objects to scan for the measurement (default 500)")

@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING
 
 from ood_audit.errors import ConfigError
-from ood_audit.commands.common import add_ray_args, add_s3_args, start_ray
+from ood_audit.commands.common import add_input_args, add_ray_args, add_s3_args, start_ray
 
 if TYPE_CHECKING:
     from ood_audit.store.records import RunSummary
@@ -19,10 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "pool with the bundle's model, banks and thresholds, and write one report row per object "
                     "to OUTPUT/reports/run_date=YYYY-MM-DD/. Re-running with the same --run-id finishes an "
                     "interrupted run; --incremental skips objects already scored by the same bundle.")
-    p.add_argument("--bundle", required=True, help="audit bundle directory (local or s3://.../bundles/<id>)")
-    p.add_argument("--input", action="append", default=[], metavar="PREFIX",
-                   help="objects to scan: an s3:// prefix or local folder; repeatable")
-    p.add_argument("--manifest", default=None, help="scan the URIs in this .parquet/.csv manifest instead")
+    add_input_args(p)
     p.add_argument("--output", required=True, help="output root (local or s3://); reports go to OUTPUT/reports/")
     p.add_argument("--run-id", default=None, help="name of the run (default: start time + random); "
                                                   "re-use it to resume an interrupted run")

@@ -11,16 +11,17 @@ JPEG crops (400-600 px a side, quality 90) of the colour photos bundled with sci
 so decoding costs what it costs on a real bucket.
 
 - **P1 pipeline efficiency**: the scan's steady-state throughput (S3 → fetch + decode tasks → scoring
-  actors → Parquet part files; rows 50-90 % of the run) divided by the in-process ceiling: decode +
-  forward + scores + report rows of the same images already in memory as bytes, in one process on the
-  same cores. The ceiling is the best of several runs (some before the scan, one after) of each in-process
-  arrangement: 1 or 2 torch threads with one stream of batches, and 1 torch thread with two streams
-  (two threads taking batches in turn, so one decodes while the other runs the model, as the scan's read
-  tasks and two actors do). Start-up is reported separately, by phase: bundle + plan before Ray, Ray's
-  start, and pipeline start (Ray Data planning, worker and actor start, bundle load) to the first scored
-  batch. A second ceiling also fetches the objects from S3 (16 threads), so that the ratio against it
-  shows what the Ray pipeline itself costs; the S3 server shares the same cores here, which a real bucket
-  would not.
+  actors → Parquet part files; rows 50-90 % of the run, timed by the rows' own ``scanned_at``, at the
+  scan's default chunking) divided by the in-process ceiling: the read stage's own work (decode, the
+  quality checks, the SHA-256) + forward + scores + report rows of the same images already in memory as
+  bytes, in one process on the same cores. The ceiling is the best of several runs (some before the scan,
+  one after) of each in-process arrangement: 1 or 2 torch threads with one stream of batches, and 1 torch
+  thread with two streams (two threads taking batches in turn, so one decodes while the other runs the
+  model, as the scan's read tasks and two actors do). Start-up is reported separately, by phase: bundle +
+  plan before Ray, Ray's start, and pipeline start (Ray Data planning, worker and actor start, bundle load)
+  to the first scored batch. A second ceiling also fetches the objects from S3 (16 threads), so that the
+  ratio against it shows what the Ray pipeline itself costs; the S3 server shares the same cores here,
+  which a real bucket would not.
 - **CPU efficiency**, printed beside P1 (the same comparison in CPU seconds per image, which other load on
   a shared machine barely moves): the ceiling's CPU time per image (its most frugal arrangement) against
   the CPU time per image of every process of the scan (driver, Ray's GCS and raylet, read and write tasks,
@@ -61,14 +62,15 @@ from ood_audit import build_model, save_weights
 from ood_audit.bundle.files import open_bundle
 from ood_audit.calibration.calibrate import CalibrateConfig, calibrate
 from ood_audit.embedded.s3 import EmbeddedS3
-from ood_audit.io.decode import Preprocess, decode_image
+from ood_audit.io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Preprocess
+from ood_audit.io.quality import QualityConfig
 from ood_audit.io.listing import iter_listing_pages
 from ood_audit.io.reader import read_object
 from ood_audit.models import ModelSpec
 from ood_audit.scan.rows import CHUNK, READ_S, SEQ, RowBuilder
 from ood_audit.scan import read as scan_read
 from ood_audit.scan import ScanConfig, run_scan
-from ood_audit.scan.summary import steady_rate, steady_window
+from ood_audit.scan.summary import rows_progress, steady_rate, steady_window
 from ood_audit.store.runs import load_report
 from ood_audit.bundle.scorer import scorer_from_bundle
 
@@ -97,7 +99,8 @@ def make_bundle(work: Path, spec: ModelSpec, n_id: int, fmt: str, id_files: dict
 # -- measurements ------------------------------------------------------------------------------------
 
 def ceiling(bundle_uri: str, blobs: list, batch: int, threads: int, streams: int = 1, s3=None) -> tuple[float, float]:
-    """(img/s, CPU seconds per image of this process) for decode + forward + scores + rows on bytes in memory.
+    """(img/s, CPU seconds per image of this process) for the read stage's work (decode, the SPEC §14 quality
+    checks on their working copy, the SHA-256) + forward + scores + rows, on bytes in memory.
 
     One process: ``streams`` Python threads, each with its own scorer, take batches in turn, decode a
     batch on 2 threads, then score it (torch and Pillow release the GIL, so two streams overlap one's
@@ -110,10 +113,12 @@ def ceiling(bundle_uri: str, blobs: list, batch: int, threads: int, streams: int
     scorers = [scorer_from_bundle(bundle) for _ in range(streams)]
     rows = RowBuilder(bundle.info, bundle.id, "bench", scorers[0].score_names)
     pre = Preprocess.from_dict(dict(bundle.info.preprocess))
+    quality = bundle.info.quality.config() if bundle.info.quality is not None else QualityConfig()
     pools = [ThreadPoolExecutor(16 if s3 is not None else 2) for _ in range(streams)]
 
     def load(item):
-        return decode_image(read_object(item, s3=s3)[0], size=pre) if s3 is not None else decode_image(item, size=pre)
+        data = read_object(item, s3=s3)[0] if s3 is not None else item
+        return scan_read.judge_bytes(data, pre, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, quality).result
 
     def one(stream: int, chunk: list) -> None:
         results = list(pools[stream].map(load, chunk))
@@ -397,7 +402,7 @@ def main() -> None:
     ap.add_argument("--nq", type=int, default=None, help="photos per scan for the quality checks' cost (q-224)")
     ap.add_argument("--quality-rounds", type=int, default=2, help="q-224: scans with the checks on (and as many off)")
     args = ap.parse_args()
-    n32 = args.n32 or (600 if args.quick else 3000)
+    n32 = args.n32 or 3000  # the steady window needs a few thousand rows at 32 px
     n224 = args.n224 or (1000 if args.quick else 1500)
     repeats = args.repeats or (2 if args.quick else 3)
     mem_ns = [int(x) for x in (args.mem or ("2000,10000" if args.quick else "10000,50000")).split(",")]
@@ -449,11 +454,12 @@ def main() -> None:
                 uris = [f"{prefix}/{k}" for k in list(files)[:len(blobs)]]
                 ceil_fetch = ceiling(bundle, uris, 64, *best_arr, s3=s3)[0]
                 phases = Phases(s3srv.env())
-                chunk = max(8, n // 40)
+                # At the scan's default chunking, as a user runs it; the steady window comes from the rows'
+                # own times (one per scoring batch), not from the part files (one here).
                 with CpuMeter(exclude={s3srv._proc.pid}) as cpu_scan:
-                    res = scan(bundle, prefix, f"s3://bench/out-{name}", s3, start=phases.start, chunk_size=chunk,
-                               slice_rows=min(chunk, 256), rows_per_file=chunk)
+                    res = scan(bundle, prefix, f"s3://bench/out-{name}", s3, start=phases.start)
                 summ = res.summary
+                progress = rows_progress(f"s3://bench/out-{name}", s3=s3)
                 # One more ceiling run per arrangement after the scan: load on a shared machine drifts; the
                 # best of all runs is the ceiling.
                 ceil = best_ceiling(bundle, blobs, 64, 1, ceil)
@@ -461,8 +467,8 @@ def main() -> None:
                 assert summ.rows_in_files == n, summ
                 best = ceil[best_arr][0]
                 cpu_ceiling = min(c for _, c in ceil.values())  # the most CPU-frugal arrangement
-                steady = steady_rate(res.progress[0], 0.5, 0.9) or 0.0
-                cpu_steady = steady_cpu_per_img(res.progress[0], cpu_scan)
+                steady = steady_rate(progress, 0.5, 0.9) or 0.0
+                cpu_steady = steady_cpu_per_img(progress, cpu_scan)
                 e2e = n / summ.timings_s.scan_wall
                 cpu_scan_img = cpu_scan.seconds / n
                 eff_steady = cpu_ceiling / cpu_steady if cpu_steady else None
@@ -498,7 +504,7 @@ def main() -> None:
                       f"{(cpu_steady or float('nan')) * 1e3:.2f}, whole scan {cpu_scan_img * 1e3:.2f}; start-up: "
                       f"{startup['before_ray_s']:.1f} s bundle + plan, {startup['ray_start_s']:.1f} s Ray start, "
                       f"{startup['pipeline_to_first_scored_s']} s pipeline start to first scored batch; stage busy s "
-                      f"{summ['timings_s']['stage_busy']}; load {loadavg()}")
+                      f"{summ.timings_s.stage_busy.to_json()}; load {loadavg()}")
         if "mem" not in skip:
             spec = ModelSpec("resnet18", 2, small_input=True, image_size=32)
             bundle = make_bundle(work / "mem", spec, 120, "PNG")

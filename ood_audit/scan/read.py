@@ -133,6 +133,12 @@ def load_one(uri: str, listed_size: int, pre: Preprocess, s3: S3Config | None,
     if failed is not None:
         return Loaded(failed)
     assert data is not None
+    return judge_bytes(data, pre, max_bytes, max_pixels, quality)
+
+
+def judge_bytes(data: bytes, pre: Preprocess, max_bytes: int, max_pixels: int,
+                quality: QualityConfig | None = None) -> Loaded:
+    """What the read stage makes of one fetched object: decoded pixels, quality issues, content digest."""
     result = decode_image(data, size=pre, max_bytes=max_bytes, max_pixels=max_pixels,
                           working_size=None if quality is None else quality.working_size)
     issues = None

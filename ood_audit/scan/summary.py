@@ -75,18 +75,23 @@ def steady_rate(progress: list[tuple[float, int]], lo: float = 0.2, hi: float = 
     return None if window is None else round(window[2] / (window[1] - window[0]), 2)
 
 
-def rows_steady_rate(output: str, *, s3: S3Config | None = None, lo: float = 0.2, hi: float = 0.9) -> float | None:
-    """:func:`steady_rate` of the reports under ``output`` from their rows' own times (``scanned_at``, one per
-    scoring batch): finer than a pass's progress, which has one point per part file, too few for a run of a
-    few hundred objects (``ood-audit plan``'s sample)."""
+def rows_progress(output: str, *, s3: S3Config | None = None) -> list[tuple[float, int]]:
+    """(epoch s, rows scored so far) of the reports under ``output``, from their rows' own times (``scanned_at``,
+    one per scoring batch): finer than a pass's progress, which has one point per part file, too few for a run
+    of a few hundred objects (``ood-audit plan``'s sample) or of one chunk (a benchmark at the defaults)."""
     from ood_audit.store.schema import open_reports
 
     ds = open_reports(output, s3=s3)
     if ds is None:
-        return None
+        return []
     times = sorted(x.timestamp() for x in ds.to_table(columns=["scanned_at"]).column("scanned_at").to_pylist()
                    if x is not None)
-    return steady_rate([(x, i + 1) for i, x in enumerate(times)], lo, hi)
+    return [(x, i + 1) for i, x in enumerate(times)]
+
+
+def rows_steady_rate(output: str, *, s3: S3Config | None = None, lo: float = 0.2, hi: float = 0.9) -> float | None:
+    """:func:`steady_rate` of :func:`rows_progress`."""
+    return steady_rate(rows_progress(output, s3=s3), lo, hi)
 
 
 def startup_phases(phases: dict[str, float], passes: list[PassStats]) -> StartupPhases:

@@ -26,8 +26,8 @@ from ood_audit.progress import fmt_eta
 from ood_audit.training.augment import augment, contrastive_view
 from ood_audit.training.checkpoint import check_compatible, read_checkpoint, write_checkpoint
 from ood_audit.training.config import TrainConfig
-from ood_audit.training.data import (MAX_LISTED_FAILURES, ShardReader, SkipLog, epoch_shard, refresh_batchnorm, steps_per_epoch,
-                   validate)
+from ood_audit.training.data import (BN_REFRESH_IMAGES, MAX_LISTED_FAILURES, ShardReader, SkipLog, epoch_shard,
+                                     refresh_batchnorm, steps_per_epoch, validate)
 from ood_audit.training.gather import GlobalBatch
 from ood_audit.training.net import TrainNet
 
@@ -110,11 +110,28 @@ def _mean_over_ranks(value: float, world: int, device: torch.device) -> float:
     return _all_reduce_sum([value], device)[0] / world
 
 
-def _sync_buffers(model: torch.nn.Module, world: int) -> None:
-    """Give every rank rank 0's BatchNorm statistics (the saved model's), so validation measures that model."""
-    if world > 1:
-        for buf in model.buffers():
-            dist.broadcast(buf, 0)
+def merge_batchnorm(model: torch.nn.Module, images: int, world: int, device: torch.device) -> None:
+    """Every rank's BatchNorm statistics become the image-weighted mean of the ranks' refreshed ones.
+
+    Why: each rank refreshes on its share of the images (:func:`refresh_batchnorm`, a cumulative average of
+    batch statistics), so the whole refresh costs one rank's share of the time instead of keeping the others
+    waiting for rank 0. The mean over ranks is the same cumulative average over all their batches. Then rank
+    0's buffers are broadcast, so that every rank validates, and rank 0 saves, bit-identical statistics.
+    """
+    if world == 1:
+        return
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.running_mean is not None]
+    total = _all_reduce_sum([float(images)], device)[0]
+    if norms and total > 0:
+        weight = float(images) / total
+        for m in norms:
+            for buf in (m.running_mean, m.running_var):
+                merged = buf.double() * weight
+                dist.all_reduce(merged)
+                buf.copy_(merged.to(buf.dtype))
+    for buf in model.buffers():
+        dist.broadcast(buf, 0)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -285,10 +302,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if diverged is not None:
             break
         seconds = time.perf_counter() - epoch_start
-        if rank == 0:
-            refresh_batchnorm(net.taps, uris, rows, preprocess=val_preprocess, s3=cfg.s3, threads=cfg.decode_threads,
-                              device=device, batch_size=2 * cfg.batch_size)
-        _sync_buffers(model, world)
+        used = refresh_batchnorm(net.taps, uris, rows[: -(-BN_REFRESH_IMAGES // world)], preprocess=val_preprocess,
+                                 s3=cfg.s3, threads=cfg.decode_threads, device=device,
+                                 batch_size=2 * cfg.batch_size)
+        merge_batchnorm(model, used, world, device)
         v_loss, v_correct, v_n = _all_reduce_sum(list(validate(
             net.taps, uris, labels, val_rows[rank::world], preprocess=val_preprocess, s3=cfg.s3,
             threads=cfg.decode_threads, skips=skips, device=device, batch_size=2 * cfg.batch_size)), device)

@@ -43,6 +43,7 @@ def run_rank(rank: int, world: int, modes: tuple[str, ...], store_path: str, out
     try:
         for mode in modes:
             _one_mode(rank, world, mode, os.path.join(out_dir, mode))
+        _batchnorm(rank, world, out_dir)
     finally:
         dist.destroy_process_group()
 
@@ -69,3 +70,38 @@ def _one_mode(rank: int, world: int, mode: str, out_dir: str) -> None:
         Path(out_dir, "loss.json").write_text(json.dumps({"loss": share.item() / world,
                                                          "parts": {k: float(v) for k, v in out.items()
                                                                    if k != "loss"}}))
+
+
+def bn_batches(world: int) -> list[torch.Tensor]:
+    """Two batches per rank, ranks in order, for the BatchNorm refresh check."""
+    gen = torch.Generator().manual_seed(2)
+    return [torch.rand(8, 3, 16, 16, generator=gen) * (1 + i) for i in range(2 * world)]
+
+
+def refreshed(batches: list[torch.Tensor]) -> torch.nn.Module:
+    """A model whose BatchNorm statistics are the cumulative average over ``batches`` (as the refresh does)."""
+    from ood_audit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=3, small_input=True)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    return model
+
+
+def _batchnorm(rank: int, world: int, out_dir: str) -> None:
+    from safetensors.torch import save_file
+
+    from ood_audit.training.loop import merge_batchnorm
+
+    mine = bn_batches(world)[2 * rank: 2 * rank + 2]
+    model = refreshed(mine)
+    merge_batchnorm(model, sum(len(x) for x in mine), world, torch.device("cpu"))
+    buffers = {n: b.detach().contiguous() for n, b in model.named_buffers()}
+    save_file(buffers, os.path.join(out_dir, f"batchnorm-rank{rank}.safetensors"))

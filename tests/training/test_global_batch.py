@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.training.global_batch_case import build, fixed_batch, run_rank
+from tests.training.global_batch_case import bn_batches, build, fixed_batch, refreshed, run_rank
 
 
 MODES = ("joint", "alpa-finetune")
@@ -49,3 +49,18 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(mode, two_ranks) 
     # The losses of the two halves alone differ from the global one: the gathering matters.
     half = net(pixels[:12], labels[:12])
     assert abs(float(half["objective"]) - float(out["objective"])) > 1e-3
+
+
+def test_batchnorm_refreshed_on_each_ranks_share_equals_one_refresh_over_all(two_ranks) -> None:
+    """Each rank refreshes on its own batches, then the statistics merge: the result is the one-process
+    refresh over every rank's batches, and every rank holds the same bits."""
+    ranks = [load_file(str(two_ranks / f"batchnorm-rank{r}.safetensors")) for r in range(2)]
+    reference = dict(refreshed(bn_batches(2)).named_buffers())
+    alone = dict(refreshed(bn_batches(2)[:2]).named_buffers())  # rank 0's share only
+    stats = [n for n in reference if n.endswith(("running_mean", "running_var"))]
+    assert stats and sorted(ranks[0]) == sorted(reference)
+    for name in stats:
+        torch.testing.assert_close(ranks[0][name], reference[name], rtol=1e-5, atol=1e-6, msg=name)
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+    # Rank 0's share alone differs: the merge is what makes them equal.
+    assert max(float((alone[n] - reference[n]).abs().max()) for n in stats) > 1e-3

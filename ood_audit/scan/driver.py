@@ -82,7 +82,7 @@ from ood_audit.io.lease import Lease
 from ood_audit.io.quality import QualityConfig
 from ood_audit.progress import Progress, status_counts
 from ood_audit.ray_setup import release_failed_pipeline
-from ood_audit.scan.config import ScanConfig
+from ood_audit.scan.config import MAX_SLICE_ROWS, ScanConfig, default_slice_rows
 from ood_audit.scan.duplicates import prefix_chars_for, resolve_duplicates
 from ood_audit.scan.pipeline import Actors, actor_resources, build_pipeline
 from ood_audit.scan.plan import DoneSet, Skipped, check_inputs, listing_pages, rechunk, skip_done
@@ -280,8 +280,10 @@ def _make_plan(ctx: ScanContext, listing: Iterable[pa.Table] | None) -> Plan:
                            listing_s=round(seconds, 3), keys_per_s=round(counter.listed / max(seconds, 1e-9), 1),
                            chunk_size=cfg.chunk_size)
 
+    hw = ctx.preprocess.output_hw
+    slice_rows = cfg.slice_rows or (default_slice_rows(*hw) if hw else MAX_SLICE_ROWS)
     plan = ctx.ledger.write_plan(rechunk(skip_done(pages, done, counter), cfg.chunk_size),
-                                 slice_rows=cfg.slice_rows, info=info)
+                                 slice_rows=slice_rows, info=info)
     log.info("planned %d objects in %d chunks (%d listed, %d already done) in %.1f s", plan.objects,
              len(plan.chunk_rows), counter.listed, counter.skipped, time.perf_counter() - t0)
     return plan

@@ -149,7 +149,7 @@ def build_summary(ctx: ScanContext, passes: list[PassStats], *, startup: Startup
         timings_s=Timings(listing=plan.info.listing_s, scan_wall=round(wall, 2),
                           stage_busy=StageBusy(read=busy["read_s"], score=busy["score_s"], write=busy["write_s"])),
         workers=WorkerCounts(scoring_actors=len(workers), nodes=len({w.split(":")[0] for w in workers})),
-        config=cfg.reported(),
+        config={**cfg.reported(), "slice_rows": plan.slice_rows},  # the effective one (the default is sized)
         quality_thresholds=ctx.quality.model_dump(),  # SPEC §14: every threshold the read task used
         software={**software_versions(), "ray": ray.__version__},
         created_at=ctx.run_doc.get("created_at"),

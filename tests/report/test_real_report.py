@@ -37,6 +37,8 @@ def test_real_scan_report(real_scan, real_report):
     scan = real_scan
     assert data.run.run_id == "night-2" and data.objects == len(scan.objects["night-2"])
     assert data.drift.previous.run_id == "night-1" and data.drift.same_bundle
+    # tests.realscan gives no slice_rows: the summary records the size the scan chose for 32 px input
+    assert data.run.summary.config["slice_rows"] == 256
     assert {data.display_prefix(r.prefix) for r in data.drift.rows} >= {"digits/", "letters/", "noise/"}
     assert {h.score for h in data.histograms} >= {"featurenorm", "csd"}
     items = {it.uri: it for it in data.grid}

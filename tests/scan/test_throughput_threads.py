@@ -1,4 +1,5 @@
-"""The scoring actor's intra-op threads follow its CPU share in Ray (torch's default outside Ray)."""
+"""The scoring actor's intra-op threads follow its CPU share in Ray (torch's default outside Ray); the read
+tasks' size follows the input size."""
 
 from __future__ import annotations
 
@@ -30,3 +31,14 @@ def test_actor_threads_match_num_cpus(ray_local, bundle_uri) -> None:
     for a in [*actors.values(), explicit]:
         ray.kill(a)
     assert got == shares and got_explicit == 3
+
+
+def test_read_tasks_take_about_8_mib_of_pixels() -> None:
+    """Objects per read task when --slice-rows is not given: 8 MiB of uint8 RGB at the model's input size,
+    between 16 and 256 (worked by hand: 8388608 / (224 * 224 * 3) = 55.7; at 32 px 2730, capped)."""
+    from ood_audit.scan.config import default_slice_rows
+
+    assert default_slice_rows(32, 32) == 256
+    assert default_slice_rows(224, 224) == 55
+    assert default_slice_rows(128, 96) == 227  # 8388608 / 36864 = 227.6
+    assert default_slice_rows(1024, 1024) == 16

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-bytes", type=int, default=None, help="refuse objects larger than this, stored or once inflated")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, default=None,
-                   help="scoring actors (default: one per GPU, else one per 2 CPUs of the cluster)")
+                   help="scoring actors (default: one per GPU, else one per CPU of the cluster)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto: GPU when the cluster has one)")
     p.add_argument("--chunk-size", type=int, default=10_000, help="objects per resumable unit (default 10000)")
     p.add_argument("--read-threads", type=int, default=16, help="requests in flight per read task (default 16)")

@@ -29,7 +29,7 @@ class ScanConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
     batch_size: int = 64            # images per forward pass
-    workers: int | None = None      # scoring actors; None: one per GPU, else one per 2 CPUs
+    workers: int | None = None      # scoring actors; None: one per GPU, else one per CPU
     device: str = "auto"            # decided on the workers' nodes for "auto"
     knn_backend: str = "auto"
     chunk_size: int = 10_000        # objects per commit unit

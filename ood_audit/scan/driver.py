@@ -84,7 +84,7 @@ from ood_audit.progress import Progress, status_counts
 from ood_audit.ray_setup import release_failed_pipeline
 from ood_audit.scan.config import MAX_SLICE_ROWS, ScanConfig, default_slice_rows
 from ood_audit.scan.duplicates import prefix_chars_for, resolve_duplicates
-from ood_audit.scan.pipeline import Actors, actor_resources, build_pipeline
+from ood_audit.scan.pipeline import Actors, actor_resources, build_pipeline, pool_size
 from ood_audit.scan.plan import DoneSet, Skipped, check_inputs, listing_pages, rechunk, skip_done
 from ood_audit.scan.summary import PassStats, build_summary, startup_phases
 from ood_audit.store.records import ChunkMarker, ListingInfo, RunSummary, feed_rows
@@ -324,7 +324,8 @@ def _one_pass(ctx: ScanContext, todo: list[int], actors: Actors, ex: PassStats, 
     """One pipeline pass over chunks ``todo``: a failure of Ray is recorded in ``ex`` (the next pass retries);
     a storage failure or a lost lease is raised."""
     log.info("pipeline pass %d: %d chunk(s), %d object(s), %d %s scoring actor(s)", ex.attempt, len(todo),
-             sum(ctx.plan.chunk_rows[c] for c in todo), actors.workers, actors.device)
+             sum(ctx.plan.chunk_rows[c] for c in todo), pool_size(actors, len(ctx.ledger.slices(ctx.plan, todo))),
+             actors.device)
     tracker = ChunkTracker(ctx.plan, ex.attempt)
     try:
         _consume(ctx, build_pipeline(ctx, todo, ex.attempt, actors), tracker, ex, progress)

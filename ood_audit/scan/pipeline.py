@@ -48,6 +48,11 @@ def actor_resources(cfg: ScanConfig) -> Actors:
     return Actors({"num_cpus": cfg.actor_cpus}, "cpu", workers)
 
 
+def pool_size(actors: Actors, slices: int) -> int:
+    """Scoring actors a pass starts: never more than it has read tasks to feed them."""
+    return max(1, min(actors.workers, slices))
+
+
 def build_pipeline(ctx: ScanContext, todo: list[int], attempt: int, actors: Actors) -> Any:
     """The Ray Dataset of pass ``attempt`` over chunks ``todo``; iterating it yields feed-row batches."""
     import ray
@@ -75,7 +80,7 @@ def build_pipeline(ctx: ScanContext, todo: list[int], attempt: int, actors: Acto
                    "quality": ctx.quality.model_dump()})
     ds = ds.map_batches(
         ScoreActor, batch_size=cfg.batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=max(1, min(actors.workers, len(slices)))), **resources,
+        compute=ray.data.ActorPoolStrategy(size=pool_size(actors, len(slices))), **resources,
         fn_constructor_kwargs={"bundle_uri": ctx.bundle.uri, "bundle_id": ctx.bundle.id, "run_id": ctx.run_id,
                                "s3": cfg.s3,
                                "device": actors.device, "knn_backend": cfg.knn_backend,

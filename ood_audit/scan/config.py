@@ -74,6 +74,12 @@ class ScanConfig:
         check_ttl(self.lease_ttl_s, retry, ttl_name="the scan's lease TTL (lease_ttl_s)")
         return float(self.lease_ttl_s)
 
+    def read_slice_rows(self, output_hw: tuple[int, int] | None) -> int:
+        """Objects per read task: the one set, else :func:`default_slice_rows` for the model's input size."""
+        if self.slice_rows:
+            return self.slice_rows
+        return default_slice_rows(*output_hw) if output_hw else MAX_SLICE_ROWS
+
     def reported(self) -> dict[str, Any]:
         """The settings the run summary records (:data:`REPORTED_CONFIG`)."""
         return {k: getattr(self, k) for k in REPORTED_CONFIG}

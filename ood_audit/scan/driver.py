@@ -82,9 +82,9 @@ from ood_audit.io.lease import Lease
 from ood_audit.io.quality import QualityConfig
 from ood_audit.progress import Progress, status_counts
 from ood_audit.ray_setup import release_failed_pipeline
-from ood_audit.scan.config import MAX_SLICE_ROWS, ScanConfig, default_slice_rows
+from ood_audit.scan.config import ScanConfig
 from ood_audit.scan.duplicates import prefix_chars_for, resolve_duplicates
-from ood_audit.scan.pipeline import Actors, actor_resources, build_pipeline, pool_size
+from ood_audit.scan.pipeline import Actors, actor_resources, build_pipeline
 from ood_audit.scan.plan import DoneSet, Skipped, check_inputs, listing_pages, rechunk, skip_done
 from ood_audit.scan.summary import PassStats, build_summary, startup_phases
 from ood_audit.store.records import ChunkMarker, ListingInfo, RunSummary, feed_rows
@@ -280,10 +280,8 @@ def _make_plan(ctx: ScanContext, listing: Iterable[pa.Table] | None) -> Plan:
                            listing_s=round(seconds, 3), keys_per_s=round(counter.listed / max(seconds, 1e-9), 1),
                            chunk_size=cfg.chunk_size)
 
-    hw = ctx.preprocess.output_hw
-    slice_rows = cfg.slice_rows or (default_slice_rows(*hw) if hw else MAX_SLICE_ROWS)
     plan = ctx.ledger.write_plan(rechunk(skip_done(pages, done, counter), cfg.chunk_size),
-                                 slice_rows=slice_rows, info=info)
+                                 slice_rows=cfg.read_slice_rows(ctx.preprocess.output_hw), info=info)
     log.info("planned %d objects in %d chunks (%d listed, %d already done) in %.1f s", plan.objects,
              len(plan.chunk_rows), counter.listed, counter.skipped, time.perf_counter() - t0)
     return plan
@@ -323,9 +321,6 @@ def _scan_until_done(ctx: ScanContext) -> list[PassStats]:
 def _one_pass(ctx: ScanContext, todo: list[int], actors: Actors, ex: PassStats, progress: Progress) -> None:
     """One pipeline pass over chunks ``todo``: a failure of Ray is recorded in ``ex`` (the next pass retries);
     a storage failure or a lost lease is raised."""
-    log.info("pipeline pass %d: %d chunk(s), %d object(s), %d %s scoring actor(s)", ex.attempt, len(todo),
-             sum(ctx.plan.chunk_rows[c] for c in todo), pool_size(actors, len(ctx.ledger.slices(ctx.plan, todo))),
-             actors.device)
     tracker = ChunkTracker(ctx.plan, ex.attempt)
     try:
         _consume(ctx, build_pipeline(ctx, todo, ex.attempt, actors), tracker, ex, progress)

@@ -5,6 +5,7 @@ consumes its output, the feed rows (:class:`~ood_audit.store.records.FeedRow`).
 """
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ood_audit.errors import ConfigError
@@ -13,6 +14,8 @@ from ood_audit.scan.duplicates import STAGING_DIR, prefix_chars_for
 
 if TYPE_CHECKING:
     from ood_audit.scan.driver import ScanContext
+
+log = logging.getLogger(__name__)
 
 
 class Actors(NamedTuple):
@@ -48,11 +51,6 @@ def actor_resources(cfg: ScanConfig) -> Actors:
     return Actors({"num_cpus": cfg.actor_cpus}, "cpu", workers)
 
 
-def pool_size(actors: Actors, slices: int) -> int:
-    """Scoring actors a pass starts: never more than it has read tasks to feed them."""
-    return max(1, min(actors.workers, slices))
-
-
 def build_pipeline(ctx: ScanContext, todo: list[int], attempt: int, actors: Actors) -> Any:
     """The Ray Dataset of pass ``attempt`` over chunks ``todo``; iterating it yields feed-row batches."""
     import ray
@@ -69,6 +67,9 @@ def build_pipeline(ctx: ScanContext, todo: list[int], attempt: int, actors: Acto
     read_cpus = cfg.read_cpus if resources.get("num_cpus") != cfg.read_cpus or resources.get("num_gpus") else (
         cfg.read_cpus * 0.99)
     slices = ctx.ledger.slices(plan, todo)
+    pool = max(1, min(actors.workers, len(slices)))  # never more actors than read tasks to feed them
+    log.info("pipeline pass %d: %d chunk(s), %d object(s), %d %s scoring actor(s)", attempt, len(todo),
+             sum(plan.chunk_rows[c] for c in todo), pool, actors.device)
     # Same resources and one block per slice: the read fuses with fetch + decode into one task.
     ds = ray.data.read_datasource(PlanDatasource(slices, cfg.s3), num_cpus=read_cpus,
                                   override_num_blocks=len(slices))
@@ -80,7 +81,7 @@ def build_pipeline(ctx: ScanContext, todo: list[int], attempt: int, actors: Acto
                    "quality": ctx.quality.model_dump()})
     ds = ds.map_batches(
         ScoreActor, batch_size=cfg.batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=pool_size(actors, len(slices))), **resources,
+        compute=ray.data.ActorPoolStrategy(size=pool), **resources,
         fn_constructor_kwargs={"bundle_uri": ctx.bundle.uri, "bundle_id": ctx.bundle.id, "run_id": ctx.run_id,
                                "s3": cfg.s3,
                                "device": actors.device, "knn_backend": cfg.knn_backend,

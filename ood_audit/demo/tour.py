@@ -43,13 +43,14 @@ class DemoSize:
     per_kind: int               # objects of each outlier kind in night 1
     night2_digits: int
     night2_faces: int
+    max_probe: int | None = None  # ID images for the block selector's probe evidence (None: calibration's default)
 
 
 FULL = DemoSize(epochs=10, finetune_epochs=1, n_train=None, incoming_digits=150, per_kind=40, night2_digits=40,
                 night2_faces=30)
 # ``--quick``: the same stages and incoming kinds, a smaller training set and fewer epochs (a few minutes).
 QUICK = DemoSize(epochs=7, finetune_epochs=1, n_train=1000, incoming_digits=150, per_kind=40, night2_digits=40,
-                 night2_faces=30)
+                 night2_faces=30, max_probe=300)
 
 
 class _Stages:
@@ -104,7 +105,7 @@ def run_demo(workdir: str | None = None, *, epochs: int | None = None, finetune_
         init_ray(runtime_env={"env_vars": server.env()})
         where = {"S3 endpoint": server.endpoint_url, "work directory": str(root), "Ray's logs": ray_log_dir() or "-"}
         model, tr, finetuned = stages.run("train", lambda: _train(id_uri, epochs, finetune_epochs, workers))
-        bundle = stages.run("calibrate", lambda: _calibrate(id_uri, model, workers, s3))
+        bundle = stages.run("calibrate", lambda: _calibrate(id_uri, model, workers, s3, size.max_probe))
         output = f"s3://{BUCKET}/audit"
         where.update({"ID images": id_uri, "incoming": in_uri, "model": model, "bundle": bundle,
                       "scan reports": f"{output}/reports/"})
@@ -178,11 +179,12 @@ def _acc(tr: Any) -> str:
     return "n/a" if tr.val_accuracy is None else f"{tr.val_accuracy:.3f} on {tr.val_images} held-out images"
 
 
-def _calibrate(id_uri: str, model: str, workers: int, s3: Any) -> str:
+def _calibrate(id_uri: str, model: str, workers: int, s3: Any, max_probe: int | None) -> str:
     from ood_audit.calibration.calibrate import CalibrateConfig, calibrate
 
+    probes = {} if max_probe is None else {"max_probe": max_probe}
     cal = calibrate(CalibrateConfig(data=id_uri, model=model, output=f"s3://{BUCKET}/audit", s3=s3,
-                                    workers=workers, k_knn=50))
+                                    workers=workers, k_knn=50, **probes))
     log.info("[demo] bundle %s (selected block %s)", cal.bundle_uri, cal.info.block)
     return cal.bundle_uri
 

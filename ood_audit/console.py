@@ -26,7 +26,10 @@ PRODUCT_LOGGER = "ood_audit"
 
 
 MASK = "<redacted>"
-_SECRET_NAMES = r"authorization|x-amz-security-token|x-amz-credential|x-amz-signature|awsaccesskeyid"
+# Header and query names whose values are credentials: AWS's, and the tokens and secrets a webhook URL may carry
+# in its query (``?token=``, ``?access_token=``, ``?api_key=``, ``?secret=``, ``?sig=``).
+_SECRET_NAMES = (r"authorization|x-amz-security-token|x-amz-credential|x-amz-signature|awsaccesskeyid"
+                 r"|(?<![a-z-])(?:access_token|token|api_key|apikey|secret|sig)")
 # A header or query parameter with its value quoted (botocore prints headers as a dict of bytes).
 _QUOTED = re.compile(rf"(?i)((?:{_SECRET_NAMES})['\"]?\s*[:=]\s*b?)(['\"])(.*?)\2")
 # The same unquoted (a URL's query, a raw header line): the value runs to the next separator.
@@ -34,21 +37,21 @@ _BARE = re.compile(rf"(?i)((?:{_SECRET_NAMES})\s*[:=]\s*)(?!['\"]|{MASK})"
                    r"(?:(?:Bearer|Token|Basic|AWS4-HMAC-SHA256)\s+)?[^\s&'\",;}]+")
 # SigV4 parts wherever they appear (an Authorization value split across a line).
 _SIGV4 = re.compile(r"(?i)\b(Signature|Credential)=(?!" + MASK + r")[^\s&'\",;}]+")
-# Environment variables whose values are secrets: the AWS keys and every token the config may name
-# (``token_env``: ``*_TOKEN``, ``*_API_KEY``; nightly.config).
-_SECRET_ENV = re.compile(r"^(AWS_SECRET_ACCESS_KEY|AWS_SESSION_TOKEN|AWS_SECURITY_TOKEN"
-                         r"|[A-Z0-9_]*_TOKEN|[A-Z0-9_]*_API_KEY)$")
+# Environment variables whose values are secrets: the AWS keys and every token or secret the config may name
+# (``token_env``: ``*_TOKEN``, ``*_API_KEY``; a webhook's ``secret_env``: ``*_SECRET``; nightly.config).
+SECRET_ENV_NAME = re.compile(r"^(AWS_SECRET_ACCESS_KEY|AWS_SESSION_TOKEN|AWS_SECURITY_TOKEN"
+                             r"|[A-Z0-9_]*_TOKEN|[A-Z0-9_]*_API_KEY|[A-Z0-9_]*_SECRET)$")
 _MIN_SECRET = 8  # shorter values would mask ordinary words
 
 
 def redact(text: str) -> str:
     """``text`` with every credential masked: signed-URL parameters, ``Authorization`` and session-token
-    headers, and the value of every secret environment variable (``_SECRET_ENV``)."""
+    headers, and the value of every secret environment variable (``SECRET_ENV_NAME``)."""
     text = _QUOTED.sub(rf"\1\2{MASK}\2", text)
     text = _BARE.sub(rf"\1{MASK}", text)
     text = _SIGV4.sub(rf"\1={MASK}", text)
     for name, value in os.environ.items():  # read per record: a token may be set after logging starts
-        if len(value) >= _MIN_SECRET and value in text and _SECRET_ENV.match(name):
+        if len(value) >= _MIN_SECRET and value in text and SECRET_ENV_NAME.match(name):
             text = text.replace(value, MASK)
     return text
 

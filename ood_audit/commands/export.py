@@ -1,4 +1,5 @@
-"""`ood-audit export`: send a scan run's outliers to a labeling queue (Label Studio, SQS, JSONL), each once."""
+"""`ood-audit export`: send a scan run's outliers to a labeling queue (Label Studio, SQS, JSONL, a signed
+webhook), each once."""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +9,13 @@ import os
 from ood_audit.errors import ConfigError
 from ood_audit.commands.common import ANY_QUALITY_ISSUE, QUALITY_ISSUES, add_s3_args, s3_from_args
 
-SINKS = ("label-studio", "sqs", "jsonl")
+SINKS = ("label-studio", "sqs", "jsonl", "webhook")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export", help="send a run's selected rows to Label Studio, SQS or a JSONL manifest (deduplicated)",
+        "export", help="send a run's selected rows to Label Studio, SQS, a JSONL manifest or a signed webhook "
+                       "(deduplicated)",
         description="Select rows of a scan run (the bundle's flags, the top-k most anomalous, or the rows "
                     "FeatureNorm and CSD disagree on), optionally only those with (or without) given data-quality "
                     "issues, and send them to a labeling queue. A ledger under "
@@ -61,8 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="SQS endpoint URL (default: $AWS_ENDPOINT_URL_SQS, else $AWS_ENDPOINT_URL)")
     m = p.add_argument_group("jsonl")
     m.add_argument("--manifest-prefix", default=None, help="folder or s3:// prefix for the manifest files")
+    w = p.add_argument_group("webhook")
+    w.add_argument("--webhook-url", default=None,
+                   help="POST signed batches of manifest lines here (HMAC-SHA256 in X-OOD-Audit-Signature); 5xx "
+                        "and timeouts are retried with backoff under one Idempotency-Key per batch")
+    w.add_argument("--webhook-secret-env", default=None, metavar="NAME",
+                   help="the environment variable holding the signing secret (default: $OOD_AUDIT_WEBHOOK_SECRET)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="items per confirmed batch (ledger file): Label Studio 500, SQS 100, JSONL 10000")
+                   help="items per confirmed batch (ledger file): Label Studio 500, SQS 100, JSONL 10000, webhook 100")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_s3_args(p)
     p.set_defaults(func=run)
@@ -73,10 +81,12 @@ def build_sink(args: argparse.Namespace, s3):
     from ood_audit.sinks.labelstudio import TOKEN_ENV, LabelStudioSink
     from ood_audit.sinks.manifest import ManifestSink
     from ood_audit.sinks.sqs import SqsSink
+    from ood_audit.sinks.webhook import SECRET_ENV, WebhookSink
 
-    foreign = {"label-studio": ("queue", "sqs_endpoint", "manifest_prefix"),
-               "sqs": ("tasks_file", "project_id", "create_project", "manifest_prefix"),
-               "jsonl": ("tasks_file", "project_id", "create_project", "queue", "sqs_endpoint")}[args.to]
+    own = {"label-studio": ("tasks_file", "label_studio_url", "project_id", "create_project"),
+           "sqs": ("queue", "sqs_endpoint"), "jsonl": ("manifest_prefix",),
+           "webhook": ("webhook_url", "webhook_secret_env")}
+    foreign = [name for sink, names in own.items() if sink != args.to for name in names]
     for name in foreign:
         if getattr(args, name) is not None:
             raise ConfigError(f"--{name.replace('_', '-')} does not apply to --to {args.to}")
@@ -93,6 +103,10 @@ def build_sink(args: argparse.Namespace, s3):
                                create_project=args.create_project, tasks_file=args.tasks_file, s3=s3, **size)
     if args.to == "sqs":
         return SqsSink(args.queue or "", endpoint=args.sqs_endpoint, **size)
+    if args.to == "webhook":
+        if not args.webhook_url:
+            raise ConfigError("--to webhook needs --webhook-url")
+        return WebhookSink(args.webhook_url, secret_env=args.webhook_secret_env or SECRET_ENV, **size)
     return ManifestSink(args.manifest_prefix or "", s3=s3, **size)
 
 

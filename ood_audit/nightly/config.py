@@ -146,7 +146,31 @@ class JsonlExport(_Export):
     _check_prefix = field_validator("prefix")(_uri)
 
 
-Export = Annotated[Union[LabelStudioExport, SqsExport, JsonlExport], Field(discriminator="sink")]
+class WebhookExport(_Export):
+    sink: Literal["webhook"]
+    url: str                                  # http(s)://...; signed batches are POSTed here
+    secret_env: str = "OOD_AUDIT_WEBHOOK_SECRET"  # the variable holding the signing secret (never the secret)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        if urlsplit(v).scheme not in ("http", "https") or not urlsplit(v).hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    @field_validator("secret_env")
+    @classmethod
+    def _check_secret_env(cls, v: str) -> str:
+        from ood_audit.sinks.webhook import SECRET_ENV_RULE  # the sink's rule
+
+        if v.startswith("AWS_") or not SECRET_ENV_RULE.match(v):
+            raise ValueError("must name a secret variable (NAME_SECRET, upper case), never AWS_*")
+        return v
+
+
+Export = Annotated[Union[LabelStudioExport, SqsExport, JsonlExport, WebhookExport], Field(discriminator="sink")]
 
 
 class ReportSettings(_Strict):
@@ -253,7 +277,7 @@ def _describe(error: Any) -> str:
     for part in error["loc"]:
         if isinstance(part, int):
             loc += f"[{part}]"
-        elif part in ("label-studio", "sqs", "jsonl"):  # the discriminator's branch, not a field
+        elif part in ("label-studio", "sqs", "jsonl", "webhook"):  # the discriminator's branch, not a field
             continue
         else:
             loc += f".{part}" if loc else str(part)

@@ -81,6 +81,29 @@ def test_label_studio_token_never_logged(verbose_log, label_studio, tmp_path, mo
     assert label_studio.token not in text and MASK in text
 
 
+def test_webhook_secret_and_url_token_never_logged(verbose_log, tmp_path, monkeypatch):
+    from ood_audit.sinks.export import export
+    from ood_audit.sinks.select import Selection
+    from ood_audit.sinks.webhook import SECRET_ENV, WebhookSink
+
+    from tests.reports import row, write_run
+    from tests.sinks.webhook_receiver import WebhookReceiver
+
+    secret = "whsec-0123456789abcdef"
+    monkeypatch.setenv(SECRET_ENV, secret)
+    receiver = WebhookReceiver(secret.encode(), fail_first=1).start()  # a retry: urllib3 logs the URL again
+    try:
+        out = str(tmp_path / "audit")
+        write_run(out, "secrets", [row(f"s3://data/w{i}.png", pct=1.0) for i in range(3)])
+        assert export(out, WebhookSink(receiver.url), Selection()).sent_now == 3
+    finally:
+        receiver.stop()
+    logging.getLogger("ood_audit.test").debug("signing with %s", secret)
+    text = verbose_log.read_text()
+    assert "/hooks/ood?token=" + MASK in text  # the requests were logged, their query token masked
+    assert "not-for-logs" not in text and secret not in text
+
+
 def test_the_cli_filters_every_root_handler(tmp_path, capsys):
     """``ood-audit -v`` (any command) leaves the redaction filter on every handler of the root logger."""
     for h in logging.getLogger().handlers:  # as a fresh process: none yet (an earlier test may have put them)

@@ -75,6 +75,23 @@ def test_sqs_end_to_end(scan_env, moto, capsys):
         assert sorted(got) == want[night], night
 
 
+def test_webhook_end_to_end(scan_env, monkeypatch, capsys):
+    from ood_audit.sinks.webhook import SECRET_ENV
+
+    from tests.sinks.webhook_receiver import WebhookReceiver
+
+    scan, want = scan_env, _expected(scan_env)
+    monkeypatch.setenv(SECRET_ENV, "real-scan-webhook-secret")
+    receiver = WebhookReceiver(b"real-scan-webhook-secret", fail_first=1).start()  # a 503 first: retried
+    try:
+        for night in ("night-1", "night-2"):
+            assert _export(scan, "--run-id", night, "--to", "webhook", "--webhook-url", receiver.url) == 0
+            assert sorted(receiver.uris[night]) == want[night], night
+    finally:
+        receiver.stop()
+    assert set(receiver.taken.values()) == {1} and receiver.refused == [503]
+
+
 def test_label_studio_end_to_end(scan_env, label_studio, monkeypatch, capsys):
     scan, want = scan_env, _expected(scan_env)
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)

@@ -146,3 +146,22 @@ def test_two_nights_through_a_failing_receiver_deliver_each_key_once(receiver, t
     assert sorted(r.uris["night-2"]) == [f"s3://data/b{i}.png" for i in range(3)]
     assert set(r.taken.values()) == {1} and len(r.taken) == 13
     assert r.refused == [503, 503] and r.requests == 2 + 3 + 1  # night 1: 3 batches of <= 4, night 2: 1
+
+
+def test_the_nightly_export_signs_with_the_secret_its_config_names(receiver, tmp_path):
+    """The nightly's export stage (``nightly.run._export``, the stage the nightly runs after its scan) with a
+    ``sink: webhook`` entry: the secret is read from the variable ``secret_env`` names, in the run's environment."""
+    from ood_audit.nightly.run import NightlyResult, _export
+
+    from tests.reports import row, write_run
+
+    r = receiver()
+    out = str(tmp_path / "audit")
+    write_run(out, "n1", [row(f"s3://data/n{i}.png", pct=1.0) for i in range(3)])
+    cfg = parse_config({"bundle": "s3://b/bundle", "inputs": ["s3://b/in"], "output": out,
+                        "exports": [{"sink": "webhook", "url": r.url, "secret_env": "TEAM_HOOK_SECRET"}]})
+    res = NightlyResult("n1")
+    _export(cfg, cfg.exports[0], "n1", None, res, {"TEAM_HOOK_SECRET": SECRET})
+    assert sorted(r.uris["n1"]) == [f"s3://data/n{i}.png" for i in range(3)] and r.refused == []
+    (summary,) = res.exports
+    assert summary["sink"] == "webhook" and summary["sent_now"] == 3 and "not-for-logs" not in summary["destination"]

@@ -154,18 +154,18 @@ class WebhookExport(_Export):
     @field_validator("url")
     @classmethod
     def _check_url(cls, v: str) -> str:
-        from urllib.parse import urlsplit
+        from ood_audit.sinks.webhook import is_http_url  # the sink's own rules
 
-        if urlsplit(v).scheme not in ("http", "https") or not urlsplit(v).hostname:
+        if not is_http_url(v):
             raise ValueError("must be an http:// or https:// URL")
         return v
 
     @field_validator("secret_env")
     @classmethod
     def _check_secret_env(cls, v: str) -> str:
-        from ood_audit.sinks.webhook import SECRET_ENV_RULE  # the sink's rule
+        from ood_audit.sinks.webhook import SECRET_ENV_RULE
 
-        if v.startswith("AWS_") or not SECRET_ENV_RULE.match(v):
+        if not SECRET_ENV_RULE.match(v):
             raise ValueError("must name a secret variable (NAME_SECRET, upper case), never AWS_*")
         return v
 

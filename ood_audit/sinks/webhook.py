@@ -38,7 +38,7 @@ from ood_audit.sinks.items import ExportError, ExportItem, manifest_line
 log = logging.getLogger(__name__)
 
 SECRET_ENV = "OOD_AUDIT_WEBHOOK_SECRET"
-SECRET_ENV_RULE = re.compile(r"^[A-Z][A-Z0-9_]*_SECRET$")
+SECRET_ENV_RULE = re.compile(r"^(?!AWS_)[A-Z][A-Z0-9_]*_SECRET$")  # never one of AWS's own variables
 SIGNATURE_HEADER = "X-OOD-Audit-Signature"
 TIMESTAMP_HEADER = "X-OOD-Audit-Timestamp"
 RETRY_STATUSES = (500, 502, 503, 504)
@@ -54,9 +54,14 @@ def batch_id(items: Sequence[ExportItem]) -> str:
     return hashlib.sha256("\n".join(i.key for i in items).encode()).hexdigest()[:32]
 
 
-def _check_url(url: str) -> str:
+def is_http_url(url: str) -> bool:
+    """Whether ``url`` can be a webhook: http or https, with a host."""
     parts = urlsplit(url or "")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _check_url(url: str) -> str:
+    if not is_http_url(url):
         raise ConfigError(f"--webhook-url {_safe(url)!r}: give an http:// or https:// URL")
     return url
 
@@ -81,7 +86,7 @@ class WebhookSink:
             raise ConfigError(f"--batch-size must be > 0, got {batch_size}")
         if not SECRET_ENV_RULE.match(secret_env):
             raise ConfigError(f"--webhook-secret-env {secret_env!r}: name an environment variable ending in _SECRET "
-                              "(upper case), whose value the logs then never show")
+                              "(upper case, not AWS_*), whose value the logs then never show")
         env = os.environ if environ is None else environ
         secret = env.get(secret_env, "")
         if not secret:
@@ -154,4 +159,4 @@ def _snippet(data: bytes | None) -> str:
     return text[:200]
 
 
-__all__ = ["SECRET_ENV", "SECRET_ENV_RULE", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "WebhookSink", "batch_id", "sign"]
+__all__ = ["SECRET_ENV", "SECRET_ENV_RULE", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "WebhookSink", "batch_id", "is_http_url", "sign"]

@@ -95,7 +95,6 @@ class WebhookSink:
         self._secret = secret.encode()
         self.destination = _safe(url)
         self.batch_size, self.attempts, self.backoff_s, self.timeout_s = batch_size, attempts, backoff_s, timeout_s
-        self.sent_batches = 0
         self._run_id = ""
         self._pool: Any = None
 
@@ -137,7 +136,6 @@ class WebhookSink:
             raise ExportError(f"webhook {self.destination}: {_reason(exc)}; nothing of this batch recorded, "
                               "re-run to send it") from None
         if 200 <= resp.status < 300:
-            self.sent_batches += 1
             log.info("webhook %s took %d item(s) (batch %s)", self.destination, len(items), batch_id(items)[:12])
             return
         what = "refused the batch" if 400 <= resp.status < 500 else f"still failing after {self.attempts} attempt(s)"
@@ -159,4 +157,5 @@ def _snippet(data: bytes | None) -> str:
     return text[:200]
 
 
-__all__ = ["SECRET_ENV", "SECRET_ENV_RULE", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "WebhookSink", "batch_id", "is_http_url", "sign"]
+__all__ = ["SECRET_ENV", "SECRET_ENV_RULE", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "WebhookSink", "batch_id",
+           "is_http_url", "sign"]

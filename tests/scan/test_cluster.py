@@ -139,10 +139,9 @@ def test_driver_killed_mid_scan_then_rerun_finishes_exactly_once(cluster, make_i
 
 @pytest.mark.timeout(600)  # a safety net: the reservation's process and the pool's restart add to a busy machine
 def test_node_lost_mid_scan_still_one_row_per_object(cluster, make_input, s3_client, s3_bucket, s3_config):
-    # Enough work that the scan is far from done when node2 is lost. Nothing is scored before node2's actors
-    # start (see HEAD_RESERVED), however slowly they start, and node2 is lost as soon as it has committed: 4 of
-    # 80 chunks were committed by then when measured, so 30 leave most of the scan to the head.
-    n = 300
+    # Enough work that the scan is far from done when node2 first commits (its actors may start slowly on a
+    # busy machine; until then nothing is scored: see HEAD_RESERVED).
+    n = 800
     scan_input = make_input(n)
     node2 = cluster.nodes_ids["node2"][:12]
     cluster.reserve_cpus("head", HEAD_RESERVED)

@@ -1,13 +1,17 @@
 """Benchmark: labeling-queue exports. Prints ratios measured within one run only.
 
-    PYTHONPATH=. python benchmarks/export.py                 # 1M-row run, 500 SQS messages
+    PYTHONPATH=. python benchmarks/export.py                 # 1M-row run, 500 SQS messages, 2000 webhook items
     PYTHONPATH=. python benchmarks/export.py --rows 200000 --messages 500
 
 1. **SQS batching** (moto's standalone server on loopback): the product's sink (``send_message_batch``, 10
    entries a call) against one ``send_message`` per message, same bodies, in rounds of 100 messages, each
    round into fresh queues (moto's cost per message grows with the queue's length, which AWS's does not).
    Ratio = messages/s batched over messages/s single; on moto it mostly measures per-request overhead.
-2. **Selection on a large constructed run** (report schema, random percentiles, 100k-row part files): the
+2. **Webhook batching** (a real HTTP receiver on loopback that checks every signature,
+   ``tests.sinks.webhook_receiver``): the product's sink (signed batches of 100 on one keep-alive connection
+   pool) against what a script would do, one signed ``requests.post`` per item, same payload lines.
+   Ratio = items/s batched over items/s one at a time.
+3. **Selection on a large constructed run** (report schema, random percentiles, 100k-row part files): the
    product's streaming top-k (:func:`ood_audit.sinks.select.select_rows`, ``--policy top-k``) against loading
    every payload column of the run into one table, computing the anomaly and sorting. Each variant runs in
    its own process; peak memory is that process's max RSS minus the RSS of the same process before the work
@@ -145,10 +149,54 @@ def bench_sqs(messages: int) -> None:
           f"{messages / single:.0f} msg/s; batched/single throughput = {single / batched:.1f}x")
 
 
+def bench_webhook(n: int) -> None:
+    import hashlib
+    import hmac
+
+    import pyarrow as pa
+    import requests
+
+    from ood_audit.sinks.items import items_from_table, manifest_line
+    from ood_audit.sinks.webhook import SECRET_ENV, WebhookSink
+    from tests.sinks.webhook_receiver import WebhookReceiver
+
+    secret = "bench-webhook-secret"
+    table = pa.table({"uri": [f"s3://b/{i}.png" for i in range(n)], "etag": ["e"] * n, "run_id": ["r"] * n,
+                      "bundle_id": ["b" * 32] * n, "flagged": [True] * n, "flag_reasons": [["csd"]] * n,
+                      "anomaly": [0.99] * n, "csd": [-1.0] * n, "pct_csd": [0.5] * n})
+    items = list(items_from_table(table, "threshold"))
+    batched_rx, single_rx = WebhookReceiver(secret.encode()).start(), WebhookReceiver(secret.encode()).start()
+    try:
+        sink = WebhookSink(batched_rx.url, environ={SECRET_ENV: secret})
+        sink.open()
+        t0 = time.perf_counter()
+        for start in range(0, n, sink.batch_size):
+            sink.send(items[start:start + sink.batch_size])
+        batched = time.perf_counter() - t0
+        sink.close()
+        t0 = time.perf_counter()
+        for it in items:
+            doc = {"batch": it.key, "run_id": "r", "queue": it.queue, "items": [manifest_line(it)]}
+            body = json.dumps(doc).encode()
+            ts = str(int(time.time()))
+            sig = "sha256=" + hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+            requests.post(single_rx.url, data=body, timeout=30, headers={
+                "Content-Type": "application/json", "X-OOD-Audit-Timestamp": ts, "X-OOD-Audit-Signature": sig,
+                "Idempotency-Key": it.key}).raise_for_status()
+        single = time.perf_counter() - t0
+    finally:
+        batched_rx.stop()
+        single_rx.stop()
+    assert len(batched_rx.taken) == len(single_rx.taken) == n and not batched_rx.refused and not single_rx.refused
+    print(f"webhook {n} items on a local receiver: batched {n / batched:.0f} items/s ({batched_rx.requests} POSTs), "
+          f"one POST per item {n / single:.0f} items/s; batched/single throughput = {single / batched:.1f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--messages", type=int, default=500)
+    ap.add_argument("--webhook-items", type=int, default=2000)
     ap.add_argument("--k", type=int, default=1000)
     ap.add_argument("--child", nargs=2, metavar=("VARIANT", "OUTPUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -156,6 +204,7 @@ def main() -> None:
         child(args.child[0], args.child[1], args.k)
         return
     bench_sqs(args.messages)
+    bench_webhook(args.webhook_items)
     bench_selection(args.rows, args.k)
 
 

@@ -111,8 +111,8 @@ class WebhookSink:
     def begin(self, run_id: str, items: Sequence[ExportItem]) -> None:
         self._run_id = run_id
 
-    def body(self, items: Sequence[ExportItem]) -> bytes:
-        doc = {"batch": batch_id(items), "run_id": self._run_id, "queue": items[0].queue if items else None,
+    def body(self, items: Sequence[ExportItem], batch: str) -> bytes:
+        doc = {"batch": batch, "run_id": self._run_id, "queue": items[0].queue if items else None,
                "items": [manifest_line(i) for i in items]}
         return json.dumps(doc, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
@@ -123,9 +123,10 @@ class WebhookSink:
             return
         if self._pool is None:
             self.open()
-        body, ts = self.body(items), str(int(time.time()))
+        batch = batch_id(items)
+        body, ts = self.body(items, batch), str(int(time.time()))
         headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: ts,
-                   SIGNATURE_HEADER: sign(self._secret, ts, body), "Idempotency-Key": batch_id(items),
+                   SIGNATURE_HEADER: sign(self._secret, ts, body), "Idempotency-Key": batch,
                    "User-Agent": "ood-audit"}
         try:
             resp = self._pool.request("POST", self.url, body=body, headers=headers)
@@ -136,7 +137,7 @@ class WebhookSink:
             raise ExportError(f"webhook {self.destination}: {_reason(exc)}; nothing of this batch recorded, "
                               "re-run to send it") from None
         if 200 <= resp.status < 300:
-            log.info("webhook %s took %d item(s) (batch %s)", self.destination, len(items), batch_id(items)[:12])
+            log.info("webhook %s took %d item(s) (batch %s)", self.destination, len(items), batch[:12])
             return
         what = "refused the batch" if 400 <= resp.status < 500 else f"still failing after {self.attempts} attempt(s)"
         raise ExportError(f"webhook {self.destination} {what}: HTTP {resp.status} {_snippet(resp.data)}".rstrip())

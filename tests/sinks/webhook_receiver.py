@@ -25,7 +25,7 @@ class WebhookReceiver:
         self.requests = 0
         self.refused: list[int] = []                 # statuses of the requests it refused
         self.keys_by_request: list[str] = []         # Idempotency-Key of every request, in order
-        self.taken_batches: list[str] = []           # batch ids taken, once each
+        self.taken_batches: list[str] = []           # Idempotency-Keys taken, once each
         self.taken: Counter[str] = Counter()         # item key -> times taken
         self.uris: dict[str, list[str]] = {}         # run id -> URIs taken
         self.bodies: list[dict] = []
@@ -59,9 +59,9 @@ class WebhookReceiver:
             if not fresh or not hmac.compare_digest(want, headers.get("X-OOD-Audit-Signature", "")):
                 self.refused.append(401)
                 return 401, 0.0
-            doc = json.loads(body)
-            if doc["batch"] not in self.taken_batches:
-                self.taken_batches.append(doc["batch"])
+            doc, key = json.loads(body), headers.get("Idempotency-Key", "")
+            if key not in self.taken_batches:
+                self.taken_batches.append(key)
                 self.bodies.append(doc)
                 for item in doc["items"]:
                     self.taken[item["key"]] += 1

@@ -29,7 +29,7 @@ MASK = "<redacted>"
 # Header and query names whose values are credentials: AWS's, and the tokens and secrets a webhook URL may carry
 # in its query (``?token=``, ``?access_token=``, ``?api_key=``, ``?secret=``, ``?sig=``).
 _SECRET_NAMES = (r"authorization|x-amz-security-token|x-amz-credential|x-amz-signature|awsaccesskeyid"
-                 r"|(?<![a-z-])(?:access_token|token|api_key|apikey|secret|sig)")
+                 r"|(?<![a-z-])(?:access_token|token|api_key|apikey|secret|sig|accountkey|sharedaccesssignature)")
 # A header or query parameter with its value quoted (botocore prints headers as a dict of bytes).
 _QUOTED = re.compile(rf"(?i)((?:{_SECRET_NAMES})['\"]?\s*[:=]\s*b?)(['\"])(.*?)\2")
 # The same unquoted (a URL's query, a raw header line): the value runs to the next separator.
@@ -37,10 +37,12 @@ _BARE = re.compile(rf"(?i)((?:{_SECRET_NAMES})\s*[:=]\s*)(?!['\"]|{MASK})"
                    r"(?:(?:Bearer|Token|Basic|AWS4-HMAC-SHA256)\s+)?[^\s&'\",;}]+")
 # SigV4 parts wherever they appear (an Authorization value split across a line).
 _SIGV4 = re.compile(r"(?i)\b(Signature|Credential)=(?!" + MASK + r")[^\s&'\",;}]+")
-# Environment variables whose values are secrets: the AWS keys and every token or secret the config may name
+# Environment variables whose values are secrets: the AWS keys, Azure's account key and connection string, and every
+# token or secret the config may name
 # (``token_env``: ``*_TOKEN``, ``*_API_KEY``; a webhook's ``secret_env``: ``*_SECRET``; nightly.config).
 SECRET_ENV_NAME = re.compile(r"^(AWS_SECRET_ACCESS_KEY|AWS_SESSION_TOKEN|AWS_SECURITY_TOKEN"
-                             r"|[A-Z0-9_]*_TOKEN|[A-Z0-9_]*_API_KEY|[A-Z0-9_]*_SECRET)$")
+                             r"|AZURE_STORAGE_ACCOUNT_KEY|AZURE_STORAGE_KEY|AZURE_STORAGE_CONNECTION_STRING"
+                             r"|AZURE_CLIENT_SECRET|[A-Z0-9_]*_TOKEN|[A-Z0-9_]*_API_KEY|[A-Z0-9_]*_SECRET)$")
 _MIN_SECRET = 8  # shorter values would mask ordinary words
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures: the servers (:mod:`tests.fixtures`) and the two-night real scan.
 
 - S3: :mod:`tests.fixtures.s3_server` (``s3_server``, ``s3_bucket``, ``s3_env``, ``private_s3``, ...);
+- GCS and Azure emulators: :mod:`tests.fixtures.clouds` (``fake_gcs``, ``azurite``, ``cloud``);
 - Ray: :mod:`tests.fixtures.ray_session` (``ray_local``, ``no_ray``);
 - ``quick_demo``: one ``ood-audit demo --quick`` and the digits model it trains (:mod:`tests.fixtures.demo_run`);
 - ``real_scan``: two real nightly scans in SeaweedFS (:mod:`tests.realscan`), built once per session.
@@ -17,8 +18,8 @@ import pytest
 from ood_audit.embedded.s3 import EmbeddedS3
 
 # Loaded as plugins (not imported here) so that pytest rewrites their assertions.
-pytest_plugins = ["tests.fixtures.s3_server", "tests.fixtures.ray_session", "tests.fixtures.demo_run",
-                  "tests.fixtures.installs"]
+pytest_plugins = ["tests.fixtures.s3_server", "tests.fixtures.clouds", "tests.fixtures.ray_session",
+                  "tests.fixtures.demo_run", "tests.fixtures.installs"]
 
 
 @pytest.fixture(scope="session")

@@ -107,11 +107,21 @@ def write_bundle(
 
 
 def _write_new(uri: str, data: bytes, s3: S3Config | None) -> None:
-    """Write ``data``; on S3 only if no object is there yet (``If-None-Match: *``, one PUT: no multipart
-    upload, whose parts cannot carry the header)."""
+    """Write ``data``; in object storage only if no object is there yet (S3 ``If-None-Match: *``, one PUT: no
+    multipart upload, whose parts cannot carry the header; GCS ``ifGenerationMatch=0``; Azure
+    ``If-None-Match: *``)."""
     parsed = parse_uri(uri)
-    if not parsed.is_s3:
+    if not parsed.is_remote:
         write_bytes(uri, data, s3=s3)
+        return
+    if not parsed.is_s3:
+        from ood_audit.io.conditional import Conflict, create_only
+
+        try:
+            create_only(parsed, data, s3)
+        except Conflict:
+            raise BundleError(f"{uri} already exists with other content; bundles are never overwritten (delete "
+                              "the incomplete bundle deliberately, or write to another root)") from None
         return
     from botocore.exceptions import ClientError
 

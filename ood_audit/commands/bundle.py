@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bsub = p.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
     show = bsub.add_parser("show", help="print blocks and ratios, selected block, thresholds, findings, sizes, "
                                            "labels and where the weights came from")
-    show.add_argument("uri", help="bundle directory (local or s3://.../bundles/<id>)")
+    show.add_argument("uri", help="bundle directory (local or s3|gs|az://.../bundles/<id>)")
     show.add_argument("--json", action="store_true",
                       help="print bundle.json's metadata as JSON (with its quality, near_duplicates and "
                            "per_class parts when the bundle has them)")

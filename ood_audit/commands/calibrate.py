@@ -16,13 +16,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "kNN banks, set thresholds at the target ID false-flag rate on held-out data, "
                                    "and write an immutable bundle.")
     p.add_argument("--data", required=True,
-                   help="ID images: prefix (local or s3://) or manifest (.parquet/.csv); class folders or a label "
+                   help="ID images: prefix (local, s3://, gs:// or az://) or manifest (.parquet/.csv); "
+                        "class folders or a label "
                         "column make a labelled calibration, anything else an unlabelled one (with a notice)")
     p.add_argument("--unlabelled", action="store_true",
                    help="calibrate without labels (SPEC §16): the model's head is not one of these images' classes "
                         "(e.g. a backbone trained on other data). Only featurenorm, featurenorm2, csd and knn are "
                         "fitted, no class is predicted; --per-class-thresholds and logit scores are refused")
-    p.add_argument("--model", required=True, help="safetensors weights (local or s3://)")
+    p.add_argument("--model", required=True, help="safetensors weights (local, s3://, gs:// or az://)")
     p.add_argument("--output", required=True, help="bundle root; the bundle goes to OUTPUT/bundles/<id>/")
     add_model_args(p)
     p.add_argument("--heldout-fraction", type=float, default=0.1)

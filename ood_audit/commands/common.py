@@ -37,9 +37,9 @@ ANY_QUALITY_ISSUE = "any"
 
 def add_input_args(p: argparse.ArgumentParser) -> None:
     """What a scan reads, shared by `scan` and `plan` so that a plan sizes exactly what the scan would read."""
-    p.add_argument("--bundle", required=True, help="audit bundle directory (local or s3://.../bundles/<id>)")
+    p.add_argument("--bundle", required=True, help="audit bundle directory (local or s3|gs|az://.../bundles/<id>)")
     p.add_argument("--input", action="append", default=[], metavar="PREFIX",
-                   help="objects to scan: an s3:// prefix or local folder; repeatable")
+                   help="objects to scan: an s3://, gs:// or az:// prefix, or a local folder; repeatable")
     p.add_argument("--manifest", default=None, help="scan the URIs in this .parquet/.csv manifest instead")
 
 

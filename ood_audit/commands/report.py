@@ -16,9 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "findings per issue (with a filter on the objects shown), and the objects that failed. It "
                     "opens offline.")
     p.add_argument("--report", required=True, metavar="URI",
-                   help="the scan's output root (local or s3://), as given to `ood-audit scan --output`")
+                   help="the scan's output root (local, s3://, gs:// or az://), as given to `ood-audit scan --output`")
     p.add_argument("--run-id", default=None, help="the run to report on (default: the latest)")
-    p.add_argument("--out", required=True, help="HTML file to write (local or s3://)")
+    p.add_argument("--out", required=True, help="HTML file to write (local, s3://, gs:// or az://)")
     p.add_argument("--top", type=int, default=DEFAULT_REPORT_TOP,
                    help=f"most anomalous objects to show with thumbnails (default {DEFAULT_REPORT_TOP})")
     p.add_argument("--prefix-depth", type=int, default=1,

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "sweep. No reader ever reads such a file (reports, exports, drift and the incremental scan's "
                     "done-set read committed files only), so this only frees space; every scan also runs it when "
                     "it starts. A run whose lease a live scan holds is left alone. Prints each file removed.")
-    s.add_argument("output", metavar="OUTPUT", help="the scan's output root (local or s3://)")
+    s.add_argument("output", metavar="OUTPUT", help="the scan's output root (local, s3://, gs:// or az://)")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     add_s3_args(s)
     s.set_defaults(func=run_sweep)

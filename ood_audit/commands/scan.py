@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "to OUTPUT/reports/run_date=YYYY-MM-DD/. Re-running with the same --run-id finishes an "
                     "interrupted run; --incremental skips objects already scored by the same bundle.")
     add_input_args(p)
-    p.add_argument("--output", required=True, help="output root (local or s3://); reports go to OUTPUT/reports/")
+    p.add_argument("--output", required=True,
+                   help="output root (local, s3://, gs:// or az://); reports go to OUTPUT/reports/")
     p.add_argument("--run-id", default=None, help="name of the run (default: start time + random); "
                                                   "re-use it to resume an interrupted run")
     p.add_argument("--incremental", action="store_true",

@@ -21,16 +21,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "Modes: ce (cross-entropy), alpa-finetune (MODE-F: L_ALPA from --init weights), joint "
                     "(MODE-T: L_SupCon + λ·L_ALPA). Checkpoints go to --storage/--run-name every epoch; running "
                     "the same --run-name and --storage again resumes from the latest one.")
-    p.add_argument("--data", required=True, help="labelled images: class-folder prefix or manifest, local or s3://")
+    p.add_argument("--data", required=True,
+                   help="labelled images: class-folder prefix or manifest, local, s3://, gs:// or az://")
     p.add_argument("--output", required=True,
-                   help="final weights (.safetensors, local or s3://); <stem>.json with the metadata goes next to it")
+                   help="final weights (.safetensors, local, s3://, gs:// or az://); <stem>.json with the metadata "
+                        "goes next to it")
     p.add_argument("--arch", default="resnet18", metavar="ARCH", help=f"one of: {', '.join(ARCHITECTURES)}")
     p.add_argument("--small-input", action="store_true", help="CIFAR-style stem (for ~32 px images)")
     p.add_argument("--image-size", type=int, default=None,
                    help="input size in px (default 32 with --small-input, else 224)")
     p.add_argument("--mode", default="ce", help="ce, alpa-finetune or joint (default ce)")
     p.add_argument("--init", default=None,
-                   help="starting weights (safetensors, local or s3://); required by alpa-finetune. A classifier "
+                   help="starting weights (safetensors, local, s3://, gs:// or az://); required by alpa-finetune. "
+                        "A classifier "
                         "head with another number of classes is re-initialised (said in one line)")
     p.add_argument("--freeze-backbone-epochs", type=int, default=None, metavar="N",
                    help="with --init: train only the new layers (head, projectors) for the first N epochs, a "
@@ -61,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "else fp32), float32 or bfloat16; weights, optimizer and losses stay fp32")
     p.add_argument("--cpus-per-worker", type=float, default=None, help="default: the cluster's CPUs shared out")
     p.add_argument("--run-name", default=None, help="names the run in --storage; reuse it to resume")
-    p.add_argument("--storage", default=None, help="checkpoint storage: s3://bucket/prefix or a local directory "
+    p.add_argument("--storage", default=None, help="checkpoint storage: s3|gs|az://bucket/prefix or a local directory "
                                                    "(default Ray's ~/ray_results)")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
                    help="also checkpoint every STEPS steps (every epoch always ends with one)")

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "is read from its head) and write DST plus its description DST.json.")
     imp.add_argument("src", metavar="SRC", help="torchvision .pth/.pt checkpoint or safetensors state dict")
     imp.add_argument("--arch", required=True, choices=ARCHITECTURES, metavar="ARCH", help=", ".join(ARCHITECTURES))
-    imp.add_argument("--output", required=True, metavar="DST.safetensors", help="where to write (local or s3://)")
+    imp.add_argument("--output", required=True, metavar="DST.safetensors",
+                     help="where to write (local, s3://, gs:// or az://)")
     imp.add_argument("--image-size", type=int, default=None, help="input size in px (default 224, 32 with --small-input)")
     imp.add_argument("--small-input", action="store_true", help="the CIFAR-style stem of `ood-audit train --small-input`")
     imp.add_argument("--classes", default=None, metavar="FILE|imagenet",
@@ -41,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _uses_s3(args: argparse.Namespace) -> bool:
-    return any(str(u).startswith("s3://") for u in (args.src, args.output))
+    from ood_audit.io.uri import is_remote_uri  # not at import time: `--help` must not import pyarrow
+
+    return any(is_remote_uri(str(u)) for u in (args.src, args.output) if u)
 
 
 def _class_names(value: str | None) -> list[str] | None:

@@ -28,7 +28,7 @@ from ood_audit.io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Preproces
 from ood_audit.io.fs import S3Config
 from ood_audit.io.listing import MANIFEST_SUFFIXES, iter_listing_pages, read_manifest
 from ood_audit.io.reader import load_images
-from ood_audit.io.uri import parse_uri
+from ood_audit.io.uri import parse_uri, separator
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ def discover_class_folders(prefix: str, *, s3: S3Config | None = None) -> Labell
     class folders), or when fewer than two classes hold images.
     """
     root = str(parse_uri(prefix))
-    base = root if root.endswith(("/", os.sep)) else root + ("/" if root.startswith("s3://") else os.sep)
-    sep = "/" if root.startswith("s3://") else os.sep
+    sep = separator(root)
+    base = root if root.endswith(("/", os.sep)) else root + sep
     chunks: list[pa.Table] = []
     uris: list[str] = []
     folders: list[str] = []

@@ -1,4 +1,5 @@
-"""Filesystems for URIs: one resolver for local and S3, and the S3 settings every process shares.
+"""Filesystems for URIs: one resolver for local paths, S3, GCS and Azure, and the storage settings every
+process shares (``S3Config``, which also carries the GCS and Azure settings of :mod:`ood_audit.io.clouds`).
 
 ``S3Config`` is a frozen dataclass of plain values, so it pickles into Ray tasks and actors. Each process
 builds (and caches) its own pyarrow filesystem and boto3 client from it; neither is ever shipped.
@@ -36,6 +37,7 @@ import pyarrow.fs as pafs
 
 from ood_audit.errors import ConfigError, StorageError
 from ood_audit.io import storage_errors as budget
+from ood_audit.io.clouds import AzureConfig, GcsConfig, azure_filesystem, gcs_filesystem, gcs_subdirectories
 from ood_audit.io.storage_errors import storage_error
 from ood_audit.io.uri import ParsedUri, parse_uri
 
@@ -55,6 +57,8 @@ class S3Config:
     secret_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
     retry_s: float = DEFAULT_RETRY_S  # outage window a request rides out (module docstring)
+    gcs: GcsConfig | None = None      # None: from each process's environment (io/clouds.py)
+    azure: AzureConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.retry_s >= 0:
@@ -76,11 +80,21 @@ class S3Config:
         retry_s: float = DEFAULT_RETRY_S,
         environ: Mapping[str, str] | None = None,
     ) -> S3Config:
-        """Explicit arguments first, then the ``AWS_*`` environment (see the module docstring)."""
+        """Explicit arguments first, then the ``AWS_*`` environment (see the module docstring), and the GCS and
+        Azure settings from theirs (:mod:`ood_audit.io.clouds`)."""
         env = os.environ if environ is None else environ
         endpoint = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
         region = region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-        return cls(endpoint, region, access_key, secret_key, session_token, retry_s)
+        return cls(endpoint, region, access_key, secret_key, session_token, retry_s,
+                   GcsConfig.from_env(env), AzureConfig.from_env(env))
+
+    @property
+    def gcs_settings(self) -> GcsConfig:
+        return self.gcs if self.gcs is not None else GcsConfig.from_env()
+
+    @property
+    def azure_settings(self) -> AzureConfig:
+        return self.azure if self.azure is not None else AzureConfig.from_env()
 
     @property
     def endpoint(self) -> str:
@@ -114,11 +128,12 @@ class S3Config:
             out["AWS_SECRET_ACCESS_KEY"] = self.secret_key
         if self.session_token:
             out["AWS_SESSION_TOKEN"] = self.session_token
-        return out
+        return {**out, **(self.gcs.env() if self.gcs else {}), **(self.azure.env() if self.azure else {})}
 
     def __reduce__(self) -> tuple[Callable[..., S3Config], tuple[Any, ...]]:
         # Into Ray tasks and actors: whether the endpoint has answered in this run goes along (module docstring).
-        fields = (self.endpoint_url, self.region, self.access_key, self.secret_key, self.session_token, self.retry_s)
+        fields = (self.endpoint_url, self.region, self.access_key, self.secret_key, self.session_token, self.retry_s,
+                  self.gcs, self.azure)
         return _restore_config, (fields, budget.has_answered(self.endpoint))
 
 
@@ -227,6 +242,13 @@ def _resolve_parsed(parsed: ParsedUri, s3: S3Config | None) -> tuple[pafs.FileSy
         if not budget.has_answered(config.endpoint):
             _first_contact(config, parsed)
         return config.pyarrow_fs(), parsed.fs_path
+    if parsed.cloud == "gcs":
+        config = s3 or S3Config.from_env()
+        if not budget.has_answered(config.gcs_settings.endpoint):
+            _first_contact_gcs(config, parsed)
+        return gcs_filesystem(config.gcs_settings, config.retry_s), parsed.fs_path
+    if parsed.cloud == "azure":
+        return azure_filesystem((s3 or S3Config.from_env()).azure_settings, parsed.account), parsed.fs_path
     return pafs.LocalFileSystem(), parsed.fs_path
 
 
@@ -240,6 +262,20 @@ def _first_contact(config: S3Config, parsed: ParsedUri) -> None:
         err = storage_error(exc, s3=config, uri=str(parsed))
         if err is not None and err.kind == "unreachable":
             raise err from None
+
+
+def _first_contact_gcs(config: S3Config, parsed: ParsedUri) -> None:
+    """S3's first contact for GCS: Google's client retries a missing credential (no token, no metadata server)
+    as a passing outage, for the whole retry window; one lookup of the bucket under the first-contact window
+    tells a wrong setup in seconds."""
+    fs = gcs_filesystem(config.gcs_settings, budget.FIRST_CONTACT_S)
+    try:
+        fs.get_file_info(parsed.bucket)
+    except OSError as exc:
+        err = storage_error(exc, s3=config, uri=str(parsed))
+        if err is not None and err.kind in ("unreachable", "credentials"):
+            raise err from None
+    budget.mark_answered(config.gcs_settings.endpoint)
 
 
 def read_bytes(uri: str | os.PathLike[str], *, s3: S3Config | None = None) -> bytes:
@@ -268,11 +304,11 @@ def _read_all(fs: pafs.FileSystem, path: str) -> bytes:
 def write_bytes(uri: str | os.PathLike[str], data: bytes, *, s3: S3Config | None = None) -> None:
     """Write ``data`` so that readers see either the old object or the whole new one.
 
-    Locally: a temporary file in the same directory, then ``os.replace``. On S3 a PUT (or a completed
-    multipart upload) is already all-or-nothing.
+    Locally: a temporary file in the same directory, then ``os.replace``. In object storage an upload (a PUT,
+    a completed multipart or resumable upload, a committed block list) is already all-or-nothing.
     """
     parsed = parse_uri(uri)
-    if parsed.is_s3:
+    if parsed.is_remote:
         fs, path = _resolve_parsed(parsed, s3)
 
         def put() -> None:
@@ -347,6 +383,31 @@ def _is_not_found(exc: OSError) -> bool:
     return "NoSuchKey" in text or "NO_SUCH_KEY" in text or "Path does not exist" in text
 
 
+def subdirectories(uri: str | os.PathLike[str], s3: S3Config | None = None) -> list[str]:
+    """Names of the directories right under ``uri``, sorted (none when it does not exist).
+
+    On S3, Azure and local disk pyarrow's listing reports them; on GCS it reports only directory-marker
+    objects, so the names come from the listing's prefixes there (:func:`~ood_audit.io.clouds.gcs_subdirectories`).
+    """
+    parsed = parse_uri(uri)
+    fs, path = _resolve_parsed(parsed, s3)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    names = {i.base_name for i in infos if i.type == pafs.FileType.Directory}
+    if parsed.cloud == "gcs":
+        names.update(gcs_subdirectories((s3 or S3Config.from_env()).gcs_settings, parsed.bucket, parsed.key))
+    return sorted(names)
+
+
+def store_name(parsed: ParsedUri, s3: S3Config | None) -> str:
+    """The store that holds ``parsed``, as messages name it (an endpoint, or the cloud's service)."""
+    config = s3 or S3Config.from_env()
+    if parsed.cloud == "gcs":
+        return config.gcs_settings.endpoint
+    if parsed.cloud == "azure":
+        return config.azure_settings.endpoint
+    return config.endpoint if parsed.is_s3 else "local disk"
+
+
 def check_writable(root: str | os.PathLike[str], *, s3: S3Config | None = None) -> None:
     """Write and delete a small object under ``root``; a :class:`StorageError` naming it when that fails.
 
@@ -368,13 +429,19 @@ def check_writable(root: str | os.PathLike[str], *, s3: S3Config | None = None) 
                     raise StorageError(f"no such bucket at {(s3 or S3Config.from_env()).endpoint}: s3://{parsed.bucket}"
                                        f" (the output root {root}); create it or fix --output", "no_bucket") from None
                 raise
+        elif parsed.is_remote:
+            fs, _ = _resolve_parsed(parsed, s3)
+            if fs.get_file_info(parsed.bucket).type == pafs.FileType.NotFound:
+                word = "container" if parsed.cloud == "azure" else "bucket"
+                raise StorageError(f"no such {word} at {store_name(parsed, s3)}: {parsed.with_key('')} (the output "
+                                   f"root {root}); create it or fix --output", "no_bucket") from None
         write_bytes(probe, b"ood-audit write probe\n", s3=s3)
         fs, path = resolve(probe, s3)
         fs.delete_file(path)
     except StorageError:
         raise
     except OSError as exc:
-        if not parsed.is_s3:
+        if not parsed.is_remote:
             raise StorageError(f"output root {root} is not writable ({exc.strerror or exc}); choose another "
                                "--output or fix its permissions", "denied") from None
         err = storage_error(exc, s3=s3, uri=probe)

@@ -2,9 +2,10 @@
 
 A listing is a stream of pyarrow tables ("pages") of at most ``page_size`` rows with :data:`LISTING_SCHEMA`:
 
-- ``uri``: ``s3://bucket/key`` or an absolute local path;
-- ``etag``: on S3 the object's ETag without quotes; locally ``"<mtime_ns>-<size>"``, a cheap stamp that
-  changes when the file is rewritten but is not a content hash (no file is read to list it);
+- ``uri``: ``s3://bucket/key`` (``gs://``, ``az://``, ``abfs[s]://`` as written) or an absolute local path;
+- ``etag``: on S3 the object's ETag without quotes; locally, on GCS and on Azure ``"<mtime_ns>-<size>"``, a
+  cheap stamp that changes when the object is rewritten but is not a content hash (pyarrow's listings carry
+  no generation or ETag, and no object is read to list it);
 - ``size``: bytes.
 
 Only one page is alive at a time, so listing millions of keys costs the driver one page of memory.
@@ -14,7 +15,9 @@ object or file lists just that object.
 
 Order is deterministic for a given store: S3 lists in the store's order (AWS: UTF-8 byte order of the
 keys; SeaweedFS walks folders depth-first). Local directories are walked in AWS's order (a directory
-sorts as its name plus ``/``). Sort a listing yourself if two stores must agree.
+sorts as its name plus ``/``). GCS and Azure prefixes are listed through pyarrow's filesystems, which
+return one prefix's listing whole: it is sorted by key, and costs the driver that listing's memory (about
+200 bytes an object) rather than one page. Sort a listing yourself if two stores must agree.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ood_audit.errors import DataError
-from ood_audit.io.fs import S3Config, _resolve_parsed
-from ood_audit.io.storage_errors import storage_error
+from ood_audit.errors import DataError, StorageError
+from ood_audit.io.fs import S3Config, _resolve_parsed, store_name
+from ood_audit.io.storage_errors import redact_urls, storage_error
 from ood_audit.io.uri import ParsedUri, parse_uri, s3_uri
 
 DEFAULT_PAGE_SIZE = 1000
@@ -56,13 +59,14 @@ def iter_listing_pages(
         prefixes = [prefixes]
     for prefix in prefixes:
         parsed = parse_uri(prefix)
-        rows = _iter_s3(parsed, s3, page_size) if parsed.is_s3 else _iter_local(parsed)
+        rows = (_iter_s3(parsed, s3, page_size) if parsed.is_s3 else
+                _iter_cloud(parsed, s3) if parsed.is_remote else _iter_local(parsed))
         seen = 0
         for page in _paginate(rows, page_size):
             seen += page.num_rows
             yield page
         if seen == 0 and not allow_empty:
-            where = "the prefix is missing or empty" if parsed.is_s3 else "the directory is empty"
+            where = "the prefix is missing or empty" if parsed.is_remote else "the directory is empty"
             raise DataError(f"no objects under {_display(parsed)} ({where})")
 
 
@@ -78,9 +82,9 @@ def list_objects(
 
 
 def _display(parsed: ParsedUri) -> str:
-    if parsed.is_s3:
+    if parsed.is_remote:
         key = parsed.key if not parsed.key or parsed.key.endswith("/") else parsed.key + "/"
-        return s3_uri(parsed.bucket, key)
+        return str(parsed.with_key(key)) if key else f"{parsed.with_key('')}/"
     return parsed.key
 
 
@@ -134,6 +138,33 @@ def _iter_s3(parsed: ParsedUri, s3: S3Config | None, page_size: int) -> Iterator
         # Other refusals of a listing stay bad input (exit 2), as they always were.
         code = exc.response.get("Error", {}).get("Code", "")
         raise DataError(f"cannot list {_display(parsed)}: {code}: {exc}") from exc
+
+
+def _iter_cloud(parsed: ParsedUri, s3: S3Config | None) -> Iterator[tuple[str, str, int]]:
+    """GCS and Azure through pyarrow's filesystem: the prefix's objects sorted by key, else the one object the URI
+    names; a missing bucket or container is a :class:`StorageError` (status 7)."""
+    fs, path = _resolve_parsed(parsed, s3)
+    try:
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=True, allow_not_found=True))
+        except FileNotFoundError:
+            infos = []
+        files = sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
+        if not files and parsed.key and not parsed.key.endswith("/"):
+            one = fs.get_file_info(path)
+            files = [one] if one.type == pafs.FileType.File else []
+        if not files and fs.get_file_info(parsed.bucket).type == pafs.FileType.NotFound:
+            word = "container" if parsed.cloud == "azure" else "bucket"
+            raise StorageError(f"no such {word} at {store_name(parsed, s3)}: {parsed.with_key('')} (listing "
+                               f"{_display(parsed)}); create it or fix the URI", "no_bucket")
+    except OSError as exc:
+        err = storage_error(exc, s3=s3, uri=_display(parsed))
+        if err is not None:
+            raise err from None
+        raise DataError(f"cannot list {_display(parsed)}: {redact_urls(str(exc))}") from None
+    for info in files:
+        key = info.path.partition("/")[2]
+        yield str(parsed.with_key(key)), f"{info.mtime_ns}-{info.size}", int(info.size)
 
 
 def local_etag(st: os.stat_result) -> str:
@@ -211,7 +242,7 @@ def iter_manifest_pages(
     if not name.endswith(MANIFEST_SUFFIXES):
         raise DataError(f"manifest {parsed} must end in one of {', '.join(MANIFEST_SUFFIXES)}")
     fs, path = _resolve_parsed(parsed, s3)
-    base = parsed.key.rpartition("/")[0] if parsed.is_s3 else os.path.dirname(parsed.key)
+    base = parsed.key.rpartition("/")[0] if parsed.is_remote else os.path.dirname(parsed.key)
     rows = 0
     try:
         for batch in _manifest_batches(fs, path, name, page_size, parsed):
@@ -274,11 +305,11 @@ def _normalise_manifest(table: pa.Table, parsed: ParsedUri, base: str, first_row
 def _absolute(value: str, manifest: ParsedUri, base: str) -> str:
     if "://" in value:
         return str(parse_uri(value))
-    if manifest.is_s3:
+    if manifest.is_remote:
         if value.startswith("/"):
             raise DataError(
-                f"manifest {manifest} holds the absolute local path {value!r}; use s3:// URIs or keys "
-                "relative to the manifest"
+                f"manifest {manifest} holds the absolute local path {value!r}; use {manifest.scheme}:// URIs or "
+                "keys relative to the manifest"
             )
-        return s3_uri(manifest.bucket, f"{base}/{value}" if base else value)
+        return str(manifest.with_key(f"{base}/{value}" if base else value))
     return os.path.normpath(os.path.join(base, os.path.expanduser(value)))

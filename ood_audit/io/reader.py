@@ -15,6 +15,10 @@ The body is read as stored and capped while it streams: a ``gzip`` or ``deflate`
 inflated here, incrementally, so an object that inflates past ``max_bytes`` is ``too_large`` without ever
 being held (:func:`_capped_body`), where urllib3 would inflate it whole.
 
+GCS and Azure objects are read through pyarrow's filesystem input stream (Google's and Azure's own clients
+inside, with their credential chains), a chunk at a time, stopping one chunk past ``max_bytes``: an object
+over the limit costs at most that much memory whatever its size (:func:`_read_stream`).
+
 A refusal of one object while the bucket answers others (archived, its KMS key, SSE-C, a key-level deny)
 is the row status ``refused``, and the run goes on; how a refusal is judged to be the object's and not the
 bucket's is :func:`_per_object`.
@@ -52,7 +56,7 @@ from ood_audit.io.decode import (
     decode_image,
 )
 from ood_audit.io.fs import S3Config, _resolve_parsed
-from ood_audit.io.storage_errors import kind_of_code, storage_error
+from ood_audit.io.storage_errors import kind_of_code, redact_urls, storage_error
 from ood_audit.io.uri import ParsedUri, parse_uri
 
 _PRESIGN_SECONDS = 900  # at least; a longer retry window gets a URL that outlives it
@@ -79,6 +83,8 @@ def read_object(
         fs, path = _resolve_parsed(parsed, s3)
     except ConfigError as exc:
         return None, DecodeResult("missing", f"bad URI: {exc}")
+    if parsed.is_remote:
+        return _read_stream(fs, path, parsed, s3, max_bytes)
     try:
         with fs.open_input_file(path) as fh:  # a local file: open + fstat, no request
             size = fh.size()
@@ -99,6 +105,29 @@ def read_object(
         if _is_directory(fs, path):
             return None, DecodeResult("missing", "is a directory, not an object")
         return None, DecodeResult("missing", f"read failed: {_short(exc)}")
+
+
+def _read_stream(fs: pafs.FileSystem, path: str, parsed: ParsedUri, s3: S3Config | None,
+                 max_bytes: int) -> tuple[bytes | None, DecodeResult | None]:
+    """A GCS or Azure object through the filesystem's input stream, capped as it streams (module docstring)."""
+    if not parsed.key:
+        return None, DecodeResult("missing", "is a bucket, not an object")
+    try:
+        data = bytearray()
+        with fs.open_input_stream(path) as stream:
+            while len(data) <= max_bytes:
+                part = stream.read(_CHUNK)
+                if not part:
+                    return bytes(data), None
+                data += part
+        return None, DecodeResult("too_large", f"more than max_bytes={max_bytes} bytes")
+    except FileNotFoundError:
+        return None, DecodeResult("missing", "object does not exist")
+    except OSError as exc:
+        err = storage_error(exc, s3=s3, uri=str(parsed))
+        if err is not None and err.kind != "no_bucket":
+            raise err from None
+        return None, DecodeResult("missing", f"read failed: {redact_urls(_short(exc))}")
 
 
 def _get_s3(parsed: ParsedUri, s3: S3Config, max_bytes: int) -> tuple[bytes | None, DecodeResult | None]:

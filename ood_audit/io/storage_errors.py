@@ -57,21 +57,36 @@ KINDS: dict[str, Kind] = {
         "INVALID_ACCESS_KEY_ID", "InvalidAccessKeyId", "SIGNATURE_DOES_NOT_MATCH", "SignatureDoesNotMatch",
         "EXPIRED_TOKEN", "ExpiredToken", "InvalidToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed",
         "InvalidClientTokenId", "UNRECOGNIZED_CLIENT", "UnrecognizedClientException", "InvalidSecurity",
-        "MISSING_AUTHENTICATION_TOKEN"),
+        "MISSING_AUTHENTICATION_TOKEN",
+        # Azure (the service, then Azurite's wording) and GCS
+        "AuthenticationFailed", "InvalidAuthenticationInfo", "failed to authenticate", "UNAUTHENTICATED",
+        "invalid_grant", "Could not load the default credentials", "Could not create a OAuth2 access token"),
         "object storage at {endpoint} refused the credentials",
         "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the session token)"),
     "no_bucket": Kind(EXIT_NO_BUCKET, ("NO_SUCH_BUCKET", "NoSuchBucket", "Bucket does not exist",
-                                       "bucket does not exist"),
+                                       "bucket does not exist", "ContainerNotFound", "container does not exist"),
                       "no such bucket at {endpoint}", "create it or fix the URI"),
     "denied": Kind(EXIT_DENIED, ("ACCESS_DENIED", "AccessDenied", "AccessDeniedException", "AllAccessDisabled",
-                                 "Forbidden", "Permission denied", "Read-only file system"),
+                                 "Forbidden", "Permission denied", "Read-only file system",
+                                 "AuthorizationPermissionMismatch", "AuthorizationFailure", "PERMISSION_DENIED",
+                                 "InsufficientAccountPermissions"),
                    "access denied by {endpoint}", "check the credentials, grant them access, or choose another location"),
     "unreachable": Kind(EXIT_UNREACHABLE, (
         "NETWORK_CONNECTION", "curlCode", "Could not connect", "Connection refused", "REQUEST_TIMEOUT",
         "RequestTimeout", "SLOW_DOWN", "SlowDown", "Throttling", "ThrottlingException", "SERVICE_UNAVAILABLE",
         "ServiceUnavailable", "INTERNAL_FAILURE", "InternalError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
-        "ConnectionClosedError", "Could not resolve host", "Timeout was reached"),
+        "ConnectionClosedError", "Could not resolve host", "Timeout was reached",
+        "UNAVAILABLE", "DEADLINE_EXCEEDED", "Fail to get a new connection", "ServerBusy", "OperationTimedOut"),
         "cannot reach object storage at {endpoint}", "check --s3-endpoint / AWS_ENDPOINT_URL and that the server is up"),
+}
+# What to check differs by cloud where the kind's own words name AWS's variables.
+_CLOUD_FIX = {
+    ("credentials", "gcs"): "check GOOGLE_APPLICATION_CREDENTIALS (or the metadata server's service account)",
+    ("credentials", "azure"): "check AZURE_STORAGE_ACCOUNT_KEY / AZURE_STORAGE_SAS_TOKEN (or "
+                              "AZURE_STORAGE_CONNECTION_STRING, or the default Azure credential)",
+    ("unreachable", "gcs"): "check STORAGE_EMULATOR_HOST (when set) and that the service is up",
+    ("unreachable", "azure"): "check AZURE_STORAGE_BLOB_ENDPOINT / the connection string's BlobEndpoint and that "
+                              "the service is up",
 }
 _UNREACHABLE_TYPES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
                       "ConnectionError", "ProxyConnectionError", "SSLError", "NewConnectionError", "ProtocolError",
@@ -193,16 +208,19 @@ def _message(exc: BaseException, kind: str, code: str, s3: Any, uri: str | os.Pa
         what = getattr(exc, "operation_name", "") or ""
     if uri is not None and (where is None or not str(uri).startswith(where)):
         where = str(parse_uri(uri)) if where is None else where
-        if not parse_uri(uri).is_s3:
+        parsed = parse_uri(uri)
+        if parsed.cloud in ("gcs", "azure"):
+            return str(cloud_error(kind, str(parsed), s3=s3, detail=_short_detail(text, code), what=what))
+        if not parsed.is_s3:
             return f"{kind.replace('_', ' ')}: {uri} ({code}); {KINDS[kind].fix}"
     endpoint = _endpoint(s3) if (where or "s3://").startswith("s3://") else "local disk"
     detail = code if code in ("Permission denied", "Read-only file system") else _short_detail(text, code)
     return _line(kind, endpoint, what, where, detail)
 
 
-def _line(kind: str, endpoint: str, what: str, where: str | None, detail: str) -> str:
+def _line(kind: str, endpoint: str, what: str, where: str | None, detail: str, fix: str | None = None) -> str:
     target = f": {what} {where}".replace(":  ", ": ") if where else ""
-    return f"{KINDS[kind].what.format(endpoint=endpoint)}{target} ({detail}); {KINDS[kind].fix}"
+    return f"{KINDS[kind].what.format(endpoint=endpoint)}{target} ({detail}); {fix or KINDS[kind].fix}"
 
 
 def error_of(kind: str, *, s3: Any, where: str, detail: str, what: str = "") -> StorageError:
@@ -211,10 +229,38 @@ def error_of(kind: str, *, s3: Any, where: str, detail: str, what: str = "") -> 
     return StorageError(_line(kind, _endpoint(s3), what, where, detail), kind)
 
 
+def cloud_error(kind: str, uri: str, *, s3: Any, detail: str, what: str = "") -> StorageError:
+    """A :class:`StorageError` of ``kind`` for a GCS or Azure object, naming its store and what to check there;
+    ``detail`` must hold no secret."""
+    from ood_audit.io.fs import store_name  # fs imports this module
+
+    parsed = parse_uri(uri)
+    fix = _CLOUD_FIX.get((kind, parsed.cloud), KINDS[kind].fix)
+    return StorageError(_line(kind, store_name(parsed, s3), what, str(parsed), detail, fix), kind)
+
+
+_URL_QUERY = re.compile(r"(https?://[^\s'\"?]+)\?[^\s'\"]*")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with every URL's query cut: Azure's client puts a SAS token (a bearer credential) there, and
+    pyarrow's error texts quote the whole URL."""
+    return _URL_QUERY.sub(r"\1?<query redacted>", text)
+
+
 def _short_detail(text: str, code: str) -> str:
-    # pyarrow: "...: AWS Error CODE during Op operation: message" -> "CODE during Op operation: message"
-    i = text.find("AWS Error ")
-    detail = text[i + len("AWS Error "):] if i >= 0 else text
+    # pyarrow: "...: AWS Error CODE during Op operation: message" -> "CODE during Op operation: message";
+    # "... Azure Error: [Code] 403 message Request ID: ..." -> "[Code] 403 message";
+    # "google::cloud::Status(CODE: message error_info={...})" -> "CODE: message"
+    detail = text
+    for marker in ("AWS Error ", "Azure Error: ", "google::cloud::Status("):
+        i = text.find(marker)
+        if i >= 0:
+            detail = text[i + len(marker):]
+            break
+    for tail in (" Request ID:", " error_info="):
+        detail = detail.split(tail, 1)[0]
+    detail = redact_urls(detail)
     if "Traceback" in detail:
         detail = code
     return detail[:200]

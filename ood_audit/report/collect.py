@@ -86,8 +86,8 @@ def prefix_keys(uris: pa.Array | pa.ChunkedArray, inputs: Sequence[str], depth: 
     return keys
 
 
-# s3://bucket/ + up to d components, or / + up to d components of a local path
-_GENERIC = r"(?s)^((?:s3://[^/]+/|/)(?:[^/]*/){{0,{d}}}).*$"
+# scheme://bucket/ (s3, gs, az, abfs) + up to d components, or / + up to d components of a local path
+_GENERIC = r"(?s)^((?:[a-z][a-z0-9+.-]*://[^/]+/|/)(?:[^/]*/){{0,{d}}}).*$"
 
 
 def _re2_escape(text: str) -> str:

@@ -49,7 +49,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ood_audit.io.fs import S3Config, read_bytes, resolve, write_bytes
+from ood_audit.io.fs import S3Config, read_bytes, resolve, subdirectories, write_bytes
 from ood_audit.io.uri import join_uri
 from ood_audit.sinks.items import ExportItem
 from ood_audit.store.schema import write_part
@@ -189,17 +189,14 @@ class ExportLedger:
 
 def export_ledgers(output: str, *, s3: S3Config | None = None) -> list[ExportLedger]:
     """Every ledger (destination and queue) under ``output``, from the ``destination.json`` files."""
-    fs, path = resolve(join_uri(output, EXPORTS_DIR), s3)
-    scopes = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
     out = []
-    for scope in sorted(s.base_name for s in scopes if s.type == pafs.FileType.Directory):
+    for scope in subdirectories(join_uri(output, EXPORTS_DIR), s3):
         try:
             doc = json.loads(read_bytes(join_uri(output, EXPORTS_DIR, scope, DESTINATION_JSON), s3=s3))
         except FileNotFoundError:
             continue  # not a ledger (e.g. a tasks file written under exports/)
-        queues = fs.get_file_info(pafs.FileSelector(f"{path}/{scope}", recursive=False))
-        out += [ExportLedger(output, doc["kind"], doc["destination"], q.base_name, s3=s3)
-                for q in sorted(queues, key=lambda q: q.base_name) if q.type == pafs.FileType.Directory]
+        out += [ExportLedger(output, doc["kind"], doc["destination"], q, s3=s3)
+                for q in subdirectories(join_uri(output, EXPORTS_DIR, scope), s3)]
     return out
 
 

@@ -51,7 +51,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ood_audit.errors import ConfigError, DataError
-from ood_audit.io.fs import S3Config, resolve, write_bytes
+from ood_audit.io.fs import S3Config, resolve, subdirectories, write_bytes
 from ood_audit.io.uri import join_uri
 
 DIGESTS_DIR = "digests"
@@ -173,9 +173,7 @@ class DigestIndex:
         fs, root = resolve(self.root, self.s3)
         removed = 0
         if prefixes is None:
-            infos = fs.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True))
-            prefixes = [i.base_name[2:] for i in infos
-                        if i.type == pafs.FileType.Directory and i.base_name.startswith("p=")]
+            prefixes = [name[2:] for name in subdirectories(self.root, self.s3) if name.startswith("p=")]
         for prefix in sorted(set(prefixes)):
             files = self._files(fs, prefix)
             if len(files) < max(2, min_files):

@@ -47,7 +47,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ood_audit.errors import ConfigError, DataError
-from ood_audit.io.fs import S3Config, read_bytes, resolve, write_bytes
+from ood_audit.io.fs import S3Config, read_bytes, resolve, subdirectories, write_bytes
 from ood_audit.io.listing import LISTING_SCHEMA
 from ood_audit.io.uri import join_uri
 from ood_audit.scan.read import PlanSlice
@@ -275,9 +275,7 @@ def sweep_output(output: str, *, s3: S3Config | None = None, skip_run: str | Non
 
     result = SweepResult()
     fs, root = resolve(reports_root(output), s3)
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True))
-    partitions = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
-                        and i.base_name.startswith(f"{PARTITION_KEY}="))
+    partitions = [name for name in subdirectories(reports_root(output), s3) if name.startswith(f"{PARTITION_KEY}=")]
     by_run: dict[str, dict[str, list[str]]] = {}
     for d in partitions:
         partition = join_uri(reports_root(output), d)

@@ -37,7 +37,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from ood_audit.errors import ReportError
-from ood_audit.io.fs import S3Config, read_bytes, resolve
+from ood_audit.io.fs import S3Config, read_bytes, resolve, subdirectories
 from ood_audit.io.uri import join_uri
 from ood_audit.store.records import ChunkMarker, RunSummary, parse_marker, parse_summary
 from ood_audit.store.schema import (
@@ -62,9 +62,7 @@ def run_dir(output: str, run_id: str) -> str:
 
 def run_ids(output: str, *, s3: S3Config | None = None) -> list[str]:
     """Every run directory under ``output`` (finished or not), sorted by id (which sorts by start time)."""
-    fs, path = resolve(join_uri(output, RUNS_DIR), s3)
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
-    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+    return subdirectories(join_uri(output, RUNS_DIR), s3)
 
 
 def _json(uri: str, s3: S3Config | None) -> dict[str, Any] | None:

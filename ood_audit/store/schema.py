@@ -142,12 +142,12 @@ def parse_part_name(name: str) -> tuple[str, int, int] | None:
 def write_part(table: pa.Table, uri: str, *, s3: S3Config | None = None) -> None:
     """Write one part file so that readers see all of it or nothing.
 
-    S3: one upload, which becomes visible only when complete. Locally: a dot-file (which dataset readers
+    Object storage: one upload, which becomes visible only when complete. Locally: a dot-file (which dataset readers
     skip) renamed into place.
     """
     parsed = parse_uri(uri)
     fs, path = resolve(uri, s3)
-    if parsed.is_s3:
+    if parsed.is_remote:
         with fs.open_output_stream(path) as out:
             pq.write_table(table, out)
         return

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from ood_audit.errors import ConfigError
 from ood_audit.io.fs import S3Config
-from ood_audit.io.uri import is_s3_uri, parse_uri
+from ood_audit.io.uri import is_remote_uri, parse_uri
 from ood_audit.models import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD
 
 MODES: tuple[str, ...] = ("ce", "alpa-finetune", "joint")
@@ -189,14 +189,15 @@ class TrainConfig:
             _check_uri("--init", self.init)
         if self.storage:
             parsed = _check_uri("--storage", self.storage)
-            if parsed.is_s3 and not parsed.bucket:
-                raise ConfigError(f"--storage {self.storage!r}: write s3://bucket/prefix")
+            if parsed.is_remote and not parsed.bucket:
+                raise ConfigError(f"--storage {self.storage!r}: write {parsed.scheme}://bucket/prefix")
         if self.run_name is not None and (not self.run_name or "/" in self.run_name or self.run_name.startswith(".")):
             raise ConfigError(f"--run-name {self.run_name!r} must be a non-empty name without '/'")
         return self
 
     def uses_s3(self) -> bool:
-        return any(v and is_s3_uri(v) for v in (self.data, self.output, self.init, self.storage))
+        """Whether any location is in object storage (so the storage settings are needed)."""
+        return any(v and is_remote_uri(v) for v in (self.data, self.output, self.init, self.storage))
 
     def to_json(self) -> dict[str, Any]:
         """The run settings as plain JSON (no credentials)."""

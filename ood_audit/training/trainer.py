@@ -31,7 +31,7 @@ from typing import Any
 from ood_audit.console import LogRelay
 from ood_audit.errors import CheckpointError, ConfigError, DataError, OodAuditError, TrainingDivergedError
 from ood_audit.io.dataset import LabelledDataset, load_labelled
-from ood_audit.io.fs import S3Config, read_bytes, write_bytes
+from ood_audit.io.fs import S3Config, read_bytes, resolve, write_bytes
 from ood_audit.io.uri import parse_uri
 from ood_audit.ray_setup import init_ray
 from ood_audit.training.checkpoint import HEADS_FILE, MODEL_FILE, STATE_FILE, check_compatible
@@ -193,9 +193,10 @@ def _storage(cfg: TrainConfig, s3: S3Config | None) -> tuple[str | None, Any, st
 
         return None, None, DEFAULT_STORAGE_PATH
     parsed = parse_uri(cfg.storage)
-    if parsed.is_s3:
-        path = parsed.fs_path.rstrip("/")
-        return path, (s3 or S3Config.from_env()).pyarrow_fs(), f"s3://{path}"
+    if parsed.is_remote:
+        fs, path = resolve(str(parsed), s3)  # the same filesystem, credentials and emulator settings as every read
+        path = path.rstrip("/")
+        return path, fs, str(parsed.with_key(parsed.key.rstrip("/")))
     return parsed.key, None, parsed.key
 
 
@@ -280,7 +281,9 @@ def _write_output(cfg: TrainConfig, checkpoint: Any, run_name: str, storage_labe
     history = state.get("history", [])
     final = history[-1] if history else {}
     model = state.get("model", {})
-    checkpoint_uri = f"s3://{checkpoint.path}" if cfg.storage and parse_uri(cfg.storage).is_s3 else checkpoint.path
+    storage = parse_uri(cfg.storage) if cfg.storage else None
+    checkpoint_uri = (str(storage.with_key(checkpoint.path.partition("/")[2])) if storage and storage.is_remote
+                      else checkpoint.path)
     skipped = state.get("skipped", {})
     warning = learned_check(final, validation, int(model.get("num_classes") or 0))
     if warning:

@@ -40,6 +40,6 @@ def test_local_statuses(tmp_path: Path) -> None:
     assert load_image(str(tmp_path / "a.jpg"), size=4).status == "ok"
     assert load_image(str(tmp_path / "nope.jpg")).status == "missing"
     assert load_image(str(tmp_path)).status == "missing"
-    assert load_image("gs://elsewhere/x.jpg").status == "missing"  # bad URI: still a row, not a crash
+    assert load_image("ftp://elsewhere/x.jpg").status == "missing"  # bad URI: still a row, not a crash
     data, failed = read_object(str(tmp_path / "a.jpg"), max_bytes=10)
     assert data is None and failed is not None and failed.status == "too_large"

@@ -13,7 +13,8 @@ import pytest
 from ood_audit.errors import ConfigError
 from ood_audit.io import fs as iofs
 from ood_audit.io.fs import S3Config, exists, file_size, read_bytes, resolve, write_bytes
-from ood_audit.io.uri import is_s3_uri, join_uri, parent_uri, parse_uri
+from ood_audit.io.clouds import AzureConfig, GcsConfig
+from ood_audit.io.uri import is_s3_uri, join_uri, object_key, parent_uri, parse_uri
 
 SPECIAL_KEYS = ["dir with space/a b.jpg", "ünïcødé/猫.png", "x/<script>alert(1)</script>.jpg", "q/a+b=c&d?.bin"]
 
@@ -30,7 +31,8 @@ def test_parse_s3_and_local(tmp_path: Path) -> None:
     assert is_s3_uri("S3://b/k") and not is_s3_uri("/tmp/x")
 
 
-@pytest.mark.parametrize("bad", ["", "s3://", "s3:///key", "gs://b/k", "http://host/x", "file://otherhost/x"])
+@pytest.mark.parametrize("bad", ["", "s3://", "s3:///key", "gs://", "az:///key", "abfs://c@notazure.example.com/k", "ftp://b/k",
+                                 "http://host/x", "file://otherhost/x"])
 def test_parse_rejects(bad: str) -> None:
     with pytest.raises(ConfigError):
         parse_uri(bad)
@@ -58,7 +60,44 @@ def test_s3_config_from_env_precedence() -> None:
     assert cfg.access_key is None  # keys from the environment stay in the environment (standard chain)
     assert S3Config.from_env("http://explicit:3", environ=env).endpoint_url == "http://explicit:3"
     assert S3Config.from_env(environ={"AWS_ENDPOINT_URL": "http://g:1"}).endpoint_url == "http://g:1"
-    assert S3Config.from_env(environ={}) == S3Config(None, "us-east-1")
+    assert S3Config.from_env(environ={}) == S3Config(None, "us-east-1", gcs=GcsConfig(), azure=AzureConfig())
+
+
+def test_gcs_and_azure_settings_from_their_own_variables() -> None:
+    key = "a2V5LWJ5dGVzPT0="  # base64 with '=' inside the value
+    env = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:4443", "GOOGLE_CLOUD_PROJECT": "proj",
+           "AZURE_STORAGE_CONNECTION_STRING": f"DefaultEndpointsProtocol=http;AccountName=acct;AccountKey={key};"
+                                              "BlobEndpoint=http://127.0.0.1:10000/acct;"}
+    cfg = S3Config.from_env(environ=env)
+    assert cfg.gcs == GcsConfig("http://127.0.0.1:4443", "proj")
+    # the account and endpoint travel with the settings; the key stays in the environment
+    assert cfg.azure == AzureConfig("acct", None, None, "http://127.0.0.1:10000/acct")
+    assert cfg.azure.signing(env) == (key, None) and key not in repr(cfg)
+    separate = {"AZURE_STORAGE_ACCOUNT_NAME": "other", "AZURE_STORAGE_SAS_TOKEN": "?sv=1&sig=abc"}
+    assert AzureConfig.from_env(separate) == AzureConfig("other")
+    assert AzureConfig.from_env(separate).signing(separate) == (None, "?sv=1&sig=abc")
+    assert AzureConfig("x").signing({}) == (None, None)  # the default credential chain
+    # into Ray tasks: the settings go along, explicit keys too (as explicit AWS keys do)
+    explicit = S3Config(azure=AzureConfig("acct", "k" * 20, None, "http://h:1"), gcs=GcsConfig("h:2"))
+    assert pickle.loads(pickle.dumps(explicit)) == explicit
+    with pytest.raises(ConfigError, match="not both"):
+        AzureConfig("acct", "key", "sas")
+    with pytest.raises(ConfigError, match="STORAGE_EMULATOR_HOST"):
+        GcsConfig("ftp://h")
+
+
+def test_cloud_uris_keep_their_scheme_and_account() -> None:
+    gs = parse_uri("gs://bkt/a/b c.jpg")
+    assert (gs.scheme, gs.cloud, gs.bucket, gs.key, gs.fs_path) == ("gs", "gcs", "bkt", "a/b c.jpg", "bkt/a/b c.jpg")
+    az = parse_uri("az://cont/x/y.png")
+    assert (az.cloud, az.bucket, az.key, str(az)) == ("azure", "cont", "x/y.png", "az://cont/x/y.png")
+    abfs = parse_uri("abfss://cont@myacct.dfs.core.windows.net/x/y.png")
+    assert (abfs.cloud, abfs.bucket, abfs.account, abfs.key) == ("azure", "cont", "myacct", "x/y.png")
+    assert str(abfs) == "abfss://cont@myacct.dfs.core.windows.net/x/y.png"
+    assert join_uri("abfss://cont@myacct.dfs.core.windows.net/x", "runs", "r1") == \
+        "abfss://cont@myacct.dfs.core.windows.net/x/runs/r1"
+    assert parent_uri("gs://bkt/a/b.png") == "gs://bkt/a" and parent_uri("az://c/b.png") == "az://c/"
+    assert object_key("gs://bkt/data/c0/1.png", "gs://bkt/data") == "c0/1.png"
 
 
 def test_s3_config_validation_pickle_and_env() -> None:

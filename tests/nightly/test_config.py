@@ -34,7 +34,7 @@ def test_good_config(tmp_path):
     (("policy: top-k, budget: 500, ", "policy: top-k, "), "exports[1]: policy top-k needs a budget"),
     (("sink: sqs,", "sink: kafka,"), "exports[2].sink: expected one of"),
     (("queue: ", "queue_url: "), "exports[2].queue: required field missing"),
-    (("output: s3://my-audit/audit", "output: gs://my-audit/audit"), "output: unsupported URI scheme 'gs'"),
+    (("output: s3://my-audit/audit", "output: hdfs://my-audit/audit"), "output: unsupported URI scheme 'hdfs'"),
     (("inputs: [s3://my-datasets/incoming/]", "inputs: []"), "inputs: List should have at least 1 item"),
     (("bundle: s3://my-audit/bundles/0123\n", ""), "bundle: required field missing"),
     (("{ttl_s: 600}", "{ttl_s: 600"), "not valid YAML at line"),

@@ -1,4 +1,5 @@
-"""The nightly lease on local disk and on real S3 (SeaweedFS conditional writes)."""
+"""The nightly lease on local disk, on real S3 (SeaweedFS conditional writes), and on the GCS and Azure
+emulators (generation and ETag conditions)."""
 import json
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from ood_audit.errors import EXIT_LEASE_HELD
 from ood_audit.io.lease import Lease, LeaseHeld
 from ood_audit.nightly.run import nightly_lease_uri
 
+from tests.fixtures.clouds import fresh_bucket
+
 
 def _roots(tmp_path, request):
     if request.param == "local":
@@ -21,9 +24,15 @@ def _roots(tmp_path, request):
     return f"s3://{bucket}/audit", request.getfixturevalue("s3_config")
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "gs", "az"])
 def root(tmp_path, request):
-    return _roots(tmp_path, request)
+    """Where the lease lives: local disk, SeaweedFS, fake-gcs-server (generation preconditions) or Azurite
+    (ETag conditions)."""
+    if request.param in ("gs", "az"):
+        with fresh_bucket(request, request.param) as cloud:
+            yield cloud.uri("audit"), cloud.config
+        return
+    yield _roots(tmp_path, request)
 
 
 def test_second_run_is_refused_while_the_first_is_alive(root):

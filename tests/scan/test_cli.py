@@ -17,7 +17,7 @@ from ood_audit.cli import main
      "argument --batch-size: invalid int value: 'lots'"),
     (["--bundle", "B", "--output", "O", "--input", "s3://b/x", "--run-id", "no spaces"], "--run-id 'no spaces'"),
     (["--bundle", "B", "--output", "O", "--input", "s3://b/x", "--device", "tpu"], "--device 'tpu'"),
-    (["--bundle", "B", "--output", "O", "--input", "gs://b/x"], "--input 'gs://b/x'"),
+    (["--bundle", "B", "--output", "O", "--input", "hdfs://b/x"], "--input 'hdfs://b/x'"),
     (["--bundle", "B", "--output", "s3://b/x/out", "--input", "s3://b/x"], "--output s3://b/x/out lies inside"),
     (["--bundle", "B", "--output", "O", "--input", "s3://b/x", "--input", "s3://b/x/y"],
      "--input s3://b/x/y lies inside --input s3://b/x"),

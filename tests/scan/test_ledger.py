@@ -161,8 +161,8 @@ def test_inputs_and_run_ids():
         check_inputs(["s3://b/a", "s3://b/a/sub"], "s3://b/out")
     with pytest.raises(ConfigError, match="--output s3://b/a/out lies inside --input s3://b/a"):
         check_inputs(["s3://b/a"], "s3://b/a/out")
-    with pytest.raises(ConfigError, match="--input 'gs://x'"):
-        check_inputs(["gs://x"], "s3://b/out")
+    with pytest.raises(ConfigError, match="--input 'hdfs://x'"):
+        check_inputs(["hdfs://x"], "s3://b/out")
     assert check_run_id(new_run_id()) and check_run_id("nightly_2026-01-02")
     for bad in ("", "a b", "a.b", "-x", "x" * 65):
         with pytest.raises(ConfigError, match="--run-id"):

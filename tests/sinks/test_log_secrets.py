@@ -112,3 +112,39 @@ def test_the_cli_filters_every_root_handler(tmp_path, capsys):
     assert main(["-v", "bundle", "show", str(tmp_path / "no-bundle")]) == 2
     handlers = logging.getLogger().handlers
     assert handlers and all(any(isinstance(f, RedactSecrets) for f in h.filters) for h in handlers)
+
+
+def test_azure_account_key_and_sas_never_logged(verbose_log, request, monkeypatch):
+    """The SAS travels in every request's query and pyarrow quotes the URL in its errors; the account key
+    and the connection string sit in the environment: none of them reaches the log, a row or a message."""
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    from ood_audit.io.fs import check_writable
+    from tests.fixtures.clouds import AZURITE_ACCOUNT, AZURITE_KEY, fresh_bucket
+
+    with fresh_bucket(request, "az") as cloud:
+        cloud.put("imgs/1.png", b"one")
+        sas = generate_container_sas(AZURITE_ACCOUNT, cloud.bucket, account_key=AZURITE_KEY,
+                                     permission=ContainerSasPermissions(read=True, list=True),
+                                     expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+        sig = re.search(r"sig=([^&]+)", sas).group(1)
+        monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", AZURITE_ACCOUNT)
+        monkeypatch.setenv("AZURE_STORAGE_BLOB_ENDPOINT", cloud.url)
+        monkeypatch.setenv("AZURE_STORAGE_SAS_TOKEN", sas)
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", f"AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY}")
+        monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_KEY", raising=False)
+        config = S3Config.from_env()
+        assert config.azure.account_key is None and config.azure.sas_token is None  # the keys stay in the env
+        monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")  # sign with the read-only SAS from here on
+        assert read_object(cloud.uri("imgs/1.png"), s3=config) == (b"one", None)
+        missing = read_object(cloud.uri("imgs/none.png"), s3=config)[1]
+        with pytest.raises(StorageError) as err:
+            check_writable(cloud.uri("out"), s3=config)
+        monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", AZURITE_KEY)
+        logging.getLogger("ood_audit.test").error("refused: %s (%r) with key %s", err.value, missing, AZURITE_KEY)
+    text = verbose_log.read_text()
+    for secret in (sig, AZURITE_KEY):
+        assert secret not in text and secret not in str(err.value) and secret not in str(missing)
+    assert "refused: " in text and MASK in text

@@ -157,7 +157,7 @@ def test_heads_and_identity_mismatches_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("changes, flag", [
     ({"epochs": 0}, "--epochs"), ({"mode": "supcon"}, "--mode"), ({"mode": "alpa-finetune"}, "--init"),
-    ({"data": "gs://b/x"}, "--data"), ({"output": "out/model.pt"}, "--output"), ({"storage": "ftp://x"}, "--storage"),
+    ({"data": "hdfs://b/x"}, "--data"), ({"output": "out/model.pt"}, "--output"), ({"storage": "ftp://x"}, "--storage"),
     ({"batch_size": 0}, "--batch-size"), ({"lr": -1.0}, "--lr"), ({"arch": "resnet9"}, "--arch"),
     ({"workers": 0}, "--workers"), ({"device": "tpu"}, "--device"), ({"init": "hdfs://x"}, "--init"),
     ({"run_name": "a/b"}, "--run-name"), ({"checkpoint_every": 0}, "--checkpoint-every"),
@@ -173,7 +173,7 @@ def test_bad_settings_name_the_flag(changes: dict, flag: str) -> None:
 def test_cli_errors_are_one_line(capsys, tmp_path: Path) -> None:
     out = str(tmp_path / "m.safetensors")
     cases = [(["--epochs", "0"], "--epochs"), (["--mode", "nope"], "--mode"),
-             (["--mode", "alpa-finetune"], "--init"), (["--data", "gs://bucket/x"], "--data")]
+             (["--mode", "alpa-finetune"], "--init"), (["--data", "hdfs://bucket/x"], "--data")]
     for extra, flag in cases:
         args = ["train", "--data", str(tmp_path), "--output", out, *extra]
         if extra[0] == "--data":

@@ -3,6 +3,7 @@ per object exactly once, incremental nights, a run resumed after an attempt died
 failures' exit statuses through the CLI."""
 from __future__ import annotations
 
+import json
 import time
 
 import pyarrow.compute as pc
@@ -85,3 +86,34 @@ def test_cli_missing_bucket_exit_7_in_one_line(scheme, request, bundle_uri, tmp_
     assert rc == EXIT_NO_BUCKET, err
     assert any("no-such-bucket-here" in line and emulator.url in line for line in err), err
     assert not any("Traceback" in line for line in err)
+
+
+def test_exports_and_report_on_the_cloud_send_each_row_once(cloud, tmp_path):
+    """The triage side on GCS or Azure: the export's ledger and lease under the output root, its JSONL manifest
+    files on the same store, the report written there; two nights send each row once."""
+    from ood_audit.io.fs import read_bytes
+    from ood_audit.report import write_report
+    from ood_audit.sinks.export import export
+    from ood_audit.sinks.export_ledger import export_ledgers
+    from ood_audit.sinks.manifest import ManifestSink
+    from ood_audit.sinks.select import Selection
+
+    from tests.reports import row, write_run
+
+    out, config = cloud.uri("audit"), cloud.config
+    write_run(out, "night1", [row(cloud.uri(f"in/a{i}.png"), pct=1.0) for i in range(3)], s3=config)
+    sink = ManifestSink(cloud.uri("manifests"), s3=config)
+    first = export(out, sink, Selection(), s3=config, catch_up=True)
+    write_run(out, "night2", [row(cloud.uri(f"in/b{i}.png"), pct=1.0) for i in range(2)], day=1, s3=config)
+    second = export(out, sink, Selection(), s3=config, catch_up=True)
+    again = export(out, sink, Selection(), s3=config, catch_up=True)
+    assert (first.sent_now, second.sent_now, again.sent_now) == (3, 2, 0)
+    (ledger,) = export_ledgers(out, s3=config)  # found through the store's folder listing
+    assert ledger.kind == "jsonl" and len(ledger.files()) == 2
+    lines = [line for uri in list_objects(cloud.uri("manifests"), s3=config).column("uri").to_pylist()
+             for line in read_bytes(uri, s3=config).decode().splitlines()]
+    assert sorted(json.loads(line)["uri"] for line in lines) == sorted(
+        [cloud.uri(f"in/a{i}.png") for i in range(3)] + [cloud.uri(f"in/b{i}.png") for i in range(2)])
+    report = cloud.uri("reports/night2.html")
+    write_report(out, report, s3=config)
+    assert b"night2" in read_bytes(report, s3=config)

@@ -1,5 +1,5 @@
 """`ood-audit export`: send a scan run's outliers to a labeling queue (Label Studio, SQS, JSONL, a signed
-webhook), each once."""
+webhook, a FiftyOne dataset), each once."""
 from __future__ import annotations
 
 import argparse
@@ -9,13 +9,13 @@ import os
 from ood_audit.errors import ConfigError
 from ood_audit.commands.common import ANY_QUALITY_ISSUE, QUALITY_ISSUES, add_s3_args, s3_from_args
 
-SINKS = ("label-studio", "sqs", "jsonl", "webhook")
+SINKS = ("label-studio", "sqs", "jsonl", "webhook", "fiftyone")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export", help="send a run's selected rows to Label Studio, SQS, a JSONL manifest or a signed webhook "
-                       "(deduplicated)",
+        "export", help="send a run's selected rows to Label Studio, SQS, a JSONL manifest, a signed webhook or a "
+                       "FiftyOne dataset (deduplicated)",
         description="Select rows of a scan run (the bundle's flags, the top-k most anomalous, or the rows "
                     "FeatureNorm and CSD disagree on), optionally only those with (or without) given data-quality "
                     "issues, and send them to a labeling queue. A ledger under "
@@ -69,8 +69,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "and timeouts are retried with backoff under one Idempotency-Key per batch")
     w.add_argument("--webhook-secret-env", default=None, metavar="NAME",
                    help="the environment variable holding the signing secret (default: $OOD_AUDIT_WEBHOOK_SECRET)")
+    f = p.add_argument_group("fiftyone")
+    f.add_argument("--fiftyone-dataset", default=None, metavar="NAME",
+                   help="add the samples to this FiftyOne dataset (created, persistent, if missing), tagged "
+                        "ood_audit, with the scores, the CSD view as a detection and the nearest training images; "
+                        "needs the fiftyone extra")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="items per confirmed batch (ledger file): Label Studio 500, SQS 100, JSONL 10000, webhook 100")
+                   help="items per confirmed batch (ledger file): Label Studio 500, SQS 100, JSONL 10000, webhook "
+                        "100, FiftyOne 500")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_s3_args(p)
     p.set_defaults(func=run)
@@ -78,6 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def build_sink(args: argparse.Namespace, s3):
     """The sink ``--to`` names, from its flags (flags of other sinks are refused, naming them)."""
+    from ood_audit.sinks.fiftyone import FiftyOneSink
     from ood_audit.sinks.labelstudio import TOKEN_ENV, LabelStudioSink
     from ood_audit.sinks.manifest import ManifestSink
     from ood_audit.sinks.sqs import SqsSink
@@ -85,7 +92,7 @@ def build_sink(args: argparse.Namespace, s3):
 
     own = {"label-studio": ("tasks_file", "label_studio_url", "project_id", "create_project"),
            "sqs": ("queue", "sqs_endpoint"), "jsonl": ("manifest_prefix",),
-           "webhook": ("webhook_url", "webhook_secret_env")}
+           "webhook": ("webhook_url", "webhook_secret_env"), "fiftyone": ("fiftyone_dataset",)}
     foreign = [name for sink, names in own.items() if sink != args.to for name in names]
     for name in foreign:
         if getattr(args, name) is not None:
@@ -107,6 +114,8 @@ def build_sink(args: argparse.Namespace, s3):
         if not args.webhook_url:
             raise ConfigError("--to webhook needs --webhook-url")
         return WebhookSink(args.webhook_url, secret_env=args.webhook_secret_env or SECRET_ENV, **size)
+    if args.to == "fiftyone":  # without FiftyOne installed: the one line that says how to install it
+        return FiftyOneSink(args.fiftyone_dataset or "", output=args.report, s3=s3, **size)
     return ManifestSink(args.manifest_prefix or "", s3=s3, **size)
 
 

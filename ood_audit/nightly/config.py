@@ -170,7 +170,25 @@ class WebhookExport(_Export):
         return v
 
 
-Export = Annotated[Union[LabelStudioExport, SqsExport, JsonlExport, WebhookExport], Field(discriminator="sink")]
+class FiftyOneExport(_Export):
+    """Samples added to the FiftyOne dataset ``dataset`` (:mod:`ood_audit.sinks.fiftyone`). A machine without
+    FiftyOne is refused when the config is loaded (exit 2), not after the night's scan."""
+
+    sink: Literal["fiftyone"]
+    dataset: Annotated[str, Field(min_length=1)]
+
+    @field_validator("dataset")
+    @classmethod
+    def _check_installed(cls, v: str) -> str:
+        from ood_audit.sinks.fiftyone import fiftyone_available
+
+        if not fiftyone_available():
+            raise ValueError("needs FiftyOne: pip install 'ood-audit[fiftyone]'")
+        return v
+
+
+Export = Annotated[Union[LabelStudioExport, SqsExport, JsonlExport, WebhookExport, FiftyOneExport],
+                   Field(discriminator="sink")]
 
 
 class ReportSettings(_Strict):
@@ -277,7 +295,7 @@ def _describe(error: Any) -> str:
     for part in error["loc"]:
         if isinstance(part, int):
             loc += f"[{part}]"
-        elif part in ("label-studio", "sqs", "jsonl", "webhook"):  # the discriminator's branch, not a field
+        elif part in ("label-studio", "sqs", "jsonl", "webhook", "fiftyone"):  # the discriminator's branch
             continue
         else:
             loc += f".{part}" if loc else str(part)

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 from ood_audit.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_OK, EXIT_TRIAGE, BundleError, ConfigError, \
     OodAuditError, ReportError, StorageError
 from ood_audit.io.fs import S3Config
-from ood_audit.nightly.config import Export, LabelStudioExport, NightlyConfig, SqsExport, WebhookExport
+from ood_audit.nightly.config import Export, FiftyOneExport, LabelStudioExport, NightlyConfig, SqsExport, \
+    WebhookExport
 from ood_audit.errors import EXIT_LEASE_HELD
 from ood_audit.io.lease import Lease
 from ood_audit.io.uri import join_uri
@@ -171,6 +172,10 @@ def _export(cfg: NightlyConfig, e: Export, run_id: str, s3: S3Config, res: Night
         from ood_audit.sinks.webhook import WebhookSink
 
         sink = WebhookSink(e.url, secret_env=e.secret_env, environ=dict(env))
+    elif isinstance(e, FiftyOneExport):
+        from ood_audit.sinks.fiftyone import FiftyOneSink
+
+        sink = FiftyOneSink(e.dataset, output=cfg.output, s3=s3)
     else:
         from ood_audit.sinks.manifest import ManifestSink
 

@@ -3,6 +3,8 @@
 - ``label_studio``: a real Label Studio (PyPI ``label-studio``, installed on first use into a cached venv
   under ``~/.cache/ood-audit-tests/``; about 40 s once, then a ~45 s first start for its migrations).
 - ``moto``: moto's standalone server, for SQS (``moto_server`` from this venv).
+- ``fiftyone``: FiftyOne (PyPI ``fiftyone``, installed on first use into a cached venv beside Label Studio's),
+  run in subprocesses that also see this project, with its database under the session's temporary folder.
 Tests that use them are marked ``slow``.
 """
 from __future__ import annotations
@@ -12,9 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.sinks.servers import LabelStudio, MotoServer, Relay
+from tests.sinks.servers import FiftyOneRunner, LabelStudio, MotoServer, Relay
 
-_SLOW = {"label_studio", "moto", "sqs_env"}
+_SLOW = {"label_studio", "moto", "sqs_env", "fiftyone"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -35,6 +37,14 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def fiftyone(tmp_path_factory: pytest.TempPathFactory) -> FiftyOneRunner:
+    try:
+        return FiftyOneRunner(tmp_path_factory.mktemp("fiftyone"))
+    except Exception as exc:  # noqa: BLE001 - the install's own message says what failed
+        pytest.fail(f"cannot install FiftyOne: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

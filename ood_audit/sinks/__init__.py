@@ -1,6 +1,6 @@
-"""Where scan results go: the Parquet reports (:mod:`.parquet`), reading runs back (:mod:`.runs`), and the
-labeling queues: selection (:mod:`.select`), Label Studio, SQS and JSONL sinks, deduplicated by a ledger
-(:mod:`.export`, :mod:`.ledger`)."""
+"""Where rows are sent: selection (:mod:`.select`) and the Label Studio, SQS, JSONL, webhook and FiftyOne sinks,
+each sample once through the export ledger (:mod:`.export`, :mod:`.export_ledger`). The report schema names
+re-exported here live in :mod:`ood_audit.store.schema`."""
 from ood_audit.store.schema import (
     PARTITION_KEY,
     SPEC_SCORES,

@@ -9,4 +9,4 @@ CSD_VIEW_NAMES: tuple[str, ...] = ("q00", "q01", "q10", "q11", "global", "centre
 # Every detector's name, in the order of the report's score columns (SPEC §11); the registry in
 # ``ood_audit.scores.detectors`` holds one class per name.
 SCORE_NAMES: tuple[str, ...] = ("featurenorm", "featurenorm2", "msp", "energy", "maxlogit", "msp+fn", "energy+fn",
-                                "csd", "knn")
+                                "csd", "knn", "scale", "mahalanobis++")

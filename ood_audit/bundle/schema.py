@@ -27,7 +27,9 @@ threshold and, later, the held-out ``grayscale_share``), ``near_duplicates`` (τ
 a bundle needs neither numpy nor torch; the formulas that fill them live in those modules. Also within
 schema 2 (SPEC §16): ``labelled`` (false for a bundle calibrated on unlabelled ID images: only the label-free
 detectors were fitted and no class is predicted; older bundles read as labelled) and ``weights``, where the
-weights came from (:class:`~ood_audit.bundle.provenance.WeightsProvenance`; absent in older bundles).
+weights came from (:class:`~ood_audit.bundle.provenance.WeightsProvenance`; absent in older bundles). And the
+SPEC §15 detectors: ``mahalanobis`` (:class:`MahalanobisPart`, labelled bundles) and ``scale``
+(:class:`ScalePart`); a bundle without them scores without those two columns.
 """
 from __future__ import annotations
 
@@ -177,6 +179,27 @@ class BankPart(_Part):
     sources: str | None = None            # knn: the bank rows' URIs and thumbnails
 
 
+class MahalanobisPart(_Part):
+    """What :class:`~ood_audit.scores.detectors.MahalanobisPP` learns (its ``state()``, SPEC §15): the class means
+    and the shrunk shared covariance's inverse, float64 tensors ``means`` and ``precision`` of ``file``."""
+
+    file: str
+    classes: int
+    dim: int
+    bank_images: int
+    shrinkage: float          # the Ledoit–Wolf intensity δ: ε = δ · (tr(Σ)/D) / (1 − δ)
+    epsilon: float            # the ε added to Σ's diagonal
+    formula: str = ""
+
+
+class ScalePart(_Part):
+    """SCALE's one setting (SPEC §15): the percentile ``p`` each image's activations are cut at, and where
+    it comes from."""
+
+    percentile: float
+    source: str = ""
+
+
 class ThresholdsPart(_Part):
     target_id_flag_rate: float
     heldout_images: int
@@ -305,6 +328,8 @@ class BundleMeta(_Part):
     featurenorm2: FeatureNorm2Part | None = None
     csd: BankPart | None = None
     knn: BankPart | None = None
+    mahalanobis: MahalanobisPart | None = None   # mahalanobis++ (labelled bundles only)
+    scale: ScalePart | None = None
     thresholds: ThresholdsPart
     heldout_quantiles: dict[str, list[float]]
     heldout_stats: dict[str, dict[str, float]] = Field(default_factory=dict)

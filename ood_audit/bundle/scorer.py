@@ -12,9 +12,9 @@ import torch
 
 from ood_audit.errors import BundleError
 from ood_audit.models import ModelSpec, TapModel
-from ood_audit.bundle.schema import BankPart, BundleMeta, FeatureNorm2Part
+from ood_audit.bundle.schema import BankPart, BundleMeta, FeatureNorm2Part, MahalanobisPart, ScalePart
 
-DetectorPart = FeatureNorm2Part | BankPart  # what a stateful detector's state() returns
+DetectorPart = FeatureNorm2Part | BankPart | MahalanobisPart | ScalePart  # what a detector's state() returns
 
 
 def load_state_bytes(data: bytes, source: str = "weights") -> dict[str, torch.Tensor]:
@@ -44,8 +44,8 @@ def make_scorer(state: dict[str, torch.Tensor], spec: ModelSpec, block: str, *, 
     return Scorer(tap, block, detectors=dets or None, device=device, predict_class=labelled)
 
 
-def detector_states(bundle: Any) -> tuple[dict[str, DetectorPart], dict[str, Any]]:
-    """The bundle's fitted detectors as (name -> its part, name -> bank tensor), bank files verified."""
+def detector_states(bundle: Any) -> tuple[dict[str, DetectorPart], dict[str, dict[str, Any]]]:
+    """The bundle's fitted detectors as (name -> its part, name -> its tensors by name), files verified."""
     info: BundleMeta = bundle.info
     states: dict[str, DetectorPart] = {}
     banks: dict[str, Any] = {}
@@ -57,19 +57,25 @@ def detector_states(bundle: Any) -> tuple[dict[str, DetectorPart], dict[str, Any
     for name, part in (("csd", info.csd), ("knn", info.knn)):
         if part is not None:
             states[name] = part
-            banks[name] = bundle.tensors(part.file)["bank"]
+            banks[name] = {"bank": bundle.tensors(part.file)["bank"]}
+    if info.mahalanobis is not None and info.labelled:
+        states["mahalanobis++"] = info.mahalanobis
+        banks["mahalanobis++"] = dict(bundle.tensors(info.mahalanobis.file))
+    if info.scale is not None and info.labelled:
+        states["scale"] = info.scale
     return states, banks
 
 
-def restore_detectors(block: str, states: dict[str, DetectorPart], banks: dict[str, Any], *,
+def restore_detectors(block: str, states: dict[str, DetectorPart], banks: dict[str, dict[str, Any]], *,
                       device: str = "cpu", knn_backend: str = "auto", labelled: bool = True) -> list[Any]:
     """The stateless detectors at ``block`` (not ``labelled``: featurenorm only, no logit score, SPEC §16)
-    and the fitted ones restored from their parts (``states``) and ``banks``."""
+    and the fitted ones restored from their parts (``states``) and tensors (``banks``: name -> tensor name ->
+    array)."""
     from ood_audit.scores.detectors import LOGIT_DETECTORS, detector_from_state, make_detectors
 
     dets = list(make_detectors(("featurenorm", *(LOGIT_DETECTORS if labelled else ())), block=block).values())
     for name, config in states.items():
-        tensors = {"bank": torch.as_tensor(banks[name])} if name in banks else None
+        tensors = {k: torch.as_tensor(v) for k, v in banks[name].items()} if name in banks else None
         dets.append(detector_from_state(name, config, tensors, device=device, knn_backend=knn_backend))
     return dets
 
@@ -97,5 +103,6 @@ def score_worker_kwargs(bundle: Any, *, device: str = "cpu", knn_backend: str = 
     states, banks = detector_states(bundle)
     return {"model": bundle.file_bytes("model.safetensors"), "spec": info.model.spec().to_dict(),
             "preprocess": dict(info.preprocess), "block": info.block, "states": states,
-            "banks": {k: v.numpy() for k, v in banks.items()}, "s3": bundle.s3, "device": device,
+            "banks": {k: {t: v.numpy() for t, v in ts.items()} for k, ts in banks.items()}, "s3": bundle.s3,
+            "device": device,
             "precision": info.precision.activations, "knn_backend": knn_backend, "labelled": info.labelled}

@@ -39,7 +39,7 @@ from ood_audit.io.uri import join_uri, object_key, parent_uri
 from ood_audit.models import ModelSpec
 from ood_audit.models.precision import DEFAULT_PRECISION, check_precision
 from ood_audit.progress import Progress
-from ood_audit.scores.detectors import DETECTORS, LOGIT_DETECTORS, make_detectors
+from ood_audit.scores.detectors import DETECTORS, LABELLED_ONLY, make_detectors
 from ood_audit.scores.probes import DEFAULT_PROBES, check_probes
 from ood_audit.vocab import SCORE_NAMES
 from ood_audit.bundle.files import BANK_SOURCES
@@ -130,9 +130,10 @@ def check_unlabelled(cfg: CalibrateConfig) -> None:
     if cfg.per_class_thresholds:
         raise ConfigError("--per-class-thresholds needs labelled ID data (class folders or a label column); "
                           "this calibration is unlabelled: drop --per-class-thresholds")
-    logits = [s for s in cfg.flag_on or () if s in LOGIT_DETECTORS]
-    if logits:
-        raise ConfigError(f"--flag-on {logits[0]}: a logit score needs labelled ID data; an unlabelled calibration "
+    needs = [s for s in cfg.flag_on or () if s in LABELLED_ONLY]
+    if needs:
+        what = "class means" if needs[0] == "mahalanobis++" else "a logit score"
+        raise ConfigError(f"--flag-on {needs[0]}: {what} needs labelled ID data; an unlabelled calibration "
                           "fits featurenorm, featurenorm2, csd and knn only")
 
 
@@ -185,23 +186,45 @@ def read_training_record(uri: str, model_bytes: bytes, s3: S3Config | None) -> T
                                         "val_fraction": validation.get("fraction")})
 
 
-def id_images(cfg: CalibrateConfig) -> tuple[list[str], int, bool]:
-    """:func:`list_id_images` and whether the calibration is labelled: ``cfg.labelled``, or when None, whether
-    the data is a labelled set (:func:`ood_audit.io.dataset.load_labelled`: class folders, a label column)."""
+def id_images(cfg: CalibrateConfig) -> tuple[list[str], int, bool, np.ndarray | None]:
+    """:func:`list_id_images`, whether the calibration is labelled (``cfg.labelled``, or when None, whether the
+    data is a labelled set: :func:`ood_audit.io.dataset.load_labelled`, class folders or a label column) and
+    the labels, aligned with the URIs, when the set has them (Mahalanobis++'s class means)."""
     from ood_audit.io.dataset import load_labelled
 
-    if cfg.labelled is not None:
-        return (*list_id_images(cfg.data, cfg.s3), cfg.labelled)
+    if cfg.labelled is False:
+        return (*list_id_images(cfg.data, cfg.s3), False, None)
     try:
         ds = load_labelled(cfg.data, s3=cfg.s3)
-        return sorted(ds.uris()), ds.skipped, True
+        order = np.argsort(np.asarray(ds.uris(), dtype=object), kind="stable")
+        return [ds.uris()[i] for i in order], ds.skipped, True, ds.labels()[order]
     except DataError as exc:
+        if cfg.labelled:
+            return (*list_id_images(cfg.data, cfg.s3), True, None)
         uris, skipped = list_id_images(cfg.data, cfg.s3)
         reason = " ".join(str(exc).split()).split(";")[0]
         log.warning("calibrating without labels (%s): featurenorm, featurenorm2, csd and knn only, no "
                     "predicted class; pass --unlabelled to say so", reason)
         check_unlabelled(cfg)
-        return uris, skipped, False
+        return uris, skipped, False, None
+
+
+def _spec15_detectors(bank: dict[str, Any], labels: np.ndarray | None,
+                      labelled: bool) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+    """SCALE's recorded setting and Mahalanobis++ fitted on the bank's L2-normalised penultimate vectors (the
+    kNN bank's rows, before its float16 storage) and their labels (SPEC §15): (name -> part, name -> tensors).
+    Both read the classifier: an unlabelled calibration has neither."""
+    if not labelled:
+        return {}, {}
+    scale_part, _ = make_detectors(("scale",), block="")["scale"].state()
+    states: dict[str, Any] = {"scale": scale_part}
+    if labels is None:  # --labelled on a set whose labels cannot be read (a manifest without them)
+        log.warning("mahalanobis++ is not fitted: the ID images' labels cannot be read")
+        return states, {}
+    maha = make_detectors(("mahalanobis++",), block="")["mahalanobis++"]
+    maha.fit(bank["feats"], labels[np.asarray(bank["rows"])])
+    states["mahalanobis++"], tensors = maha.state()
+    return states, {"mahalanobis++": tensors}
 
 
 def list_id_images(data: str, s3: S3Config | None) -> tuple[list[str], int]:
@@ -258,7 +281,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
 
     cfg.validate()
     t0 = time.perf_counter()
-    uris, skipped_ext, labelled = id_images(cfg)  # first: an unlabelled refusal needs no model
+    uris, skipped_ext, labelled, labels = id_images(cfg)  # first: an unlabelled refusal needs no model
     model_bytes, spec = read_model(cfg.model, cfg.spec, cfg.s3)
     taps = arch_spec(skeleton(spec.arch, spec.num_classes, spec.small_input))  # names only: no weights needed
     blocks = list(taps.candidates)
@@ -300,14 +323,16 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     dets["knn"].fit(bank["feats"])
     csd_state, csd_tensors = dets["csd"].state()
     knn_state, knn_tensors = dets["knn"].state()
+    extra_states, extra_tensors = _spec15_detectors(bank, labels, labelled)
     log.info("NormRatio chose %s (R=%.4f) over %d images; selector %s -> %s; CSD bank %d x %d, kNN bank %d x %d",
              nr.selected, nr.ratios[nr.selected], bank["count"], cfg.selector, block, csd_state.bank_size,
              csd_state.dim, knn_state.bank_size, knn_state.dim)
 
     # Phase 2: held-out scores through the fitted detectors -> featurenorm2, thresholds, percentile tables.
     t2 = time.perf_counter()
-    kw = {**common, "block": block, "states": {"csd": csd_state, "knn": knn_state},
-          "banks": {"csd": csd_tensors["bank"].numpy(), "knn": knn_tensors["bank"].numpy()},
+    kw = {**common, "block": block, "states": {"csd": csd_state, "knn": knn_state, **extra_states},
+          "banks": {"csd": {"bank": csd_tensors["bank"].numpy()}, "knn": {"bank": knn_tensors["bank"].numpy()},
+                    **{k: {t: v.numpy() for t, v in ts.items()} for k, ts in extra_tensors.items()}},
           "knn_backend": cfg.knn_backend, "labelled": labelled}
     held_uris = [uris[i] for i in held_idx]
     held_scores, held_failures = score_images(kw, held_uris, workers=cfg.workers, batch_size=cfg.batch_size,
@@ -351,6 +376,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
         preprocess=pre, precision={"activations": cfg.precision}, selection=selection,
         featurenorm2=fn2.state()[0], csd=csd_state,
         knn=knn_state.model_copy(update={"sources": BANK_SOURCES}),
+        mahalanobis=extra_states.get("mahalanobis++"), scale=extra_states.get("scale"),
         thresholds={"target_id_flag_rate": cfg.id_flag_rate, "heldout_images": n_held,
                     "per_score": {s: threshold_at(v, cfg.id_flag_rate) for s, v in held_scores.items()},
                     "flag_on": flag_on, "flag": flag_th, "flag_alpha": alpha, "flag_on_reason": reason},
@@ -365,7 +391,8 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
         weights=read_weights_provenance(cfg.model, model_bytes, cfg.s3))
     meta = info.to_json()
     uri = write_bundle(cfg.output, meta, s3=cfg.s3, files={"model.safetensors": model_bytes, BANK_SOURCES: sources},
-                       tensors={csd_state.file: csd_tensors, knn_state.file: knn_tensors})
+                       tensors={csd_state.file: csd_tensors, knn_state.file: knn_tensors,
+                                **{extra_states[k].file: t for k, t in extra_tensors.items()}})
     total = time.perf_counter() - t0
     summary = {"bundle": uri, "images": len(uris), "labelled": labelled, "selector": cfg.selector, "selected_block": block,
                "selection_warnings": selection.warnings, "flag_on": flag_on, "failures": failures[:20],

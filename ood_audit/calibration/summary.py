@@ -34,6 +34,14 @@ def format_bundle(b: Any) -> str:
     if fn2:
         lines.append(f"  featurenorm2 = -|log FN - {fn2.center:.6g}| / {fn2.scale:.6g} "
                      f"(median, MAD of log FN at {fn2.block} over {fn2.heldout_images} held-out ID images)")
+    if m.scale:
+        lines.append(f"  scale = logsumexp(W a·exp(r) + b), r = sum a / sum a above its own p-th percentile, "
+                     f"p = {m.scale.percentile:g} ({m.scale.source})")
+    if m.mahalanobis:
+        mp = m.mahalanobis
+        lines.append(f"  mahalanobis++ = -min_c (z - mu_c)^T (Sigma + eps I)^-1 (z - mu_c), z = f / ||f||: {mp.classes} "
+                     f"class means and one covariance over {mp.bank_images} bank images x {mp.dim}, eps = "
+                     f"{mp.epsilon:.3g} (Ledoit-Wolf shrinkage {mp.shrinkage:.3f})")
     lines.append("")
     for label, bank in (("CSD", m.csd), ("kNN", m.knn)):
         if bank:

@@ -150,7 +150,8 @@ class ScoreWorker:
                  banks: dict[str, Any], s3: S3Config | None = None, device: str = "cpu", precision: str = "float32",
                  knn_backend: str = "auto", threads: int = 8, working_size: int = DEFAULT_WORKING_SIZE,
                  labelled: bool = True) -> None:
-        dets = restore_detectors(block, states, {k: _resolve(v) for k, v in banks.items()}, device=device,
+        dets = restore_detectors(block, states, {k: {t: _resolve(v) for t, v in ts.items()} for k, ts in banks.items()},
+                                 device=device,
                                  knn_backend=knn_backend, labelled=labelled)
         self.scorer = make_scorer(load_state_bytes(_resolve(model)), ModelSpec.from_dict(spec), block,
                                   detectors=dets, device=device, precision=precision, labelled=labelled)

@@ -31,6 +31,8 @@ SCORE_WORDS = {
     "msp": "the classifier is unsure of every class (MSP)",
     "energy": "low evidence for any class (energy)",
     "maxlogit": "no class logit stands out (MaxLogit)",
+    "scale": "low evidence for any class once its strongest activations are weighed up (SCALE)",
+    "mahalanobis++": "far from every class's centre, as the training images vary (Mahalanobis++)",
 }
 
 STATUS_WORDS = {

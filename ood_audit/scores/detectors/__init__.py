@@ -5,8 +5,9 @@
     dets["csd"].fit(bank_views)         # ID statistics
     Scorer(tap, "layer3.1", detectors=dets.values())(pixels)
 
-Calibration fits the stateful ones (featurenorm2, csd, knn) and writes their ``state`` (the typed bundle
-parts ``FeatureNorm2Part`` and ``BankPart``) into the bundle;
+Calibration fits the stateful ones (featurenorm2, csd, knn, mahalanobis++) and writes their ``state`` (the typed
+bundle parts ``FeatureNorm2Part``, ``BankPart`` and ``MahalanobisPart``; SCALE records its ``ScalePart``) into the
+bundle;
 the scan and ``evaluate`` restore them with :func:`detector_from_state`.
 """
 from __future__ import annotations
@@ -20,13 +21,16 @@ from ood_audit.vocab import SCORE_NAMES
 from ood_audit.scores.detectors.banks import CSD, KNN, NEAREST_NEIGHBOURS
 from ood_audit.scores.detectors.base import Detector, Features, finite
 from ood_audit.scores.detectors.logits import MSP, Energy, EnergyFN, MaxLogit, MSPFN
+from ood_audit.scores.detectors.mahalanobis import MahalanobisPP, require_labels
 from ood_audit.scores.detectors.norms import FeatureNorm, FeatureNorm2
+from ood_audit.scores.detectors.scale import Scale
 
 DETECTORS: dict[str, type[Detector]] = {cls.name: cls for cls in (
-    FeatureNorm, FeatureNorm2, MSP, Energy, MaxLogit, MSPFN, EnergyFN, CSD, KNN)}
+    FeatureNorm, FeatureNorm2, MSP, Energy, MaxLogit, MSPFN, EnergyFN, CSD, KNN, Scale, MahalanobisPP)}
 assert tuple(DETECTORS) == SCORE_NAMES, "the registry and ood_audit.vocab.SCORE_NAMES must agree"
 BLOCK_DETECTORS = ("featurenorm", "featurenorm2", "msp+fn", "energy+fn")  # read FN at the selected block
 LOGIT_DETECTORS = ("msp", "energy", "maxlogit", "msp+fn", "energy+fn")
+LABELLED_ONLY = (*LOGIT_DETECTORS, "scale", "mahalanobis++")  # read the head or the labels (SPEC §16)
 
 
 def make_detectors(names: Iterable[str], *, block: str, k_csd: int = 10, k_knn: int = 50,
@@ -61,5 +65,5 @@ def detector_from_state(name: str, part: Any, tensors: dict[str, torch.Tensor] |
 
 
 __all__ = ["BLOCK_DETECTORS", "CSD", "DETECTORS", "Detector", "Energy", "EnergyFN", "FeatureNorm", "FeatureNorm2",
-           "Features", "KNN", "LOGIT_DETECTORS", "MSP", "MSPFN", "MaxLogit", "NEAREST_NEIGHBOURS", "detector_from_state", "finite",
-           "make_detectors"]
+           "Features", "KNN", "LABELLED_ONLY", "LOGIT_DETECTORS", "MSP", "MSPFN", "MahalanobisPP", "MaxLogit",
+           "NEAREST_NEIGHBOURS", "Scale", "detector_from_state", "finite", "make_detectors", "require_labels"]

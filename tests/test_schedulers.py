@@ -20,14 +20,12 @@ hosts the test's Ray head) in about 18 s / 370 MB. Both are installed once, then
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from tests.scan.cluster import _pids_mentioning, free_ports
-from tests.sinks.servers import CACHE
+from tests.fixtures.installs import cached_venv
 from tests.test_cluster_manifests import IMAGE, RESTRICTED, WRITABLE, _assert_config_mounted, of_kind
 
 pytestmark = pytest.mark.slow
@@ -52,34 +50,14 @@ CONFIG = "/etc/ood-audit/nightly.yaml"
 
 # ---- the schedulers' venvs ---------------------------------------------------------------------------
 
-def scheduler_venv(name: str, requirements: tuple[str, ...]) -> Path:
-    """``CACHE/name``, a venv with ``requirements``; installed on first use, one installer at a time."""
-    venv = CACHE / name
-    if (venv / ".installed").exists():
-        return venv
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel workers and sessions install once
-        if not (venv / ".installed").exists():
-            # --no-compile: modules are compiled when first imported, and most never are
-            for cmd in ([sys.executable, "-m", "venv", "--clear", str(venv)],
-                        [str(venv / "bin" / "pip"), "install", "-q", "--no-compile", *requirements]):
-                res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-                if res.returncode != 0:  # pip's own words, kept for the message
-                    tail = " | ".join((res.stderr or res.stdout).strip().splitlines()[-3:])
-                    raise RuntimeError(f"`{' '.join(cmd)}` exited {res.returncode}: {tail}")
-            (venv / ".installed").write_text("\n".join(requirements) + "\n")
-    return venv
-
-
 @pytest.fixture(scope="session")
 def airflow_venv() -> Path:
-    return scheduler_venv("airflow-3.3.2-google-22.8.0-k8s-10.25.0-ray-2.60.0", AIRFLOW_REQS)
+    return cached_venv("airflow-3.3.2-google-22.8.0-k8s-10.25.0-ray-2.60.0", *AIRFLOW_REQS)
 
 
 @pytest.fixture(scope="session")
 def dagster_venv() -> Path:
-    return scheduler_venv("dagster-1.13.29-ray-2.60.0", DAGSTER_REQS)
+    return cached_venv("dagster-1.13.29-ray-2.60.0", *DAGSTER_REQS)
 
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:

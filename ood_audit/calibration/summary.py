@@ -25,6 +25,8 @@ def format_bundle(b: Any) -> str:
     lines += ["", f"thresholds at target ID false-flag rate {th.target_id_flag_rate} "
                   f"(held-out {th.heldout_images} images; flagged = any of {th.flag_on} below its "
                   f"flag threshold, union calibrated at alpha {th.flag_alpha:.4f})"]
+    if m.split is not None and m.split.heldout_note:
+        lines.append(f"  {m.split.heldout_note}")
     if th.flag_on_reason:
         lines.append(f"  flag_on: {th.flag_on_reason}")
     for s, t in th.per_score.items():

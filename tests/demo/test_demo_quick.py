@@ -13,6 +13,7 @@ import pytest
 from scipy.stats import binom
 
 from ood_audit.demo.data import OUTLIER_KINDS
+from ood_audit.calibration.split import VALIDATION_SPLIT
 from ood_audit.demo.summary import ID_KIND, TARGET_ID_RATE, TARGET_OUTLIER_RATE
 from ood_audit.demo.tour import COPIES, QUICK
 
@@ -34,6 +35,23 @@ def most_flagged(n: int, rate: float, alpha: float) -> int:
 def test_binomial_bounds_are_the_tails():
     assert binom.cdf(fewest_flagged(40, 0.85, 1e-4) - 1, 40, 0.85) <= 1e-4 < binom.cdf(fewest_flagged(40, 0.85, 1e-4), 40, 0.85)
     assert binom.sf(most_flagged(150, 0.08, 1e-4), 150, 0.08) <= 1e-4 < binom.sf(most_flagged(150, 0.08, 1e-4) - 1, 150, 0.08)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_quick_demo_sets_its_thresholds_on_digits_its_model_never_saw(quick_demo):
+    """Calibration's held-out part is exactly the fine-tuned model's validation split (its training record
+    says which images those are), and on the unseen digits of night 1 the flag rate stays within the binomial
+    tolerance of the bundle's own target (not only of the demo's looser quality target)."""
+    (cal,) = quick_demo.calibrations
+    record = quick_demo.trainings[-1].record  # the weights that were calibrated
+    split, thresholds = cal.info.split, cal.info.thresholds
+    assert split.heldout_unseen is True and split.method == VALIDATION_SPLIT, split
+    assert record["config"]["data"].rstrip("/") == cal.info.data.source.rstrip("/")
+    val_images = record["validation"]["images"]  # held out of training by the same hash, over the same data
+    assert val_images - cal.info.data.decode_failures <= split.heldout_images <= val_images
+    digits = quick_demo.summary["kinds"][ID_KIND]
+    assert digits["flagged"] <= most_flagged(digits["scored"], thresholds.target_id_flag_rate, ALPHA), digits
 
 
 @pytest.mark.slow

@@ -137,7 +137,7 @@ def _catch_up_rows(run: RunInfo, ledger: ExportLedger, selection: Selection, s3:
 
 def _send(run: RunInfo, sink: Sink, selection: Selection, ledger: ExportLedger, table: Any,
           lease: Lease) -> ExportSummary:
-    selected = [] if table is None else list(items_from_table(table, selection.policy))
+    selected = [] if table is None else list(items_from_table(table, selection.policy, run.flag_on))
     items, keys = [], set()
     for item in selected:  # unique by key (a manifest may list one URI twice): the first, best-ranked, kept
         if item.key not in keys:

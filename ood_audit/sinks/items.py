@@ -84,11 +84,12 @@ class ExportItem:
                 **{f"pct_{s}": _num(v) for s, v in self.percentiles.items()}}
 
 
-def items_from_table(table: pa.Table, policy: str) -> Iterator[ExportItem]:
-    """Items for the rows of a selection (:func:`~ood_audit.sinks.select.select_rows`), in its order."""
+def items_from_table(table: pa.Table, policy: str, flag_on: Sequence[str] = ()) -> Iterator[ExportItem]:
+    """Items for the rows of a selection (:func:`~ood_audit.sinks.select.select_rows`), in its order;
+    ``flag_on`` is the bundle's union (``disagreement`` names which of its pair flagged a row)."""
     names = table.schema.names
     scores = [n[4:] for n in names if n.startswith("pct_") and n[4:] in names]
-    by = flagged_by(table, policy)
+    by = flagged_by(table, policy, flag_on)
     for i, r in enumerate(table.to_pylist()):
         yield ExportItem(
             key=item_key(r["uri"], r.get("etag"), r["bundle_id"]), uri=r["uri"], etag=r.get("etag"),

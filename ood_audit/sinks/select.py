@@ -5,10 +5,13 @@ Policies (only ``status == "ok"`` rows are ever candidates; nothing was judged f
 - ``threshold`` (default): the bundle's flags, ``flagged`` true. Queue ``outliers``.
 - ``top-k``: the ``budget`` rows with the highest anomaly (SPEC §12's 1 − lowest ``flag_on`` percentile/100),
   flagged or not. Queue ``outliers``.
-- ``disagreement``: rows that exactly one of FeatureNorm and CSD put below its own threshold
-  (``"featurenorm" in flag_reasons`` XOR ``"csd" in flag_reasons``). The two detectors look at different
-  evidence (feature magnitude vs. cross-scale consistency), so a split vote is where a human must decide:
-  these rows go to their own queue, ``disagreement``, with its own ledger, whatever the destination.
+- ``disagreement``: rows that exactly one of the two scores of the bundle's ``flag_on`` union put below its
+  own threshold (``a in flag_reasons`` XOR ``b in flag_reasons``): FeatureNorm and CSD by default,
+  ``featurenorm2`` where calibration replaced an inverted FeatureNorm, or whichever pair the bundle flags on.
+  The two detectors look at different evidence (feature magnitude vs. cross-scale consistency, say), so a
+  split vote is where a human must decide: these rows go to their own queue, ``disagreement``, with its own
+  ledger, whatever the destination. A bundle that flags on one score, or on more than two, has no such
+  vote, and the policy is refused in one line.
 
 Quality filters (SPEC §14's ``quality_issues``; findings, never flags) narrow any policy, before ranking and
 the budget, so a budget counts only rows that pass them:
@@ -53,7 +56,6 @@ from ood_audit.store.runs import anomaly, iter_batches, most_anomalous
 
 Policy = Literal["threshold", "top-k", "disagreement"]
 POLICIES: tuple[str, ...] = ("threshold", "top-k", "disagreement")
-DISAGREEMENT_SCORES = ("featurenorm", "csd")
 BASE_COLUMNS = ("uri", "etag", "run_id", "bundle_id", "pred_class", "csd_view", "flagged", "flag_reasons",
                 "quality_issues", "duplicate_of", "near_duplicate_of_id")  # the last three: absent before formats 3-5
 NO_CLASS = -1  # pred_class is never null on ok rows; this only keeps a malformed row in one group
@@ -225,26 +227,39 @@ def select_rows(ds: pads.Dataset, flag_on: Sequence[str], selection: Selection, 
     if selection.policy == "threshold":
         table = _candidates(ds, flag_on, columns, ok & (pc.field("flagged") == True))  # noqa: E712
     else:
+        pair = disagreement_pair(flag_on)
         has_reason = pc.list_value_length(pc.field("flag_reasons")) > 0
-        table = _candidates(ds, flag_on, columns, ok & has_reason, keep=disagreement_mask)
+        table = _candidates(ds, flag_on, columns, ok & has_reason, keep=lambda t: disagreement_mask(t, pair))
     return apply_budget(rank(table), selection.budget, selection.per_class)
 
 
-def disagreement_mask(table: pa.Table | pa.RecordBatch) -> np.ndarray:
-    """True where exactly one of FeatureNorm and CSD is among ``flag_reasons``."""
+def disagreement_pair(flag_on: Sequence[str]) -> tuple[str, str]:
+    """The two scores whose split vote ``disagreement`` selects: the bundle's ``flag_on`` union, which must
+    have exactly two (module docstring)."""
+    scores = list(dict.fromkeys(flag_on))
+    if len(scores) != 2:
+        raise ConfigError(f"--policy disagreement compares the two scores a bundle flags on; this run's bundle flags "
+                          f"on {', '.join(scores) or 'nothing'}: use --policy threshold or top-k, or calibrate with "
+                          "--flag-on A,B")
+    return scores[0], scores[1]
+
+
+def disagreement_mask(table: pa.Table | pa.RecordBatch, pair: tuple[str, str]) -> np.ndarray:
+    """True where exactly one of the ``pair`` of scores is among ``flag_reasons``."""
     reasons = table.column("flag_reasons").to_pylist()
-    a, b = DISAGREEMENT_SCORES
+    a, b = pair
     return np.array([(a in (r or ())) != (b in (r or ())) for r in reasons], dtype=bool)
 
 
-def flagged_by(table: pa.Table, policy: str) -> list[str | None]:
-    """Which score put each row in the queue: for ``disagreement`` the one detector that flagged it,
-    otherwise the first of ``flag_reasons`` (None when nothing flagged it: a top-k row)."""
+def flagged_by(table: pa.Table, policy: str, flag_on: Sequence[str] = ()) -> list[str | None]:
+    """Which score put each row in the queue: for ``disagreement`` the one of the bundle's pair that flagged
+    it, otherwise the first of ``flag_reasons`` (None when nothing flagged it: a top-k row)."""
+    pair = disagreement_pair(flag_on) if policy == "disagreement" else ()
     out: list[str | None] = []
     for r in table.column("flag_reasons").to_pylist():
         r = list(r or ())
         if policy == "disagreement":
-            out.append(next((s for s in DISAGREEMENT_SCORES if s in r), None))
+            out.append(next((s for s in pair if s in r), None))
         else:
             out.append(r[0] if r else None)
     return out
@@ -315,5 +330,5 @@ def _concat(parts: list[pa.Table], schema: pa.Schema, columns: list[str]) -> pa.
     return pa.schema(fields).empty_table()
 
 
-__all__ = ["ANY_ISSUE", "POLICIES", "Selection", "apply_budget", "disagreement_mask", "flagged_by", "issue_names",
+__all__ = ["ANY_ISSUE", "POLICIES", "Selection", "apply_budget", "disagreement_mask", "disagreement_pair", "flagged_by", "issue_names",
            "payload_columns", "quality_filter", "queue_of", "rank", "select_rows", "split_budget"]

@@ -84,3 +84,27 @@ def test_apply_budget_without_per_class_is_a_prefix():
     t = pa.table({"uri": list("abcd"), "pred_class": [0, 0, 1, 1], "anomaly": [0.9, 0.8, 0.7, 0.6]})
     assert apply_budget(t, 3, False).column("uri").to_pylist() == ["a", "b", "c"]
     assert apply_budget(t, 2, True).column("uri").to_pylist() == ["a", "c"]
+
+
+def test_disagreement_follows_the_bundles_flag_rule(tmp_path):
+    """A bundle that replaced an inverted FeatureNorm flags on featurenorm2 and CSD: the split votes are those
+    two's, and a bundle flagging on one score has no vote to split (one line)."""
+    from ood_audit.sinks.items import items_from_table
+
+    out = str(tmp_path / "fn2")
+    rows = [row(f"/e/{i}.png", pct=float(10 + i), flagged=True) for i in range(4)]
+    rows[0]["flag_reasons"] = ["featurenorm2", "csd"]  # both of the pair: not a disagreement
+    rows[1]["flag_reasons"] = ["featurenorm2"]         # one
+    rows[2]["flag_reasons"] = ["csd"]                  # the other
+    rows[3]["flag_reasons"] = ["featurenorm"]          # not one of this bundle's pair
+    bundle = {"id": "b" * 32, "uri": "", "flag_on": ["featurenorm2", "csd"]}
+    write_run(out, "n1", rows, summary={"bundle": bundle})
+    run = find_run(out)
+    table = select_rows(run_dataset(run), run.flag_on, Selection(policy="disagreement"))
+    assert table.column("uri").to_pylist() == ["/e/1.png", "/e/2.png"]
+    assert [i.flagged_by for i in items_from_table(table, "disagreement", run.flag_on)] == ["featurenorm2", "csd"]
+    one = str(tmp_path / "csd-only")
+    write_run(one, "n1", rows, summary={"bundle": {**bundle, "flag_on": ["csd"]}})
+    with pytest.raises(ConfigError, match="^--policy disagreement compares the two scores a bundle flags on; "
+                                          "this run's bundle flags on csd:"):
+        _select(one, policy="disagreement")

@@ -17,8 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export", help="send a run's selected rows to Label Studio, SQS, a JSONL manifest, a signed webhook or a "
                        "FiftyOne dataset (deduplicated)",
         description="Select rows of a scan run (the bundle's flags, the top-k most anomalous, or the rows "
-                    "FeatureNorm and CSD disagree on), optionally only those with (or without) given data-quality "
-                    "issues, and send them to a labeling queue. A ledger under "
+                    "the two scores the bundle flags on disagree on), optionally only those with (or without) "
+                    "given data-quality issues, and send them to a labeling queue. A ledger under "
                     "REPORT/exports/ records what each destination already has, keyed by (uri, etag, bundle), "
                     "so later nights send only new or changed objects; a failed export re-run sends the rest. "
                     "--catch-up (what the nightly job does) selects instead from every committed row of the run's "
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("selection")
     g.add_argument("--policy", default="threshold", choices=("threshold", "top-k", "disagreement"),
                    help="threshold: the bundle's flags (default); top-k: the --budget most anomalous rows; "
-                        "disagreement: rows flagged by exactly one of FeatureNorm and CSD (own queue)")
+                        "disagreement: rows flagged by exactly one of the two scores the bundle flags on (own queue)")
     g.add_argument("--budget", type=int, default=None, help="at most this many rows (required for top-k)")
     g.add_argument("--per-class", action="store_true",
                    help="split --budget across predicted classes: equal shares, the remainder to the classes "

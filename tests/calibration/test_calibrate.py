@@ -61,7 +61,7 @@ def test_distributed_calibration_on_s3_matches_single_process(ray_local, s3_clie
     assert b.tensors("csd_bank.safetensors")["bank"].shape == (6 * len(bank), 512)
     th = info.thresholds
     assert set(th.per_score) == {"featurenorm", "featurenorm2", "msp", "energy", "maxlogit", "msp+fn", "energy+fn",
-                                    "csd", "knn"}
+                                    "csd", "knn", "scale", "mahalanobis++"}  # a labelled calibration: SPEC §15's too
     assert info.selection.evidence is not None
     assert info.selection.evidence.images == len(bank)  # probe evidence gathered across both actors
     broken_held = sum(bool(held[i]) for i, u in enumerate(uris) if u.endswith("broken.png"))

@@ -245,22 +245,6 @@ class QualityPart(_Part):
                              grayscale_id_share=self.grayscale_share)
 
 
-def quality_notices(part: QualityPart | None, bundle_id: str) -> list[str]:
-    """What a scan with this bundle's quality part does not check, and why, one line each (for the scan's
-    one-time notice): blur without a comparable threshold, grayscale without a recorded share (SPEC §14)."""
-    if part is None:
-        return [f"bundle {bundle_id} has no calibrated quality thresholds: blurry and grayscale are not reported "
-                "(calibrate again to check them)"]
-    out = []
-    if not part.comparable:
-        out.append(f"bundle {bundle_id} set its blurry threshold on {part.measured_on}, not on the working copies "
-                   "the scan measures; blur is not checked (calibrate again to check it)")
-    if part.grayscale_share is None:
-        out.append(f"bundle {bundle_id} records no share of grey held-out ID images, so grayscale is not reported "
-                   "(SPEC §14: only when fewer than half are grey; calibrate again to check it)")
-    return out
-
-
 NEARDUP_FORMULA = ("near-duplicate iff ||z/|z| - NN_1(z/|z|)||_2 < tau; tau = order statistic floor(rate*n)+1 "
                    "of held-out NN_1")
 

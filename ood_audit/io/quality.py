@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -39,6 +40,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ood_audit.errors import ConfigError, DataError
 from ood_audit.preprocess import DEFAULT_WORKING_SIZE
+
+if TYPE_CHECKING:
+    from ood_audit.bundle.schema import QualityPart
 
 ISSUES: tuple[str, ...] = ("dark", "light", "blurry", "low_information", "grayscale", "odd_aspect_ratio", "tiny")
 BLURRY_PERCENTILE = 1.0
@@ -187,3 +191,19 @@ def grayscale_share(is_grey: np.ndarray) -> float:
 def _check_rgb(image: np.ndarray) -> None:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise DataError(f"quality checks need a non-empty uint8 H×W×3 image, got {image.dtype} {image.shape}")
+
+
+def quality_notices(part: QualityPart | None, bundle_id: str) -> list[str]:
+    """What a scan with this bundle's quality part does not check, and why, one line each (for the scan's
+    one-time notice): blur without a comparable threshold, grayscale without a recorded share (SPEC §14)."""
+    if part is None:
+        return [f"bundle {bundle_id} has no calibrated quality thresholds: blurry and grayscale are not reported "
+                "(calibrate again to check them)"]
+    out = []
+    if not part.comparable:
+        out.append(f"bundle {bundle_id} set its blurry threshold on {part.measured_on}, not on the working copies "
+                   "the scan measures; blur is not checked (calibrate again to check it)")
+    if part.grayscale_share is None:
+        out.append(f"bundle {bundle_id} records no share of grey held-out ID images, so grayscale is not reported "
+                   "(SPEC §14: only when fewer than half are grey; calibrate again to check it)")
+    return out

@@ -74,7 +74,7 @@ from typing import Any
 import pyarrow as pa
 
 from ood_audit.bundle.files import open_bundle
-from ood_audit.bundle.schema import quality_notices
+from ood_audit.io.quality import quality_notices
 from ood_audit.errors import EXIT_INCOMPLETE, ConfigError, OodAuditError, StorageError
 from ood_audit.io.decode import STATUSES, Preprocess
 from ood_audit.io.fs import S3Config, check_writable, storage_error

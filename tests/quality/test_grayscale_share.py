@@ -126,7 +126,7 @@ def test_a_bundle_without_the_recorded_share_never_reports_grayscale():
 
 
 def test_the_scans_notice_says_why_grayscale_is_not_reported():
-    from ood_audit.bundle.schema import quality_notices
+    from ood_audit.io.quality import quality_notices
 
     assert quality_notices(QualityPart(blurry=3.0, heldout_images=40, grayscale_share=0.9), "b1") == []
     (line,) = quality_notices(QualityPart.model_validate({"blurry": 3.0, "heldout_images": 40}), "b1")
